@@ -1,0 +1,354 @@
+"""Configurable Inception-v1 (GoogLeNet) networks, built from the paper's Table 1.
+
+Szegedy et al., "Going Deeper with Convolutions", 2014 (arXiv 1409.4842).
+
+The architecture is data: ``TABLE1`` holds the inception blocks and max-pools of the paper's Table 1, and
+:class:`Inception` builds the network from it in a loop. Every ablation axis of the paper is one typed constructor
+argument, so an experiment file, a sweep parameter (``model.net.init_args.filter_sizes``) and a test all name the
+same thing. Child modules carry torchvision's names (``conv1``, ``inception3a.branch2.1.conv``, ``aux1.fc2``), so
+``preset="torchvision"`` loads torchvision's state_dict with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Union
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class InceptionSpec:
+    """One row of Table 1: an inception block and its branch widths (output channels)."""
+
+    name: str
+    ch1x1: int
+    ch3x3red: int
+    ch3x3: int
+    ch5x5red: int
+    ch5x5: int
+    pool_proj: int
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A max-pool between stages (Table 1: 3x3/2)."""
+
+    kernel_size: int = 3
+    stride: int = 2
+
+
+StageSpec = Union[InceptionSpec, PoolSpec]
+
+# Table 1 of the paper, from inception(3a) on; the stem is built by `_stem`. The pool before 3a belongs to the stem.
+TABLE1: tuple[StageSpec, ...] = (
+    InceptionSpec("3a", 64, 96, 128, 16, 32, 32),  # N x 256 x 28 x 28
+    InceptionSpec("3b", 128, 128, 192, 32, 96, 64),  # N x 480 x 28 x 28
+    PoolSpec(3, 2),  # N x 480 x 14 x 14
+    InceptionSpec("4a", 192, 96, 208, 16, 48, 64),  # N x 512 x 14 x 14
+    InceptionSpec("4b", 160, 112, 224, 24, 64, 64),
+    InceptionSpec("4c", 128, 128, 256, 24, 64, 64),
+    InceptionSpec("4d", 112, 144, 288, 32, 64, 64),  # N x 528 x 14 x 14
+    InceptionSpec("4e", 256, 160, 320, 32, 128, 128),  # N x 832 x 14 x 14
+    PoolSpec(3, 2),  # N x 832 x 7 x 7
+    InceptionSpec("5a", 256, 160, 320, 32, 128, 128),
+    InceptionSpec("5b", 384, 192, 384, 48, 128, 128),  # N x 1024 x 7 x 7
+)
+
+# torchvision departs from Table 1 in one pool: 2x2/2 before 5a (same 7x7 output at 224, different values).
+TORCHVISION_STAGES: tuple[StageSpec, ...] = tuple(
+    PoolSpec(2, 2) if i == 8 else stage for i, stage in enumerate(TABLE1)
+)
+
+Norm = Literal["batch", "lrn", "none"]
+Stem = Literal["imagenet", "cifar"]
+Head = Literal["gap", "fc"]
+KernelStack = Union[int, tuple[int, ...]]
+
+NORMS = ("batch", "lrn", "none")
+STEMS = ("imagenet", "cifar")
+HEADS = ("gap", "fc")
+
+
+class InceptionOutput(NamedTuple):
+    """What every Inception network returns, in train and eval alike."""
+
+    logits: Tensor
+    aux: tuple[Tensor, ...]  # one per aux head, in attach order (4a first); empty in eval or without heads
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round a scaled width to the nearest multiple of ``divisor`` (at least ``divisor``), as MobileNet/timm do."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:  # never round down by more than 10%
+        rounded += divisor
+    return rounded
+
+
+class BasicConv2d(nn.Module):
+    """conv -> norm -> ReLU. With ``norm="batch"`` the conv has no bias (torchvision's layout)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 norm: Norm = "batch", bn_eps: float = 1e-3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
+                              bias=norm != "batch")
+        # The paper's LRN sits in the stem only (Figure 3); inside the blocks it is plain conv + ReLU.
+        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps) if norm == "batch" else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+def _branch(in_channels: int, reduce: int, out_channels: int, kernels: tuple[int, ...], norm: Norm,
+            bn_eps: float) -> nn.Sequential:
+    """Optional 1x1 reduction, then a stack of kxk convs (a single 5x5, or two 3x3 for the factorized 5x5)."""
+    layers: list[nn.Module] = []
+    if reduce:
+        layers.append(BasicConv2d(in_channels, reduce, 1, norm=norm, bn_eps=bn_eps))
+        in_channels = reduce
+    for k in kernels:
+        layers.append(BasicConv2d(in_channels, out_channels, k, norm=norm, bn_eps=bn_eps))
+        in_channels = out_channels
+    return nn.Sequential(*layers)
+
+
+class InceptionBlock(nn.Module):
+    """Figure 2b of the paper (Figure 2a, the naive module, when the reductions are 0)."""
+
+    def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int,
+                 pool_proj: int, kernels: tuple[tuple[int, ...], tuple[int, ...]] = ((3,), (5,)),
+                 norm: Norm = "batch", bn_eps: float = 1e-3) -> None:
+        super().__init__()
+        self.branch1 = BasicConv2d(in_channels, ch1x1, 1, norm=norm, bn_eps=bn_eps)
+        self.branch2 = _branch(in_channels, ch3x3red, ch3x3, kernels[0], norm, bn_eps)
+        self.branch3 = _branch(in_channels, ch5x5red, ch5x5, kernels[1], norm, bn_eps)
+        pool: list[nn.Module] = [nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True)]
+        if pool_proj:
+            pool.append(BasicConv2d(in_channels, pool_proj, 1, norm=norm, bn_eps=bn_eps))
+        self.branch4 = nn.Sequential(*pool)
+        self.out_channels = ch1x1 + ch3x3 + ch5x5 + (pool_proj or in_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+
+class InceptionAux(nn.Module):
+    """The paper's auxiliary classifier (Section 5): 5x5/3 average pool, 1x1 conv 128, FC 1024, dropout 0.7.
+
+    The pool is adaptive to 4x4, which equals the paper's 5x5/3 pool on the 14x14 maps of a 224 input and keeps
+    the head valid at other input sizes (torchvision does the same).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, conv_channels: int = 128, hidden: int = 1024,
+                 dropout: float = 0.7, norm: Norm = "batch", bn_eps: float = 1e-3) -> None:
+        super().__init__()
+        self.conv = BasicConv2d(in_channels, conv_channels, 1, norm=norm, bn_eps=bn_eps)
+        self.fc1 = nn.Linear(conv_channels * 4 * 4, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+        self.dropout = nn.Dropout(p=dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(nn.functional.adaptive_avg_pool2d(x, (4, 4)))  # N x 128 x 4 x 4
+        x = nn.functional.relu(self.fc1(torch.flatten(x, 1)), inplace=True)  # N x 1024
+        return self.fc2(self.dropout(x))
+
+
+def _kernel_stacks(filter_sizes: Sequence[KernelStack]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if isinstance(filter_sizes, (str, int)) or len(filter_sizes) != 2:
+        raise ValueError(f"filter_sizes={filter_sizes!r}: expected two entries, one per spatial branch, "
+                         "e.g. [3, 5] (paper), [3, 3] (torchvision) or [3, [3, 3]] (5x5 factorized)")
+    stacks = tuple((k,) if isinstance(k, int) else tuple(k) for k in filter_sizes)
+    for stack in stacks:
+        if not stack or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in stack):
+            raise ValueError(f"filter_sizes={list(filter_sizes)!r}: kernel sizes must be odd positive integers "
+                             "(1, 3, 5, 7, ...) so that 'same' padding keeps the branches aligned")
+    return stacks  # type: ignore[return-value]
+
+
+def _positive(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
+        raise ValueError(f"{name}={value!r}: must be a number > 0")
+
+
+def _choice(name: str, value: object, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: allowed values are {', '.join(map(repr, allowed))}")
+
+
+class Inception(nn.Module):
+    """An Inception-v1 network. The defaults are the paper's GoogLeNet with batch norm (see ``googlenet()``).
+
+    Args:
+        num_classes: classes of the linear classifier(s); linked from the DataModule in configs.
+        in_channels: image channels.
+        image_size: input side in pixels; only the ``fc`` head depends on it. Linked from the DataModule.
+        stem: ``imagenet`` (7x7/2, pool, 1x1, 3x3, pool: Table 1) or ``cifar`` (one 3x3 conv to 192 channels at
+            full resolution, for 32x32 inputs).
+        stages: the table the network is built from (default: the paper's Table 1).
+        filter_sizes: kernel sizes of the two spatial branches (paper: ``[3, 5]``; torchvision: ``[3, 3]``); an
+            entry may be a list of kernels applied in sequence: ``[3, [3, 3]]`` factorizes the 5x5 into two 3x3.
+        reduce_width_mult: multiplier on the 1x1 reductions before the 3x3/5x5 convs; ``"naive"`` removes them
+            and the pool projection: the paper's naive module (Figure 2a), whose cost explodes.
+        pool_proj_mult: multiplier on the pool-projection widths.
+        width_mult: multiplier on every width, rounded to a multiple of 8.
+        aux_positions: blocks after which an auxiliary classifier attaches (paper: 4a and 4d); ``[]`` for none.
+        aux_dropout: dropout in the aux heads (paper: 0.7).
+        head: ``gap`` (global average pool, dropout, linear: the paper) or ``fc`` (flatten the last feature map
+            into a linear classifier: the paper's comparison, Section 5: GAP gave +0.6% top-1).
+        dropout: dropout before the final linear layer (paper: 0.4; torchvision: 0.2).
+        norm: ``batch`` (BN after every conv), ``lrn`` (the paper: local response norm in the stem, Figure 3),
+            or ``none``.
+        bn_eps: batch-norm epsilon (torchvision: 1e-3).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        image_size: int = 224,
+        stem: Stem = "imagenet",
+        stages: tuple[StageSpec, ...] = TABLE1,
+        filter_sizes: tuple[KernelStack, KernelStack] = (3, 5),
+        reduce_width_mult: Union[float, Literal["naive"]] = 1.0,
+        pool_proj_mult: float = 1.0,
+        width_mult: float = 1.0,
+        aux_positions: tuple[str, ...] = ("4a", "4d"),
+        aux_dropout: float = 0.7,
+        head: Head = "gap",
+        dropout: float = 0.4,
+        norm: Norm = "batch",
+        bn_eps: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        kernels = _kernel_stacks(filter_sizes)
+        _positive("width_mult", width_mult)
+        _positive("pool_proj_mult", pool_proj_mult)
+        if reduce_width_mult != "naive":
+            _positive("reduce_width_mult", reduce_width_mult)  # type: ignore[arg-type]
+        _choice("stem", stem, STEMS)
+        _choice("head", head, HEADS)
+        _choice("norm", norm, NORMS)
+        for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}: must be a positive integer")
+        for name, p in (("dropout", dropout), ("aux_dropout", aux_dropout)):
+            if not 0 <= p < 1:
+                raise ValueError(f"{name}={p!r}: must be in [0, 1)")
+        block_names = [s.name for s in stages if isinstance(s, InceptionSpec)]
+        for pos in aux_positions:
+            if pos not in block_names:
+                raise ValueError(f"aux_positions contains {pos!r}: allowed positions are the inception blocks "
+                                 f"{', '.join(block_names)}")
+
+        def width(channels: float) -> int:
+            return make_divisible(channels * width_mult)
+
+        self.num_classes = num_classes
+        self.aux_positions = tuple(aux_positions)
+        self._order: list[str] = []  # forward order of the children; names follow torchvision's
+        channels = self._stem(stem, in_channels, width, norm, bn_eps)
+
+        self._aux_after: dict[str, str] = {}
+        pools = 2
+        for stage in stages:
+            if isinstance(stage, PoolSpec):
+                pools += 1
+                self._add(f"maxpool{pools}", nn.MaxPool2d(stage.kernel_size, stage.stride, ceil_mode=True))
+                continue
+            naive = reduce_width_mult == "naive"
+            reduce = 0.0 if naive else float(reduce_width_mult)  # type: ignore[arg-type]
+            block = InceptionBlock(
+                channels, width(stage.ch1x1),
+                0 if naive else width(stage.ch3x3red * reduce), width(stage.ch3x3),
+                0 if naive else width(stage.ch5x5red * reduce), width(stage.ch5x5),
+                0 if naive else width(stage.pool_proj * pool_proj_mult),
+                kernels=kernels, norm=norm, bn_eps=bn_eps,
+            )
+            self._add(f"inception{stage.name}", block)
+            channels = block.out_channels
+            if stage.name in aux_positions:
+                aux_name = f"aux{len(self._aux_after) + 1}"
+                self._aux_after[f"inception{stage.name}"] = aux_name
+                self.add_module(aux_name, InceptionAux(channels, num_classes, width(128), width(1024),
+                                                       aux_dropout, norm, bn_eps))
+        self.out_channels = channels
+
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1)) if head == "gap" else nn.Identity()
+        self.dropout = nn.Dropout(p=dropout)
+        self.head = head
+        if head == "gap":
+            features = channels
+        else:  # the size of the last feature map, from a dry run of the trunk
+            with torch.no_grad():
+                x = torch.zeros(1, in_channels, image_size, image_size)
+                for name in self._order:
+                    x = getattr(self, name)(x)
+            features = x[0].numel()
+        self.fc = nn.Linear(features, num_classes)
+        self._init_weights()
+
+    def _add(self, name: str, module: nn.Module) -> None:
+        self.add_module(name, module)
+        self._order.append(name)
+
+    def _stem(self, stem: Stem, in_channels: int, width, norm: Norm, bn_eps: float) -> int:
+        if stem == "cifar":  # 32x32 stays 32x32 into 3a; widths of Table 1's conv3 row
+            self._add("conv1", BasicConv2d(in_channels, width(192), 3, norm=norm, bn_eps=bn_eps))
+            return width(192)
+        lrn = norm == "lrn"  # Figure 3: LocalRespNorm after the first pool and after conv3
+        self._add("conv1", BasicConv2d(in_channels, width(64), 7, stride=2, norm=norm, bn_eps=bn_eps))  # 112x112
+        self._add("maxpool1", nn.MaxPool2d(3, stride=2, ceil_mode=True))  # N x 64 x 56 x 56
+        if lrn:
+            self._add("lrn1", nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0))
+        self._add("conv2", BasicConv2d(width(64), width(64), 1, norm=norm, bn_eps=bn_eps))
+        self._add("conv3", BasicConv2d(width(64), width(192), 3, norm=norm, bn_eps=bn_eps))  # N x 192 x 56 x 56
+        if lrn:
+            self._add("lrn2", nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0))
+        self._add("maxpool2", nn.MaxPool2d(3, stride=2, ceil_mode=True))  # N x 192 x 28 x 28
+        return width(192)
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.01, a=-2, b=2)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> InceptionOutput:
+        aux: list[Tensor] = []
+        for name in self._order:
+            x = getattr(self, name)(x)
+            if self.training and name in self._aux_after:
+                aux.append(getattr(self, self._aux_after[name])(x))
+        x = torch.flatten(self.avgpool(x), 1)  # N x 1024 (gap) or N x 1024*7*7 (fc)
+        return InceptionOutput(self.fc(self.dropout(x)), tuple(aux))
+
+
+Preset = Literal["paper", "torchvision", "cifar"]
+
+PRESETS: dict[str, dict] = {
+    # The paper as it specifies it: true 5x5 branches, LRN in the stem, no batch norm, dropout 0.4.
+    "paper": dict(norm="lrn", filter_sizes=(3, 5)),
+    # torchvision.models.googlenet(aux_logits=True): 3x3 in its "5x5" branch (vision#906), BN eps 1e-3,
+    # dropout 0.2 and a 2x2 pool before 5a.
+    "torchvision": dict(norm="batch", bn_eps=1e-3, filter_sizes=(3, 3), dropout=0.2, stages=TORCHVISION_STAGES),
+    # GoogLeNet widths on 32x32 inputs (CIFAR): the 3x3-to-192 stem, batch norm, the paper's 5x5 branches.
+    "cifar": dict(stem="cifar", norm="batch", filter_sizes=(3, 5), num_classes=10, image_size=32),
+}
+
+
+def googlenet(preset: Preset = "paper", **overrides) -> Inception:
+    """A GoogLeNet preset with aux heads on (as in the paper); keyword arguments override any ``Inception`` arg."""
+    _choice("preset", preset, tuple(PRESETS))
+    return Inception(**{**PRESETS[preset], **overrides})
