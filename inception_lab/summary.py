@@ -44,7 +44,8 @@ def summarize(net: Inception, image_size: int = 224, in_channels: int | None = N
     counter = FlopCounterMode(display=False)
     try:
         with counter, torch.no_grad():
-            net(torch.zeros(1, in_channels, image_size, image_size))
+            device = next(net.parameters()).device
+            net(torch.zeros(1, in_channels, image_size, image_size, device=device))
             aux_shapes = {aux: list(getattr(net, aux)(features[block]).shape[1:])
                           for block, aux in net._aux_after.items()}
     finally:

@@ -189,7 +189,7 @@ class Inception(nn.Module):
         image_size: input side in pixels; only the ``fc`` head depends on it. Linked from the DataModule.
         stem: ``imagenet`` (7x7/2, pool, 1x1, 3x3, pool: Table 1) or ``cifar`` (one 3x3 conv to 192 channels at
             full resolution, for 32x32 inputs).
-        stages: the table the network is built from (default: the paper's Table 1).
+        stages: the table the network is built from (None: the paper's Table 1, ``TABLE1``).
         filter_sizes: kernel sizes of the two spatial branches (paper: ``[3, 5]``; torchvision: ``[3, 3]``); an
             entry may be a list of kernels applied in sequence: ``[3, [3, 3]]`` factorizes the 5x5 into two 3x3.
         reduce_width_mult: multiplier on the 1x1 reductions before the 3x3/5x5 convs; ``"naive"`` removes them
@@ -212,7 +212,7 @@ class Inception(nn.Module):
         in_channels: int = 3,
         image_size: int = 224,
         stem: Stem = "imagenet",
-        stages: tuple[StageSpec, ...] = TABLE1,
+        stages: tuple[StageSpec, ...] | None = None,
         filter_sizes: tuple[KernelStack, KernelStack] = (3, 5),
         reduce_width_mult: Union[float, Literal["naive"]] = 1.0,
         pool_proj_mult: float = 1.0,
@@ -239,6 +239,7 @@ class Inception(nn.Module):
         for name, p in (("dropout", dropout), ("aux_dropout", aux_dropout)):
             if not 0 <= p < 1:
                 raise ValueError(f"{name}={p!r}: must be in [0, 1)")
+        stages = TABLE1 if stages is None else stages
         block_names = [s.name for s in stages if isinstance(s, InceptionSpec)]
         for pos in aux_positions:
             if pos not in block_names:
@@ -248,7 +249,7 @@ class Inception(nn.Module):
         def width(channels: float) -> int:
             return make_divisible(channels * width_mult)
 
-        self.num_classes = num_classes
+        self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
         self.aux_positions = tuple(aux_positions)
         self._order: list[str] = []  # forward order of the children; names follow torchvision's
         channels = self._stem(stem, in_channels, width, norm, bn_eps)
@@ -325,11 +326,13 @@ class Inception(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> InceptionOutput:
+    def forward(self, x: Tensor, with_aux: bool | None = None) -> InceptionOutput:
+        """``with_aux`` defaults to ``self.training``; pass True to evaluate the aux heads in eval mode."""
+        with_aux = self.training if with_aux is None else with_aux
         aux: list[Tensor] = []
         for name in self._order:
             x = getattr(self, name)(x)
-            if self.training and name in self._aux_after:
+            if with_aux and name in self._aux_after:
                 aux.append(getattr(self, self._aux_after[name])(x))
         x = torch.flatten(self.avgpool(x), 1)  # N x 1024 (gap) or N x 1024*7*7 (fc)
         return InceptionOutput(self.fc(self.dropout(x)), tuple(aux))

@@ -1,0 +1,178 @@
+"""The system: losses, metrics and optimization around an Inception network (the network owns the shapes)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from inception_lab.models.inception import Inception
+
+STAGES = ("train", "val", "test")
+
+
+def _accuracy(num_classes: int) -> MetricCollection:
+    return MetricCollection({
+        "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+        "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+    })
+
+
+class InceptionClassifier(LightningModule):
+    """Image classification with an Inception network and its auxiliary classifiers.
+
+    Args:
+        net: the network (``class_path``/``init_args`` in YAML); its ``num_classes``, ``in_channels`` and
+            ``image_size`` are linked from the DataModule.
+        aux_weight: weight of each aux head's loss in the total (paper, Section 5: 0.3). With 0 the heads still
+            get gradients of zero and stay in the graph (no unused parameters under DDP).
+        label_smoothing: cross-entropy label smoothing (0: the paper).
+        optimizer: e.g. ``torch.optim.SGD`` with ``momentum: 0.9`` (the paper's recipe).
+        lr_scheduler: e.g. ``torch.optim.lr_scheduler.StepLR`` with ``step_size: 8, gamma: 0.96`` (the paper: LR x
+            0.96 every 8 epochs) or ``inception_lab.schedules.WarmupCosineLR``. Stepped per epoch unless the
+            scheduler has ``interval = "step"``.
+        channels_last: keep weights and activations in NHWC (faster convolutions and pooling; same maths).
+        compile: ``torch.compile`` the network in place (state_dict keys unchanged); pays off on GPUs.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        aux_weight: float = 0.3,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable = torch.optim.SGD,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if not aux_weight >= 0:
+            raise ValueError(f"model.aux_weight={aux_weight!r}: must be a number >= 0 (paper: 0.3)")
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"model.label_smoothing={label_smoothing!r}: must be in [0, 1)")
+        self.save_hyperparameters(ignore=["net", "optimizer", "lr_scheduler"])
+        self.net = net
+        self.aux_weight = aux_weight
+        self.label_smoothing = label_smoothing
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.channels_last = channels_last
+        num_classes = net.num_classes
+        heads = ["main", *(f"aux{i + 1}" for i in range(len(getattr(net, "aux_positions", ()))))]
+        self.heads = heads
+        # metrics[stage][head]: torchmetrics accumulate on the device; nothing syncs with the host per step
+        self.metrics = nn.ModuleDict({
+            f"{stage}_acc": nn.ModuleDict({head: _accuracy(num_classes) for head in heads}) for stage in STAGES
+        })  # keyed "train_acc", not "train", which nn.Module owns
+        self.losses = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in STAGES})
+        self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # survives a resume from checkpoint
+        self.compile_net = compile
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def configure_model(self) -> None:
+        if self.compile_net and not getattr(self, "_compiled", False):
+            self.net.compile()
+            self._compiled = True
+
+    # ---- forward and losses -------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """Class probabilities; a 5-D batch ``(N, V, C, H, W)`` of test views is averaged over the V views."""
+        if x.ndim == 5:
+            n, v = x.shape[:2]
+            probs = self.net(x.flatten(0, 1)).logits.softmax(-1)
+            return probs.view(n, v, -1).mean(1)
+        return self.net(x).logits.softmax(-1)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        if x.ndim == 5:  # test-time views: average the probabilities (the paper's multi-crop protocol)
+            n, v = x.shape[:2]
+            out = self.net(x.flatten(0, 1), with_aux=True)
+            logits = out.logits.softmax(-1).view(n, v, -1).mean(1).log()
+            aux = tuple(a.softmax(-1).view(n, v, -1).mean(1).log() for a in out.aux)
+            loss = F.nll_loss(logits, y)
+            total = loss
+        else:
+            out = self.net(x, with_aux=True)
+            logits, aux = out.logits, out.aux
+            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            total = loss + self.aux_weight * sum(
+                (F.cross_entropy(a, y, label_smoothing=self.label_smoothing) for a in aux), logits.new_zeros(()))
+        self.losses[f"{stage}_loss"].update(loss.detach(), weight=y.numel())
+        metrics = self.metrics[f"{stage}_acc"]
+        for head, head_logits in zip(self.heads, (logits, *aux)):
+            metrics[head].update(head_logits.detach(), y)
+        return total
+
+    def on_train_epoch_start(self) -> None:
+        # A run resumed at an epoch boundary draws the same augmentation and dropout as one never interrupted.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        torch.manual_seed(seed * 1_000_003 + self.current_epoch + self.global_rank * 7919)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        self.log("train/loss_total", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x)
+
+    # ---- metrics: computed (and synced across ranks) once per epoch ---------------------------------------------
+    def _log_epoch(self, stage: str) -> dict[str, Tensor]:
+        values = {f"{stage}/loss": self.losses[f"{stage}_loss"].compute()}
+        for head in self.heads:
+            prefix = stage if head == "main" else f"{stage}/{head}"
+            values.update({f"{prefix}/{k}": v for k, v in self.metrics[f"{stage}_acc"][head].compute().items()})
+            self.metrics[f"{stage}_acc"][head].reset()
+        self.losses[f"{stage}_loss"].reset()
+        self.log_dict(values, prog_bar=False, sync_dist=False)  # already synced by torchmetrics
+        return values
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_epoch("val")
+        if self.trainer.sanity_checking:  # an untrained model's accuracy is no "best so far"
+            return
+        self.val_acc_best.update(values["val/acc"])
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    # ---- optimization -------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        scheduler = self.lr_scheduler(optimizer)
+        if getattr(scheduler, "total_steps", 0) is None:  # schedules whose length is the run's (WarmupCosineLR)
+            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
+        interval = getattr(scheduler, "interval", "epoch")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def cost(self) -> dict[str, int]:
+        """Trainable params (aux heads included) and inference multiply-adds per image."""
+        from inception_lab.summary import summarize
+
+        params = sum(p.numel() for p in self.parameters())
+        if not isinstance(self.net, Inception):
+            return {"params": params, "macs": 0}
+        net = self.net
+        return {"params": params, "macs": summarize(net, net.image_size, net.in_channels)["total_macs"]}

@@ -1,0 +1,226 @@
+"""``summary.json``: the record of a run that sweeps and comparisons read (written on rank 0, atomically)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON through a temporary file and a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+class RunRecord(Callback):
+    """Keeps ``<run dir>/summary.json`` current: status, metrics, cost, throughput, seed and wall time.
+
+    ``status`` is the fit's: "running", then "finished" or "failed" (with ``error``); a run killed outright stays
+    "running". validate/test/predict add their metrics to the record without changing a fit's status.
+    """
+
+    def __init__(self, run_dir: Path, subcommand: str = "fit", seed: int | None = None) -> None:
+        self.path = Path(run_dir) / "summary.json"
+        self.subcommand = subcommand
+        self.seed = seed
+        self.summary: dict[str, Any] = {}
+        self._start = time.perf_counter()
+        self._wall_before = 0.0
+        self._epoch_t0: float | None = None
+        self._epoch_images = 0
+        self._throughputs: list[float] = []
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.summary = read_summary(self.path.parent)
+        self._wall_before = self.summary.get("wall_s", 0.0) if self.subcommand == "fit" else 0.0
+        self._start = time.perf_counter()
+        self.summary.setdefault("metrics", {})
+        self.summary.update(run_name=self.path.parent.name, seed=self.seed)
+        if self.subcommand == "fit" or "status" not in self.summary:
+            self.summary["status"] = "running"
+            self.summary.pop("error", None)
+        if hasattr(pl_module, "cost"):
+            self.summary.update(pl_module.cost())
+        self._write(trainer)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for logger in trainer.loggers:  # cost in metrics.csv and W&B, at the (restored) step training starts from
+            logger.log_metrics({"cost/params": self.summary.get("params", 0),
+                                "cost/macs": self.summary.get("macs", 0)}, step=trainer.global_step)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._finish(trainer, "finished")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._collect(trainer)
+        if self.subcommand != "fit":
+            self._finish(trainer, self.summary.get("status") if self.summary.get("status") != "running" else
+                         "finished")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._collect(trainer)
+        if self.subcommand == "validate":
+            self._finish(trainer, self.summary.get("status") if self.summary.get("status") != "running" else
+                         "finished")
+        else:
+            self._write(trainer)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.subcommand == "predict" and self.summary.get("status") == "running":
+            self._finish(trainer, "finished")
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not trainer.is_global_zero:
+            return
+        if not self.summary:
+            self.summary = read_summary(self.path.parent) or {"metrics": {}}
+        lines = [ln for ln in str(exception).strip().splitlines() if ln.strip()]
+        self.summary["error"] = f"{type(exception).__name__}: {lines[0] if lines else ''}".strip()
+        self._finish(trainer, "failed")
+
+    # ---- throughput: images per second of the training loop, validation excluded --------------------------------
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epoch_t0, self._epoch_images = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._epoch_images += len(batch[0])  # a host-side int: no device sync
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close_epoch(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close_epoch(trainer, pl_module)
+        if self._throughputs:
+            pl_module.log("perf/throughput_img_per_s", self._throughputs[-1], sync_dist=False)
+
+    def _close_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._epoch_t0 is None or not self._epoch_images:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        elapsed = time.perf_counter() - self._epoch_t0
+        self._throughputs.append(self._epoch_images * trainer.world_size / elapsed)
+        self._epoch_t0 = None
+
+    # ---- writing ------------------------------------------------------------------------------------------------
+    def _collect(self, trainer: Trainer) -> None:
+        metrics = self.summary.setdefault("metrics", {})
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith(("val/", "test/", "train/")) and key != "train/loss_total":
+                value = float(value)
+                if math.isfinite(value):
+                    metrics[key] = value
+
+    def _finish(self, trainer: Trainer, status: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        self._collect(trainer)
+        self.summary["status"] = status
+        self._write(trainer)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_summary"):
+                logger.log_summary({k: v for k, v in self.summary.items() if k not in ("metrics", "status")}
+                                   | self.summary.get("metrics", {}))
+
+    def _write(self, trainer: Trainer) -> None:
+        if not trainer.is_global_zero or not self.summary:
+            return
+        if self._throughputs:  # the first epoch carries warm-up (allocator, cuDNN autotune, compile)
+            steady = self._throughputs[1:] or self._throughputs
+            self.summary["throughput_img_per_s"] = round(statistics.median(steady), 2)
+        if self.subcommand == "fit":
+            self.summary["wall_s"] = round(self._wall_before + time.perf_counter() - self._start, 2)
+        write_json(self.path, self.summary)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """``predict`` writes ``<run dir>/predictions.csv``: index, predicted class, its probability, top-5 classes."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(write_interval="epoch")
+        self.path = Path(run_dir) / "predictions.csv"
+
+    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any,
+                           batch_indices: Any) -> None:
+        probs = torch.cat(_leaves(predictions)).float().cpu()
+        indices = _leaves(batch_indices)
+        if len(indices) != len(probs):
+            indices = list(range(len(probs)))
+        top = probs.topk(min(5, probs.shape[1]), dim=1)
+        rank = "" if trainer.world_size == 1 else f".rank{trainer.global_rank}"
+        path = self.path.with_name(f"predictions{rank}.csv")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w") as f:
+            f.write("index,class,probability,top5\n")
+            for i, p, c in zip(indices, top.values, top.indices):
+                f.write(f"{i},{int(c[0])},{float(p[0]):.6f},{' '.join(map(str, c.tolist()))}\n")
+        os.replace(tmp, path)
+
+
+def _leaves(tree: Any) -> list:
+    """Tensors or ints out of Lightning's nested per-dataloader, per-batch lists."""
+    if isinstance(tree, (torch.Tensor, int)):
+        return [tree]
+    return [leaf for item in (tree or []) for leaf in _leaves(item)]
+
+
+class _ResumableWriter(ExperimentWriter):
+    """Keeps the rows of an earlier, interrupted fit up to the step it resumes from (Lightning deletes them)."""
+
+    def _check_log_dir_exists(self) -> None:
+        self._previous: list[dict[str, Any]] | None = None
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self._previous = [{k: float(v) for k, v in row.items() if v not in ("", None)}
+                                  for row in csv.DictReader(f)]
+            self._fs.rm_file(self.metrics_file_path)
+
+    def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
+        if self._previous is not None and step is not None:
+            kept = [row for row in self._previous if row.get("step", 0) <= step]  # later rows: lost with the kill
+            self.metrics = kept + self.metrics
+            for row in kept:
+                row["step"] = int(row["step"])
+                if "epoch" in row:
+                    row["epoch"] = int(row["epoch"])
+            self._previous = None
+        super().log_metrics(metrics_dict, step)
+
+
+class RunCSVLogger(CSVLogger):
+    """``<run dir>/metrics.csv``; a resumed fit continues the file instead of starting it over."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumableWriter(log_dir=self.log_dir)
+        return self._experiment

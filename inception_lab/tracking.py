@@ -1,0 +1,166 @@
+"""Weights & Biases beside the run directory: online when a server answers, offline at once when none does.
+
+W&B never blocks a run: with no API key, or a server that does not answer a 2 s probe, the run logs offline into
+``<run dir>/wandb/`` and says so in one line; upload it later with ``wandb sync``. ``WANDB_MODE`` is respected.
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+# keys that say where or how a run happens, not what it is: never part of a run's name or tags
+META_KEYS = ("config", "run_dir", "run_name", "experiment", "ckpt_path", "weights_only", "print_config")
+META_PREFIXES = ("trainer.", "wandb.", "data.init_args.root", "data.init_args.num_workers", "data.init_args.download")
+
+
+@dataclass
+class WandbOptions:
+    """W&B logging (``--wandb.*``).
+
+    Args:
+        enabled: log to W&B beside the run directory.
+        project: W&B project.
+        entity: W&B entity (user or team); None: the API key's default.
+        group: run group; None: the W&B sweep (under ``wandb agent``) or the experiment name.
+        tags: extra tags; the experiment and the ablation values are always added.
+        mode: ``auto`` (online if a server answers, else offline), ``online``, ``offline`` or ``disabled``.
+            The ``WANDB_MODE`` environment variable, when set, wins.
+    """
+
+    enabled: bool = True
+    project: str = "inception-lab"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to dotted keys (``{"model": {"aux_weight": 0.3}}`` -> ``{"model.aux_weight": 0.3}``)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def ablation_values(argv: list[str]) -> dict[str, Any]:
+    """The values a command line sets on top of its first config file: what makes this run a variant."""
+    values: dict[str, Any] = {}
+    args = [a for a in argv if a not in ("fit", "validate", "test", "predict")]
+    i, configs = 0, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            i += 1
+            continue
+        key, _, value = arg[2:].partition("=")
+        if not _ and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value, i = args[i + 1], i + 1
+        i += 1
+        if key == "config":
+            configs += 1
+            if configs > 1 and Path(value).is_file():
+                values.update(flatten(yaml.safe_load(Path(value).read_text()) or {}))
+            continue
+        values[key] = yaml.safe_load(value) if value else value
+    return {k: v for k, v in values.items() if k not in META_KEYS and not k.startswith(META_PREFIXES)}
+
+
+def _api_key_present(host: str) -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _server_answers(host: str, port: int, timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_mode(options: WandbOptions, run_dir: Path) -> str:
+    """online / offline / disabled; sets ``WANDB_MODE`` so that DDP ranks and wandb agree without probing again."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if not options.enabled or options.mode == "disabled":
+        return "disabled"
+    mode = options.mode
+    if mode == "auto":
+        url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+        host, port = url.hostname or "api.wandb.ai", url.port or (443 if url.scheme == "https" else 80)
+        reason = None
+        if not _api_key_present(host):
+            reason = "no W&B API key (run `wandb login` to log online)"
+        elif not _server_answers(host, port):
+            reason = f"W&B server {host} does not answer"
+        mode = "offline" if reason else "online"
+        if reason and _is_rank_zero():
+            print(f"wandb: {reason}: logging offline to {run_dir / 'wandb'}; upload later with "
+                  f"`wandb sync {run_dir / 'wandb'}/offline-run-*`", flush=True)
+    os.environ["WANDB_MODE"] = mode
+    return mode
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
+
+
+class RunWandbLogger(WandbLogger):
+    """WandbLogger that takes the resolved config and finishes its run, so one process can run two fits."""
+
+    @rank_zero_only
+    def log_config(self, config: dict[str, Any]) -> None:
+        self.experiment.config.update(config, allow_val_change=True)
+
+    @rank_zero_only
+    def log_summary(self, values: dict[str, Any]) -> None:
+        self.experiment.summary.update(values)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        if self._experiment is not None:
+            self._experiment.finish(exit_code=0 if status == "success" else 1)
+            self._experiment = None
+
+
+def make_wandb_logger(config: Any, run_dir: Path, argv: list[str]) -> RunWandbLogger | None:
+    """The W&B logger of a run, or None when W&B is disabled. The run id lives in the run directory (resume)."""
+    options = WandbOptions(**(config.wandb.as_dict() if hasattr(config.wandb, "as_dict") else dict(config.wandb)))
+    mode = resolve_mode(options, run_dir)
+    if mode == "disabled":
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    id_file = run_dir / "wandb_run.json"
+    if id_file.is_file():
+        run_id = json.loads(id_file.read_text())["id"]
+    else:
+        run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
+        if _is_rank_zero():
+            id_file.write_text(json.dumps({"id": run_id}))
+    values = ablation_values(argv)
+    tags = [config.experiment, *(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items()), *options.tags]
+    group = options.group or os.environ.get("WANDB_SWEEP_ID") or config.experiment
+    return RunWandbLogger(
+        name=config.run_name, save_dir=str(run_dir), id=run_id, project=options.project, entity=options.entity,
+        group=group, tags=[t[:64] for t in tags], resume="allow", mode=mode,
+    )

@@ -1,0 +1,26 @@
+"""A callback the DDP test adds with ``--trainer.callbacks+=ddp_probe.RankProbe``: each rank writes what it saw."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from lightning import Callback, LightningModule, Trainer
+
+
+class RankProbe(Callback):
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch != 0:
+            return
+        sampler = trainer.train_dataloader.sampler
+        config = json.dumps({"hparams": dict(pl_module.hparams), "net": repr(pl_module.net),
+                             "data": dict(trainer.datamodule.hparams)}, sort_keys=True, default=str)
+        record = {
+            "rank": trainer.global_rank, "world_size": trainer.world_size,
+            "backend": str(trainer.strategy.process_group_backend if hasattr(trainer.strategy,
+                                                                               "process_group_backend") else ""),
+            "sampler": type(sampler).__name__, "train_indices": list(iter(sampler)),
+            "config_sha": hashlib.sha256(config.encode()).hexdigest(),
+        }
+        Path(trainer.default_root_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))

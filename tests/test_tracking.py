@@ -1,0 +1,109 @@
+"""W&B beside the run directory (offline at once without a server) and real DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from inception_lab import tracking
+from inception_lab.tracking import WandbOptions, ablation_values, flatten, resolve_mode
+from tests.test_cli import REPO, run_cli, summary
+from tests.wandb_records import run_info
+
+QUICK = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2"]
+
+
+def test_no_api_key_goes_offline_at_once_without_probing(monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setattr(tracking, "_api_key_present", lambda host: False)
+    monkeypatch.setattr(tracking, "_server_answers", lambda *a, **k: pytest.fail("probed without an API key"))
+    assert resolve_mode(WandbOptions(), tmp_path) == "offline"
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "no W&B API key" in out[0] and "wandb sync" in out[0]
+    assert os.environ["WANDB_MODE"] == "offline"  # DDP ranks and wandb itself see the same decision
+
+
+def test_unreachable_server_goes_offline_after_a_short_probe(monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(tracking, "_api_key_present", lambda host: True)
+    calls = []
+    monkeypatch.setattr(tracking, "_server_answers", lambda host, port, timeout=2.0: calls.append(timeout) or False)
+    assert resolve_mode(WandbOptions(), tmp_path) == "offline"
+    assert calls == [2.0] and "does not answer" in capsys.readouterr().out
+
+
+def test_wandb_mode_is_respected(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode(WandbOptions(mode="online"), tmp_path) == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    assert resolve_mode(WandbOptions(enabled=False), tmp_path) == "disabled"
+
+
+def test_ablation_values_from_command_line(tmp_path: Path) -> None:
+    trial = tmp_path / "trial.json"
+    trial.write_text(json.dumps({"model.aux_weight": 0.1, "seed_everything": 3, "model": {"net": {"init_args": {
+        "head": "fc"}}}}))
+    argv = ["fit", "--config", "experiments/quickstart.yaml", "--config", str(trial), "--run_dir", "x",
+            "--model.net.init_args.filter_sizes=[3, [3, 3]]", "--trainer.max_epochs", "2"]
+    assert ablation_values(argv) == {"model.aux_weight": 0.1, "seed_everything": 3, "model.net.init_args.head": "fc",
+                                     "model.net.init_args.filter_sizes": [3, [3, 3]]}
+    assert flatten({"a": {"b": 1, "c": {"d": [1]}}}) == {"a.b": 1, "a.c.d": [1]}
+
+
+@pytest.mark.slow
+def test_wandb_run_holds_config_summary_and_grouping(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), *QUICK, "--model.aux_weight=0.1",
+            "--run_dir", str(run_dir), cwd=tmp_path)
+    info = run_info(run_dir)
+    assert info["config"]["model"]["net"]["init_args"]["head"] == "gap"  # model.net.init_args.head
+    assert info["config"]["model"]["aux_weight"] == 0.1
+    assert info["group"] == "quickstart" and "quickstart" in info["tags"] and "aux_weight=0.1" in info["tags"]
+    record = summary(run_dir)
+    for key in ("params", "macs", "throughput_img_per_s"):
+        assert info["summary"][key] == pytest.approx(record[key])
+    assert info["summary"]["val/acc_best"] == pytest.approx(record["metrics"]["val/acc_best"])
+
+
+@pytest.mark.slow
+def test_one_process_two_fits_make_two_runs(tmp_path: Path, monkeypatch) -> None:
+    from inception_lab.cli import cli_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for name in ("a", "b"):
+        assert cli_main(["fit", "--config", str(REPO / "experiments/quickstart.yaml"), *QUICK,
+                         "--trainer.limit_train_batches=2", "--run_dir", str(tmp_path / name)]) == 0
+    ids = {run_info(tmp_path / name)["id"] for name in ("a", "b")}
+    assert len(ids) == 2
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "ddp"
+    env_path = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = env_path  # the launcher re-runs the CLI for rank 1 with this environment
+    try:
+        run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.max_epochs=2",
+                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+                "--trainer.callbacks+=ddp_probe.RankProbe", "--run_dir", str(run_dir), cwd=tmp_path, timeout=600)
+    finally:
+        os.environ["PYTHONPATH"] = env_path.split(os.pathsep, 1)[1]
+    ranks = [json.loads((run_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and ranks[0]["backend"] == "gloo"
+    assert ranks[0]["config_sha"] == ranks[1]["config_sha"]
+    a, b = (set(r["train_indices"]) for r in ranks)
+    assert len(a & b) <= 1 and len(a | b) >= 1197 - 1  # disjoint shards (DistributedSampler pads by <= 1)
+    record = summary(run_dir)
+    assert record["status"] == "finished"
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # one W&B run, made on rank 0
+    assert len(list((run_dir / "checkpoints").glob("last*.ckpt"))) == 1
+    # the synced val accuracy covers the whole val set: the same number a single process gets with those weights
+    run_cli("validate", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.accelerator=cpu",
+            "--ckpt_path", str(run_dir / "checkpoints/last.ckpt"), "--run_dir", str(tmp_path / "single"), cwd=tmp_path)
+    assert summary(tmp_path / "single")["metrics"]["val/acc"] == pytest.approx(record["metrics"]["val/acc"], abs=1e-6)
