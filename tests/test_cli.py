@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -87,9 +88,25 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path) -> None:
     assert val_curve(killed)[-1] == pytest.approx(val_curve(straight)[-1], abs=1e-6)
 
 
+def run_in_process(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+                   cwd: Path) -> tuple[int, str]:
+    """The CLI in this process (where the tiny CIFAR's md5s are patched in); returns (exit code, stderr)."""
+    from inception_lab.cli import cli_main
+
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):  # handlers made under an earlier capture
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.stream = sys.stderr
+    code = cli_main(args)
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
-def test_every_experiment_runs(experiment: Path, tmp_path: Path, tiny_cifar: Path, tiny_imagenet: Path) -> None:
+def test_every_experiment_runs(experiment: Path, tmp_path: Path, tiny_cifar: Path, tiny_imagenet: Path,
+                               capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """fast_dev_run of each experiment file on tiny data in the real on-disk formats."""
     args = ["fit", "--config", str(experiment)]
     if experiment.stem == "ddp":  # ddp.yaml stacks on an experiment; on CPU, gloo stands in for NCCL
@@ -98,14 +115,16 @@ def test_every_experiment_runs(experiment: Path, tmp_path: Path, tiny_cifar: Pat
                 "--trainer.strategy.init_args.process_group_backend=gloo"]
     text = experiment.read_text()
     if "CIFARDataModule" in text:
-        args += [f"--data.init_args.root={tiny_cifar}", "--data.init_args.batch_size=4"]
+        args += [f"--data.init_args.root={tiny_cifar}", "--data.init_args.batch_size=4",
+                 "--data.init_args.val_size=10"]
     if "ImageNetDataModule" in text:
         args += [f"--data.init_args.root={tiny_imagenet}", "--data.init_args.batch_size=2",
                  "--data.init_args.num_workers=0", "--data.init_args.num_classes=3",
                  "--data.init_args.val_size=2"]
     args += ["--trainer.fast_dev_run=1", "--trainer.accelerator=cpu", "--trainer.precision=32-true",
              "--run_dir", str(tmp_path / "run")]
-    run_cli(*args, cwd=tmp_path)
+    code, err = run_in_process(args, capsys, monkeypatch, tmp_path)
+    assert code == 0, err[-3000:]
     assert summary(tmp_path / "run")["status"] == "finished"
     assert text.startswith("#") and "python -m inception_lab" in text.split("\n\n")[0]  # says what and how
 
@@ -145,7 +164,8 @@ def test_bad_config_is_one_line_error(tmp_path: Path, args: list[str], message: 
 
 
 @pytest.mark.parametrize("case", ["missing_cifar", "missing_imagenet", "corrupt_cifar"])
-def test_bad_data_is_one_line_error(tmp_path: Path, tiny_cifar: Path, case: str) -> None:
+def test_bad_data_is_one_line_error(tmp_path: Path, tiny_cifar: Path, case: str, capsys: pytest.CaptureFixture,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     if case == "missing_cifar":
         args = ["--config", str(REPO / "experiments/googlenet_cifar10.yaml"),
                 f"--data.init_args.root={tmp_path / 'nowhere'}"]
@@ -160,9 +180,9 @@ def test_bad_data_is_one_line_error(tmp_path: Path, tiny_cifar: Path, case: str)
         args = ["--config", str(REPO / "experiments/googlenet_cifar10.yaml"), f"--data.init_args.root={tiny_cifar}"]
         expect = "data_batch_1"
     run_dir = tmp_path / "run"
-    proc = run_cli("fit", *args, "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--run_dir",
-                   str(run_dir), cwd=tmp_path, check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("inception_lab: error:") and expect in last, proc.stderr[-2000:]
+    code, err = run_in_process(["fit", *args, "--trainer.accelerator=cpu", "--trainer.precision=32-true",
+                                "--run_dir", str(run_dir)], capsys, monkeypatch, tmp_path)
+    assert code != 0 and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("inception_lab: error:") and expect in last, err[-2000:]
     assert not (run_dir / "summary.json").exists() or summary(run_dir)["status"] == "failed"

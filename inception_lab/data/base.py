@@ -1,0 +1,138 @@
+"""What every DataModule here shares: the linked attributes, per-sample augmentation on the device, test views."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from lightning import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from inception_lab.sampling import EpochShuffleSampler, trainer_epoch
+
+TestViews = Literal["single", "flip", "ten_crop"]
+
+
+class DataError(RuntimeError):
+    """Data missing or unreadable: reported to the user as one line naming the file or directory."""
+
+
+def random_crop_flip(images: Tensor, pad: int, flip: bool) -> Tensor:
+    """Per-sample random crop after zero padding, and a per-sample horizontal flip, on a batch ``(N, C, H, W)``.
+
+    torchvision's v2 transforms on a batched tensor draw one set of parameters for the whole batch (vision #8484);
+    here every image draws its own offsets and its own flip, on whatever device the batch is on.
+    """
+    n, _, h, w = images.shape
+    if pad > 0:
+        padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
+        dx = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
+        rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]  # N x 1 x H x 1
+        cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]  # N x 1 x 1 x W
+        batch = torch.arange(n, device=images.device)[:, None, None, None]
+        channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+        images = padded[batch, channel, rows, cols]
+    if flip:
+        mask = torch.rand(n, device=images.device) < 0.5
+        images = torch.where(mask[:, None, None, None], images.flip(-1), images)
+    return images
+
+
+class ImageDataModule(LightningDataModule):
+    """Base class. Subclasses set ``num_classes``, ``in_channels``, ``image_size`` in ``__init__`` (the CLI links
+    them into the network) and the datasets in ``setup``.
+
+    In-memory datasets (digits, CIFAR) hold uint8 ``(N, C, H, W)`` tensors; their batches travel to the device as
+    uint8 and are augmented (per sample), converted and normalized there, in ``on_after_batch_transfer``.
+
+    Args:
+        batch_size: per device: the global batch is ``batch_size x devices``.
+        num_workers: DataLoader worker processes.
+        test_views: test-time augmentation: ``single``; ``flip`` (the image and its mirror); ``ten_crop`` (four
+            corners and the center, and their mirrors: ImageNet). Test batches are then ``(N, V, C, H, W)`` and the
+            model averages its probabilities over the V views.
+    """
+
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    pad: int = 0  # random-crop padding for on-device augmentation (0: none)
+    flip: bool = False  # random horizontal flips for on-device augmentation
+    ten_crop_ok: bool = False
+
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, test_views: TestViews = "single",
+                 seed: int = 0) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.init_args.batch_size={batch_size!r}: must be a positive integer")
+        if test_views not in ("single", "flip", "ten_crop"):
+            raise ValueError(f"data.init_args.test_views={test_views!r}: allowed values are 'single', 'flip', "
+                             "'ten_crop'")
+        if test_views == "ten_crop" and not self.ten_crop_ok:
+            raise ValueError(f"data.init_args.test_views='ten_crop': only for ImageNet-sized inputs; "
+                             f"{type(self).__name__} allows 'single' or 'flip'")
+        self.batch_size, self.num_workers, self.test_views, self.seed = batch_size, num_workers, test_views, seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # ---- loaders ------------------------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        if dataset is None:
+            raise DataError(f"{type(self).__name__}: setup() has not loaded this split")
+        workers = self.num_workers
+        return DataLoader(
+            dataset, batch_size=self.batch_size, num_workers=workers, drop_last=False,
+            sampler=EpochShuffleSampler(len(dataset), self.seed, trainer_epoch(self)) if train else None,
+            generator=torch.Generator().manual_seed(self.seed),  # worker seeds: not drawn from the global RNG
+            pin_memory=getattr(self, "pin_memory", False) and torch.cuda.is_available(),
+            persistent_workers=getattr(self, "persistent_workers", False) and workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    # ---- on the device ------------------------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch
+        trainer = self.trainer
+        if x.dtype == torch.uint8:
+            if trainer is not None and trainer.training:
+                x = random_crop_flip(x, self.pad, self.flip)
+            x = self.normalize(x)
+            if trainer is not None and (trainer.testing or trainer.predicting) and self.test_views == "flip":
+                x = torch.stack([x, x.flip(-1)], 1)
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def normalize(self, images: Tensor) -> Tensor:
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images.float() / 255 - mean) / std
+
+
+def split_indices(n: int, sizes: tuple[int, ...], seed: int) -> list[Tensor]:
+    """A seeded permutation of ``range(n)`` cut into ``sizes`` and the rest (last)."""
+    if sum(sizes) >= n:
+        raise ValueError(f"split sizes {sizes} leave no training data out of {n} images")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(perm[start:start + size])
+        start += size
+    parts.append(perm[start:])
+    return parts

@@ -1,0 +1,88 @@
+"""CIFAR-10 and CIFAR-100 through torchvision's datasets (the real pickled batches and archive), held in memory."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch.utils.data import TensorDataset
+from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets.utils import check_integrity
+
+from inception_lab.data.base import DataError, ImageDataModule, TestViews, split_indices
+
+DATASETS = {"cifar10": (CIFAR10, "CIFAR-10", 10), "cifar100": (CIFAR100, "CIFAR-100", 100)}
+
+
+class CIFARDataModule(ImageDataModule):
+    """CIFAR-10/100 with a validation split held out of the training set (the test set never picks a model).
+
+    Augmentation (per sample, on the training device): pad 4 + random 32x32 crop, random horizontal flip.
+
+    Args:
+        dataset: ``cifar10`` or ``cifar100``.
+        root: the directory holding ``cifar-10-batches-py/`` or ``cifar-100-python/`` (torchvision's layout).
+        download: fetch the archive (about 170 MB) into ``root`` when missing.
+        val_size: training images held out for validation.
+    """
+
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+    pad, flip = 4, True
+
+    def __init__(self, dataset: Literal["cifar10", "cifar100"] = "cifar10", root: str = "data", download: bool = False,
+                 batch_size: int = 128, num_workers: int = 0, val_size: int = 5000, split_seed: int = 0,
+                 test_views: TestViews = "single") -> None:
+        super().__init__(batch_size, num_workers, test_views, seed=split_seed)
+        if dataset not in DATASETS:
+            raise ValueError(f"data.init_args.dataset={dataset!r}: allowed values are 'cifar10', 'cifar100'")
+        self.save_hyperparameters()
+        self.dataset, self.root, self.download = dataset, root, download
+        self.val_size, self.split_seed = val_size, split_seed
+        self.num_classes, self.in_channels, self.image_size = DATASETS[dataset][2], 3, 32
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.root) / DATASETS[self.dataset][0].base_folder
+
+    def prepare_data(self) -> None:
+        cls, name, _ = DATASETS[self.dataset]
+        if self.download:
+            for train in (True, False):
+                cls(self.root, train=train, download=True)
+        elif not self.folder.is_dir():
+            raise DataError(f"{name} not found under {self.folder}: set data.init_args.download=true to fetch it "
+                            f"(about 170 MB) into {self.root}, or point data.init_args.root at an existing copy")
+        self._check_files()
+
+    def _check_files(self) -> None:
+        cls, name, _ = DATASETS[self.dataset]
+        for filename, md5 in (*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])):
+            path = self.folder / filename
+            if not path.is_file():
+                raise DataError(f"{path}: missing {name} file; set data.init_args.download=true to fetch the dataset")
+            if not check_integrity(str(path), md5):
+                raise DataError(f"{path}: corrupt or incomplete {name} file (md5 mismatch); delete "
+                                f"{self.folder} and download again")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self._check_files()
+        cls, name, _ = DATASETS[self.dataset]
+        try:
+            train, test = cls(self.root, train=True), cls(self.root, train=False)
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
+            raise DataError(f"{self.folder}: unreadable {name} batch file ({error})") from None
+        images, labels = self._tensors(train)
+        val, fit = split_indices(len(images), (self.val_size,), self.split_seed)
+        self.train_set = TensorDataset(images[fit], labels[fit])
+        self.val_set = TensorDataset(images[val], labels[val])
+        self.test_set = TensorDataset(*self._tensors(test))
+
+    @staticmethod
+    def _tensors(dataset: CIFAR10) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()  # N x 3 x 32 x 32, uint8
+        return images, torch.tensor(dataset.targets, dtype=torch.long)

@@ -1,0 +1,40 @@
+"""The embedded default: scikit-learn's handwritten digits (real 8x8 scans that ship with the package)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import TensorDataset
+
+from inception_lab.data.base import ImageDataModule, TestViews, split_indices
+
+
+class DigitsDataModule(ImageDataModule):
+    """1,797 handwritten digits (UCI, via ``sklearn.datasets.load_digits``), 10 classes, upsampled to 32x32.
+
+    A fixed seeded split: ``test_size`` test, ``val_size`` val, the rest (1,197 by default) train. Augmentation:
+    random crops after ``pad`` pixels of padding; no flips (a mirrored digit is another symbol). Needs no network.
+    """
+
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, image_size: int = 32, val_size: int = 300,
+                 test_size: int = 300, pad: int = 2, split_seed: int = 0, test_views: TestViews = "single") -> None:
+        super().__init__(batch_size, num_workers, test_views, seed=split_seed)
+        self.save_hyperparameters()
+        self.num_classes, self.in_channels, self.image_size = 10, 1, image_size
+        self.val_size, self.test_size, self.pad, self.split_seed = val_size, test_size, pad, split_seed
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = torch.tensor(digits.images, dtype=torch.float32)[:, None] * (255 / 16)  # N x 1 x 8 x 8, 0..255
+        images = torch.nn.functional.interpolate(images, size=self.image_size, mode="bilinear", antialias=False)
+        images = images.round().clamp(0, 255).to(torch.uint8)
+        labels = torch.tensor(digits.target, dtype=torch.long)
+        test, val, train = split_indices(len(images), (self.test_size, self.val_size), self.split_seed)
+        pixels = images[train].float() / 255
+        self.mean, self.std = (pixels.mean().item(),), (pixels.std().item(),)
+        self.train_set = TensorDataset(images[train], labels[train])
+        self.val_set = TensorDataset(images[val], labels[val])
+        self.test_set = TensorDataset(images[test], labels[test])
