@@ -129,7 +129,10 @@ class RunWandbLogger(WandbLogger):
 
     @rank_zero_only
     def log_config(self, config: dict[str, Any]) -> None:
-        self.experiment.config.update(config, allow_val_change=True)
+        # Under `wandb agent` the run config already holds the swept values, which the sweep's grid reads back to
+        # know which cells are done: keep those keys as the agent set them.
+        swept = set(self.experiment.config.keys()) if os.environ.get("WANDB_SWEEP_ID") else set()
+        self.experiment.config.update({k: v for k, v in config.items() if k not in swept}, allow_val_change=True)
 
     @rank_zero_only
     def log_summary(self, values: dict[str, Any]) -> None:

@@ -20,8 +20,17 @@ EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
 SHORT = ["--trainer.limit_train_batches=6", "--trainer.limit_val_batches=2", "--trainer.max_epochs=1"]
 
 
+# set by in-process runs (the ddp.yaml smoke test binds MASTER_PORT in this process); a child must pick its own
+DIST_ENV = ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "LOCAL_WORLD_SIZE")
+
+
+def clean_env() -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k not in DIST_ENV}, "WANDB_MODE": "offline",
+            "PYTHONUNBUFFERED": "1"}
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    env = clean_env()
     proc = subprocess.run([sys.executable, "-m", "inception_lab", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -67,7 +76,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path) -> None:
     run_cli(*base, "--run_dir", str(straight), cwd=tmp_path)
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    env = clean_env()
     proc = subprocess.Popen([sys.executable, "-m", "inception_lab", *base, "--run_dir", str(killed)], cwd=tmp_path,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     last = killed / "checkpoints/last.ckpt"

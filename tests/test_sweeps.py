@@ -1,0 +1,427 @@
+"""Sweep files (sweeps/*.yaml) and the local runner (``python -m inception_lab sweep``).
+
+Every sweep file is checked against W&B's sweep schema; every trial of every file is rendered the way the W&B agent
+renders it and parsed by the CLI with the swept values in place; a real sweep runs on the digits, survives a
+SIGKILL of the runner, and records a crashing trial while the others finish.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from inception_lab import cli, sweep
+from inception_lab.tracking import flatten
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
+FULL_FILES = [p for p in SWEEP_FILES if not p.name.endswith(".digits.yaml")]
+ABLATIONS = ("filter_sizes", "reduce_widths", "aux_weights", "head_gap_vs_fc")
+TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2"]
+ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+
+# W&B's sweep schema (sweeps 0.3.0, config/schema.json), as much of it as these files use
+TOP_KEYS = {"apiVersion", "kind", "controller", "description", "program", "job", "image_uri", "entity", "project",
+            "method", "command", "name", "run_cap", "metric", "metrics", "scheduler", "early_terminate", "parameters"}
+PARAM_KEYS = {"constant": {"value"}, "categorical": {"values"}, "int_uniform": {"min", "max"},
+              "uniform": {"min", "max"}, "q_uniform": {"min", "max", "q"}, "log_uniform_values": {"min", "max"},
+              "normal": {"mu", "sigma"}, "log_normal": {"mu", "sigma"}}
+HYPERBAND_KEYS = {"type", "min_iter", "max_iter", "s", "eta", "strict"}
+
+
+def _id(path: Path) -> str:
+    return path.name
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, as JSON has them: the CLI turns typed tuples into tuples."""
+    return json.loads(json.dumps(value, default=list))
+
+
+def _trials(s: sweep.Sweep, n_drawn: int = 3) -> list[dict[str, Any]]:
+    """Every grid cell; for random and bayes, a few draws from the same distributions. A full-size (CIFAR-10)
+    form keeps one seed per cell: it builds a 6M-parameter network per trial (0.7 s), and its digits form, which
+    has the same cells (test_digits_form_sweeps_the_same_cells), goes through every seed."""
+    if s.method != "grid":
+        return sweep.random_values(s, n_drawn, seed=0)
+    cells = sweep.grid_values(s)
+    if s.path.name.endswith(".digits.yaml"):
+        return cells
+    first_seed = cells[0].get("seed_everything")
+    return [c for c in cells if c.get("seed_everything") == first_seed]
+
+
+# ---- the sweep files ---------------------------------------------------------------------------------------------
+def test_every_ablation_has_a_full_and_a_digits_form() -> None:
+    names = {p.name for p in SWEEP_FILES}
+    for stem in (*ABLATIONS, "lr_wd_bayes"):
+        assert {f"{stem}.yaml", f"{stem}.digits.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=_id)
+def test_sweep_file_follows_wandb_schema(path: Path) -> None:
+    text = path.read_text()
+    config = yaml.safe_load(text)
+    assert set(config) <= TOP_KEYS, f"keys W&B rejects (additionalProperties: false): {set(config) - TOP_KEYS}"
+    assert config["method"] in ("grid", "random", "bayes")
+    assert config["metric"] == {"name": "val/acc_best", "goal": "maximize"}
+    assert config["name"] == path.name.removesuffix(".yaml")
+    s = sweep.load_sweep(path)  # infers each parameter's distribution as W&B's schema does
+    for p in s.params:
+        assert set(p.spec) - {"distribution"} <= PARAM_KEYS[p.kind], (p.name, p.spec)
+    # a block list (a flow list holding ${env} is invalid YAML), the values through the agent's JSON file
+    assert "\ncommand:\n  - ${env}\n" in text
+    command = config["command"]
+    assert all(isinstance(c, str) for c in command)
+    assert command[command.index("${args_json_file}") - 1] == "--config"
+    assert command[:5] == ["${env}", "python", "-m", "inception_lab", "fit"]
+    experiment = command[command.index("--config") + 1]
+    assert (ROOT / experiment).is_file()
+    assert experiment == ("experiments/quickstart.yaml" if ".digits" in path.name else
+                          "experiments/googlenet_cifar10.yaml")
+    if config["method"] == "grid":
+        assert len(config["parameters"]["seed_everything"]["values"]) >= 3
+        assert len(config["parameters"]) == 2  # one ablation axis x seeds
+    else:
+        assert isinstance(config["run_cap"], int) and config["run_cap"] > 0
+        assert {p.kind for p in s.params} == {"log_uniform_values"}
+        hyperband = config["early_terminate"]
+        assert hyperband["type"] == "hyperband" and set(hyperband) <= HYPERBAND_KEYS
+        assert "min_iter" in hyperband or {"max_iter", "s"} <= set(hyperband)
+    # opens with what it ablates and the commands that run it
+    header = text[:text.index("\nname:")]
+    assert all(line.startswith("#") for line in header.splitlines())
+    assert f"python -m inception_lab sweep sweeps/{path.name}" in header
+    assert "wandb sweep sweeps/" in header and "wandb agent" in header
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=_id)
+def test_sweep_file_validates_with_wandb_schema_json(path: Path) -> None:
+    """The engine's own JSON schema, when the optional ``sweeps`` package is installed (it pins numpy<2)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    try:
+        files = importlib.metadata.files("sweeps") or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("W&B's sweeps package is not installed (pip install 'inception-lab[sweeps]')")
+    schema_file = next(f for f in files if str(f).endswith("config/schema.json"))
+    schema = json.loads(Path(schema_file.locate()).read_text())
+    jsonschema.Draft7Validator(schema).validate(yaml.safe_load(path.read_text()))
+
+
+@pytest.mark.parametrize("stem", (*ABLATIONS, "lr_wd_bayes"))
+def test_digits_form_sweeps_the_same_cells(stem: str) -> None:
+    full = yaml.safe_load((ROOT / "sweeps" / f"{stem}.yaml").read_text())
+    small = yaml.safe_load((ROOT / "sweeps" / f"{stem}.digits.yaml").read_text())
+    assert small["method"] == full["method"] and small["metric"] == full["metric"]
+    if full["method"] == "grid":
+        assert small["parameters"] == full["parameters"]
+    else:
+        assert small["parameters"].keys() == full["parameters"].keys()
+
+
+def test_grid_cells_cover_the_axes_as_asked() -> None:
+    def axis(stem: str, key: str) -> list[Any]:
+        return yaml.safe_load((ROOT / "sweeps" / f"{stem}.yaml").read_text())["parameters"][key]["values"]
+
+    assert axis("filter_sizes", "model.net.init_args.filter_sizes") == [[3, 5], [3, 3], [3, [3, 3]], [3, 7]]
+    assert axis("reduce_widths", "model.net.init_args.reduce_width_mult") == [0.25, 0.5, 1.0, 2.0, "naive"]
+    assert axis("head_gap_vs_fc", "model.net.init_args.head") == ["gap", "fc"]
+    aux = axis("aux_weights", "model")
+    assert [v["aux_weight"] for v in aux] == [0.0, 0.1, 0.3, 1.0, 0.0]
+    assert aux[-1]["net"] == {"init_args": {"aux_positions": []}} and all("net" not in v for v in aux[:-1])
+    cells = sweep.grid_values(sweep.load_sweep(ROOT / "sweeps" / "aux_weights.yaml"))
+    assert len(cells) == 15 and len({json.dumps(c, sort_keys=True) for c in cells}) == 15  # no duplicate cells
+
+
+# ---- every trial through the CLI, rendered as the agent renders it ---------------------------------------------
+def test_rendering_matches_the_wandb_agent(tmp_path: Path) -> None:
+    """``sweep_vars`` is wandb's ``create_sweep_command_args``; the args JSON file holds ``args_json``."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    values = {"model": {"aux_weight": 0.0, "net": {"init_args": {"aux_positions": []}}}, "a": None, "b": True,
+              "c": False, "model.net.init_args.filter_sizes": [3, [3, 3]], "r": "naive", "seed_everything": 1}
+    theirs = create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
+    ours = sweep.sweep_vars(values)
+    for key, rendered in ours.items():
+        assert rendered == theirs[key], key
+    assert "--a=None" in ours["args"]  # why the sweep files use ${args_json_file}, not ${args}
+    sweep.write_args_json(tmp_path / "args.json", values)
+    assert (tmp_path / "args.json").read_text() == theirs["args_json"][0]
+    template = ["${env}", "python", "-m", "inception_lab", "fit", "--config", "x.yaml", "--config",
+                "${args_json_file}", "${args_no_hyphens}"]
+    command = sweep.render_command(template, {"seed_everything": 1}, tmp_path / "args.json")
+    assert command == ["/usr/bin/env", sys.executable, "-m", "inception_lab", "fit", "--config", "x.yaml",
+                       "--config", str(tmp_path / "args.json"), "seed_everything=1"]
+
+
+@pytest.fixture
+def parsed_configs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The configs ``check_config`` parses (spied on, so each trial is parsed once)."""
+    seen: list[Any] = []
+    monkeypatch.setattr(cli._ParseOnlyCLI, "before_instantiate_classes", lambda self: seen.append(self.config))
+    return seen
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=_id)
+def test_every_trial_parses_with_its_values(path: Path, tmp_path: Path, parsed_configs: list[Any]) -> None:
+    s = sweep.load_sweep(path)
+    experiment = yaml.safe_load((ROOT / s.command[s.command.index("--config") + 1]).read_text())
+    for i, values in enumerate(_trials(s)):
+        json_file = tmp_path / f"{i}.json"
+        sweep.write_args_json(json_file, values)
+        command = sweep.render_command(s.command, values, json_file)
+        args = sweep.cli_args(command)
+        assert args is not None and args[0] == "fit"
+        cli.check_config([*args, "--run_dir", str(tmp_path / "run"), "--wandb.group", s.name])
+        config = parsed_configs[-1]
+        swept = flatten(values)
+        for key, value in swept.items():
+            assert _plain(config[key]) == _plain(value), (path.name, key)
+        # a nested value merges onto the experiment: the keys it does not name keep the experiment's values
+        for key in ("model.aux_weight", "model.net.init_args.stem", "model.net.init_args.width_mult",
+                    "model.optimizer.init_args.lr", "model.optimizer.init_args.weight_decay", "data.class_path"):
+            if key not in swept and key in flatten(experiment):
+                assert _plain(config[key]) == flatten(experiment)[key], (path.name, key)
+        if "model" in values and "net" not in values["model"]:
+            assert tuple(config["model.net.init_args.aux_positions"]) == ("4a", "4d")
+    assert len(parsed_configs) == len(_trials(s))
+
+
+def test_no_aux_heads_cell_prints_as_merged_config(tmp_path: Path) -> None:
+    """The nested ``model`` value through the real CLI (``--print_config``) and the network it builds."""
+    values = {"model": {"aux_weight": 0.0, "net": {"init_args": {"aux_positions": []}}}, "seed_everything": 2}
+    sweep.write_args_json(tmp_path / "args.json", values)
+    out = subprocess.run([sys.executable, "-m", "inception_lab", "fit", "--config", "experiments/quickstart.yaml",
+                          "--config", str(tmp_path / "args.json"), "--print_config"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    config = yaml.safe_load(out.stdout)
+    assert config["seed_everything"] == 2 and config["model"]["aux_weight"] == 0.0
+    net = config["model"]["net"]["init_args"]
+    assert net["aux_positions"] == [] and net["stem"] == "cifar" and net["width_mult"] == 0.125
+    assert config["model"]["optimizer"]["init_args"]["lr"] == 0.004
+
+
+# ---- the runner: order, draws, errors -------------------------------------------------------------------------------
+def test_grid_order_is_wandbs() -> None:
+    s = sweep.load_sweep(ROOT / "sweeps" / "filter_sizes.yaml")
+    cells = sweep.grid_values(s)
+    assert [(c["model.net.init_args.filter_sizes"], c["seed_everything"]) for c in cells[:4]] == [
+        ([3, 5], 0), ([3, 5], 1), ([3, 5], 2), ([3, 3], 0)]
+    engine = sys.modules.get("sweeps") or pytest.importorskip("sweeps")
+    if not hasattr(engine, "next_run"):
+        pytest.skip("W&B's sweeps package is not installed")
+    from sweeps.grid_search import grid_search_next_runs
+
+    runs = grid_search_next_runs([], s.config, n=len(cells) + 1)
+    assert [{k: v["value"] for k, v in r.config.items()} for r in runs[:-1]] == cells
+
+
+def test_random_draws_are_seeded_and_in_range(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"method": "random", "run_cap": 50, "parameters": {
+        "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
+        "wd": {"distribution": "q_uniform", "min": 0, "max": 10, "q": 2},
+        "n": {"min": 1, "max": 3}, "head": {"values": ["gap", "fc"]}, "k": {"value": [3, [3, 3]]}},
+        "command": ["python", "train.py", "${args}"]}))
+    s = sweep.load_sweep(path)
+    draws = sweep.random_values(s, 50, seed=0)
+    assert draws == sweep.random_values(s, 50, seed=0) != sweep.random_values(s, 50, seed=1)
+    assert sweep.random_values(s, 10, seed=0) == draws[:10]  # a larger --run-cap extends, never redraws
+    assert all(1e-4 <= d["lr"] <= 1e-1 and d["wd"] % 2 == 0 and d["n"] in (1, 2, 3) for d in draws)
+    assert {d["head"] for d in draws} == {"gap", "fc"} and all(d["k"] == [3, [3, 3]] for d in draws)
+
+
+BAD_SWEEPS = {
+    "missing": (None, "no such sweep file"),
+    "yaml": ("method: grid\nparameters: {a: [1, 2\n", "invalid YAML"),
+    "method": ("method: hill_climb\nparameters: {a: {values: [1]}}\n", "method='hill_climb'"),
+    "continuous_grid": ("method: grid\nparameters: {lr: {distribution: log_uniform_values, min: 0.001, max: 0.1}}\n",
+                        "lr is log_uniform_values: grid allows only"),
+    "random_no_cap": ("method: random\nparameters: {lr: {min: 0.1, max: 1.0}}\ncommand: [python, t.py, '${args}']\n",
+                      "set run_cap"),
+    "macro": ("method: grid\nparameters: {a: {values: [1]}}\ncommand: [python, '${arg}']\n", "unknown macro"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SWEEPS)
+def test_bad_sweep_is_one_line_error(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    text, message = BAD_SWEEPS[case]
+    path = tmp_path / "s.yaml"
+    if text is not None:
+        path.write_text(text)
+    assert sweep.main([str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_trial_config_aborts_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"name": "bad", "method": "grid", "parameters": {
+        "model.net.init_args.head": {"values": ["gap", "gapp"]}, "seed_everything": {"values": [0]}},
+        "command": ["${env}", "python", "-m", "inception_lab", "fit", "--config", "experiments/quickstart.yaml",
+                    "--config", "${args_json_file}"]}, sort_keys=False))
+    assert sweep.main([str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    dry = capsys.readouterr().err.strip().splitlines()
+    out = subprocess.run([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(tmp_path / "out")],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    for error in (dry, out.stderr.strip().splitlines()):
+        assert len(error) == 1, error
+        assert "trial 001-head=gapp-seed0" in error[0] and "model.net.init_args.head" in error[0], error
+    assert not (tmp_path / "out").exists()
+
+
+def test_bayes_without_engine_says_how_to_install(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    engine = sys.modules.get("sweeps")
+    if engine is not None and hasattr(engine, "next_run"):
+        pytest.skip("W&B's sweeps package is installed")
+    assert sweep.main([str(ROOT / "sweeps" / "lr_wd_bayes.digits.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "pip install 'inception-lab[sweeps]'" in capsys.readouterr().err
+
+
+def test_interrupted_trial_resumes_from_last_checkpoint(tmp_path: Path) -> None:
+    """A fake trial program (records its argv, writes a finished summary.json) behind the real runner."""
+    program = ("import json, pathlib, sys; d = pathlib.Path(sys.argv[sys.argv.index('--run_dir') + 1]); "
+               "(d / 'argv.json').write_text(json.dumps(sys.argv)); "
+               "(d / 'summary.json').write_text(json.dumps({'status': 'finished', 'metrics': {'val/acc_best': 0.5}}))")
+    path = tmp_path / "fake.yaml"
+    path.write_text(yaml.safe_dump({"name": "fake", "method": "grid", "parameters": {"a": {"values": [1, 2, 3]}},
+                                    "metric": {"name": "val/acc_best", "goal": "maximize"},
+                                    "command": ["python", "-c", program, "${args}"]}))
+    out = tmp_path / "out"
+    names = ["000-a=1", "001-a=2", "002-a=3"]
+    # the state a SIGKILL leaves: one trial finished, one interrupted after a checkpoint, one not started
+    (out / "runs" / names[1] / "checkpoints").mkdir(parents=True)
+    (out / "runs" / names[1] / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (out / "runs" / names[1] / "summary.json").write_text('{"status": "running"}')
+    (out / "runs" / names[0]).mkdir()
+    (out / "runs" / names[0] / "summary.json").write_text('{"status": "finished", "metrics": {"val/acc_best": 0.9}}')
+    (out / "sweep.yaml").write_text(path.read_text())
+    (out / "state.json").write_text(json.dumps({"seed": 0, "trials": [
+        {"name": names[0], "values": {"a": 1}, "status": "running", "starts": 1},
+        {"name": names[1], "values": {"a": 2}, "status": "running", "starts": 1}]}))
+    assert sweep.main([str(path), "--out", str(out)]) == 0
+    state = json.loads((out / "state.json").read_text())
+    assert [(t["status"], t["starts"]) for t in state["trials"]] == [("finished", 1), ("finished", 2),
+                                                                     ("finished", 1)]
+    assert state["trials"][0]["metrics"] == {"val/acc_best": 0.9}  # finished while the runner was dead: kept
+    assert not (out / "runs" / names[0] / "argv.json").exists()
+    resumed = json.loads((out / "runs" / names[1] / "argv.json").read_text())
+    assert resumed[-2:] == ["--ckpt_path", "last"] and "--a=2" in resumed
+    fresh = json.loads((out / "runs" / names[2] / "argv.json").read_text())
+    assert "--ckpt_path" not in fresh and fresh[-4:] == ["--run_dir", str(out / "runs" / names[2]),
+                                                         "--wandb.group", "fake"]
+
+
+# ---- real sweeps on the digits ----------------------------------------------------------------------------------
+def _tiny_sweep(tmp_path: Path, name: str, parameters: dict[str, Any]) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name, "method": "grid", "metric": {"name": "val/acc_best", "goal": "maximize"},
+        "parameters": parameters,
+        "command": ["${env}", "python", "-m", "inception_lab", "fit", "--config", "experiments/quickstart.yaml",
+                    *TINY, "--config", "${args_json_file}"]}, sort_keys=False))
+    return path
+
+
+def _runner(path: Path, out: Path, *flags: str, wandb: str = "offline") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(out), *flags],
+                            cwd=ROOT, env={**ENV, "WANDB_MODE": wandb}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _state(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / "state.json").read_text())
+    except (OSError, ValueError):
+        return {"trials": []}
+
+
+def _starts_logged(out: Path, trial: str) -> int:
+    return (out / "runs" / trial / "trial.log").read_text().count("# start ")
+
+
+@pytest.mark.slow
+def test_small_sweep_runs_in_parallel(tmp_path: Path) -> None:
+    path = _tiny_sweep(tmp_path, "tiny", {"model.net.init_args.head": {"values": ["gap", "fc"]},
+                                          "seed_everything": {"values": [0, 1]}})
+    out = tmp_path / "sweep"
+    proc = _runner(path, out, "--parallel", "2")
+    log, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, log
+    assert (out / "sweep.yaml").read_text() == path.read_text()
+    state = _state(out)
+    names = ["000-head=gap-seed0", "001-head=gap-seed1", "002-head=fc-seed0", "003-head=fc-seed1"]
+    assert [t["name"] for t in state["trials"]] == names
+    for trial in state["trials"]:
+        run_dir = out / "runs" / trial["name"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert trial["status"] == summary["status"] == "finished" and trial["starts"] == 1
+        assert trial["metrics"] == summary["metrics"] and 0 <= trial["metrics"]["val/acc_best"] <= 1
+        assert json.loads((run_dir / "args.json").read_text()) == trial["values"]
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["model"]["net"]["init_args"]["head"] == trial["values"]["model.net.init_args.head"]
+        assert config["seed_everything"] == trial["values"]["seed_everything"]
+        assert config["run_dir"] == str(run_dir) and config["wandb"]["group"] == "tiny"
+    starts = [line for line in log.splitlines() if " start " in line]
+    assert "(cpu0" in starts[0] and "(cpu1" in starts[1]  # two at once
+    assert "per cell, mean ± std over seeds" in log and 'model.net.init_args.head="fc"' in log
+
+
+@pytest.mark.slow
+def test_runner_survives_sigkill_and_records_a_crash(tmp_path: Path) -> None:
+    """SIGKILL the runner once a trial finished; start it again: nothing finished runs twice, all trials end; a
+    negative learning rate passes validation but fails in configure_optimizers: recorded with its error tail.
+    W&B is off here (the test above logs offline): a trial's W&B start and finish cost seconds."""
+    path = _tiny_sweep(tmp_path, "kill", {"model.optimizer.init_args.lr": {"values": [0.004, 0.002, -1.0]},
+                                          "seed_everything": {"value": 0}})
+    out = tmp_path / "sweep"
+    proc = _runner(path, out, wandb="disabled")
+    deadline = time.monotonic() + 180
+    while not any(t["status"] == "finished" for t in _state(out)["trials"]):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.2)
+    first = next(t for t in _state(out)["trials"] if t["status"] == "finished")
+    summary_file = out / "runs" / first["name"] / "summary.json"
+    before = (summary_file.stat().st_mtime_ns, summary_file.read_text())
+    time.sleep(1.0)  # the next trial is under way
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    time.sleep(1.0)
+    orphans = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, str(out / "runs"))]
+    assert not orphans, "a trial outlived its runner"
+
+    proc = _runner(path, out, "--parallel", "2", wandb="disabled")  # the interrupted trial beside the crashing one
+    log, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 1, log  # a trial failed
+    state = _state(out)
+    by_name = {t["name"]: t for t in state["trials"]}
+    assert [t["status"] for t in state["trials"]] == ["finished", "finished", "failed"]
+    assert by_name[first["name"]]["starts"] == 1 == _starts_logged(out, first["name"])
+    assert (summary_file.stat().st_mtime_ns, summary_file.read_text()) == before
+    assert by_name[first["name"]]["metrics"] == json.loads(before[1])["metrics"]
+    interrupted = state["trials"][1]
+    assert interrupted["starts"] == 2 == _starts_logged(out, interrupted["name"])
+    crashed = state["trials"][2]
+    assert crashed["returncode"] != 0 and "Invalid learning rate" in crashed["error"]
+    assert len(crashed["error"].splitlines()) <= sweep.ERROR_TAIL_LINES + 1
+    assert f"failed {crashed['name']}" in log
+
+
+def _cmdline_has(proc_dir: Path, needle: str) -> bool:
+    try:
+        return needle in (proc_dir / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
