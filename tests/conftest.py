@@ -66,7 +66,7 @@ def tiny_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "cifar"
     for cls, cifar100 in ((CIFAR10, False), (CIFAR100, True)):
         for attr, value in write_cifar(root, cifar100).items():
-            monkeypatch.setattr(cls, attr, value)
+            monkeypatch.setattr(cls, attr, value)  # CLI tests on these files run the CLI in this process
     return root
 
 

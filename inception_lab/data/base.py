@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import torch
@@ -45,7 +46,8 @@ class ImageDataModule(LightningDataModule):
     them into the network) and the datasets in ``setup``.
 
     In-memory datasets (digits, CIFAR) hold uint8 ``(N, C, H, W)`` tensors; their batches travel to the device as
-    uint8 and are augmented (per sample), converted and normalized there, in ``on_after_batch_transfer``.
+    uint8 and are augmented (per sample), converted and normalized there, in ``on_after_batch_transfer``; float
+    batches (ImageNet: decoded, augmented and normalized in the loader workers) pass through unchanged.
 
     Args:
         batch_size: per device: the global batch is ``batch_size x devices``.
@@ -63,9 +65,10 @@ class ImageDataModule(LightningDataModule):
     pad: int = 0  # random-crop padding for on-device augmentation (0: none)
     flip: bool = False  # random horizontal flips for on-device augmentation
     ten_crop_ok: bool = False
+    pin_memory: bool = False
+    persistent_workers: bool = False
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0, test_views: TestViews = "single",
-                 seed: int = 0) -> None:
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, test_views: TestViews = "single") -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.init_args.batch_size={batch_size!r}: must be a positive integer")
@@ -75,7 +78,7 @@ class ImageDataModule(LightningDataModule):
         if test_views == "ten_crop" and not self.ten_crop_ok:
             raise ValueError(f"data.init_args.test_views='ten_crop': only for ImageNet-sized inputs; "
                              f"{type(self).__name__} allows 'single' or 'flip'")
-        self.batch_size, self.num_workers, self.test_views, self.seed = batch_size, num_workers, test_views, seed
+        self.batch_size, self.num_workers, self.test_views = batch_size, num_workers, test_views
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -85,12 +88,14 @@ class ImageDataModule(LightningDataModule):
         if dataset is None:
             raise DataError(f"{type(self).__name__}: setup() has not loaded this split")
         workers = self.num_workers
+        # The training order follows seed_everything (and the epoch), not the split seed: seeds vary the order.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         return DataLoader(
             dataset, batch_size=self.batch_size, num_workers=workers, drop_last=False,
-            sampler=EpochShuffleSampler(len(dataset), self.seed, trainer_epoch(self)) if train else None,
-            generator=torch.Generator().manual_seed(self.seed),  # worker seeds: not drawn from the global RNG
-            pin_memory=getattr(self, "pin_memory", False) and torch.cuda.is_available(),
-            persistent_workers=getattr(self, "persistent_workers", False) and workers > 0,
+            sampler=EpochShuffleSampler(len(dataset), seed, trainer_epoch(self)) if train else None,
+            generator=torch.Generator().manual_seed(seed),  # worker seeds: not drawn from the global RNG
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -125,13 +130,17 @@ class ImageDataModule(LightningDataModule):
         return (images.float() / 255 - mean) / std
 
 
-def split_indices(n: int, sizes: tuple[int, ...], seed: int) -> list[Tensor]:
-    """A seeded permutation of ``range(n)`` cut into ``sizes`` and the rest (last)."""
-    if sum(sizes) >= n:
-        raise ValueError(f"split sizes {sizes} leave no training data out of {n} images")
+def split_indices(n: int, sizes: dict[str, int], seed: int) -> list[Tensor]:
+    """A seeded permutation of ``range(n)`` cut into ``sizes`` (named by their config keys) and the rest (last)."""
+    for key, size in sizes.items():
+        if size < 1:
+            raise DataError(f"data.init_args.{key}={size}: must be a positive integer")
+    if sum(sizes.values()) >= n:
+        given = ", ".join(f"data.init_args.{key}={size}" for key, size in sizes.items())
+        raise DataError(f"{given}: leaves no training images out of the {n} available; lower it")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     parts, start = [], 0
-    for size in sizes:
+    for size in sizes.values():
         parts.append(perm[start:start + size])
         start += size
     parts.append(perm[start:])

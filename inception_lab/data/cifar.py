@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch.utils.data import TensorDataset
 from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.datasets.utils import check_integrity
+from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 from inception_lab.data.base import DataError, ImageDataModule, TestViews, split_indices
 
@@ -35,7 +35,7 @@ class CIFARDataModule(ImageDataModule):
     def __init__(self, dataset: Literal["cifar10", "cifar100"] = "cifar10", root: str = "data", download: bool = False,
                  batch_size: int = 128, num_workers: int = 0, val_size: int = 5000, split_seed: int = 0,
                  test_views: TestViews = "single") -> None:
-        super().__init__(batch_size, num_workers, test_views, seed=split_seed)
+        super().__init__(batch_size, num_workers, test_views)
         if dataset not in DATASETS:
             raise ValueError(f"data.init_args.dataset={dataset!r}: allowed values are 'cifar10', 'cifar100'")
         self.save_hyperparameters()
@@ -49,23 +49,44 @@ class CIFARDataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         cls, name, _ = DATASETS[self.dataset]
-        if self.download:
-            for train in (True, False):
-                cls(self.root, train=train, download=True)
+        if self.download and not self._intact():
+            try:  # skips the fetch (not the extraction) when root holds the archive with the right md5
+                download_and_extract_archive(cls.url, self.root, filename=cls.filename, md5=cls.tgz_md5)
+            except (OSError, RuntimeError) as error:
+                raise DataError(f"{name}: download of {cls.url} into {self.root} failed ({error}); fetch it by hand "
+                                f"and point data.init_args.root at it") from None
         elif not self.folder.is_dir():
             raise DataError(f"{name} not found under {self.folder}: set data.init_args.download=true to fetch it "
                             f"(about 170 MB) into {self.root}, or point data.init_args.root at an existing copy")
         self._check_files()
 
+    def _files(self) -> list[tuple[Path, str]]:
+        cls = DATASETS[self.dataset][0]
+        listed = (*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"]))
+        return [(self.folder / filename, md5) for filename, md5 in listed]
+
+    def _intact(self) -> bool:
+        return all(check_integrity(str(path), md5) for path, md5 in self._files())
+
     def _check_files(self) -> None:
-        cls, name, _ = DATASETS[self.dataset]
-        for filename, md5 in (*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])):
-            path = self.folder / filename
+        name = DATASETS[self.dataset][1]
+        for path, md5 in self._files():
             if not path.is_file():
                 raise DataError(f"{path}: missing {name} file; set data.init_args.download=true to fetch the dataset")
             if not check_integrity(str(path), md5):
                 raise DataError(f"{path}: corrupt or incomplete {name} file (md5 mismatch); delete "
                                 f"{self.folder} and download again")
+
+    def _unreadable(self) -> Path | None:
+        """The first file that does not unpickle into a dict (only called once loading has failed)."""
+        for path, _ in self._files():
+            try:
+                with open(path, "rb") as f:
+                    if not isinstance(pickle.load(f, encoding="latin1"), dict):
+                        return path
+            except Exception:  # any failure names the file; the caller says what went wrong
+                return path
+        return None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -74,10 +95,11 @@ class CIFARDataModule(ImageDataModule):
         cls, name, _ = DATASETS[self.dataset]
         try:
             train, test = cls(self.root, train=True), cls(self.root, train=False)
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
-            raise DataError(f"{self.folder}: unreadable {name} batch file ({error})") from None
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, RuntimeError) as error:
+            raise DataError(f"{self._unreadable() or self.folder}: unreadable {name} file "
+                            f"({type(error).__name__}: {error}); delete {self.folder} and download again") from None
         images, labels = self._tensors(train)
-        val, fit = split_indices(len(images), (self.val_size,), self.split_seed)
+        val, fit = split_indices(len(images), {"val_size": self.val_size}, self.split_seed)
         self.train_set = TensorDataset(images[fit], labels[fit])
         self.val_set = TensorDataset(images[val], labels[val])
         self.test_set = TensorDataset(*self._tensors(test))

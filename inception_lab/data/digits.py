@@ -17,7 +17,7 @@ class DigitsDataModule(ImageDataModule):
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, image_size: int = 32, val_size: int = 300,
                  test_size: int = 300, pad: int = 2, split_seed: int = 0, test_views: TestViews = "single") -> None:
-        super().__init__(batch_size, num_workers, test_views, seed=split_seed)
+        super().__init__(batch_size, num_workers, test_views)
         self.save_hyperparameters()
         self.num_classes, self.in_channels, self.image_size = 10, 1, image_size
         self.val_size, self.test_size, self.pad, self.split_seed = val_size, test_size, pad, split_seed
@@ -32,7 +32,8 @@ class DigitsDataModule(ImageDataModule):
         images = torch.nn.functional.interpolate(images, size=self.image_size, mode="bilinear", antialias=False)
         images = images.round().clamp(0, 255).to(torch.uint8)
         labels = torch.tensor(digits.target, dtype=torch.long)
-        test, val, train = split_indices(len(images), (self.test_size, self.val_size), self.split_seed)
+        test, val, train = split_indices(len(images), {"test_size": self.test_size, "val_size": self.val_size},
+                                         self.split_seed)
         pixels = images[train].float() / 255
         self.mean, self.std = (pixels.mean().item(),), (pixels.std().item(),)
         self.train_set = TensorDataset(images[train], labels[train])

@@ -15,6 +15,14 @@ from inception_lab.data.base import DataError, ImageDataModule, TestViews, split
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+def _stack_views(views: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return torch.stack(list(views))
+
+
+def _with_mirror(image: torch.Tensor) -> torch.Tensor:
+    return torch.stack([image, image.flip(-1)])
+
+
 class _Transformed(Dataset):
     """A view of a dataset with its own transform (one directory scan serves train and held-out val)."""
 
@@ -27,6 +35,21 @@ class _Transformed(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image, label = self.dataset[index]
         return self.transform(image), label
+
+
+class Views:
+    """``(C, H, W)`` -> ``(V, C, S, S)`` test views: ``flip`` (the center crop and its mirror, V=2) or ``ten_crop``
+    (corners and center and their mirrors, V=10: the paper's multi-crop protocol, Section 7, at one scale)."""
+
+    def __init__(self, views: TestViews, size: int) -> None:
+        self.views, self.size = views, size
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = image.as_subclass(torch.Tensor)
+        if self.views == "ten_crop":
+            return torch.stack(v2.functional.ten_crop(image, self.size))
+        crop = v2.functional.center_crop(image, self.size)
+        return torch.stack([crop, crop.flip(-1)])
 
 
 class ImageNetDataModule(ImageDataModule):
@@ -46,7 +69,7 @@ class ImageNetDataModule(ImageDataModule):
                  num_classes: int = 1000, batch_size: int = 256, num_workers: int = 8, pin_memory: bool = True,
                  persistent_workers: bool = True, val_size: int = 10000, split_seed: int = 0,
                  color_jitter: float = 0.4, test_views: TestViews = "single") -> None:
-        super().__init__(batch_size, num_workers, test_views, seed=split_seed)
+        super().__init__(batch_size, num_workers, test_views)
         self.save_hyperparameters()
         self.root, self.eval_resize, self.val_size, self.split_seed = root, eval_resize, val_size, split_seed
         self.pin_memory, self.persistent_workers, self.color_jitter = pin_memory, persistent_workers, color_jitter
@@ -58,29 +81,34 @@ class ImageNetDataModule(ImageDataModule):
         train = v2.Compose([v2.RandomResizedCrop(self.image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                                                  antialias=True), v2.RandomHorizontalFlip(), *jitter, *to_tensor])
         center = v2.Compose([v2.Resize(self.eval_resize, antialias=True), v2.CenterCrop(self.image_size), *to_tensor])
-        if self.test_views == "ten_crop":
-            test = v2.Compose([v2.Resize(self.eval_resize, antialias=True), v2.ToImage(),
-                               v2.ToDtype(torch.float32, scale=True), v2.TenCrop(self.image_size),
-                               v2.Lambda(torch.stack), v2.Normalize(MEAN, STD)])
-        elif self.test_views == "flip":
-            test = v2.Compose([center, v2.Lambda(lambda x: torch.stack([x, x.flip(-1)]))])
-        else:
-            test = center
+        resized = [v2.Resize(self.eval_resize, antialias=True), *to_tensor]
+        views = Views(self.test_views, self.image_size)
+        test = center if self.test_views == "single" else v2.Compose([*resized, views])
         return {"train": train, "eval": center, "test": test}
 
-    def _folders(self) -> tuple[Dataset, Dataset, int]:
+    def _devkit_layout(self) -> bool:
         root = Path(self.root)
-        if (root / "meta.bin").is_file() or (root / "ILSVRC2012_devkit_t12.tar.gz").is_file():
-            try:
-                train, test = ImageNet(str(root), split="train"), ImageNet(str(root), split="val")
-            except (RuntimeError, FileNotFoundError) as error:
-                raise DataError(f"{root}: torchvision ImageNet layout incomplete ({error})") from None
-            return train, test, len(train.classes)
+        return (root / "meta.bin").is_file() or (root / "ILSVRC2012_devkit_t12.tar.gz").is_file()
+
+    def _check_layout(self) -> None:
+        root = Path(self.root)
+        if self._devkit_layout():
+            return
         for split in ("train", "val"):
             if not (root / split).is_dir():
                 raise DataError(f"ImageNet {split} directory not found: {root / split} (expected "
                                 f"{root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG, or torchvision's "
                                 "ImageNet layout with its devkit); set data.init_args.root")
+
+    def _folders(self) -> tuple[Dataset, Dataset, int]:
+        root = Path(self.root)
+        self._check_layout()
+        if self._devkit_layout():
+            try:
+                train, test = ImageNet(str(root), split="train"), ImageNet(str(root), split="val")
+            except (RuntimeError, FileNotFoundError) as error:
+                raise DataError(f"{root}: torchvision ImageNet layout incomplete ({error})") from None
+            return train, test, len(train.classes)
         try:
             train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
         except FileNotFoundError as error:
@@ -90,7 +118,7 @@ class ImageNetDataModule(ImageDataModule):
         return train, test, len(train.classes)
 
     def prepare_data(self) -> None:
-        self._folders()  # fail before any worker starts
+        self._check_layout()  # cheap: the directory scan (1.3M files) happens once, in setup
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -100,7 +128,7 @@ class ImageNetDataModule(ImageDataModule):
             raise DataError(f"{self.root}: found {classes} class folders but data.init_args.num_classes="
                             f"{self.num_classes}; set it to {classes}")
         transforms = self._transforms()
-        val, fit = split_indices(len(train), (self.val_size,), self.split_seed)
+        val, fit = split_indices(len(train), {"val_size": self.val_size}, self.split_seed)
         self.train_set = _Transformed(Subset(train, fit.tolist()), transforms["train"])
         self.val_set = _Transformed(Subset(train, val.tolist()), transforms["eval"])
         self.test_set = _Transformed(test, transforms["test"])
