@@ -26,7 +26,7 @@ from inception_lab.data import DataError, ImageDataModule
 from inception_lab.models.inception import Inception
 from inception_lab.module import InceptionClassifier
 from inception_lab.record import PredictionWriter, RunCSVLogger, RunRecord
-from inception_lab.tracking import WandbOptions, ablation_values, make_wandb_logger
+from inception_lab.tracking import WandbOptions, ablation_values, make_wandb_logger, short_value
 
 RUNS_ROOT = Path("runs")
 LINKED = ("num_classes", "in_channels", "image_size")  # the DataModule says these; never set them in a config
@@ -134,19 +134,13 @@ def resolve_run(config: Namespace, subcommand: str, argv: list[str]) -> None:
     if not config.run_dir:
         if not config.run_name:
             values = ablation_values(argv)
-            parts = [f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in values.items() if k != "seed_everything"]
+            parts = [f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in values.items() if k != "seed_everything"]
             parts.append(f"seed{config.get('seed_everything')}")
             parts.append(os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2))
             config.run_name = re.sub(r"[^\w.=+-]+", "", "-".join(parts))
         config.run_dir = str(RUNS_ROOT / config.experiment / config.run_name)
     if not config.run_name:
         config.run_name = Path(config.run_dir).name
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, list | tuple):  # [3, [3, 3]] -> 3x3x3
-        return re.sub(r"[\s\[\]()'\"]+", "", str(value).replace(", ", "x"))
-    return str(value)
 
 
 def latest_run(experiment: str) -> Path:

@@ -19,17 +19,24 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON through a temporary file and a rename: a reader never sees half a file."""
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A run's summary.json, or {} when there is none (yet) or it cannot be read."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 class RunRecord(Callback):

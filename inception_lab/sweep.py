@@ -45,6 +45,9 @@ from typing import Any
 
 import yaml
 
+from inception_lab.record import read_summary, write_atomic
+from inception_lab.tracking import flatten, short_value
+
 SWEEPS_ROOT = Path("runs/sweeps")
 METHODS = ("grid", "random", "bayes")
 GRID_TYPES = ("categorical", "constant", "int_uniform", "q_uniform")  # W&B's grid_search_next_runs allows these
@@ -254,26 +257,10 @@ def trial_name(index: int, values: dict[str, Any]) -> str:
         if name == "seed_everything":
             parts.append(f"seed{value}")
             continue
-        flat = _flatten(value, name) if isinstance(value, dict) else {name: value}
-        parts += [f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in flat.items()]
+        flat = flatten(value, name)
+        parts += [f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in flat.items()]
     name = re.sub(r"[^\w.=+-]+", "", "-".join([f"{index:03d}", *parts]))
     return name[:120]
-
-
-def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}.{key}"
-        flat.update(_flatten(value, path) if isinstance(value, dict) else {path: value})
-    return flat
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, list | tuple):  # [3, [3, 3]] -> 3x3x3, [] -> none
-        return re.sub(r"[\s\[\]()'\"]+", "", str(value).replace(", ", "x")) or "none"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 # ---- the command line, as the agent renders it -------------------------------------------------------------------
@@ -312,7 +299,7 @@ def render_command(template: list[str], values: dict[str, Any], args_json_file: 
 def write_args_json(path: Path, values: dict[str, Any]) -> None:
     """The agent writes ``sweep_vars["args_json"][0]``: ``json.dumps`` of the values, no newline."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, sweep_vars(values)["args_json"][0])
+    write_atomic(path, sweep_vars(values)["args_json"][0])
 
 
 def cli_args(command: list[str]) -> list[str] | None:
@@ -336,12 +323,6 @@ class Trial:
     wall_s: float | None = None
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class State:
     """``state.json``: rewritten atomically after every change, so a kill at any moment leaves a readable file."""
 
@@ -358,7 +339,7 @@ class State:
         data = {"sweep": self.sweep.name, "sweep_file": str(self.sweep.path), "method": self.sweep.method,
                 "metric": {"name": self.sweep.metric, "goal": self.sweep.goal}, "seed": self.seed,
                 "trials": [t.__dict__ for t in self.trials]}
-        _atomic_write(self.path, json.dumps(data, indent=2) + "\n")
+        write_atomic(self.path, json.dumps(data, indent=2) + "\n")
 
     def trial(self, name: str) -> Trial | None:
         return next((t for t in self.trials if t.name == name), None)
@@ -391,13 +372,6 @@ def trial_command(sweep: Sweep, directory: Path, trial: Trial) -> list[str]:
     run_dir = run_dir_of(directory, trial)
     command = render_command(sweep.command, trial.values, run_dir / "args.json", sweep.config.get("program"))
     return [*command, "--run_dir", str(run_dir), "--wandb.group", sweep.name]
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def error_tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
@@ -588,7 +562,7 @@ def run(argv: list[str]) -> int:
 
     (directory / "runs").mkdir(parents=True, exist_ok=True)
     if not copy.is_file():
-        _atomic_write(copy, sweep.text)
+        write_atomic(copy, sweep.text)
     for name, values in zip(names, planned):
         if state.trial(name) is None:
             state.trials.append(Trial(name, values))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import re
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -55,6 +56,15 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in tree.items():
         flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
+
+
+def short_value(value: Any) -> str:
+    """A value as it reads in run and trial names: ``[3, [3, 3]]`` -> ``3x3x3``, ``[]`` -> ``none``."""
+    if isinstance(value, list | tuple):
+        return re.sub(r"[\s\[\]()'\"]+", "", str(value).replace(", ", "x")) or "none"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def ablation_values(argv: list[str]) -> dict[str, Any]:
