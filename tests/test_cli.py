@@ -67,6 +67,13 @@ def test_quickstart_fit_learns(tmp_path: Path) -> None:
     record = summary(run_dir)  # test results land in the run the checkpoint came from
     assert record["status"] == "finished" and record["metrics"]["test/acc"] >= 0.9, tested.stdout[-2000:]
 
+    run_cli("predict", "--config", str(REPO / "experiments/quickstart.yaml"),
+            "--ckpt_path", str(run_dir / "checkpoints/last.ckpt"), cwd=tmp_path)
+    with open(run_dir / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 300 and {"index", "class", "probability", "top5"} <= set(rows[0])
+    assert all(0 <= float(r["probability"]) <= 1 and len(r["top5"].split()) == 5 for r in rows)
+
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path) -> None:
