@@ -33,7 +33,7 @@ def trainer_epoch(datamodule) -> Callable[[], int]:
     """The epoch a DataModule's trainer is about to train (the fit loop's processed-epoch count)."""
 
     def epoch() -> int:
-        trainer = getattr(datamodule, "trainer", None)
-        return trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+        fit_loop = getattr(getattr(datamodule, "trainer", None), "fit_loop", None)
+        return fit_loop.epoch_progress.current.processed if fit_loop is not None else 0
 
     return epoch

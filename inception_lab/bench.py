@@ -1,0 +1,305 @@
+"""``python -m inception_lab bench``: training throughput of the real fit loop against bare PyTorch, torchvision's
+GoogLeNet and the data pipeline, and the FLOP/s achieved against the machine's measured peak.
+
+Variants are interleaved in one process: the fit loop runs under Lightning, and at each of its window boundaries a
+callback pauses it and times one window of every other variant, so a drift of the machine hits them all alike.
+Each figure is the median over windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from inception_lab.models.inception import PRESETS, googlenet
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, precision: str):
+    enabled = precision.startswith("bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _loss(out: Any, y: torch.Tensor, aux_weight: float) -> torch.Tensor:
+    """Our InceptionOutput or torchvision's GoogLeNetOutputs: main loss + aux_weight x each aux loss."""
+    if hasattr(out, "aux"):
+        logits, aux = out.logits, out.aux
+    else:
+        logits, aux = out.logits, (out.aux_logits1, out.aux_logits2)
+    return F.cross_entropy(logits, y) + aux_weight * sum(F.cross_entropy(a, y) for a in aux)
+
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               precision: str, aux_weight: float = 0.3) -> None:
+    with _autocast(x.device, precision):
+        loss = _loss(net(x), y, aux_weight)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def step_flops(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one training step (forward + backward), counted by torch.utils.flop_counter."""
+    net = copy.deepcopy(net)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _loss(net(x), y, 0.3).backward()
+    return counter.get_total_flops()
+
+
+def peak_flops(device: torch.device, precision: str, repeats: int = 5) -> float:
+    """The best FLOP/s of a large matmul and a large 3x3 convolution on this device, in the run's precision."""
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+    n = 4096 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    conv_x = torch.randn(32 if device.type == "cuda" else 8, 256, 28, 28, device=device, dtype=dtype)
+    conv_x = conv_x.contiguous(memory_format=torch.channels_last)
+    conv_w = torch.randn(256, 256, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    conv_flops = 2 * conv_x.shape[0] * 256 * 256 * 9 * 28 * 28
+    best = 0.0
+    for fn, flops in ((lambda: a @ b, 2 * n ** 3), (lambda: F.conv2d(conv_x, conv_w, padding=1), conv_flops)):
+        fn()
+        for _ in range(repeats):
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            best = max(best, flops / (time.perf_counter() - t))
+    return best
+
+
+class _Interleave:
+    """Times windows of the fit loop and, between them, one window of each other variant."""
+
+    def __init__(self, device: torch.device, warmup: int, steps: int, windows: int,
+                 others: dict[str, Callable[[], int]]) -> None:
+        self.device, self.warmup, self.steps, self.windows, self.others = device, warmup, steps, windows, others
+        self.results: dict[str, list[float]] = {"fit": [], **{k: [] for k in others}}
+        self.images = 0
+        self.t0: float | None = None
+
+    def on_batch_end(self, batch_size: int, step: int) -> bool:
+        """Called after each fit step; returns True when the benchmark has enough windows."""
+        if step < self.warmup:
+            if step == self.warmup - 1:
+                for run in self.others.values():  # warm the other variants up too
+                    run()
+                _sync(self.device)
+                self.t0, self.images = time.perf_counter(), 0
+            return False
+        self.images += batch_size
+        if (step - self.warmup + 1) % self.steps:
+            return False
+        _sync(self.device)
+        self.results["fit"].append(self.images / (time.perf_counter() - self.t0))
+        for name, run in self.others.items():
+            _sync(self.device)
+            t = time.perf_counter()
+            images = run()
+            _sync(self.device)
+            self.results[name].append(images / (time.perf_counter() - t))
+        self.t0, self.images = time.perf_counter(), 0
+        return len(self.results["fit"]) >= self.windows
+
+
+def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precision: str, device: torch.device,
+          warmup: int = 2, steps: int = 3, windows: int = 3, aux_weight: float = 0.3) -> dict[str, Any]:
+    """Run the interleaved benchmark for an InceptionClassifier ``model`` (and its DataModule, if any)."""
+    import lightning as L
+
+    from inception_lab.data.base import random_crop_flip
+
+    net = model.net
+    in_channels = getattr(net, "in_channels", 3)
+    x = torch.randn(batch_size, in_channels, image_size, image_size, device=device)
+    y = torch.randint(0, net.num_classes, (batch_size,), device=device)
+    channels_last = getattr(model, "channels_last", True)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    # bare PyTorch: our network, same batch, precision, memory format and optimizer type
+    bare_net = copy.deepcopy(net).to(device, memory_format=fmt).train()
+    bare_opt = model.optimizer(bare_net.parameters())
+    bare_x = x.contiguous(memory_format=fmt)
+
+    def bare() -> int:
+        for _ in range(steps):
+            train_step(bare_net, bare_opt, bare_x, y, precision, aux_weight)
+        return steps * batch_size
+
+    # torchvision's GoogLeNet with plain defaults: fp32, NCHW, eager
+    import torchvision
+
+    tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False,
+                                      num_classes=net.num_classes).to(device).train()
+    tv_opt = torch.optim.SGD(tv.parameters(), lr=0.01, momentum=0.9)
+    tv_x = torch.randn(batch_size, 3, image_size, image_size, device=device)
+
+    def torchvision_loop() -> int:
+        for _ in range(steps):
+            train_step(tv, tv_opt, tv_x, y, "32-true", 0.3)
+        return steps * batch_size
+
+    # the data pipeline alone: loading and augmentation, no model
+    if data is not None:
+        from types import SimpleNamespace
+
+        data.setup("fit")
+        data.trainer = SimpleNamespace(training=True, testing=False, predicting=False)
+        loader_iter = iter(data.train_dataloader())
+
+        def data_loop() -> int:
+            nonlocal loader_iter
+            images = 0
+            for _ in range(steps * 4):
+                try:
+                    batch = next(loader_iter)
+                except StopIteration:
+                    loader_iter = iter(data.train_dataloader())
+                    batch = next(loader_iter)
+                xb, _ = data.on_after_batch_transfer([t.to(device, non_blocking=True) for t in batch], 0)
+                images += len(xb)
+            return images
+    else:
+        raw = torch.randint(0, 256, (batch_size, in_channels, image_size, image_size), dtype=torch.uint8,
+                            device=device)
+
+        def data_loop() -> int:
+            for _ in range(steps * 4):
+                random_crop_flip(raw, 4, True).float().div_(255)
+            return steps * 4 * batch_size
+
+    timer = _Interleave(device, warmup, steps, windows,
+                        {"bare": bare, "torchvision": torchvision_loop, "data": data_loop})
+
+    class _Timing(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if timer.on_batch_end(len(batch[0]), trainer.global_step - 1):
+                trainer.should_stop = True
+
+    class _Synthetic(torch.utils.data.IterableDataset):
+        def __iter__(self):  # the batch the bare loop trains on, from the host as a loader would give it
+            while True:
+                yield bare_x.cpu(), y.cpu()
+
+    model.hparams.pop("lr_scheduler", None)
+    model.lr_scheduler = None  # the schedule's length is irrelevant here
+    trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision, max_steps=10_000, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[_Timing()])
+    loader = torch.utils.data.DataLoader(_Synthetic(), batch_size=None)
+    trainer.fit(model, train_dataloaders=loader)
+
+    flops = step_flops(bare_net, bare_x[:1], y[:1]) * batch_size
+    peak = peak_flops(device, precision)
+    fit_ips = statistics.median(timer.results["fit"])
+    result = {
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(), "image_size": image_size, "batch_size": batch_size,
+        "precision": precision, "channels_last": channels_last, "windows": windows, "steps_per_window": steps,
+        **{f"{k}_img_per_s": round(statistics.median(v), 2) for k, v in timer.results.items()},
+        "step_flops": flops, "peak_flops": peak,
+    }
+    result["fit_img_per_s"] = round(fit_ips, 2)
+    result["fit_over_bare"] = round(fit_ips / result["bare_img_per_s"], 3)
+    result["fit_over_torchvision"] = round(fit_ips / result["torchvision_img_per_s"], 3)
+    result["data_over_fit"] = round(result["data_img_per_s"] / fit_ips, 2)
+    result["flops_fraction_of_peak"] = round(flops * fit_ips / batch_size / peak, 3)
+    return result
+
+
+def format_table(r: dict[str, Any]) -> str:
+    rows = [
+        ("fit loop (Lightning, our defaults)", r["fit_img_per_s"], "1.00"),
+        ("bare PyTorch loop, same model", r["bare_img_per_s"], f"{r['fit_over_bare']:.2f}"),
+        ("torchvision googlenet, fp32 NCHW eager", r["torchvision_img_per_s"], f"{r['fit_over_torchvision']:.2f}"),
+        ("data pipeline alone", r["data_img_per_s"], f"data/fit {r['data_over_fit']:.1f}"),
+    ]
+    lines = [f"device {r['device']} ({r['threads']} threads), batch {r['batch_size']}, {r['image_size']}px, "
+             f"precision {r['precision']}, channels_last={r['channels_last']}",
+             f"{'variant':<42}{'img/s':>10}  fit/variant"]
+    lines += [f"{name:<42}{ips:>10.1f}  {ratio}" for name, ips, ratio in rows]
+    lines.append(f"training step: {r['step_flops'] / 1e9:.1f} GFLOP; achieved "
+                 f"{r['step_flops'] * r['fit_img_per_s'] / r['batch_size'] / 1e9:.1f} GFLOP/s of a measured peak "
+                 f"{r['peak_flops'] / 1e9:.1f} GFLOP/s = {r['flops_fraction_of_peak']:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inception_lab bench", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="an experiment file; further arguments override it (--model.x=...)")
+    source.add_argument("--preset", choices=sorted(PRESETS), help="a bare googlenet() preset on synthetic batches")
+    parser.add_argument("--image-size", type=int, help="input side (--preset; default: the preset's)")
+    parser.add_argument("--batch-size", type=int, help="batch size (default: the config's, or 16)")
+    parser.add_argument("--precision", help="e.g. 32-true, bf16-mixed (default: the config's, or bf16-mixed on GPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--no-channels-last", action="store_true", help="keep NCHW (to see what channels_last gains)")
+    parser.add_argument("--warmup", type=int, default=2, help="fit steps before timing")
+    parser.add_argument("--steps-per-window", type=int, default=3)
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args, overrides = parser.parse_known_args(argv)
+    if overrides and not args.config:
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    for name in ("image_size", "batch_size", "warmup", "steps_per_window", "windows"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "warmup" else 1):
+            parser.error(f"--{name.replace('_', '-')}={value}: must be a positive integer")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = None
+    if args.config:
+        from inception_lab.cli import UserError, _ParseOnlyCLI, check_config
+
+        cli_args = ["--config", args.config, *overrides]
+        if args.batch_size:
+            cli_args.append(f"--data.init_args.batch_size={args.batch_size}")
+        try:
+            check_config(["fit", *cli_args])
+        except UserError as error:
+            print(f"inception_lab bench: error: {error}", file=sys.stderr)
+            return 2
+        cli = _ParseOnlyCLI(args=cli_args, run=False)
+        model, data = cli.model, cli.datamodule
+        trainer_cfg = cli.config.get("trainer", {})
+        if trainer_cfg.get("accelerator") == "cpu":
+            device = torch.device("cpu")
+        precision = args.precision or str(trainer_cfg.get("precision") or "32-true")
+        image_size, batch_size = data.image_size, data.batch_size
+    else:
+        from inception_lab.module import InceptionClassifier
+
+        image_size = args.image_size or PRESETS[args.preset].get("image_size", 224)
+        batch_size = args.batch_size or 16
+        net = googlenet(args.preset, image_size=image_size)
+        model = InceptionClassifier(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
+        precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
+    if device.type == "cpu" and precision in ("16-mixed", "16"):
+        parser.error(f"--precision={precision}: fp16 needs a GPU; on CPU use 32-true or bf16-mixed")
+    if args.no_channels_last:
+        model.channels_last = False
+        model.net.to(memory_format=torch.contiguous_format)
+    if args.compile:
+        model.compile_net = True
+    result = bench(model, data, image_size, batch_size, precision, device, args.warmup, args.steps_per_window,
+                   args.windows, getattr(model, "aux_weight", 0.3))
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
