@@ -86,12 +86,12 @@ class InceptionCLI(LightningCLI):
         parser.add_class_arguments(WandbOptions, "wandb")
         for attr in LINKED:
             parser.link_arguments(f"data.{attr}", f"model.net.init_args.{attr}", apply_on="instantiate")
-        if "weights_only" in parser.get_defaults():
-            parser.set_defaults(weights_only=True)  # a checkpoint is data, not a program
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         resolve_run(config, self.subcommand or "fit", self.argv)
+        if "weights_only" in config and config.weights_only is None:
+            config.weights_only = True  # a checkpoint is data, not a program
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self.argv = list(sys.argv[1:] if args is None else args)

@@ -172,9 +172,17 @@ def paired_difference(cell: Cell, baseline: Cell, metric: str) -> dict[str, Any]
     return None
 
 
+# the paper's value of each ablation axis: the default baseline cell
+PAPER = {"model.net.init_args.head": "gap", "model.net.init_args.filter_sizes": (3, 5),
+         "model.net.init_args.reduce_width_mult": 1.0, "model.net.init_args.pool_proj_mult": 1.0,
+         "model.aux_weight": 0.3, "model.net.init_args.aux_positions": ("4a", "4d")}
+
+
 def pick_baseline(cell_list: list[Cell], by: list[str], baseline: list[str]) -> Cell:
     if not baseline:
-        return cell_list[0]
+        axes = [k for k in by if k in PAPER]
+        paper = [c for c in cell_list if axes and all(c.key[by.index(k)] == PAPER[k] for k in axes)]
+        return paper[0] if paper else cell_list[0]
     wanted: dict[str, Any] = {}
     for item in baseline:
         key, sep, value = item.partition("=")
@@ -402,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", type=Path, help="a sweep directory, or run directories")
     parser.add_argument("--by", action="append", help="group by this config key (repeatable); default: the swept "
                                                       "keys, else the keys whose values differ")
-    parser.add_argument("--baseline", action="append", help="KEY=VALUE of the baseline cell (repeatable)")
+    parser.add_argument("--baseline", action="append",
+                        help="KEY=VALUE of the baseline cell (repeatable); default: the paper's values, else the first")
     parser.add_argument("--out", type=Path, help="report directory (default: <sweep dir>/report)")
     parser.add_argument("--wandb", help="read a W&B sweep instead: ENTITY/PROJECT/SWEEP_ID")
     parser.add_argument("--wandb-workspace", action="store_true",

@@ -79,9 +79,10 @@ def test_report_numbers_match_the_runs(sweep_dir: Path, tmp_path: Path) -> None:
 
 
 def test_groups_by_differing_keys_without_a_sweep_file(sweep_dir: Path, tmp_path: Path) -> None:
-    runs = sorted((sweep_dir / "runs").glob("*-[0-9]"))
+    runs = sorted((sweep_dir / "runs").glob("*-[0-9]"))  # fc-* sort first
     result = compare(runs, out=tmp_path / "out")
     assert result["by"] == ["model.net.init_args.head"]  # seeds, names and dirs differ too, but are not variants
+    assert result["baseline"].key == ("gap",)  # the paper's head is the default baseline
 
 
 def test_sweep_keys_flatten_nested_and_dict_values() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,6 +190,11 @@ def test_summary_command_json() -> None:
     table = subprocess.run([sys.executable, "-m", "inception_lab", "summary", "--preset", "cifar"],
                            capture_output=True, text=True, check=True).stdout
     assert "inception(5b)" in table and "8x8x1024" in table
+    from_config = json.loads(subprocess.run(
+        [sys.executable, "-m", "inception_lab", "summary", "--config", "experiments/quickstart.yaml", "--json"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout)
+    net = Inception(num_classes=10, in_channels=1, image_size=32, stem="cifar", width_mult=0.125)
+    assert from_config["total_params"] == summarize(net, 32)["total_params"]  # linked from the digits DataModule
     bad = subprocess.run([sys.executable, "-m", "inception_lab", "summary", "--preset", "nope"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice: 'nope'" in bad.stderr and "Traceback" not in bad.stderr
