@@ -168,11 +168,7 @@ def check_config(argv: list[str]) -> None:
     try:
         _ParseOnlyCLI(args=args, run=False, parser_kwargs={"exit_on_error": False})
     except (ArgumentError, ValueError, TypeError) as error:
-        message = _one_line(error)
-        name = re.match(r"(\w+)=", message)
-        if name and name.group(1) in inspect.signature(Inception).parameters:
-            message = f"model.net.init_args.{message}"
-        raise UserError(message) from None
+        raise UserError(user_message(error)) from None
 
 
 def network_from_config(path: str) -> tuple[Any, int, int]:
@@ -212,16 +208,21 @@ def _one_line(error: BaseException) -> str:
     return f"{'.'.join(keys)}: {reason}" if keys else reason
 
 
+def user_message(error: BaseException) -> str:
+    """One line for the user; the network's own checks name their argument, here given its full config key."""
+    message = _one_line(error)
+    name = re.match(r"(\w+)=", message)
+    if name and name.group(1) in inspect.signature(Inception).parameters:
+        message = f"model.net.init_args.{message}"
+    return message
+
+
 def cli_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         InceptionCLI(args=argv, parser_kwargs={"exit_on_error": False})
     except (ArgumentError, UserError, DataError, ValueError, FileNotFoundError) as error:
-        message = _one_line(error)
-        name = re.match(r"(\w+)=", message)
-        if name and name.group(1) in inspect.signature(Inception).parameters:  # the network's own check
-            message = f"model.net.init_args.{message}"
-        print(f"inception_lab: error: {message}", file=sys.stderr)
+        print(f"inception_lab: error: {user_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("inception_lab: interrupted", file=sys.stderr)
