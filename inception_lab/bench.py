@@ -133,6 +133,8 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
 
     # bare PyTorch: our network, same batch, precision, memory format and optimizer type
     bare_net = copy.deepcopy(net).to(device, memory_format=fmt).train()
+    if getattr(model, "compile_net", False):  # same model: compiled too
+        bare_net.compile()
     bare_opt = model.optimizer(bare_net.parameters())
     bare_x = x.contiguous(memory_format=fmt)
 
