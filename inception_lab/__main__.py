@@ -13,14 +13,14 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in COMMANDS:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in COMMANDS:
         import importlib
 
-        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0
+        return importlib.import_module(COMMANDS[args[0]]).main(args[1:]) or 0
     from inception_lab.cli import cli_main
 
-    return cli_main(argv) or 0
+    return cli_main(argv) or 0  # None: LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":

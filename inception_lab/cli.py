@@ -218,7 +218,6 @@ def user_message(error: BaseException) -> str:
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     try:
         InceptionCLI(args=argv, parser_kwargs={"exit_on_error": False})
     except (ArgumentError, UserError, DataError, ValueError, FileNotFoundError) as error:
