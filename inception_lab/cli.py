@@ -26,7 +26,8 @@ from inception_lab.data import DataError, ImageDataModule
 from inception_lab.models.inception import Inception
 from inception_lab.module import InceptionClassifier
 from inception_lab.record import PredictionWriter, RunCSVLogger, RunRecord
-from inception_lab.tracking import WandbOptions, ablation_values, make_wandb_logger, short_value
+from inception_lab.runfiles import short_value
+from inception_lab.tracking import WandbOptions, ablation_values, make_wandb_logger
 
 RUNS_ROOT = Path("runs")
 LINKED = ("num_classes", "in_channels", "image_size")  # the DataModule says these; never set them in a config

@@ -45,8 +45,8 @@ from typing import Any
 
 import yaml
 
-from inception_lab.record import read_summary, write_atomic
-from inception_lab.tracking import flatten, short_value
+from inception_lab.record import read_summary
+from inception_lab.runfiles import flatten, short_value, write_atomic
 
 SWEEPS_ROOT = Path("runs/sweeps")
 METHODS = ("grid", "random", "bayes")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import netrc
 import os
-import re
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from urllib.parse import urlparse
 import yaml
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from inception_lab.runfiles import flatten
 
 # keys that say where or how a run happens, not what it is: never part of a run's name or tags
 META_KEYS = ("config", "run_dir", "run_name", "experiment", "ckpt_path", "weights_only", "print_config")
@@ -46,25 +47,6 @@ class WandbOptions:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to dotted keys (``{"model": {"aux_weight": 0.3}}`` -> ``{"model.aux_weight": 0.3}``)."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def short_value(value: Any) -> str:
-    """A value as it reads in run and trial names: ``[3, [3, 3]]`` -> ``3x3x3``, ``[]`` -> ``none``."""
-    if isinstance(value, list | tuple):
-        return re.sub(r"[\s\[\]()'\"]+", "", str(value).replace(", ", "x")) or "none"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def ablation_values(argv: list[str]) -> dict[str, Any]:

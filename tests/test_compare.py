@@ -1,4 +1,5 @@
-"""compare: cells, mean ± std, paired 95% CIs, plots, reports; on synthetic run directories and a real sweep."""
+"""compare: cells, mean ± std, paired 95% CIs, plots and reports, on run directories written in the training CLI's
+formats; the W&B paths with a mocked API and workspace/report objects built offline."""
 
 from __future__ import annotations
 
@@ -9,102 +10,239 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import yaml
 
-from inception_lab.compare import build_workspace, compare, main, sweep_keys, t975
+from inception_lab.compare import (
+    Cell,
+    Run,
+    build_report,
+    build_workspace,
+    compare,
+    main,
+    paired_difference,
+    sweep_keys,
+    t975,
+    wandb_runs,
+)
 
 REPO = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+HEAD = "model.net.init_args.head"
+# (head, seed) -> val top-1; fc sorts before gap, so "first cell" and "paper's cell" differ
+ACCS = {("fc", 0): 0.850, ("fc", 1): 0.880, ("gap", 0): 0.900, ("gap", 1): 0.920}
 
 
 def make_run(root: Path, name: str, head: str, seed: int, acc: float, status: str = "finished",
-             experiment: str = "quickstart", macs: int = 1000) -> Path:
+             experiment: str = "quickstart", filter_sizes: Any = (3, 5)) -> Path:
+    """A run directory as the training CLI writes it: summary.json, config.yaml, metrics.csv, checkpoints/."""
     run = root / name
-    run.mkdir(parents=True)
-    config = {"seed_everything": seed, "experiment": experiment, "run_dir": str(run), "run_name": name,
-              "model": {"aux_weight": 0.3, "net": {"class_path": "inception_lab.models.Inception",
-                                                   "init_args": {"head": head, "filter_sizes": [3, 5]}}}}
+    (run / "checkpoints").mkdir(parents=True)
+    config = {
+        "seed_everything": seed, "experiment": experiment, "run_name": name, "run_dir": str(run),
+        "ckpt_path": None,
+        "model": {"aux_weight": 0.3, "net": {"class_path": "inception_lab.models.Inception",
+                                              "init_args": {"head": head, "filter_sizes": list(filter_sizes),
+                                                            "reduce_width_mult": 1.0}},
+                  "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}},
+        "data": {"class_path": "inception_lab.data.Digits", "init_args": {"root": "data", "batch_size": 64}},
+        "trainer": {"max_epochs": 3, "logger": [{"class_path": "CSVLogger", "init_args": {"save_dir": str(run)}}],
+                    "callbacks": [{"class_path": "ModelCheckpoint", "init_args": {"dirpath": str(run / "ckpt")}}]},
+        "wandb": {"enabled": True, "project": "inception-lab", "group": name},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    summary = {"status": status, "run_name": name, "seed": seed, "params": 100, "macs": macs,
-               "throughput_img_per_s": 50.0, "wall_s": 1.0,
-               "metrics": {"val/acc_best": acc, "val/acc": acc, "val/acc_top5": 1.0, "test/acc": acc - 0.01}}
+    summary: dict[str, Any] = {
+        "status": status, "experiment": experiment, "run_name": name, "seed": seed,
+        "params": 100_000 if head == "gap" else 180_000, "macs": 2_000_000 if head == "gap" else 2_100_000,
+        "throughput_img_per_s": 500.0 + 10 * seed + len(head), "wall_s": 12.5,
+        "metrics": {"val/acc_best": acc, "val/acc": acc - 0.005, "val/acc_top5": min(1.0, acc + 0.05 + 0.01 * seed),
+                    "val/loss": 0.3, "test/acc": acc - 0.02 + 0.005 * seed, "test/acc_top5": 0.99, "test/loss": 0.4},
+    }
     if status == "failed":
-        summary["error"] = "RuntimeError: boom"
-    (run / "summary.json").write_text(json.dumps(summary))
-    rows = ["epoch,step,val/acc"] + [f"{e},{e * 10},{acc * (e + 1) / 3}" for e in range(3)]
+        summary["error"] = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+        summary["metrics"] = {"val/acc": 0.1}
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    # CSVLogger: sparse rows, train rows without val/acc, one validation row per epoch
+    rows = ["epoch,step,train/loss,val/acc,val/acc_best,val/loss"]
+    for epoch in range(3):
+        rows.append(f"{epoch},{epoch * 10 + 4},1.5,,,")
+        rows.append(f"{epoch},{epoch * 10 + 9},,{acc * (epoch + 1) / 3:.4f},{acc * (epoch + 1) / 3:.4f},0.5")
     (run / "metrics.csv").write_text("\n".join(rows) + "\n")
     return run
 
 
 @pytest.fixture
 def sweep_dir(tmp_path: Path) -> Path:
+    """A sweep directory: sweep.yaml, state.json and runs/<trial>/ (2 heads x 2 seeds, and a failed trial)."""
     root = tmp_path / "sweep"
     (root / "runs").mkdir(parents=True)
-    (root / "sweep.yaml").write_text(yaml.safe_dump({"method": "grid", "parameters": {
-        "model.net.init_args.head": {"values": ["gap", "fc"]}, "seed_everything": {"values": [0, 1, 2]}}}))
-    for head, accs in (("gap", (0.90, 0.92, 0.91)), ("fc", (0.85, 0.88, 0.86))):
-        for seed, acc in enumerate(accs):
-            make_run(root / "runs", f"{head}-{seed}", head, seed, acc, macs=1000 if head == "gap" else 5000)
-    make_run(root / "runs", "fc-crashed", "fc", 3, 0.1, status="failed")
+    (root / "sweep.yaml").write_text(yaml.safe_dump({
+        "method": "grid", "metric": {"name": "val/acc_best", "goal": "maximize"},
+        "parameters": {HEAD: {"values": ["gap", "fc"]}, "seed_everything": {"values": [0, 1]},
+                       "trainer.max_epochs": {"value": 3}}}))
+    (root / "state.json").write_text("{}")
+    for (head, seed), acc in ACCS.items():
+        make_run(root / "runs", f"{head}-seed={seed}", head, seed, acc)
+    make_run(root / "runs", "gap-seed=2", "gap", 2, 0.0, status="failed")
     return root
 
 
+def summaries(sweep: Path, head: str) -> list[dict[str, Any]]:
+    """The finished runs' own summary.json of one cell, read independently of compare."""
+    out = []
+    for path in sorted((sweep / "runs").glob("*/summary.json")):
+        summary = json.loads(path.read_text())
+        config = yaml.safe_load((path.parent / "config.yaml").read_text())
+        if summary["status"] == "finished" and config["model"]["net"]["init_args"]["head"] == head:
+            out.append(summary)
+    return out
+
+
+def pct(values: list[float]) -> str:
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
 def test_t_quantiles() -> None:
-    assert t975(1) == 12.706 and t975(2) == 4.303 and t975(1000) == 1.96
-    assert 2.060 > t975(27) > 2.042
+    # printed tables of t(0.975, df)
+    for df, t in ((1, 12.706), (2, 4.303), (3, 3.182), (5, 2.571), (10, 2.228), (30, 2.042), (120, 1.980)):
+        assert t975(df) == pytest.approx(t, abs=5e-4)
+    assert t975(1e9) == pytest.approx(1.95996, abs=1e-5)
+    scipy_t = pytest.importorskip("scipy.stats").t
+    for df in (1.0001, 1.5, 2.7, 7.3, 33.3, 95.0, 5000.0):  # Welch's df are fractional
+        assert t975(df) == pytest.approx(scipy_t.ppf(0.975, df), rel=1e-7)
 
 
 def test_report_numbers_match_the_runs(sweep_dir: Path, tmp_path: Path) -> None:
-    result = compare([sweep_dir], baseline=["model.net.init_args.head=gap"], out=tmp_path / "out")
-    assert result["by"] == ["model.net.init_args.head"]
-    cells = {c.key: c for c in result["cells"]}
-    gap, fc = cells[("gap",)], cells[("fc",)]
-    assert result["baseline"] is gap and len(fc.runs) == 3  # the failed run is listed, not averaged
-    assert [r.name for r in result["excluded"]] == ["fc-crashed"]
-    summaries = [json.loads(p.read_text()) for p in sorted((sweep_dir / "runs").glob("fc-[0-9]/summary.json"))]
-    accs = [s["metrics"]["val/acc_best"] for s in summaries]
-    assert statistics.fmean(fc.values("val/acc_best")) == pytest.approx(statistics.fmean(accs))
-    md = (tmp_path / "out" / "report.md").read_text()
-    assert f"{100 * statistics.fmean(accs):.2f} ± {100 * statistics.stdev(accs):.2f}" in md
-    # paired by seed: differences -0.05, -0.04, -0.05
+    out = tmp_path / "out"
+    result = compare([sweep_dir], out=out)
+    assert result.by == [HEAD]  # from sweep.yaml: the seed and the constant left out
+    cells = {c.key: c for c in result.cells}
+    assert set(cells) == {("gap",), ("fc",)} and result.baseline is cells[("gap",)]  # the paper's head
+    md = (out / "report.md").read_text()
+    for head in ("gap", "fc"):
+        own = summaries(sweep_dir, head)
+        cell = cells[(head,)]
+        assert len(cell.runs) == len(own) == 2  # the failed gap run is not averaged in
+        for key in ("val/acc_best", "val/acc_top5", "test/acc", "test/acc_top5"):
+            values = [s["metrics"][key] for s in own]
+            stat = cell.stat(key)
+            assert stat.n == 2 and stat.mean == pytest.approx(statistics.fmean(values))
+            assert stat.std == pytest.approx(statistics.stdev(values))
+        for key in ("params", "macs", "throughput_img_per_s"):
+            assert cell.stat(key).mean == pytest.approx(statistics.fmean(s[key] for s in own))
+        accs = [[s["metrics"][k] for s in own] for k in ("val/acc_best", "val/acc_top5", "test/acc", "test/acc_top5")]
+        label = "head=gap (baseline)" if head == "gap" else "head=fc"
+        assert f"| {label} | 2 | {' | '.join(pct(a) for a in accs)} |" in md
+        assert label in result.table
+
+    # the failed run: listed with its status and error, in no cell
+    assert [r.name for r in result.excluded] == ["gap-seed=2"]
+    assert all(r.name != "gap-seed=2" for c in result.cells for r in c.runs)
+    assert "`gap-seed=2: failed (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)`" in md
+
+    # paired by seed, df = 1: fc - gap = -0.05, -0.04
+    diffs = [ACCS[("fc", s)] - ACCS[("gap", s)] for s in (0, 1)]
+    mean, half = statistics.fmean(diffs), 12.706 * statistics.stdev(diffs) / math.sqrt(2)
+    assert (mean, half) == pytest.approx((-0.045, 0.0635300))
+    expected = f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] paired n=2"
+    assert expected == "-4.50 [-10.85, +1.85] paired n=2"  # the interval spans 0: no star
+    assert f"| {expected} |" in md and expected in result.table
+    diff = paired_difference(cells[("fc",)], cells[("gap",)])
+    assert diff is not None and diff.method == "paired" and diff.df == 1 and not diff.excludes_zero
+    assert (diff.diff, diff.low, diff.high) == pytest.approx((mean, mean - half, mean + half), rel=1e-4)
+
+    for name in ("accuracy.png", "accuracy_vs_macs.png", "learning_curves.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG and data[12:16] == b"IHDR" and len(data) > 5000
+        assert f"]({name})" in md
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 3 and "<table>" in page
+    assert 'src="' not in page.replace('src="data:', "")  # self-contained: nothing linked
+    assert "gap-seed=2" in page and "paired n=2" in page
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_paired_and_welch_intervals_by_hand() -> None:
+    def run(seed: int, acc: float) -> Run:
+        return Run(f"r{seed}", "finished", {}, {"seed": seed, "metrics": {"val/acc_best": acc}})
+
+    base = Cell(("a",), [run(0, 0.90), run(1, 0.92), run(2, 0.91)])
+    other = Cell(("b",), [run(0, 0.85), run(1, 0.88), run(2, 0.86)])
+    diff = paired_difference(other, base)
     diffs = [-0.05, -0.04, -0.05]
-    mean, half = statistics.fmean(diffs), 4.303 * statistics.stdev(diffs) / math.sqrt(3)
-    assert f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] paired *" in md
-    assert "fc-crashed" in md and "RuntimeError: boom" in md
-    for png in ("accuracy.png", "accuracy_vs_macs.png", "learning_curves.png"):
-        assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    page = (tmp_path / "out" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<table" in page
+    half = 4.303 * statistics.stdev(diffs) / math.sqrt(3)
+    assert diff is not None and diff.method == "paired" and diff.n == 3 and diff.excludes_zero
+    assert (diff.diff, diff.high) == pytest.approx((statistics.fmean(diffs), statistics.fmean(diffs) + half), rel=1e-4)
+
+    # seeds 5, 6 against 0, 1: no pairs; equal variances and n give Welch df = 2
+    lone = Cell(("c",), [run(5, 0.80), run(6, 0.82)])
+    two = Cell(("a",), base.runs[:2])
+    welch = paired_difference(lone, two)
+    assert welch is not None and welch.method == "welch" and welch.df == pytest.approx(2)
+    half = 4.303 * math.sqrt(0.02 ** 2 / 2 / 2 + 0.02 ** 2 / 2 / 2)
+    assert (welch.diff, welch.low) == pytest.approx((-0.10, -0.10 - half), rel=1e-4) and "do not pair" in welch.note
+    assert paired_difference(Cell(("d",), [run(0, 0.5)]), two) is None  # one run: no interval
+
+
+def test_single_seed_cell_shows_no_std(sweep_dir: Path, tmp_path: Path) -> None:
+    make_run(sweep_dir / "runs", "naive", "gap", 0, 0.70, filter_sizes=(3, 3))
+    result = compare([sweep_dir], by=["head", "filter_sizes"], baseline=["filter_sizes=3x5", "head=fc"],
+                     out=tmp_path / "out")
+    assert result.by == [HEAD, "model.net.init_args.filter_sizes"]
+    assert result.baseline.key == ("fc", (3, 5))
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| head=gap, filter_sizes=3x3 | 1 | 70.00 ± — |" in md
 
 
 def test_groups_by_differing_keys_without_a_sweep_file(sweep_dir: Path, tmp_path: Path) -> None:
-    runs = sorted((sweep_dir / "runs").glob("*-[0-9]"))  # fc-* sort first
+    runs = sorted((sweep_dir / "runs").glob("*"))  # fc-* first; seeds, names, dirs and wandb.group differ too
     result = compare(runs, out=tmp_path / "out")
-    assert result["by"] == ["model.net.init_args.head"]  # seeds, names and dirs differ too, but are not variants
-    assert result["baseline"].key == ("gap",)  # the paper's head is the default baseline
+    assert result.by == [HEAD]
+    assert result.baseline.key == ("gap",)  # the paper's head is the default baseline, not the first cell
+    assert [c.key for c in result.cells] == [("fc",), ("gap",)]
+    result = compare(runs, baseline=["model.net.init_args.head=fc"], out=tmp_path / "out")
+    assert result.baseline.key == ("fc",)
 
 
-def test_sweep_keys_flatten_nested_and_dict_values() -> None:
+def test_sweep_keys_flatten_nested_blocks_and_dict_values() -> None:
     sweep = yaml.safe_load((REPO / "sweeps/aux_weights.yaml").read_text())
     assert sweep_keys(sweep) == ["model.aux_weight", "model.net.init_args.aux_positions"]
-    nested = {"parameters": {"model": {"parameters": {"aux_weight": {"values": [0.1]}}}, "seed_everything": {}}}
-    assert sweep_keys(nested) == ["model.aux_weight"]
+    sweep = yaml.safe_load((REPO / "sweeps/lr_wd_bayes.yaml").read_text())
+    assert sweep_keys(sweep) == ["model.optimizer.init_args.lr", "model.optimizer.init_args.weight_decay"]
+    nested = {"parameters": {"model": {"parameters": {"aux_weight": {"values": [0.1]}, "net": {"parameters": {
+        "init_args": {"parameters": {"head": {"values": ["gap"]}}}}}}},
+        "seed_everything": {"values": [0]}, "data.init_args.split_seed": {"values": [1]}, "x": {"value": 1}}}
+    assert sweep_keys(nested) == ["model.aux_weight", "model.net.init_args.head"]
+
+
+def test_main_prints_the_table_and_writes_into_the_sweep_dir(sweep_dir: Path, capsys) -> None:
+    assert main([str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "head=gap (baseline)" in out and "head=fc" in out and "-4.50 [-10.85, +1.85] paired n=2" in out
+    assert "not averaged in: gap-seed=2 (failed: RuntimeError: CUDA out of memory" in out
+    assert (sweep_dir / "report" / "report.md").is_file() and (sweep_dir / "report" / "report.html").is_file()
 
 
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [
-        ("empty", [], "no run directories (with summary.json) found under"),
-        ("missing", [], "no such directory"),
-        ("mixed", [], "runs of different experiments mixed: cifar10, quickstart"),
-        ("ok", ["--by", "model.nope"], "--by model.nope: no run has this key"),
-        ("ok", ["--baseline", "head"], "expected KEY=VALUE"),
-        ("ok", ["--baseline", "model.net.init_args.head=mlp"], "no cell has that value"),
-        ("unfinished", [], "no finished runs among 1 (statuses: running)"),
+        ("empty", [], "no run directories (with summary.json) found under "),
+        ("missing", [], "no run directories (with summary.json) found under "),
+        ("mixed", [], "runs of different experiments mixed: cifar10 (1 run), quickstart (5 runs)"),
+        ("ok", ["--by", "model.nope"], "--by model.nope: no run has this key (available keys include: model."),
+        ("ok", ["--baseline", "head"], "--baseline 'head': expected KEY=VALUE"),
+        ("ok", ["--baseline", "=gap"], "expected KEY=VALUE"),
+        ("ok", ["--baseline", "model.aux_weight=0.3"], "model.aux_weight is not a grouping key"),
+        ("ok", ["--baseline", "head=mlp"], "no cell has that value (cells: head=fc; head=gap)"),
+        ("unfinished", [], "no finished runs among 2 (statuses: failed, running)"),
+        ("ok", ["--wandb", "me/project"], "expected ENTITY/PROJECT/SWEEP_ID"),
     ],
 )
-def test_bad_input(tmp_path: Path, sweep_dir: Path, capsys, setup: str, args: list[str], message: str) -> None:
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, sweep_dir: Path, capsys, setup: str, args: list[str],
+                                          message: str) -> None:
     target = {"empty": tmp_path / "empty", "missing": tmp_path / "missing", "ok": sweep_dir,
               "mixed": sweep_dir, "unfinished": tmp_path / "unfinished"}[setup]
     if setup == "empty":
@@ -112,19 +250,99 @@ def test_bad_input(tmp_path: Path, sweep_dir: Path, capsys, setup: str, args: li
     if setup == "mixed":
         make_run(sweep_dir / "runs", "other", "gap", 0, 0.5, experiment="cifar10")
     if setup == "unfinished":
-        make_run(target, "r", "gap", 0, 0.5, status="running")
-    assert main([str(target), *args, "--out", str(tmp_path / "out")]) == 2
+        make_run(target, "r1", "gap", 0, 0.5, status="running")
+        make_run(target, "r2", "gap", 1, 0.5, status="failed")
+    paths = [] if "--wandb" in args else [str(target)]
+    code = main([*paths, *args, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+    assert code == 2 and len(err.splitlines()) == 1 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "report.md").exists()  # nothing half-written
 
 
-def test_workspace_built_offline() -> None:
-    workspace = build_workspace("me", "inception-lab", "abc123", ["model.net.init_args.head"])
-    assert workspace.entity == "me" and workspace.project == "inception-lab"
-    assert [g.name for g in workspace.runset_settings.groupby] == ["model.net.init_args.head"]
-    titles = [p.title for p in workspace.sections[0].panels if getattr(p, "title", None)]
-    assert "val/acc_best per cell" in titles and "accuracy against compute" in titles
-    assert workspace.sections[0].panels[0].groupby_rangefunc == "stddev"
+def test_bad_input_through_the_real_command(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "inception_lab", "compare", str(tmp_path / "nothing")], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("inception_lab compare: error: no run directories (with summary.json) found "
+                                   f"under {tmp_path / 'nothing'}: no such directory")
+
+
+class FakeApi:
+    """``wandb.Api`` for a sweep of finished, failed runs with config, summary and history, as the server gives."""
+
+    def __init__(self, sweep: Path) -> None:
+        self.runs = []
+        for path in sorted((sweep / "runs").glob("*/summary.json")):
+            summary = json.loads(path.read_text())
+            config = yaml.safe_load((path.parent / "config.yaml").read_text())
+            flat_summary = {k: v for k, v in summary.items() if k not in ("metrics", "status")}
+            flat_summary |= summary["metrics"] | {"_step": 30, "_runtime": 12.0}
+            history = [{"epoch": e, "val/acc": summary["metrics"].get("val/acc_best", 0.1) * (e + 1) / 3}
+                       for e in range(3)]
+            self.runs.append(SimpleNamespace(
+                name=summary["run_name"], id=summary["run_name"], state=summary["status"],
+                config={**config, HEAD: config["model"]["net"]["init_args"]["head"], "_wandb": {"x": 1}},
+                summary=flat_summary, scan_history=lambda keys, h=history: iter(h)))
+        self.sweep_config = yaml.safe_load((sweep / "sweep.yaml").read_text())
+        self.asked: list[str] = []
+
+    def sweep(self, path: str) -> SimpleNamespace:
+        self.asked.append(path)
+        return SimpleNamespace(runs=self.runs, config=self.sweep_config)
+
+
+def test_wandb_sweep_read_through_a_mocked_api(sweep_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    api = FakeApi(sweep_dir)
+    runs, swept = wandb_runs("me/inception-lab/abc123", api)
+    assert api.asked == ["me/inception-lab/abc123"] and swept == [HEAD]
+    failed = [r for r in runs if r.status != "finished"]
+    assert [(r.name, r.status, r.error_tail[:12]) for r in failed] == [("gap-seed=2", "failed", "RuntimeError")]
+    assert runs[0].curve and "_wandb.x" not in runs[0].config and runs[0].metric("params") is not None
+
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setattr(wandb, "Api", lambda **kwargs: api)
+    assert main(["--wandb", "me/inception-lab/abc123", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "head=gap (baseline)" in out and "-4.50 [-10.85, +1.85] paired n=2" in out  # as from the directories
+
+    def no_server(**kwargs: Any) -> None:
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.\nmore")
+
+    monkeypatch.setattr(wandb, "Api", no_server)
+    assert main(["--wandb", "me/inception-lab/abc123", "--out", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("inception_lab compare: error: --wandb me/inception-lab/abc123: cannot read the sweep "
+                   "(UsageError: No API key configured. Use `wandb login` to log in.)")
+
+
+def test_wandb_workspace_and_report_built_offline() -> None:
+    pytest.importorskip("wandb_workspaces")
+    keys = [HEAD, "model.aux_weight"]
+    workspace = build_workspace("me", "inception-lab", "abc123", keys)
+    assert (workspace.entity, workspace.project) == ("me", "inception-lab")
+    assert [g.name for g in workspace.runset_settings.groupby] == keys
+    assert "Sweep" in str(workspace.runset_settings.filters) and "abc123" in str(workspace.runset_settings.filters)
+    panels = workspace.sections[0].panels
+    titles = [p.title for p in panels]
+    assert titles[:3] == ["val/acc_best per cell", "accuracy against compute", "val top-1 per epoch"]
+    assert panels[0].metrics == ["val/acc_best"] and panels[0].groupby_rangefunc == "stddev"
+    assert panels[1].x.name == "macs" and panels[1].y.name == "val/acc_best"
+    assert [c.metric.name for c in panels[3].columns] == [*keys, "val/acc_best"]
+
+    report = build_report("me", "inception-lab", "abc123", keys, "| cell | n |\n|---|---|\n| head=gap | 2 |")
+    assert report.project == "inception-lab" and "| head=gap | 2 |" in report.blocks[1].text
+    grid = report.blocks[-1]
+    assert grid.runsets[0].groupby == [f"config.{k}" for k in keys] and len(grid.panels) == 4
+
+
+def test_missing_wandb_workspaces_is_one_line(monkeypatch, capsys, sweep_dir: Path) -> None:
+    monkeypatch.setitem(sys.modules, "wandb_workspaces", None)
+    monkeypatch.setitem(sys.modules, "wandb_workspaces.workspaces", None)
+    monkeypatch.setitem(sys.modules, "wandb_workspaces.reports.v2", None)
+    with pytest.raises(Exception, match=r"pip install 'inception-lab\[workspaces\]'"):
+        build_workspace("me", "p", "abc", [HEAD])
+    assert main([str(sweep_dir), "--wandb-workspace"]) == 2
+    assert "--wandb-workspace and --wandb-report need --wandb" in capsys.readouterr().err
 
 
 @pytest.mark.slow

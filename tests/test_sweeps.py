@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from inception_lab import cli, sweep
-from inception_lab.tracking import flatten
+from inception_lab.runfiles import flatten
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))

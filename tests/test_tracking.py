@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from inception_lab import tracking
-from inception_lab.tracking import WandbOptions, ablation_values, flatten, resolve_mode
+from inception_lab.runfiles import flatten
+from inception_lab.tracking import WandbOptions, ablation_values, resolve_mode
 from tests.test_cli import REPO, run_cli, summary
 from tests.wandb_records import run_info
 
