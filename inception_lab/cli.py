@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from inception_lab.data import DataError, ImageDataModule
+from inception_lab.hostmem import keep_freed_memory
 from inception_lab.models.inception import Inception
 from inception_lab.module import InceptionClassifier
 from inception_lab.record import PredictionWriter, RunCSVLogger, RunRecord
@@ -106,8 +107,12 @@ class InceptionCLI(LightningCLI):
         if self.subcommand in (None, "fit"):
             callbacks.append(ModelCheckpoint(
                 dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}-acc{val/acc:.4f}",
-                auto_insert_metric_name=False, monitor="val/acc", mode="max", save_last=True,
+                auto_insert_metric_name=False, monitor="val/acc", mode="max",
             ))
+            # last.ckpt after every epoch, in a callback of its own: Lightning 2.6's save_last=True writes it only
+            # when the monitored value improved, so a crash would resume from the best epoch, not the last one
+            callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None,
+                                             save_top_k=1, enable_version_counter=False))
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter(run_dir))
         logger = self._get(self.config_init, "trainer", default={}).get("logger")
@@ -211,6 +216,11 @@ def _one_line(error: BaseException) -> str:
 
 def user_message(error: BaseException) -> str:
     """One line for the user; the network's own checks name their argument, here given its full config key."""
+    inner = error
+    while inner.__cause__ is not None or inner.__context__ is not None:  # a constructor's own check, if any
+        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+    if inner is not error and isinstance(inner, ValueError) and re.match(r"[\w.]+=", str(inner)):
+        error = inner  # not jsonargparse's wrapping ("Does not validate against any of the Union subtypes")
     message = _one_line(error)
     name = re.match(r"(\w+)=", message)
     if name and name.group(1) in inspect.signature(Inception).parameters:
@@ -219,6 +229,7 @@ def user_message(error: BaseException) -> str:
 
 
 def cli_main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # host allocations: a CPU step stops page-faulting its activations in (same maths)
     try:
         InceptionCLI(args=argv, parser_kwargs={"exit_on_error": False})
     except (ArgumentError, UserError, DataError, ValueError, FileNotFoundError) as error:

@@ -104,6 +104,26 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path) -> None:
     assert val_curve(killed)[-1] == pytest.approx(val_curve(straight)[-1], abs=1e-6)
 
 
+@pytest.mark.slow
+def test_last_checkpoint_is_the_last_epoch_when_val_acc_stalls(tmp_path: Path) -> None:
+    """With lr=0 val/acc never improves after epoch 0; last.ckpt must still be the last epoch (Lightning 2.6's
+    save_last=True alone would leave it at the best one), and a resume goes on from there, keeping the best."""
+    import torch
+
+    base = ["fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=2", "--model.optimizer.init_args.lr=0", "--run_dir", str(tmp_path / "run")]
+    run_cli(*base, "--trainer.max_epochs=3", cwd=tmp_path)
+    checkpoints = tmp_path / "run/checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+    best = [p.name for p in checkpoints.glob("best-*.ckpt")]
+    assert len(best) == 1 and best[0].startswith("best-epoch000-")
+    run_cli(*base, "--trainer.max_epochs=4", "--ckpt_path", "last", cwd=tmp_path)
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 8
+    assert [p.name for p in checkpoints.glob("best-*.ckpt")] == best
+    assert len(val_curve(tmp_path / "run")) == 4  # the earlier epochs kept, one more appended
+
+
 def run_in_process(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
                    cwd: Path) -> tuple[int, str]:
     """The CLI in this process (where the tiny CIFAR's md5s are patched in); returns (exit code, stderr)."""
