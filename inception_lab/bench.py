@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from inception_lab.hostmem import keep_freed_memory
 from inception_lab.models.inception import PRESETS, googlenet
 
 
@@ -161,7 +162,8 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
         from types import SimpleNamespace
 
         data.setup("fit")
-        data.trainer = SimpleNamespace(training=True, testing=False, predicting=False)
+        data.trainer = SimpleNamespace(training=True, testing=False, predicting=False,
+                                       strategy=SimpleNamespace(root_device=device))  # resident data: there
         loader_iter = iter(data.train_dataloader())
 
         def data_loop() -> int:
@@ -194,9 +196,9 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
                 trainer.should_stop = True
 
     class _Synthetic(torch.utils.data.IterableDataset):
-        def __iter__(self):  # the batch the bare loop trains on, from the host as a loader would give it
+        def __iter__(self):  # the batch the bare loop trains on, already on the device (as resident data is)
             while True:
-                yield bare_x.cpu(), y.cpu()
+                yield bare_x, y
 
     model.hparams.pop("lr_scheduler", None)
     model.lr_scheduler = None  # the schedule's length is irrelevant here
@@ -256,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print JSON")
     args, overrides = parser.parse_known_args(argv)
+    keep_freed_memory()  # as the CLI does: every variant runs with it
     if overrides and not args.config:
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     for name in ("image_size", "batch_size", "warmup", "steps_per_window", "windows"):

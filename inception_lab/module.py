@@ -18,9 +18,11 @@ STAGES = ("train", "val", "test")
 
 
 def _accuracy(num_classes: int) -> MetricCollection:
+    # validate_args=False: the checks read label values on the host (a device sync per step); our loaders are
+    # trusted to give labels in range
     return MetricCollection({
-        "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-        "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False),
+        "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro", validate_args=False),
     })
 
 
@@ -70,7 +72,8 @@ class InceptionClassifier(LightningModule):
         self.metrics = nn.ModuleDict({
             f"{stage}_acc": nn.ModuleDict({head: _accuracy(num_classes) for head in heads}) for stage in STAGES
         })  # keyed "train_acc", not "train", which nn.Module owns
-        self.losses = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in STAGES})
+        # nan_strategy="disable": the NaN check is a device sync per step; a NaN loss shows in the epoch mean anyway
+        self.losses = nn.ModuleDict({f"{stage}_loss": MeanMetric(nan_strategy="disable") for stage in STAGES})
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # survives a resume from checkpoint
         self.compile_net = compile
@@ -106,7 +109,8 @@ class InceptionClassifier(LightningModule):
             loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
             total = loss + self.aux_weight * sum(
                 (F.cross_entropy(a, y, label_smoothing=self.label_smoothing) for a in aux), logits.new_zeros(()))
-        self.losses[f"{stage}_loss"].update(loss.detach(), weight=y.numel())
+        # the weight as a device tensor: a Python number would be copied from the host at every step
+        self.losses[f"{stage}_loss"].update(loss.detach(), weight=loss.new_full((), y.numel()))
         metrics = self.metrics[f"{stage}_acc"]
         for head, head_logits in zip(self.heads, (logits, *aux)):
             metrics[head].update(head_logits.detach(), y)
@@ -119,7 +123,8 @@ class InceptionClassifier(LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
-        self.log("train/loss_total", loss, on_step=True, on_epoch=False, prog_bar=True)
+        # to the logger only: a progress-bar value is read on the host after every step (a device sync)
+        self.log("train/loss_total", loss, on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

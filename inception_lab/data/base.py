@@ -8,9 +8,9 @@ from typing import Any, Literal
 import torch
 from lightning import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from inception_lab.sampling import EpochShuffleSampler, trainer_epoch
+from inception_lab.sampling import EpochShuffleSampler, ResidentLoader, trainer_epoch
 
 TestViews = Literal["single", "flip", "ten_crop"]
 
@@ -45,9 +45,12 @@ class ImageDataModule(LightningDataModule):
     """Base class. Subclasses set ``num_classes``, ``in_channels``, ``image_size`` in ``__init__`` (the CLI links
     them into the network) and the datasets in ``setup``.
 
-    In-memory datasets (digits, CIFAR) hold uint8 ``(N, C, H, W)`` tensors; their batches travel to the device as
-    uint8 and are augmented (per sample), converted and normalized there, in ``on_after_batch_transfer``; float
-    batches (ImageNet: decoded, augmented and normalized in the loader workers) pass through unchanged.
+    In-memory datasets (digits, CIFAR) hold uint8 ``(N, C, H, W)`` tensors. With ``resident`` (their default) the
+    whole dataset is copied once to the training device (the GPU) and batches are gathered there by index (a
+    :class:`ResidentLoader`: no workers, no collation, no copy per step); otherwise batches travel to the device
+    as uint8 through a DataLoader. Either way they are augmented (per sample), converted and normalized on the
+    device, in ``on_after_batch_transfer``; float batches (ImageNet: decoded, augmented and normalized in the
+    loader workers) pass through unchanged. The training order is the same both ways: (seed, epoch) alone fixes it.
 
     Args:
         batch_size: per device: the global batch is ``batch_size x devices``.
@@ -55,6 +58,8 @@ class ImageDataModule(LightningDataModule):
         test_views: test-time augmentation: ``single``; ``flip`` (the image and its mirror); ``ten_crop`` (four
             corners and the center, and their mirrors: ImageNet). Test batches are then ``(N, V, C, H, W)`` and the
             model averages its probabilities over the V views.
+        resident: hold the whole (in-memory) dataset on the training device and gather batches there; needs
+            ``num_workers=0``.
     """
 
     num_classes: int
@@ -68,7 +73,8 @@ class ImageDataModule(LightningDataModule):
     pin_memory: bool = False
     persistent_workers: bool = False
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0, test_views: TestViews = "single") -> None:
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, test_views: TestViews = "single",
+                 resident: bool = False) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.init_args.batch_size={batch_size!r}: must be a positive integer")
@@ -78,18 +84,30 @@ class ImageDataModule(LightningDataModule):
         if test_views == "ten_crop" and not self.ten_crop_ok:
             raise ValueError(f"data.init_args.test_views='ten_crop': only for ImageNet-sized inputs; "
                              f"{type(self).__name__} allows 'single' or 'flip'")
+        if resident and num_workers:
+            raise ValueError(f"data.init_args.num_workers={num_workers}: a resident dataset is gathered on the device "
+                             "and needs no workers; set num_workers to 0, or resident to false")
         self.batch_size, self.num_workers, self.test_views = batch_size, num_workers, test_views
+        self.resident = resident
+        self._on_device: dict[int, tuple[Tensor, ...]] = {}
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
     # ---- loaders ------------------------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, train: bool,
+                resident: bool | None = None) -> DataLoader | ResidentLoader:
         if dataset is None:
             raise DataError(f"{type(self).__name__}: setup() has not loaded this split")
         workers = self.num_workers
         # The training order follows seed_everything (and the epoch), not the split seed: seeds vary the order.
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        if (self.resident if resident is None else resident) and isinstance(dataset, TensorDataset):
+            trainer = self.trainer
+            sampler = EpochShuffleSampler(len(dataset), seed, trainer_epoch(self), shuffle=train,
+                                          rank=getattr(trainer, "global_rank", 0),
+                                          world_size=getattr(trainer, "world_size", 1))
+            return ResidentLoader(lambda: self._resident_tensors(dataset), self.batch_size, sampler)
         return DataLoader(
             dataset, batch_size=self.batch_size, num_workers=workers, drop_last=False,
             sampler=EpochShuffleSampler(len(dataset), seed, trainer_epoch(self)) if train else None,
@@ -98,17 +116,26 @@ class ImageDataModule(LightningDataModule):
             persistent_workers=self.persistent_workers and workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _resident_tensors(self, dataset: TensorDataset) -> tuple[Tensor, ...]:
+        """The split's tensors on the trainer's device: copied there once, then kept."""
+        strategy = getattr(self.trainer, "strategy", None)
+        device = getattr(strategy, "root_device", None) or torch.device("cpu")
+        tensors = self._on_device.get(id(dataset))
+        if tensors is None or tensors[0].device != device:
+            tensors = self._on_device[id(dataset)] = tuple(t.to(device) for t in dataset.tensors)
+        return tensors
+
+    def train_dataloader(self) -> DataLoader | ResidentLoader:
         return self._loader(self.train_set, train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | ResidentLoader:
         return self._loader(self.val_set, train=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | ResidentLoader:
         return self._loader(self.test_set, train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
+        return self._loader(self.test_set, train=False, resident=False)  # the writer needs each batch's indices
 
     # ---- on the device ------------------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -125,8 +152,11 @@ class ImageDataModule(LightningDataModule):
         return x, y
 
     def normalize(self, images: Tensor) -> Tensor:
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        key = (images.device, self.mean, self.std)
+        if getattr(self, "_stats", (None,))[0] != key:  # made once per device: no host-to-device copy per step
+            mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+            self._stats = key, mean, torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        _, mean, std = self._stats
         return (images.float() / 255 - mean) / std
 
 

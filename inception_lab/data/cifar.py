@@ -34,8 +34,9 @@ class CIFARDataModule(ImageDataModule):
 
     def __init__(self, dataset: Literal["cifar10", "cifar100"] = "cifar10", root: str = "data", download: bool = False,
                  batch_size: int = 128, num_workers: int = 0, val_size: int = 5000, split_seed: int = 0,
-                 test_views: TestViews = "single") -> None:
-        super().__init__(batch_size, num_workers, test_views)
+                 test_views: TestViews = "single",
+                 resident: bool = True) -> None:
+        super().__init__(batch_size, num_workers, test_views, resident)
         if dataset not in DATASETS:
             raise ValueError(f"data.init_args.dataset={dataset!r}: allowed values are 'cifar10', 'cifar100'")
         self.save_hyperparameters()

@@ -16,8 +16,9 @@ class DigitsDataModule(ImageDataModule):
     """
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, image_size: int = 32, val_size: int = 300,
-                 test_size: int = 300, pad: int = 2, split_seed: int = 0, test_views: TestViews = "single") -> None:
-        super().__init__(batch_size, num_workers, test_views)
+                 test_size: int = 300, pad: int = 2, split_seed: int = 0, test_views: TestViews = "single",
+                 resident: bool = True) -> None:
+        super().__init__(batch_size, num_workers, test_views, resident)
         self.save_hyperparameters()
         self.num_classes, self.in_channels, self.image_size = 10, 1, image_size
         self.val_size, self.test_size, self.pad, self.split_seed = val_size, test_size, pad, split_seed
