@@ -1,10 +1,11 @@
 """Host memory: keep freed blocks for reuse instead of handing them back to the OS at once.
 
-glibc serves large blocks (an activation of a 224x224 batch: megabytes) with mmap and unmaps them on free, and trims
-the heap's top as soon as it is free: a CPU training step then page-faults every activation back in, step after
-step (measured here: 7-9% of a GoogLeNet step at 224x224 on 2 cores). Raising both thresholds makes glibc keep the
-memory, as PyTorch's CUDA caching allocator does on the GPU. The maths is untouched; the resident memory stays at
-the step's peak. Linux with glibc only; elsewhere a no-op.
+glibc serves large blocks with mmap and hands freed memory back to the OS (unmap, heap trim): a CPU training step then
+faults its activations back in, page by page, step after step. Measured here (torchvision preset, 224x224, batch 16,
+2 cores): 125,673 page faults and 0.24 s of kernel time per 0.88 s step by default; 7,840 faults, 0.01 s and a
+0.77 s step with this setting. Raising both thresholds makes glibc keep the memory for reuse, as PyTorch's CUDA
+caching allocator does on the GPU. The maths is untouched; resident memory stays at the step's peak.
+Linux with glibc only; elsewhere a no-op.
 """
 
 from __future__ import annotations
