@@ -13,6 +13,7 @@ class DigitsDataModule(ImageDataModule):
 
     A fixed seeded split: ``test_size`` test, ``val_size`` val, the rest (1,197 by default) train. Augmentation:
     random crops after ``pad`` pixels of padding; no flips (a mirrored digit is another symbol). Needs no network.
+    ``resident`` (default): the whole set lives on the training device (see ``ImageDataModule``).
     """
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, image_size: int = 32, val_size: int = 300,
