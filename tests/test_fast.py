@@ -15,7 +15,7 @@ import torch
 from inception_lab.data import CIFARDataModule, DigitsDataModule
 from inception_lab.data.base import ImageDataModule
 from inception_lab.models import Inception
-from inception_lab.sampling import ResidentLoader
+from inception_lab.sampling import EpochShuffleSampler, ResidentLoader
 from tests.sync_probe import ProgressBarLoss, SyncProbe
 from tests.test_cli import REPO, run_in_process
 
@@ -55,16 +55,18 @@ def test_resident_batches_are_the_dataloaders_batches(source: str, tiny_cifar: P
     assert not torch.equal(first, torch.arange(len(first)))
     order.epoch_fn = lambda: 1
     assert not torch.equal(order.order(), first)
-    assert torch.equal(order.order(), make(True).train_dataloader().sampler.__class__(
-        len(first), 0, lambda: 1).order())
+    assert torch.equal(order.order(), EpochShuffleSampler(len(first), 0, lambda: 1).order())
     assert isinstance(resident.predict_dataloader(), torch.utils.data.DataLoader)  # predictions.csv needs indices
 
 
 def test_resident_shards_like_distributed_sampler() -> None:
     """Under DDP each rank gathers its own equal share: disjoint, covering the set, padded by at most one."""
-    shards = [_fit_ready(DigitsDataModule(batch_size=64), rank, 2).train_dataloader() for rank in (0, 1)]
-    orders = [torch.cat([y for _, y in []] or [s.sampler.order()]) for s in shards]
+    modules = [_fit_ready(DigitsDataModule(batch_size=64), rank, 2) for rank in (0, 1)]
+    shards = [dm.train_dataloader() for dm in modules]
+    orders = [s.sampler.order() for s in shards]
     assert len(orders[0]) == len(orders[1]) == 599  # ceil(1197 / 2)
+    images = modules[1].train_set.tensors[0]
+    assert torch.equal(torch.cat([x for x, _ in shards[1]]), images[orders[1]])  # the batches are that shard
     a, b = (set(o.tolist()) for o in orders)
     assert len(a & b) <= 1 and a | b == set(range(1197))
     assert len(shards[0]) == len(shards[1]) == 10  # the same number of steps on every rank
