@@ -216,9 +216,10 @@ def _one_line(error: BaseException) -> str:
 
 def user_message(error: BaseException) -> str:
     """One line for the user; the network's own checks name their argument, here given its full config key."""
-    inner = error
-    while inner.__cause__ is not None or inner.__context__ is not None:  # a constructor's own check, if any
-        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+    inner: BaseException | None = error
+    while inner is not None and (inner.__cause__ or not inner.__suppress_context__) and (
+            inner.__cause__ or inner.__context__):  # down to a constructor's own check, if any
+        inner = inner.__cause__ or inner.__context__
     if inner is not error and isinstance(inner, ValueError) and re.match(r"[\w.]+=", str(inner)):
         error = inner  # not jsonargparse's wrapping ("Does not validate against any of the Union subtypes")
     message = _one_line(error)

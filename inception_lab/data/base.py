@@ -89,7 +89,8 @@ class ImageDataModule(LightningDataModule):
                              "and needs no workers; set num_workers to 0, or resident to false")
         self.batch_size, self.num_workers, self.test_views = batch_size, num_workers, test_views
         self.resident = resident
-        self._on_device: dict[int, tuple[Tensor, ...]] = {}
+        self._on_device: dict[int, tuple[Tensor, ...]] = {}  # resident splits, by id of their host dataset
+        self._stats: tuple | None = None  # (device, mean, std) and the normalization tensors made there
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -153,7 +154,7 @@ class ImageDataModule(LightningDataModule):
 
     def normalize(self, images: Tensor) -> Tensor:
         key = (images.device, self.mean, self.std)
-        if getattr(self, "_stats", (None,))[0] != key:  # made once per device: no host-to-device copy per step
+        if self._stats is None or self._stats[0] != key:  # made once per device: no host-to-device copy per step
             mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
             self._stats = key, mean, torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
         _, mean, std = self._stats
