@@ -18,11 +18,12 @@ def test_bench_quickstart_config_json(tmp_path: Path) -> None:
          "--windows", "2", "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout[out.stdout.index("{"):])
-    for key in ("fit_img_per_s", "bare_img_per_s", "torchvision_img_per_s", "data_img_per_s",
+    for key in ("fit_img_per_s", "bare_img_per_s", "plain_img_per_s", "torchvision_img_per_s", "data_img_per_s",
                 "flops_fraction_of_peak", "peak_flops", "step_flops"):
         assert isinstance(r[key], int | float) and math.isfinite(r[key]) and r[key] > 0, key
     assert r["batch_size"] == 8 and r["image_size"] == 32 and r["device"] == "cpu"
     assert math.isclose(r["fit_over_bare"], r["fit_img_per_s"] / r["bare_img_per_s"], rel_tol=0.01)
+    assert math.isclose(r["fit_over_plain"], r["fit_img_per_s"] / r["plain_img_per_s"], rel_tol=0.01)
     assert math.isclose(r["data_over_fit"], r["data_img_per_s"] / r["fit_img_per_s"], rel_tol=0.01)
     # a training step costs about 3 forward passes (backward: gradients of inputs and of weights), 2 FLOPs per MAC
     from inception_lab.models import Inception

@@ -58,6 +58,12 @@ def test_quickstart_fit_learns(tmp_path: Path) -> None:
     assert record["metrics"]["val/acc_best"] == pytest.approx(max(val_curve(run_dir)))
     assert record["params"] > 0 and record["macs"] > 0 and record["throughput_img_per_s"] > 0
     assert record["seed"] == 0 and record["wall_s"] > 0
+    with open(run_dir / "metrics.csv") as f:  # per epoch, with val/acc at the same step: the time to an accuracy
+        rows = list(csv.DictReader(f))
+    wall = [float(r["perf/wall_s"]) for r in rows if r["perf/wall_s"]]
+    assert len(wall) == 6 and wall == sorted(wall) and 0 < wall[-1] <= record["wall_s"]
+    steps = {r["step"] for r in rows if r["perf/wall_s"]}
+    assert steps == {r["step"] for r in rows if r["val/acc"]}
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints/last.ckpt").is_file()
     assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
     assert list((run_dir / "wandb").glob("offline-run-*"))  # synced later with `wandb sync`
