@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = {
-    "summary": "inception_lab.summary",
-    "bench": "inception_lab.bench",
-    "sweep": "inception_lab.sweep",
-    "compare": "inception_lab.compare",
+COMMANDS = {  # command: (module, function); fit/validate/test/predict go to LightningCLI
+    "summary": ("inception_lab.cli", "summary_main"),
+    "bench": ("inception_lab.bench", "main"),
+    "sweep": ("inception_lab.sweep", "main"),
+    "compare": ("inception_lab.compare", "main"),
 }
 
 
@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in COMMANDS:
         import importlib
 
-        return importlib.import_module(COMMANDS[args[0]]).main(args[1:]) or 0
+        module, function = COMMANDS[args[0]]
+        return getattr(importlib.import_module(module), function)(args[1:]) or 0
     from inception_lab.cli import cli_main
 
     return cli_main(argv) or 0  # None: LightningCLI reads sys.argv itself

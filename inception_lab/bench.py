@@ -282,19 +282,17 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = None
     if args.config:
-        from inception_lab.cli import UserError, _ParseOnlyCLI, check_config
+        from inception_lab.cli import UserError, parse
 
         cli_args = ["--config", args.config, *overrides]
         if args.batch_size:
             cli_args.append(f"--data.init_args.batch_size={args.batch_size}")
         try:
-            check_config(["fit", *cli_args])
+            model, data, config = parse(cli_args)
         except UserError as error:
             print(f"inception_lab bench: error: {error}", file=sys.stderr)
             return 2
-        cli = _ParseOnlyCLI(args=cli_args, run=False)
-        model, data = cli.model, cli.datamodule
-        trainer_cfg = cli.config.get("trainer", {})
+        trainer_cfg = config.get("trainer", {})
         if trainer_cfg.get("accelerator") == "cpu":
             device = torch.device("cpu")
         precision = args.precision or str(trainer_cfg.get("precision") or "32-true")

@@ -7,7 +7,9 @@ comparisons read run directories; W&B comes on top of them.
 
 from __future__ import annotations
 
+import argparse
 import inspect
+import json
 import os
 import re
 import secrets
@@ -16,22 +18,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from jsonargparse import ArgumentError, Namespace
-from lightning import LightningDataModule, Trainer
+from lightning import Trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from inception_lab.data import DataError, ImageDataModule
 from inception_lab.hostmem import keep_freed_memory
-from inception_lab.models.inception import Inception
+from inception_lab.models import Inception, format_table, googlenet, summarize
+from inception_lab.models.inception import PRESETS
 from inception_lab.module import InceptionClassifier
 from inception_lab.record import PredictionWriter, RunCSVLogger, RunRecord
-from inception_lab.runfiles import short_value
-from inception_lab.tracking import WandbOptions, ablation_values, make_wandb_logger
+from inception_lab.runfiles import flatten, variant, variant_name
+from inception_lab.tracking import WandbOptions, make_wandb_logger
 
 RUNS_ROOT = Path("runs")
 LINKED = ("num_classes", "in_channels", "image_size")  # the DataModule says these; never set them in a config
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 class UserError(Exception):
@@ -89,21 +95,48 @@ class InceptionCLI(LightningCLI):
         for attr in LINKED:
             parser.link_arguments(f"data.{attr}", f"model.net.init_args.{attr}", apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        argv = list(sys.argv[1:] if args is None else args)
+        for path in _option_values(argv, "--config", "-c"):
+            check_yaml(path)
+        subcommand = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+        ckpt = next(iter(_option_values(argv, "--ckpt_path")), None)
+        if ckpt and ckpt != "last":
+            checkpoint = read_checkpoint(ckpt)
+            if subcommand in ("validate", "test", "predict") and not _option_values(argv, "--config", "-c"):
+                argv = [subcommand, *checkpoint_config(checkpoint, Path(ckpt)), *argv[1:]]
+        self.first_config = next(iter(_option_values(argv, "--config", "-c")), None)
+        self.config = parser.parse_args(argv)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        resolve_run(config, self.subcommand or "fit", self.argv)
+        self.variant = self.compute_variant() if self.subcommand in (None, "fit") else {}
+        resolve_run(config, self.subcommand or "fit", self.variant, self.first_config)
+        last = Path(config.run_dir) / "checkpoints" / "last.ckpt"
+        if config.get("ckpt_path") == "last" and last.is_file():
+            read_checkpoint(str(last))  # a last.ckpt truncated by a kill: one line, before anything is written
         if "weights_only" in config and config.weights_only is None:
             config.weights_only = True  # a checkpoint is data, not a program
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        self.argv = list(sys.argv[1:] if args is None else args)
-        super().parse_arguments(parser, args)
+    def compute_variant(self) -> dict[str, Any]:
+        """What makes this run differ from its experiment file (the first --config): summary.json's "variant",
+        the run's name, its W&B tags, and what `compare` groups by."""
+        if not self.first_config or not Path(self.first_config).is_file():
+            return {}
+        prefix = [self.subcommand] if self.subcommand else []
+        experiment = self.parser.parse_args([*prefix, "--config", self.first_config])
+        return variant(*(self._flat(c) for c in (self.config, experiment)))
+
+    def _flat(self, config: Namespace) -> dict[str, Any]:
+        dumped = yaml.safe_load(self.parser.dump(config, format="yaml", skip_none=False, skip_check=True))
+        return flatten(dumped[self.subcommand] if self.subcommand else dumped)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = Path(config.run_dir)
         callbacks = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
-        callbacks.append(RunRecord(run_dir, self.subcommand or "fit", seed=config.get("seed_everything")))
+        callbacks.append(RunRecord(run_dir, self.subcommand or "fit", seed=config.get("seed_everything"),
+                                   variant=self.variant))
         if self.subcommand in (None, "fit"):
             callbacks.append(ModelCheckpoint(
                 dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}-acc{val/acc:.4f}",
@@ -119,7 +152,7 @@ class InceptionCLI(LightningCLI):
         if logger is None or logger is True:  # default: the run directory's metrics.csv, plus W&B
             csv = RunCSVLogger(run_dir, name="", version="")
             loggers = [csv]
-            wandb = make_wandb_logger(config, run_dir, self.argv)
+            wandb = make_wandb_logger(config, run_dir, self.variant)
             if wandb is not None:
                 loggers.append(wandb)
             kwargs["logger"] = loggers
@@ -127,11 +160,75 @@ class InceptionCLI(LightningCLI):
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
 
-def resolve_run(config: Namespace, subcommand: str, argv: list[str]) -> None:
+def _option_values(argv: list[str], *names: str) -> list[str]:
+    """The values of an option in a command line, in order (``--name value`` and ``--name=value``)."""
+    values = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in names:
+            if eq:
+                values.append(value)
+            elif i + 1 < len(argv):
+                values.append(argv[i + 1])
+    return values
+
+
+def check_yaml(path: str) -> None:
+    """A config file that is not valid YAML: one line naming the file and the line (jsonargparse names neither)."""
+    if not Path(path).is_file():
+        return  # jsonargparse says so, or takes the value as YAML text
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"--config {path}: not valid YAML{where}: {problem}") from None
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint's contents (memory-mapped: the tensors are not read), or a one-line error naming the file."""
+    if not Path(path).is_file():
+        raise UserError(f"--ckpt_path {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch's messages talk of pickles and weights_only; the user needs the file named
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"--ckpt_path {path}: not a readable checkpoint ({reason[:200]})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"--ckpt_path {path}: not a readable checkpoint (no state_dict: not written by Lightning)")
+    return checkpoint
+
+
+def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> list[str]:
+    """``--config`` arguments that rebuild the model and data a checkpoint was trained with (``test --ckpt_path X``
+    with no experiment file): the hyperparameters LightningCLI stored in it."""
+
+    def as_config(hparams: dict[str, Any]) -> dict[str, Any]:
+        hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
+        if "_class_path" not in hparams:
+            return hparams
+        return {"class_path": hparams.pop("_class_path"), "init_args": hparams}
+
+    model = as_config(checkpoint.get("hyper_parameters") or {})
+    if not isinstance(model.get("net"), dict):
+        raise UserError(f"--ckpt_path {path}: the checkpoint does not say which network it holds; pass the "
+                        "experiment file with --config")
+    for attr in LINKED:  # set from the DataModule again
+        model["net"].get("init_args", {}).pop(attr, None)
+    config: dict[str, Any] = {"model": model}
+    if checkpoint.get("datamodule_hyper_parameters"):
+        config["data"] = as_config(checkpoint["datamodule_hyper_parameters"])
+    args = ["--config", json.dumps(config)]
+    if path.parent.name == "checkpoints" and path.parent.parent.parent.name:  # runs/<experiment>/<run>/checkpoints
+        args += ["--experiment", path.parent.parent.parent.name]
+    return args
+
+
+def resolve_run(config: Namespace, subcommand: str, run_variant: dict[str, Any], first_config: str | None) -> None:
     """Fill in ``experiment``, ``run_name`` and ``run_dir`` (in the config, so config.yaml records them)."""
-    configs = [Path(str(c)) for c in (config.get("config") or [])]
     if not config.experiment:
-        config.experiment = configs[0].stem if configs else "default"
+        config.experiment = Path(first_config).stem if first_config and Path(first_config).is_file() else "default"
     ckpt = config.get("ckpt_path")
     if not config.run_dir and ckpt and ckpt != "last" and Path(ckpt).parent.name == "checkpoints":
         config.run_dir = str(Path(ckpt).parent.parent)  # validate/test a checkpoint: report into its run
@@ -139,11 +236,9 @@ def resolve_run(config: Namespace, subcommand: str, argv: list[str]) -> None:
         config.run_dir = str(latest_run(config.experiment))
     if not config.run_dir:
         if not config.run_name:
-            values = ablation_values(argv)
-            parts = [f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in values.items() if k != "seed_everything"]
-            parts.append(f"seed{config.get('seed_everything')}")
-            parts.append(os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2))
-            config.run_name = re.sub(r"[^\w.=+-]+", "", "-".join(parts))
+            parts = [variant_name(run_variant), f"seed{config.get('seed_everything')}",
+                     os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)]
+            config.run_name = re.sub(r"[^\w.=+-]+", "", "-".join(p for p in parts if p))
         config.run_dir = str(RUNS_ROOT / config.experiment / config.run_name)
     if not config.run_name:
         config.run_name = Path(config.run_dir).name
@@ -162,26 +257,24 @@ class _ParseOnlyCLI(InceptionCLI):
     """Parses and builds model and data, but no trainer: nothing is written, no logger starts."""
 
     def before_instantiate_classes(self) -> None:
-        pass
+        self.variant = self.compute_variant()
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         return None
 
 
-def check_config(argv: list[str]) -> None:
-    """Validate a command line (``fit --config X ...``) as the CLI would; raises UserError with one line."""
-    args = [a for a in argv if a not in ("fit", "validate", "test", "predict")]
+def parse(args: list[str]) -> tuple[InceptionClassifier, ImageDataModule, Namespace]:
+    """A command line (``[fit] --config X ...``) parsed and built as ``fit`` would, with no trainer and nothing
+    written: (model, datamodule, config), where ``config.variant`` is what makes the run differ from its experiment.
+    Raises UserError with one line for a bad config."""
+    args = args[1:] if args and args[0] in SUBCOMMANDS else list(args)
     try:
-        _ParseOnlyCLI(args=args, run=False, parser_kwargs={"exit_on_error": False})
+        cli = _ParseOnlyCLI(args=args, run=False, parser_kwargs={"exit_on_error": False})
     except (ArgumentError, ValueError, TypeError) as error:
         raise UserError(user_message(error)) from None
-
-
-def network_from_config(path: str) -> tuple[Any, int, int]:
-    """The network, input size and channels an experiment file describes (for ``summary --config``)."""
-    cli = _ParseOnlyCLI(args=["--config", path], run=False)
-    data: LightningDataModule = cli.datamodule
-    return cli.model.net, data.image_size, data.in_channels
+    config = cli.config.clone()
+    config.variant = cli.variant
+    return cli.model, cli.datamodule, config
 
 
 def _one_line(error: BaseException) -> str:
@@ -233,10 +326,37 @@ def cli_main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # host allocations: a CPU step stops page-faulting its activations in (same maths)
     try:
         InceptionCLI(args=argv, parser_kwargs={"exit_on_error": False})
-    except (ArgumentError, UserError, DataError, ValueError, FileNotFoundError) as error:
+    except (ArgumentError, UserError, DataError, ValueError, FileNotFoundError, MisconfigurationException) as error:
         print(f"inception_lab: error: {user_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("inception_lab: interrupted", file=sys.stderr)
         return 130
+    return 0
+
+
+def summary_main(argv: list[str] | None = None) -> int:
+    """``python -m inception_lab summary``: a network as the paper's Table 1 (params and multiply-adds per layer)."""
+    parser = argparse.ArgumentParser(prog="python -m inception_lab summary",
+                                     description="Print a network as the paper's Table 1.")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a googlenet() preset (default: paper)")
+    source.add_argument("--config", help="an experiment file (experiments/*.yaml): its network and input size")
+    parser.add_argument("--image-size", type=int, default=None, help="input side (default: 224, or the config's)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    if args.image_size is not None and args.image_size < 1:
+        parser.error(f"--image-size={args.image_size}: must be a positive integer")
+    if args.config:
+        try:
+            model, data, _ = parse(["--config", args.config])
+        except UserError as error:
+            parser.error(str(error))
+        net, image_size, in_channels = model.net, args.image_size or data.image_size, data.in_channels
+    else:
+        preset = args.preset or "paper"
+        image_size = args.image_size or PRESETS[preset].get("image_size", 224)
+        net, in_channels = googlenet(preset, image_size=image_size), 3
+    summary = summarize(net, image_size, in_channels)
+    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeFloat
 from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from inception_lab.models.cost import summarize
 from inception_lab.models.inception import Inception
 
 STAGES = ("train", "val", "test")
@@ -36,9 +43,11 @@ class InceptionClassifier(LightningModule):
             get gradients of zero and stay in the graph (no unused parameters under DDP).
         label_smoothing: cross-entropy label smoothing (0: the paper).
         optimizer: e.g. ``torch.optim.SGD`` with ``momentum: 0.9`` (the paper's recipe).
-        lr_scheduler: e.g. ``torch.optim.lr_scheduler.StepLR`` with ``step_size: 8, gamma: 0.96`` (the paper: LR x
-            0.96 every 8 epochs) or ``inception_lab.schedules.WarmupCosineLR``. Stepped per epoch unless the
-            scheduler has ``interval = "step"``.
+        lr_scheduler: with ``lr_interval: epoch``, a scheduler built as ``lr_scheduler(optimizer)`` and stepped once
+            per epoch, e.g. ``torch.optim.lr_scheduler.StepLR`` with ``step_size: 8, gamma: 0.96`` (the paper: LR x
+            0.96 every 8 epochs); with ``lr_interval: step``, one built as ``lr_scheduler(optimizer, total_steps)``
+            (the run's optimizer steps) and stepped after every step, e.g. ``inception_lab.schedules.WarmupCosineLR``.
+        lr_interval: when the scheduler steps, and so how it is built (above).
         channels_last: keep weights and activations in NHWC (faster convolutions and pooling; same maths).
         compile: ``torch.compile`` the network in place (state_dict keys unchanged); pays off on GPUs.
     """
@@ -46,24 +55,29 @@ class InceptionClassifier(LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        aux_weight: float = 0.3,
-        label_smoothing: float = 0.0,
+        aux_weight: NonNegativeFloat = 0.3,
+        label_smoothing: NonNegativeFloat = 0.0,
         optimizer: OptimizerCallable = torch.optim.SGD,
-        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | Callable[[Optimizer, int], LRScheduler] | None = None,
+        lr_interval: Literal["epoch", "step"] = "epoch",
         channels_last: bool = True,
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if not aux_weight >= 0:
+        if not aux_weight >= 0:  # typed NonNegativeFloat for the CLI; this is for Python callers
             raise ValueError(f"model.aux_weight={aux_weight!r}: must be a number >= 0 (paper: 0.3)")
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"model.label_smoothing={label_smoothing!r}: must be in [0, 1)")
-        self.save_hyperparameters(ignore=["net", "optimizer", "lr_scheduler"])
+        # Under LightningCLI the hyperparameters are the parsed config (the network's class_path and init_args), so a
+        # checkpoint rebuilds its model alone (load_from_checkpoint, `test --ckpt_path X`); built in Python, the
+        # network and the callables are objects, not hyperparameters.
+        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() else ["net", "optimizer", "lr_scheduler"])
         self.net = net
         self.aux_weight = aux_weight
         self.label_smoothing = label_smoothing
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.lr_interval = lr_interval
         self.channels_last = channels_last
         num_classes = net.num_classes
         heads = ["main", *(f"aux{i + 1}" for i in range(len(getattr(net, "aux_positions", ()))))]
@@ -166,16 +180,17 @@ class InceptionClassifier(LightningModule):
         optimizer = self.optimizer(self.parameters())
         if self.lr_scheduler is None:
             return optimizer
-        scheduler = self.lr_scheduler(optimizer)
-        if getattr(scheduler, "total_steps", 0) is None:  # schedules whose length is the run's (WarmupCosineLR)
-            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
-        interval = getattr(scheduler, "interval", "epoch")
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        args = (optimizer,) if self.lr_interval == "epoch" else (optimizer, total_steps)
+        try:
+            scheduler = self.lr_scheduler(*args)
+        except TypeError as error:  # e.g. WarmupCosineLR (which needs the run's length) stepped per epoch
+            raise ValueError(f"model.lr_interval={self.lr_interval!r} does not fit model.lr_scheduler: {error} (a "
+                             "scheduler stepped per step is built with the run's length: lr_interval: step)") from None
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_interval}}
 
     def cost(self) -> dict[str, int]:
         """Trainable params (aux heads included) and inference multiply-adds per image."""
-        from inception_lab.summary import summarize
-
         params = sum(p.numel() for p in self.parameters())
         if not isinstance(self.net, Inception):
             return {"params": params, "macs": 0}

@@ -40,10 +40,12 @@ class RunRecord(Callback):
     "running". validate/test/predict add their metrics to the record without changing a fit's status.
     """
 
-    def __init__(self, run_dir: Path, subcommand: str = "fit", seed: int | None = None) -> None:
+    def __init__(self, run_dir: Path, subcommand: str = "fit", seed: int | None = None,
+                 variant: dict[str, Any] | None = None) -> None:
         self.path = Path(run_dir) / "summary.json"
         self.subcommand = subcommand
         self.seed = seed
+        self.variant = variant or {}
         self.summary: dict[str, Any] = {}
         self._start = time.perf_counter()
         self._wall_before = 0.0
@@ -60,6 +62,8 @@ class RunRecord(Callback):
         self._start = time.perf_counter()
         self.summary.setdefault("metrics", {})
         self.summary.update(run_name=self.path.parent.name, seed=self.seed)
+        if self.subcommand == "fit":  # what makes the run differ from its experiment (compare groups by it)
+            self.summary["variant"] = self.variant
         if self.subcommand == "fit" or "status" not in self.summary:
             self.summary["status"] = "running"
             self.summary.pop("error", None)

@@ -1,5 +1,5 @@
 """What run records are made of, with no torch import (so `compare` starts in a second): dotted config keys,
-short value names, atomic writes."""
+what makes a run a variant of its experiment, short value names, atomic writes."""
 
 from __future__ import annotations
 
@@ -17,6 +17,30 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in tree.items():
         flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
+
+
+# Keys that say where or how a run happens, not what it is: never part of a run's variant (the seed is recorded on
+# its own, as summary.json's "seed").
+BOOKKEEPING = ("config", "run_dir", "run_name", "experiment", "ckpt_path", "weights_only", "print_config",
+               "seed_everything")
+BOOKKEEPING_PREFIXES = ("trainer.", "wandb.", "data.init_args.root", "data.init_args.num_workers",
+                        "data.init_args.download", "data.init_args.pin_memory", "data.init_args.persistent_workers")
+
+
+def is_bookkeeping(key: str) -> bool:
+    return key in BOOKKEEPING or key.startswith(BOOKKEEPING_PREFIXES)
+
+
+def variant(resolved: dict[str, Any], experiment: dict[str, Any]) -> dict[str, Any]:
+    """What makes a run differ from its experiment file: the flat keys of the resolved config whose value is not the
+    experiment's own (both resolved, defaults included), bookkeeping keys aside."""
+    return {key: value for key, value in resolved.items()
+            if not is_bookkeeping(key) and (key not in experiment or experiment[key] != value)}
+
+
+def variant_name(values: dict[str, Any]) -> str:
+    """A variant as it reads in run names and W&B tags: ``head=fc-filter_sizes=3x3x3`` ("" for none)."""
+    return "-".join(f"{key.rsplit('.', 1)[-1]}={short_value(value)}" for key, value in values.items())
 
 
 def short_value(value: Any) -> str:

@@ -1,33 +1,36 @@
-"""Learning-rate schedules that need the run's length, which only the trainer knows."""
+"""Learning-rate schedules over a run's optimizer steps: built with the run's length, which only the trainer knows
+(``InceptionClassifier`` calls ``lr_scheduler(optimizer, total_steps)`` when ``lr_interval`` is ``step``)."""
 
 from __future__ import annotations
 
 import math
 
+from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
 class WarmupCosineLR(LambdaLR):
-    """Linear warm-up from 0, then cosine decay to ``final_lr_ratio`` x the base LR, stepped every optimizer step.
+    """Linear warm-up over the first ``W = warmup_fraction x total_steps`` steps (step ``s`` runs at
+    ``(s + 1) / (W + 1)`` of the base LR), then cosine decay from the base LR at step ``W`` to ``final_lr_ratio`` x
+    it at the last step. Stepped after every optimizer step.
 
-    ``total_steps`` is filled in from ``trainer.estimated_stepping_batches`` when left at None.
     With ``warmup_fraction=0.3`` and ``final_lr_ratio=0`` this is the learning-rate half of a one-cycle schedule.
     """
 
-    interval = "step"
-
-    def __init__(self, optimizer: Optimizer, warmup_fraction: float = 0.05, final_lr_ratio: float = 0.0,
-                 total_steps: int | None = None) -> None:
-        if not 0 <= warmup_fraction < 1:
+    def __init__(self, optimizer: Optimizer, total_steps: PositiveInt, warmup_fraction: NonNegativeFloat = 0.05,
+                 final_lr_ratio: NonNegativeFloat = 0.0) -> None:
+        if not warmup_fraction < 1:
             raise ValueError(f"warmup_fraction={warmup_fraction!r}: must be in [0, 1)")
-        self.warmup_fraction, self.final_lr_ratio, self.total_steps = warmup_fraction, final_lr_ratio, total_steps
-        super().__init__(optimizer, self._factor)
+        # plain numbers: the scheduler's attributes go into checkpoints, which load with weights_only=True
+        self.total_steps, self.warmup_steps = int(total_steps), float(warmup_fraction * total_steps)
+        self.final_lr_ratio = float(final_lr_ratio)
+        super().__init__(optimizer, self.factor)  # computes step 0's learning rate: the length is known by now
 
-    def _factor(self, step: int) -> float:
-        total = max(1, self.total_steps or 1)
-        warmup = self.warmup_fraction * total
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
+    def factor(self, step: int) -> float:
+        """The LR at ``step`` (0-based) over the base LR."""
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        last = max(1, self.total_steps - 1)
+        progress = min(1.0, (step - self.warmup_steps) / max(1.0, last - self.warmup_steps))
         return self.final_lr_ratio + (1 - self.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

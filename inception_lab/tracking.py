@@ -16,15 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-import yaml
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from inception_lab.runfiles import flatten
-
-# keys that say where or how a run happens, not what it is: never part of a run's name or tags
-META_KEYS = ("config", "run_dir", "run_name", "experiment", "ckpt_path", "weights_only", "print_config")
-META_PREFIXES = ("trainer.", "wandb.", "data.init_args.root", "data.init_args.num_workers", "data.init_args.download")
+from inception_lab.runfiles import short_value
 
 
 @dataclass
@@ -36,7 +31,7 @@ class WandbOptions:
         project: W&B project.
         entity: W&B entity (user or team); None: the API key's default.
         group: run group; None: the W&B sweep (under ``wandb agent``) or the experiment name.
-        tags: extra tags; the experiment and the ablation values are always added.
+        tags: extra tags; the experiment and the run's variant (``key=value``) are always added.
         mode: ``auto`` (online if a server answers, else offline), ``online``, ``offline`` or ``disabled``.
             The ``WANDB_MODE`` environment variable, when set, wins.
     """
@@ -47,29 +42,6 @@ class WandbOptions:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
-
-
-def ablation_values(argv: list[str]) -> dict[str, Any]:
-    """The values a command line sets on top of its first config file: what makes this run a variant."""
-    values: dict[str, Any] = {}
-    args = [a for a in argv if a not in ("fit", "validate", "test", "predict")]
-    i, configs = 0, 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            i += 1
-            continue
-        key, _, value = arg[2:].partition("=")
-        if not _ and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            value, i = args[i + 1], i + 1
-        i += 1
-        if key == "config":
-            configs += 1
-            if configs > 1 and Path(value).is_file():
-                values.update(flatten(yaml.safe_load(Path(value).read_text()) or {}))
-            continue
-        values[key] = yaml.safe_load(value) if value else value
-    return {k: v for k, v in values.items() if k not in META_KEYS and not k.startswith(META_PREFIXES)}
 
 
 def _api_key_present(host: str) -> bool:
@@ -138,7 +110,7 @@ class RunWandbLogger(WandbLogger):
             self._experiment = None
 
 
-def make_wandb_logger(config: Any, run_dir: Path, argv: list[str]) -> RunWandbLogger | None:
+def make_wandb_logger(config: Any, run_dir: Path, variant: dict[str, Any]) -> RunWandbLogger | None:
     """The W&B logger of a run, or None when W&B is disabled. The run id lives in the run directory (resume)."""
     options = WandbOptions(**(config.wandb.as_dict() if hasattr(config.wandb, "as_dict") else dict(config.wandb)))
     mode = resolve_mode(options, run_dir)
@@ -152,8 +124,7 @@ def make_wandb_logger(config: Any, run_dir: Path, argv: list[str]) -> RunWandbLo
         run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
         if _is_rank_zero():
             id_file.write_text(json.dumps({"id": run_id}))
-    values = ablation_values(argv)
-    tags = [config.experiment, *(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items()), *options.tags]
+    tags = [config.experiment, *(f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in variant.items()), *options.tags]
     group = options.group or os.environ.get("WANDB_SWEEP_ID") or config.experiment
     return RunWandbLogger(
         name=config.run_name, save_dir=str(run_dir), id=run_id, project=options.project, entity=options.entity,

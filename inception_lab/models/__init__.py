@@ -1,3 +1,4 @@
+from inception_lab.models.cost import format_table, summarize
 from inception_lab.models.inception import (
     TABLE1,
     TORCHVISION_STAGES,
@@ -10,4 +11,4 @@ from inception_lab.models.inception import (
 )
 
 __all__ = ["TABLE1", "TORCHVISION_STAGES", "Inception", "InceptionOutput", "InceptionSpec", "PoolSpec", "googlenet",
-           "make_divisible"]
+           "make_divisible", "format_table", "summarize"]

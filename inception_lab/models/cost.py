@@ -7,16 +7,13 @@ rows of their own and ``aux_params`` / ``aux_macs``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from inception_lab.models.inception import PRESETS, Inception, googlenet
+from inception_lab.models.inception import Inception
 
 
 def _params(module: nn.Module) -> int:
@@ -96,32 +93,3 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"{'aux heads (training only)':<34}{'':>16}{summary['aux_params']:>10,}"
                      f"{_si(summary['aux_macs']):>12}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inception_lab summary",
-                                     description="Print a network as the paper's Table 1.")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a googlenet() preset (default: paper)")
-    source.add_argument("--config", help="an experiment file (experiments/*.yaml): its network and input size")
-    parser.add_argument("--image-size", type=int, default=None, help="input side (default: 224, or the config's)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    if args.image_size is not None and args.image_size < 1:
-        parser.error(f"--image-size={args.image_size}: must be a positive integer")
-    if args.config:
-        from inception_lab.cli import network_from_config
-
-        net, image_size, in_channels = network_from_config(args.config)
-        image_size = args.image_size or image_size
-    else:
-        preset = args.preset or "paper"
-        image_size = args.image_size or PRESETS[preset].get("image_size", 224)
-        net, in_channels = googlenet(preset, image_size=image_size), 3
-    summary = summarize(net, image_size, in_channels)
-    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
