@@ -1,5 +1,6 @@
 """compare: cells, mean ± std, paired 95% CIs, plots and reports, on run directories written in the training CLI's
-formats; the W&B paths with a mocked API and workspace/report objects built offline."""
+formats (each summary.json with its "variant"); the W&B paths with a mocked API and workspace/report objects built
+offline."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import statistics
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,29 +18,25 @@ from typing import Any
 import pytest
 import yaml
 
-from inception_lab.compare import (
-    Cell,
-    Run,
-    build_report,
-    build_workspace,
-    compare,
-    main,
-    paired_difference,
-    sweep_keys,
-    t975,
-    wandb_runs,
-)
+from inception_lab.compare import compare, main
+from inception_lab.compare.runs import Run, sweep_keys, wandb_runs
+from inception_lab.compare.stats import Cell, paired_difference
+from inception_lab.compare.wandb_views import build_report, build_workspace
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 HEAD = "model.net.init_args.head"
-# (head, seed) -> val top-1; fc sorts before gap, so "first cell" and "paper's cell" differ
+FILTERS = "model.net.init_args.filter_sizes"
+OWN = {HEAD: "gap", FILTERS: [3, 5]}  # the experiment file's own values (quickstart: the paper's)
+# (head, seed) -> val top-1; fc sorts before gap, so "first cell" and "the experiment's cell" differ
 ACCS = {("fc", 0): 0.850, ("fc", 1): 0.880, ("gap", 0): 0.900, ("gap", 1): 0.920}
 
 
 def make_run(root: Path, name: str, head: str, seed: int, acc: float, status: str = "finished",
-             experiment: str = "quickstart", filter_sizes: Any = (3, 5)) -> Path:
-    """A run directory as the training CLI writes it: summary.json, config.yaml, metrics.csv, checkpoints/."""
+             experiment: str = "quickstart", filter_sizes: Any = (3, 5), own: dict[str, Any] | None = None,
+             legacy: bool = False) -> Path:
+    """A run directory as the training CLI writes it: summary.json (with "variant": the values where the run departs
+    from ``own``, the experiment file's; none when ``legacy``), config.yaml, metrics.csv, checkpoints/."""
     run = root / name
     (run / "checkpoints").mkdir(parents=True)
     config = {
@@ -61,6 +59,9 @@ def make_run(root: Path, name: str, head: str, seed: int, acc: float, status: st
         "metrics": {"val/acc_best": acc, "val/acc": acc - 0.005, "val/acc_top5": min(1.0, acc + 0.05 + 0.01 * seed),
                     "val/loss": 0.3, "test/acc": acc - 0.02 + 0.005 * seed, "test/acc_top5": 0.99, "test/loss": 0.4},
     }
+    if not legacy:
+        values = {HEAD: head, FILTERS: list(filter_sizes)}
+        summary["variant"] = {k: v for k, v in values.items() if v != (own or OWN)[k]}
     if status == "failed":
         summary["error"] = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
         summary["metrics"] = {"val/acc": 0.1}
@@ -105,14 +106,36 @@ def pct(values: list[float]) -> str:
     return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
-def test_t_quantiles() -> None:
-    # printed tables of t(0.975, df)
+def run(seed: int, acc: float) -> Run:
+    return Run(f"r{seed}", "finished", {}, {"seed": seed, "metrics": {"val/acc_best": acc}})
+
+
+def test_intervals_use_the_printed_t_quantiles() -> None:
+    # printed tables of t(0.975, df); a paired interval over n = df + 1 seeds has half-width t * sd / sqrt(n)
     for df, t in ((1, 12.706), (2, 4.303), (3, 3.182), (5, 2.571), (10, 2.228), (30, 2.042), (120, 1.980)):
-        assert t975(df) == pytest.approx(t, abs=5e-4)
-    assert t975(1e9) == pytest.approx(1.95996, abs=1e-5)
-    scipy_t = pytest.importorskip("scipy.stats").t
-    for df in (1.0001, 1.5, 2.7, 7.3, 33.3, 95.0, 5000.0):  # Welch's df are fractional
-        assert t975(df) == pytest.approx(scipy_t.ppf(0.975, df), rel=1e-7)
+        diffs = [0.01 * (s % 3) - 0.004 for s in range(df + 1)]
+        base = Cell(("a",), [run(s, 0.5) for s in range(df + 1)])
+        diff = paired_difference(Cell(("b",), [run(s, 0.5 + d) for s, d in enumerate(diffs)]), base)
+        half = t * statistics.stdev(diffs) / math.sqrt(df + 1)
+        assert diff is not None and diff.method == "paired" and diff.df == df and diff.n == df + 1
+        assert diff.diff == pytest.approx(statistics.fmean(diffs))
+        assert (diff.high - diff.diff, diff.diff - diff.low) == pytest.approx((half, half), rel=2.5e-4)
+    # Welch's: fractional Welch-Satterthwaite df, half-width t(0.975, df) * sqrt(vx / nx + vy / ny)
+    x, y = [0.80, 0.83, 0.81], [0.90, 0.91, 0.90, 0.92, 0.95]
+    vx, vy = statistics.variance(x) / 3, statistics.variance(y) / 5
+    df = (vx + vy) ** 2 / (vx ** 2 / 2 + vy ** 2 / 4)
+    diff = paired_difference(Cell(("x",), [run(10 + i, v) for i, v in enumerate(x)]),
+                             Cell(("y",), [run(20 + i, v) for i, v in enumerate(y)]))
+    half = pytest.importorskip("scipy.stats").t.ppf(0.975, df) * math.sqrt(vx + vy)
+    assert diff is not None and diff.method == "welch" and diff.n == 3 and diff.df == pytest.approx(df)
+    assert df != int(df) and diff.diff == pytest.approx(statistics.fmean(x) - statistics.fmean(y))
+    assert (diff.low, diff.high) == pytest.approx((diff.diff - half, diff.diff + half), rel=1e-9)
+    # equal differences on every seed: a zero-width interval, and no warning on the terminal
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = paired_difference(Cell(("c",), [run(s, 0.6) for s in range(3)]),
+                                 Cell(("a",), [run(s, 0.5) for s in range(3)]))
+    assert same is not None and same.low == pytest.approx(0.1) and same.high == pytest.approx(0.1)
 
 
 def test_report_numbers_match_the_runs(sweep_dir: Path, tmp_path: Path) -> None:
@@ -120,7 +143,8 @@ def test_report_numbers_match_the_runs(sweep_dir: Path, tmp_path: Path) -> None:
     result = compare([sweep_dir], out=out)
     assert result.by == [HEAD]  # from sweep.yaml: the seed and the constant left out
     cells = {c.key: c for c in result.cells}
-    assert set(cells) == {("gap",), ("fc",)} and result.baseline is cells[("gap",)]  # the paper's head
+    # the experiment's own head (an empty variant) is the baseline
+    assert set(cells) == {("gap",), ("fc",)} and result.baseline is cells[("gap",)]
     md = (out / "report.md").read_text()
     for head in ("gap", "fc"):
         own = summaries(sweep_dir, head)
@@ -166,9 +190,6 @@ def test_report_numbers_match_the_runs(sweep_dir: Path, tmp_path: Path) -> None:
 
 
 def test_paired_and_welch_intervals_by_hand() -> None:
-    def run(seed: int, acc: float) -> Run:
-        return Run(f"r{seed}", "finished", {}, {"seed": seed, "metrics": {"val/acc_best": acc}})
-
     base = Cell(("a",), [run(0, 0.90), run(1, 0.92), run(2, 0.91)])
     other = Cell(("b",), [run(0, 0.85), run(1, 0.88), run(2, 0.86)])
     diff = paired_difference(other, base)
@@ -197,14 +218,88 @@ def test_single_seed_cell_shows_no_std(sweep_dir: Path, tmp_path: Path) -> None:
     assert "| head=gap, filter_sizes=3x3 | 1 | 70.00 ± — |" in md
 
 
-def test_groups_by_differing_keys_without_a_sweep_file(sweep_dir: Path, tmp_path: Path) -> None:
+def test_groups_by_the_runs_variants_without_a_sweep_file(sweep_dir: Path, tmp_path: Path) -> None:
     runs = sorted((sweep_dir / "runs").glob("*"))  # fc-* first; seeds, names, dirs and wandb.group differ too
     result = compare(runs, out=tmp_path / "out")
     assert result.by == [HEAD]
-    assert result.baseline.key == ("gap",)  # the paper's head is the default baseline, not the first cell
+    assert result.baseline.key == ("gap",)  # the experiment as written is the default baseline, not the first cell
     assert [c.key for c in result.cells] == [("fc",), ("gap",)]
     result = compare(runs, baseline=["model.net.init_args.head=fc"], out=tmp_path / "out")
     assert result.baseline.key == ("fc",)
+
+
+def write_variants(root: Path, own: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Runs of three variants x 2 seeds: head=fc, filter_sizes=3x3, and the experiment as written."""
+    paths = {}
+    for name, head, sizes in (("fc", "fc", (3, 5)), ("3x3", "gap", (3, 3)), ("own", "gap", (3, 5))):
+        for seed in (0, 1):
+            paths[f"{name}-{seed}"] = make_run(root, f"{name}-{seed}", head, seed, 0.8 + 0.05 * seed + 0.01 * len(name),
+                                               filter_sizes=sizes, own=own)
+    config = yaml.safe_load((paths["own-1"] / "config.yaml").read_text())
+    config["trainer"]["max_epochs"] = 5  # a bookkeeping key (not in the variant): groups nothing
+    (paths["own-1"] / "config.yaml").write_text(yaml.safe_dump(config))
+    return paths
+
+
+def test_cells_and_default_baseline_come_from_the_variants(tmp_path: Path) -> None:
+    paths = write_variants(tmp_path / "sweep" / "runs")
+    assert json.loads((paths["fc-0"] / "summary.json").read_text())["variant"] == {HEAD: "fc"}
+    assert json.loads((paths["own-0"] / "summary.json").read_text())["variant"] == {}
+    result = compare(list(paths.values()), out=tmp_path / "out")
+    assert result.by == [FILTERS, HEAD]  # the union of the variants' keys, sorted
+    # a key a run's variant lacks takes the run's config.yaml value (the experiment's own)
+    assert [c.key for c in result.cells] == [((3, 3), "gap"), ((3, 5), "fc"), ((3, 5), "gap")]
+    assert [sorted(r.name for r in c.runs) for c in result.cells] == [["3x3-0", "3x3-1"], ["fc-0", "fc-1"],
+                                                                      ["own-0", "own-1"]]
+    assert result.baseline is result.cells[2]  # the runs with an empty variant: not the first cell
+    assert "filter_sizes=3x5, head=gap (baseline)" in result.table
+
+    # a sweep file orders the grouping keys as it lists them
+    parameters = {HEAD: {"values": ["gap", "fc"]}, FILTERS: {"values": [[3, 5], [3, 3]]}, "seed_everything": {}}
+    (tmp_path / "sweep" / "sweep.yaml").write_text(yaml.safe_dump({"parameters": parameters}, sort_keys=False))
+    assert compare([tmp_path / "sweep"], out=tmp_path / "out").by == [HEAD, FILTERS]
+
+    # grouped by one key: the cell whose runs set no grouping key in their variant (3x3 runs included) is the baseline
+    result = compare(list(paths.values()), by=["head"], out=tmp_path / "out")
+    assert [(c.key, len(c.runs)) for c in result.cells] == [(("fc",), 2), (("gap",), 4)]
+    assert result.baseline is result.cells[1]
+
+    # no run as the experiment file has it: the first cell
+    result = compare([paths[n] for n in ("fc-0", "fc-1", "3x3-0", "3x3-1")], out=tmp_path / "out")
+    assert result.baseline.key == ((3, 3), "gap") and result.baseline is result.cells[0]
+
+
+def test_the_experiments_own_value_is_the_baseline_not_the_papers(tmp_path: Path) -> None:
+    # an experiment file whose own head is fc: the gap runs are the variant, the fc runs the baseline
+    paths = write_variants(tmp_path / "runs", own={HEAD: "fc", FILTERS: [3, 5]})
+    runs = [paths[n] for n in ("fc-0", "fc-1", "own-0", "own-1")]
+    assert json.loads((paths["own-0"] / "summary.json").read_text())["variant"] == {HEAD: "gap"}
+    result = compare(runs, out=tmp_path / "out")
+    assert result.by == [HEAD] and result.baseline.key == ("fc",)
+    assert "head=fc (baseline)" in result.table
+
+
+def test_older_runs_without_a_variant_need_by(tmp_path: Path, capsys) -> None:
+    for seed in (0, 1):
+        for head in ("gap", "fc"):
+            make_run(tmp_path / "runs", f"{head}-{seed}", head, seed, 0.8 + 0.01 * seed + 0.02 * len(head), legacy=True)
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'records no "variant"' in err and "--by KEY" in err, err
+    assert not (tmp_path / "out").exists()
+    result = compare([tmp_path / "runs"], by=["head"], out=tmp_path / "out")
+    assert [c.key for c in result.cells] == [("fc",), ("gap",)] and result.baseline.key == ("fc",)  # the first cell
+
+
+def test_compare_imports_no_torch(sweep_dir: Path, tmp_path: Path) -> None:
+    """compare starts in a fraction of a second: no torch ever, scipy/matplotlib/wandb only when used."""
+    code = ("import sys; import inception_lab.compare as c; "
+            "print(*(m in sys.modules for m in ('torch', 'scipy', 'matplotlib', 'wandb'))); "
+            "code = c.main([sys.argv[1], '--out', sys.argv[2]]); print(code, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(sweep_dir), str(tmp_path / "out")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and lines[0] == "False False False False" and lines[-1] == "0 False", proc.stderr
 
 
 def test_sweep_keys_flatten_nested_blocks_and_dict_values() -> None:
@@ -282,7 +377,7 @@ class FakeApi:
             self.runs.append(SimpleNamespace(
                 name=summary["run_name"], id=summary["run_name"], state=summary["status"],
                 config={**config, HEAD: config["model"]["net"]["init_args"]["head"], "_wandb": {"x": 1}},
-                summary=flat_summary, scan_history=lambda keys, h=history: iter(h)))
+                summary_metrics=flat_summary, scan_history=lambda keys, h=history: iter(h)))
         self.sweep_config = yaml.safe_load((sweep / "sweep.yaml").read_text())
         self.asked: list[str] = []
 
@@ -361,14 +456,19 @@ def test_real_sweep_compared(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "inception_lab", "sweep", str(sweep_file), "--out", str(out),
                            "--parallel", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = subprocess.run([sys.executable, "-m", "inception_lab", "compare", str(out), "--baseline",
-                           "model.net.init_args.head=gap"], cwd=REPO, env=env, capture_output=True, text=True)
+    # no --baseline: the runs' recorded variants ({} for the experiment's own head) make gap the baseline
+    proc = subprocess.run([sys.executable, "-m", "inception_lab", "compare", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "head=gap (baseline)" in proc.stdout and "head=fc" in proc.stdout
     md = (out / "report" / "report.md").read_text()
-    for head in ("gap", "fc"):
-        accs = [json.loads(p.read_text())["metrics"]["val/acc_best"] for p in (out / "runs").glob("*/summary.json")
-                if f"head={head}" in p.parent.name]
-        assert len(accs) == 2
-        mean, std = statistics.fmean(accs), statistics.stdev(accs)
+    accs: dict[str, list[float]] = {"gap": [], "fc": []}
+    for path in (out / "runs").glob("*/summary.json"):
+        summary = json.loads(path.read_text())
+        head = yaml.safe_load((path.parent / "config.yaml").read_text())["model"]["net"]["init_args"]["head"]
+        assert summary["variant"] == ({} if head == "gap" else {HEAD: "fc"})
+        accs[head].append(summary["metrics"]["val/acc_best"])
+    for head, values in accs.items():
+        assert len(values) == 2
+        mean, std = statistics.fmean(values), statistics.stdev(values)
         assert f"| head={head}{' (baseline)' if head == 'gap' else ''} | 2 | {100 * mean:.2f} ± {100 * std:.2f} |" in md

@@ -1,0 +1,120 @@
+"""``python -m inception_lab compare <sweep dir | run dirs...>``: ablation cells, mean ± std over seeds, paired
+differences with 95% confidence intervals, plots, and ``report.md`` / ``report.html``.
+
+Works offline from run directories (``summary.json``, ``config.yaml``, ``metrics.csv``); with a W&B server it can
+read a W&B sweep instead (``--wandb ENTITY/PROJECT/SWEEP_ID``) and save a W&B workspace or report grouped by the
+same keys (``--wandb-workspace``, ``--wandb-report``). The cells are what the runs record as their variant (the
+config keys where a run departs from its experiment file); the baseline is the experiment as its file is written.
+
+    python -m inception_lab compare runs/sweeps/head_gap_vs_fc.digits
+    python -m inception_lab compare runs/quickstart/a runs/quickstart/b --by model.net.init_args.head
+    python -m inception_lab compare runs/sweeps/reduce_widths --baseline reduce_width_mult=1.0 --out report/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inception_lab.compare.grouping import cells, grouping_keys, pick_baseline
+from inception_lab.compare.plots import plots
+from inception_lab.compare.report import render, table_rows, tables_markdown, text_table
+from inception_lab.compare.runs import CompareError, Run, load, parse_wandb_path, wandb_runs
+from inception_lab.compare.stats import Cell
+from inception_lab.compare.wandb_views import build_report, build_workspace
+from inception_lab.runfiles import write_atomic
+
+
+@dataclass
+class Comparison:
+    """What ``compare`` computed and wrote."""
+
+    by: list[str]
+    cells: list[Cell]
+    baseline: Cell
+    excluded: list[Run]
+    out: Path
+    table: str  # the terminal table
+    tables_markdown: str
+
+
+def default_out(paths: list[Path]) -> Path:
+    """``<sweep dir>/report`` for one sweep directory, else ``./report``."""
+    if len(paths) == 1 and paths[0].is_dir() and not (paths[0] / "summary.json").is_file():
+        return paths[0] / "report"
+    return Path("report")
+
+
+def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] | None = None,
+            out: Path | None = None, wandb_path: str | None = None, api: Any = None) -> Comparison:
+    """Load, group, compute, plot and write the report; raises CompareError on bad input."""
+    runs, swept = wandb_runs(wandb_path, api) if wandb_path else load(paths)
+    finished = [r for r in runs if r.status == "finished"]
+    excluded = [r for r in runs if r.status != "finished"]
+    if not finished:
+        statuses = ", ".join(sorted({r.status for r in runs}))
+        raise CompareError(f"no finished runs among {len(runs)} (statuses: {statuses})")
+    keys = grouping_keys(finished, by, swept)
+    cell_list = cells(finished, keys)
+    base = pick_baseline(cell_list, keys, baseline)
+    out = out or default_out(paths)
+    images = plots(cell_list, keys, base)
+    title = f"inception_lab compare: {finished[0].experiment}"
+    markdown, page = render(cell_list, keys, base, excluded, images, title)
+    for name, data in [*images.items(), ("report.md", markdown), ("report.html", page)]:
+        write_atomic(out / name, data)
+    header, rows = table_rows(cell_list, keys, base)
+    return Comparison(keys, cell_list, base, excluded, out, text_table(header, rows),
+                      "\n".join(tables_markdown(cell_list, keys, base)))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m inception_lab compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="*", type=Path, help="a sweep directory, or run directories")
+    parser.add_argument("--by", action="append", metavar="KEY",
+                        help="group by this config key, e.g. model.net.init_args.head or head (repeatable); default: "
+                             "the keys the runs' variants set (where they depart from the experiment file)")
+    parser.add_argument("--baseline", action="append", metavar="KEY=VALUE",
+                        help="the baseline cell (repeatable); default: the experiment as written, else the first cell")
+    parser.add_argument("--out", type=Path, help="report directory (default: <sweep dir>/report, else ./report)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT/SWEEP_ID", help="read a W&B sweep instead of directories")
+    parser.add_argument("--wandb-workspace", action="store_true",
+                        help="also save a W&B workspace of the sweep grouped by the same keys (needs --wandb)")
+    parser.add_argument("--wandb-report", action="store_true",
+                        help="also save a W&B report: this table above the grouped panels (needs --wandb)")
+    args = parser.parse_args(argv)
+    if bool(args.paths) == bool(args.wandb):
+        parser.error("give a sweep directory or run directories, or --wandb ENTITY/PROJECT/SWEEP_ID (not both)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if (args.wandb_workspace or args.wandb_report) and not args.wandb:
+            raise CompareError("--wandb-workspace and --wandb-report need --wandb ENTITY/PROJECT/SWEEP_ID")
+        result = compare(args.paths, args.by, args.baseline, args.out, args.wandb)
+        print(result.table)
+        for run in result.excluded:
+            print(f"not averaged in: {run.name} ({run.status}{': ' + run.error_tail if run.error_tail else ''})")
+        print(f"report: {result.out / 'report.md'}, {result.out / 'report.html'}")
+        if args.wandb_workspace or args.wandb_report:
+            entity, project, sweep_id = parse_wandb_path(args.wandb)
+            built = []
+            if args.wandb_workspace:
+                built.append(("workspace", build_workspace(entity, project, sweep_id, result.by)))
+            if args.wandb_report:
+                built.append(("report", build_report(entity, project, sweep_id, result.by, result.tables_markdown)))
+            for kind, view in built:
+                try:
+                    print(f"W&B {kind}: {view.save().url}")
+                except Exception as error:  # the server refused or cannot be reached
+                    first = (str(error).strip().splitlines() or [""])[0]
+                    raise CompareError(f"saving the W&B {kind} failed: {type(error).__name__}: {first}") from None
+    except CompareError as error:
+        print(f"inception_lab compare: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,201 @@
+"""Run records for ``compare``: run directories (summary.json, config.yaml, metrics.csv) and the runs of a W&B sweep
+read through ``wandb.Api``, and the keys a sweep file varies."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from inception_lab.runfiles import flatten
+
+METRIC_PREFIXES = ("val/", "test/", "train/")
+
+
+class CompareError(Exception):
+    """Bad input: reported as one line on stderr, exit 2."""
+
+
+@dataclass
+class Run:
+    """One training run, from a run directory or a W&B run."""
+
+    name: str
+    status: str
+    config: dict[str, Any]  # flattened: "model.net.init_args.head" -> "gap"
+    summary: dict[str, Any]
+    curve: dict[int, float] = field(default_factory=dict)  # epoch -> val/acc (fraction)
+    source: str = ""  # run directory or W&B path
+
+    @property
+    def seed(self) -> Any:
+        seed = self.summary.get("seed")
+        return self.config.get("seed_everything") if seed is None else seed
+
+    @property
+    def experiment(self) -> str:
+        return str(self.summary.get("experiment") or self.config.get("experiment") or "?")
+
+    @property
+    def variant(self) -> dict[str, Any] | None:
+        """``{dotted config key: value}`` where the run departs from its experiment file; None in older records."""
+        variant = self.summary.get("variant")
+        return variant if isinstance(variant, dict) else None
+
+    def value(self, key: str) -> Any:
+        """The run's value of a config key: its variant's, else its config's (the experiment file's own value)."""
+        variant = self.variant or {}
+        return variant[key] if key in variant else self.config.get(key)
+
+    @property
+    def error_tail(self) -> str:
+        lines = [ln for ln in str(self.summary.get("error") or "").strip().splitlines() if ln.strip()]
+        return lines[-1][-200:] if lines else ""
+
+    def metric(self, key: str) -> float | None:
+        value = self.summary.get("metrics", {}).get(key, self.summary.get(key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        return float(value)
+
+
+def read_curve(path: Path) -> dict[int, float]:
+    """epoch -> val/acc from a CSVLogger ``metrics.csv`` (sparse rows; the last value of an epoch wins)."""
+    curve: dict[int, float] = {}
+    try:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("val/acc") and row.get("epoch"):
+                    curve[int(float(row["epoch"]))] = float(row["val/acc"])
+    except (OSError, ValueError, csv.Error):
+        return {}
+    return curve
+
+
+def load_run(directory: Path) -> Run:
+    """A run directory as a record; an unreadable summary.json gives a run with status "unreadable"."""
+    try:
+        summary = json.loads((directory / "summary.json").read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        summary = {"status": "unreadable", "error": f"summary.json: {error}"}
+    config: dict[str, Any] = {}
+    try:
+        config = flatten(yaml.safe_load((directory / "config.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        pass
+    return Run(str(summary.get("run_name") or directory.name), str(summary.get("status", "unknown")), config,
+               summary, read_curve(directory / "metrics.csv"), str(directory))
+
+
+def run_dirs(path: Path) -> list[Path]:
+    """The run directories at or under ``path`` (directories holding a summary.json), sorted."""
+    if (path / "summary.json").is_file():
+        return [path]
+    return sorted(p.parent for p in path.rglob("summary.json"))
+
+
+def sweep_file(path: Path) -> Path | None:
+    """``sweep.yaml`` of a sweep directory (or of the sweep a ``runs/`` directory belongs to)."""
+    candidates = [path / "sweep.yaml", *([path.parent / "sweep.yaml"] if path.name == "runs" else [])]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def sweep_keys(sweep: dict[str, Any]) -> list[str]:
+    """The CLI paths a W&B sweep file varies: nested blocks and dict values flattened; seeds and constants left out."""
+    keys: list[str] = []
+    for name, spec in (sweep.get("parameters") or {}).items():
+        if not isinstance(spec, dict):
+            keys.append(name)
+        elif "parameters" in spec:
+            keys += [f"{name}.{k}" for k in sweep_keys(spec)]
+        elif "value" in spec and "values" not in spec:
+            continue  # a constant varies nothing
+        elif any(isinstance(v, dict) for v in spec.get("values", [])):
+            keys += [k for k in dict.fromkeys(k for v in spec["values"] for k in flatten(v, name))]
+        else:
+            keys.append(name)
+    return [k for k in keys if k != "seed_everything" and not k.endswith("seed")]
+
+
+def check_one_experiment(runs: list[Run]) -> None:
+    counts = Counter(r.experiment for r in runs)
+    if len(counts) > 1:
+        names = ", ".join(f"{e} ({n} run{'s' * (n > 1)})" for e, n in sorted(counts.items()))
+        raise CompareError(f"runs of different experiments mixed: {names}; compare one experiment at a time")
+
+
+def load(paths: list[Path]) -> tuple[list[Run], list[str]]:
+    """Runs under the given sweep / run directories, and the swept keys (from sweep.yaml, if any)."""
+    runs: list[Run] = []
+    swept: list[str] = []
+    seen: set[Path] = set()
+    for path in paths:
+        if not path.is_dir():
+            raise CompareError(f"no run directories (with summary.json) found under {path}: no such directory")
+        found = run_dirs(path)
+        if not found:
+            raise CompareError(f"no run directories (with summary.json) found under {path}")
+        if (spec := sweep_file(path)) is not None:
+            try:
+                keys = sweep_keys(yaml.safe_load(spec.read_text()) or {})
+            except (yaml.YAMLError, AttributeError, TypeError) as error:
+                raise CompareError(f"{spec}: not a W&B sweep file ({type(error).__name__})") from None
+            swept += [k for k in keys if k not in swept]
+        for directory in found:
+            if directory.resolve() not in seen:
+                seen.add(directory.resolve())
+                runs.append(load_run(directory))
+    check_one_experiment(runs)
+    return runs, swept
+
+
+def parse_wandb_path(path: str) -> tuple[str, str, str]:
+    parts = path.strip("/").split("/")
+    if len(parts) != 3 or not all(parts):
+        raise CompareError(f"--wandb {path!r}: expected ENTITY/PROJECT/SWEEP_ID, e.g. me/inception-lab/abc123")
+    return parts[0], parts[1], parts[2]
+
+
+def wandb_run(run: Any) -> Run:
+    """A W&B public-API run (config + summary) as the record a run directory gives."""
+    summary = {k: v for k, v in run.summary_metrics.items() if not k.startswith("_")}  # plain JSON, nested dicts too
+    record = {k: v for k, v in summary.items() if not k.startswith(METRIC_PREFIXES)}
+    record["metrics"] = {k: v for k, v in summary.items() if k.startswith(METRIC_PREFIXES)}
+    record["status"] = run.state
+    config = flatten({k: v for k, v in dict(run.config).items() if not k.startswith("_")})
+    curve: dict[int, float] = {}
+    try:
+        for row in run.scan_history(keys=["epoch", "val/acc"]):
+            if isinstance(row.get("val/acc"), int | float) and row.get("epoch") is not None:
+                curve[int(row["epoch"])] = float(row["val/acc"])
+    except Exception:  # a run without history, or a flaky server: the curve is optional
+        curve = {}
+    return Run(str(run.name), str(run.state), config, record, curve, f"wandb:{getattr(run, 'id', run.name)}")
+
+
+def wandb_runs(path: str, api: Any = None) -> tuple[list[Run], list[str]]:
+    """The runs of a W&B sweep (``ENTITY/PROJECT/SWEEP_ID``) and its swept keys."""
+    parse_wandb_path(path)
+    try:
+        if api is None:
+            import wandb
+
+            api = wandb.Api(timeout=30)
+        sweep = api.sweep(path)
+        runs = [wandb_run(r) for r in sweep.runs]
+        swept = sweep_keys(sweep.config or {})
+    except Exception as error:  # no API key, no server, no such sweep: one line, not a traceback
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise CompareError(f"--wandb {path}: cannot read the sweep ({type(error).__name__}: {first})") from None
+    if not runs:
+        raise CompareError(f"--wandb {path}: the sweep has no runs")
+    check_one_experiment(runs)
+    return runs, swept
