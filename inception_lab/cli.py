@@ -187,11 +187,11 @@ def check_yaml(path: str) -> None:
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint's contents (memory-mapped: the tensors are not read), or a one-line error naming the file."""
+    """A checkpoint's contents, or a one-line error naming the file."""
     if not Path(path).is_file():
         raise UserError(f"--ckpt_path {path}: no such file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch's messages talk of pickles and weights_only; the user needs the file named
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"--ckpt_path {path}: not a readable checkpoint ({reason[:200]})") from None
@@ -326,7 +326,10 @@ def cli_main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # host allocations: a CPU step stops page-faulting its activations in (same maths)
     try:
         InceptionCLI(args=argv, parser_kwargs={"exit_on_error": False})
-    except (ArgumentError, UserError, DataError, ValueError, FileNotFoundError, MisconfigurationException) as error:
+    except UserError as error:
+        print(f"inception_lab: error: {error}", file=sys.stderr)
+        return 2
+    except (ArgumentError, DataError, ValueError, FileNotFoundError, MisconfigurationException) as error:
         print(f"inception_lab: error: {user_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,11 +1,16 @@
-"""Tiny datasets written in exactly the real on-disk formats, so the real loading code runs on them."""
+"""Shared by the tests: the CLI run in a subprocess or in this process, and tiny datasets written in exactly the real
+on-disk formats, so the real loading code runs on them."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +19,59 @@ from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
 os.environ.setdefault("WANDB_MODE", "offline")  # tests never reach for a W&B server
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+# one small epoch of the quickstart: the same network and data, fewer batches
+SHORT = ["--trainer.limit_train_batches=6", "--trainer.limit_val_batches=2", "--trainer.max_epochs=1"]
+# set by in-process runs (the ddp.yaml smoke test binds MASTER_PORT in this process); a child must pick its own
+DIST_ENV = ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "LOCAL_WORLD_SIZE")
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment for a child CLI: W&B offline, no distributed variables."""
+    return {**{k: v for k, v in os.environ.items() if k not in DIST_ENV}, "WANDB_MODE": "offline",
+            "PYTHONUNBUFFERED": "1"}
+
+
+CliRun = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture
+def run_cli() -> CliRun:
+    """``run_cli(*args, cwd=, timeout=600, check=True)``: ``python -m inception_lab *args`` in a subprocess."""
+
+    def run(*args: str, cwd: Path, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "inception_lab", *args], cwd=cwd, env=clean_env(),
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        return proc
+
+    return run
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable:
+    """``cli(args, cwd=tmp_path) -> (exit code, stdout, stderr)``: the CLI in this process (where fixtures such as
+    the tiny CIFAR's md5s are patched in), as ``python -m inception_lab`` runs it."""
+    from inception_lab.__main__ import main
+
+    def run(args: list[str], cwd: Path = tmp_path) -> tuple[int, str, str]:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):  # handlers made under an earlier capture
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, logging.StreamHandler):
+                    handler.stream = sys.stderr
+        try:
+            code = main(args)
+        except SystemExit as exit_:  # argparse's exit, as the shell would see it
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
 
 
 def _md5(path: Path) -> str:

@@ -1,10 +1,10 @@
-"""The real CLI in subprocesses: fit that learns, resume after SIGKILL, every experiment file, bad input."""
+"""The CLI as a user meets it: a fit that learns, checkpoints that stand alone, resume after SIGKILL, every experiment
+file, and bad input reported in one line (in-process, but for what needs a process of its own)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -13,33 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from inception_lab.cli import UserError, parse
+from inception_lab.record import read_summary
+from inception_lab.runfiles import flatten
+from tests.conftest import QUICKSTART, REPO, clean_env
+
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
-# one small epoch of the quickstart: the same network and data, fewer batches
-SHORT = ["--trainer.limit_train_batches=6", "--trainer.limit_val_batches=2", "--trainer.max_epochs=1"]
-
-
-# set by in-process runs (the ddp.yaml smoke test binds MASTER_PORT in this process); a child must pick its own
-DIST_ENV = ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "LOCAL_WORLD_SIZE")
-
-
-def clean_env() -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if k not in DIST_ENV}, "WANDB_MODE": "offline",
-            "PYTHONUNBUFFERED": "1"}
-
-
-def run_cli(*args: str, cwd: Path, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    env = clean_env()
-    proc = subprocess.run([sys.executable, "-m", "inception_lab", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
 
 
 def val_curve(run_dir: Path) -> list[float]:
@@ -47,13 +29,28 @@ def val_curve(run_dir: Path) -> list[float]:
         return [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]
 
 
+# A fresh process with nothing but the checkpoint's path: the model and the data it was trained with, predicted
+_LOAD_ALONE = """
+import sys, json, torch, lightning as L
+from inception_lab.module import InceptionClassifier
+from inception_lab.data import DigitsDataModule
+model = InceptionClassifier.load_from_checkpoint(sys.argv[1])
+data = DigitsDataModule.load_from_checkpoint(sys.argv[1])
+trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+probs = torch.cat(trainer.predict(model, datamodule=data))
+print(json.dumps(probs.tolist()))
+"""
+
+
 @pytest.mark.slow
-def test_quickstart_fit_learns(tmp_path: Path) -> None:
-    """The README's main job: val top-1 >= 97% on the digits, and a complete run directory."""
+def test_quickstart_fit_learns_and_its_checkpoint_stands_alone(tmp_path: Path, run_cli) -> None:
+    """The README's main job: val top-1 >= 97% on the digits and a complete run directory; then test and predict
+    on its checkpoint with no experiment file, and load_from_checkpoint in a fresh process giving the same
+    probabilities as `predict`."""
     run_dir = tmp_path / "run"
-    run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--run_dir", str(run_dir), cwd=tmp_path)
-    record = summary(run_dir)
-    assert record["status"] == "finished"
+    run_cli("fit", "--config", str(QUICKSTART), "--run_dir", str(run_dir), cwd=tmp_path)
+    record = read_summary(run_dir)
+    assert record["status"] == "finished" and record["variant"] == {}
     assert record["metrics"]["val/acc_best"] >= 0.97
     assert record["metrics"]["val/acc_best"] == pytest.approx(max(val_curve(run_dir)))
     assert record["params"] > 0 and record["macs"] > 0 and record["throughput_img_per_s"] > 0
@@ -68,30 +65,37 @@ def test_quickstart_fit_learns(tmp_path: Path) -> None:
     assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
     assert list((run_dir / "wandb").glob("offline-run-*"))  # synced later with `wandb sync`
 
-    tested = run_cli("test", "--config", str(REPO / "experiments/quickstart.yaml"),
-                     "--ckpt_path", str(run_dir / "checkpoints/last.ckpt"), cwd=tmp_path)
-    record = summary(run_dir)  # test results land in the run the checkpoint came from
+    last = str(run_dir / "checkpoints/last.ckpt")
+    tested = run_cli("test", "--ckpt_path", last, cwd=tmp_path)  # no --config: the checkpoint says it all
+    record = read_summary(run_dir)  # test results land in the run the checkpoint came from
     assert record["status"] == "finished" and record["metrics"]["test/acc"] >= 0.9, tested.stdout[-2000:]
 
-    run_cli("predict", "--config", str(REPO / "experiments/quickstart.yaml"),
-            "--ckpt_path", str(run_dir / "checkpoints/last.ckpt"), cwd=tmp_path)
+    run_cli("predict", "--ckpt_path", last, cwd=tmp_path)
     with open(run_dir / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 300 and {"index", "class", "probability", "top5"} <= set(rows[0])
     assert all(0 <= float(r["probability"]) <= 1 and len(r["top5"].split()) == 5 for r in rows)
 
+    alone = subprocess.run([sys.executable, "-c", _LOAD_ALONE, last], cwd=tmp_path, env=clean_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    probs = torch.tensor(json.loads(alone.stdout.strip().splitlines()[-1]))
+    top = probs.max(1)
+    assert [int(r["class"]) for r in rows] == top.indices.tolist()
+    assert [float(r["probability"]) for r in rows] == pytest.approx(top.values.tolist(), abs=2e-6)
+
 
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path) -> None:
-    base = ["fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.max_epochs=3",
-            "--trainer.limit_train_batches=8", "--trainer.limit_val_batches=3"]
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path, run_cli) -> None:
+    base = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=3", "--trainer.limit_train_batches=8",
+            "--trainer.limit_val_batches=3"]
     straight = tmp_path / "straight"
     run_cli(*base, "--run_dir", str(straight), cwd=tmp_path)
 
     killed = tmp_path / "killed"
-    env = clean_env()
     proc = subprocess.Popen([sys.executable, "-m", "inception_lab", *base, "--run_dir", str(killed)], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     last = killed / "checkpoints/last.ckpt"
     deadline = time.time() + 300
     while not last.exists() and proc.poll() is None and time.time() < deadline:
@@ -99,11 +103,11 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert last.exists(), "no checkpoint after the first epoch"
-    assert summary(killed)["status"] == "running"  # killed outright: not finished, not failed
+    assert read_summary(killed)["status"] == "running"  # killed outright: not finished, not failed
     assert len(val_curve(killed)) < 3
 
     run_cli(*base, "--run_dir", str(killed), "--ckpt_path", "last", cwd=tmp_path)
-    a, b = summary(straight), summary(killed)
+    a, b = read_summary(straight), read_summary(killed)
     assert b["status"] == "finished"
     for key in ("val/acc", "val/acc_best", "val/loss", "train/loss"):
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], abs=1e-6), key
@@ -111,52 +115,34 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_last_checkpoint_is_the_last_epoch_when_val_acc_stalls(tmp_path: Path) -> None:
+def test_last_checkpoint_is_the_last_epoch_when_val_acc_stalls(tmp_path: Path, cli) -> None:
     """With lr=0 val/acc never improves after epoch 0; last.ckpt must still be the last epoch (Lightning 2.6's
     save_last=True alone would leave it at the best one), and a resume goes on from there, keeping the best."""
-    import torch
-
-    base = ["fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.limit_train_batches=2",
-            "--trainer.limit_val_batches=2", "--model.optimizer.init_args.lr=0", "--run_dir", str(tmp_path / "run")]
-    run_cli(*base, "--trainer.max_epochs=3", cwd=tmp_path)
+    base = ["fit", "--config", str(QUICKSTART), "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
+            "--model.optimizer.init_args.lr=0", "--wandb.enabled=false", "--run_dir", str(tmp_path / "run")]
+    assert cli([*base, "--trainer.max_epochs=3"])[0] == 0
     checkpoints = tmp_path / "run/checkpoints"
-    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (2, 6)
     best = [p.name for p in checkpoints.glob("best-*.ckpt")]
     assert len(best) == 1 and best[0].startswith("best-epoch000-")
-    run_cli(*base, "--trainer.max_epochs=4", "--ckpt_path", "last", cwd=tmp_path)
-    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 8
+    assert cli([*base, "--trainer.max_epochs=4", "--ckpt_path", "last"])[0] == 0
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 8
     assert [p.name for p in checkpoints.glob("best-*.ckpt")] == best
     assert len(val_curve(tmp_path / "run")) == 4  # the earlier epochs kept, one more appended
 
 
-def run_in_process(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
-                   cwd: Path) -> tuple[int, str]:
-    """The CLI in this process (where the tiny CIFAR's md5s are patched in); returns (exit code, stderr)."""
-    from inception_lab.cli import cli_main
-
-    monkeypatch.chdir(cwd)
-    capsys.readouterr()
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):  # handlers made under an earlier capture
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler):
-                handler.stream = sys.stderr
-    code = cli_main(args)
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
-def test_every_experiment_runs(experiment: Path, tmp_path: Path, tiny_cifar: Path, tiny_imagenet: Path,
-                               capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_experiment_runs(experiment: Path, tmp_path: Path, tiny_cifar: Path, tiny_imagenet: Path, cli) -> None:
     """fast_dev_run of each experiment file on tiny data in the real on-disk formats."""
     args = ["fit", "--config", str(experiment)]
     if experiment.stem == "ddp":  # ddp.yaml stacks on an experiment; on CPU, gloo stands in for NCCL
-        args = ["fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--config", str(experiment),
-                "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true",
+        args = ["fit", "--config", str(QUICKSTART), "--config", str(experiment), "--trainer.accelerator=cpu",
+                "--trainer.devices=1", "--trainer.precision=32-true",
                 "--trainer.strategy.init_args.process_group_backend=gloo"]
     text = experiment.read_text()
-    if "CIFARDataModule" in text:
+    if "CIFAR" in text:
         args += [f"--data.init_args.root={tiny_cifar}", "--data.init_args.batch_size=4",
                  "--data.init_args.val_size=10"]
     if "ImageNetDataModule" in text:
@@ -165,49 +151,107 @@ def test_every_experiment_runs(experiment: Path, tmp_path: Path, tiny_cifar: Pat
                  "--data.init_args.val_size=2"]
     args += ["--trainer.fast_dev_run=1", "--trainer.accelerator=cpu", "--trainer.precision=32-true",
              "--run_dir", str(tmp_path / "run")]
-    code, err = run_in_process(args, capsys, monkeypatch, tmp_path)
+    code, _, err = cli(args)
     assert code == 0, err[-3000:]
-    assert summary(tmp_path / "run")["status"] == "finished"
+    assert read_summary(tmp_path / "run")["status"] == "finished"
     assert text.startswith("#") and "python -m inception_lab" in text.split("\n\n")[0]  # says what and how
 
 
-def test_print_config_and_overrides(tmp_path: Path) -> None:
-    out = run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--model.net.init_args.head=fc",
-                  "--model.aux_weight=0.1", "--model.net.init_args.filter_sizes=[3, [3, 3]]", "--print_config",
-                  cwd=tmp_path).stdout
-    import yaml
+def test_experiment_files_are_deltas() -> None:
+    """CIFAR-100 is the CIFAR-10 experiment with another dataset; torchvision's GoogLeNet names its stage table."""
+    c10, c100 = (parse(["--config", str(REPO / f"experiments/googlenet_{d}.yaml")])[2] for d in ("cifar10", "cifar100"))
+    assert c100.variant == {}
+    a, b = flatten(c10.as_dict()), flatten(c100.as_dict())
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"config", "data.init_args.dataset"}
+    assert b["data.init_args.dataset"] == "cifar100"
+    text = (REPO / "experiments/googlenet_imagenet_torchvision.yaml").read_text()
+    assert "stages: torchvision" in text and "ch3x3red" not in text
 
+
+def test_variant_is_what_differs_from_the_experiment(tmp_path: Path) -> None:
+    """The one definition of a variant: resolved values that differ from the experiment file's own (seed and
+    bookkeeping aside), whether set on the command line or by a sweep's second --config."""
+    trial = tmp_path / "trial.json"
+    trial.write_text(json.dumps({"model.aux_weight": 0.1, "seed_everything": 3, "model.net.init_args.head": "gap"}))
+    _, _, config = parse(["fit", "--config", str(QUICKSTART), "--config", str(trial), "--run_dir", "x",
+                          "--model.net.init_args.filter_sizes=[3, [3, 3]]", "--trainer.max_epochs", "2"])
+    assert config.variant == {"model.aux_weight": 0.1, "model.net.init_args.filter_sizes": [3, [3, 3]]}
+    assert config.seed_everything == 3
+    assert parse(["--config", str(QUICKSTART), "--model.net.init_args.head=gap"])[2].variant == {}  # its own value
+
+
+def test_print_config_and_overrides(tmp_path: Path, cli) -> None:
+    code, out, _ = cli(["fit", "--config", str(QUICKSTART), "--model.net.init_args.head=fc", "--model.aux_weight=0.1",
+                        "--model.net.init_args.filter_sizes=[3, [3, 3]]", "--print_config"])
     config = yaml.safe_load(out)
     net = config["model"]["net"]["init_args"]
-    assert net["head"] == "fc" and net["filter_sizes"] == [3, [3, 3]] and config["model"]["aux_weight"] == 0.1
+    assert code == 0 and net["head"] == "fc" and net["filter_sizes"] == [3, [3, 3]]
+    assert config["model"]["aux_weight"] == 0.1
     assert config["data"]["class_path"] == "inception_lab.data.DigitsDataModule"
     assert not (tmp_path / "runs").exists()  # printing a config runs nothing
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--model.aux_wieght=0.1"], "aux_wieght"),
-        (["--model.aux_weight=abc"], "model.aux_weight"),
-        (["--model.aux_weight=-0.5"], "model.aux_weight=-0.5: must be a number >= 0"),
-        (["--model.net.init_args.head=mlp"], "model.net.init_args.head"),
-        (["--model.net.init_args.filter_sizes=[3, 4]"], "filter_sizes=[3, 4]: kernel sizes must be odd"),
-        (["--trainer.max_epochs=many"], "trainer.max_epochs"),
-    ],
-)
-def test_bad_config_is_one_line_error(tmp_path: Path, args: list[str], message: str) -> None:
-    proc = run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), *args, "--run_dir",
-                   str(tmp_path / "run"), cwd=tmp_path, check=False)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("inception_lab: error:") and message in last, proc.stderr[-2000:]
-    assert not (tmp_path / "run" / "summary.json").exists() or summary(tmp_path / "run")["status"] == "failed"
+def _bad_yaml(tmp_path: Path) -> tuple[list[str], str]:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  aux_weight: [0.3\n")
+    return ["--config", str(QUICKSTART), "--config", str(bad)], f"--config {bad}: not valid YAML at line 3"
+
+
+def _not_a_checkpoint(tmp_path: Path) -> tuple[list[str], str]:
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    return ["--config", str(QUICKSTART), "--ckpt_path", str(text)], f"--ckpt_path {text}: not a readable checkpoint"
+
+
+def _truncated_checkpoint(tmp_path: Path) -> tuple[list[str], str]:
+    path = tmp_path / "cut.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "epoch": 0}, path)
+    path.write_bytes(path.read_bytes()[:-200])
+    return ["--config", str(QUICKSTART), "--ckpt_path", str(path)], f"--ckpt_path {path}: not a readable checkpoint"
+
+
+def _gpu(tmp_path: Path) -> tuple[list[str], str]:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    return ["--config", str(QUICKSTART), "--trainer.accelerator=gpu"], "No supported gpu backend found"
+
+
+BAD = {
+    "unknown key": (["--config", str(QUICKSTART), "--model.aux_wieght=0.1"], "aux_wieght"),
+    "not a number": (["--config", str(QUICKSTART), "--model.aux_weight=abc"], "model.aux_weight"),
+    "negative weight": (["--config", str(QUICKSTART), "--model.aux_weight=-0.5"], "model.aux_weight"),
+    "unknown head": (["--config", str(QUICKSTART), "--model.net.init_args.head=mlp"], "model.net.init_args.head"),
+    "width": (["--config", str(QUICKSTART), "--model.net.init_args.width_mult=0"], "model.net.init_args.width_mult"),
+    "even kernel": (["--config", str(QUICKSTART), "--model.net.init_args.filter_sizes=[3, 4]"],
+                    "model.net.init_args.filter_sizes=[3, 4]: kernel sizes must be odd"),
+    "epochs": (["--config", str(QUICKSTART), "--trainer.max_epochs=many"], "trainer.max_epochs"),
+    "interval": (["--config", str(QUICKSTART), "--model.lr_interval=epoch"], "model.lr_interval='epoch' does not fit"),
+    "invalid yaml": _bad_yaml,
+    "text file as checkpoint": _not_a_checkpoint,
+    "truncated checkpoint": _truncated_checkpoint,
+    "no gpu": _gpu,
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_input_is_one_line_error(tmp_path: Path, case: str, cli) -> None:
+    args, message = BAD[case](tmp_path) if callable(BAD[case]) else BAD[case]
+    run_dir = tmp_path / "run"
+    code, _, err = cli(["fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+                        "--wandb.enabled=false", "--run_dir", str(run_dir)])
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("inception_lab: error:") and message in last, err[-2000:]
+    assert read_summary(run_dir).get("status") in (None, "failed")  # nothing that looks finished
+
+
+def test_parse_reports_one_line() -> None:
+    with pytest.raises(UserError, match=r"^model.net.init_args.head: "):
+        parse(["fit", "--config", str(QUICKSTART), "--model.net.init_args.head=mlp"])
 
 
 @pytest.mark.parametrize("case", ["missing_cifar", "missing_imagenet", "corrupt_cifar"])
-def test_bad_data_is_one_line_error(tmp_path: Path, tiny_cifar: Path, case: str, capsys: pytest.CaptureFixture,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_data_is_one_line_error(tmp_path: Path, tiny_cifar: Path, case: str, cli) -> None:
     if case == "missing_cifar":
         args = ["--config", str(REPO / "experiments/googlenet_cifar10.yaml"),
                 f"--data.init_args.root={tmp_path / 'nowhere'}"]
@@ -222,9 +266,9 @@ def test_bad_data_is_one_line_error(tmp_path: Path, tiny_cifar: Path, case: str,
         args = ["--config", str(REPO / "experiments/googlenet_cifar10.yaml"), f"--data.init_args.root={tiny_cifar}"]
         expect = "data_batch_1"
     run_dir = tmp_path / "run"
-    code, err = run_in_process(["fit", *args, "--trainer.accelerator=cpu", "--trainer.precision=32-true",
-                                "--run_dir", str(run_dir)], capsys, monkeypatch, tmp_path)
+    code, _, err = cli(["fit", *args, "--trainer.accelerator=cpu", "--trainer.precision=32-true",
+                        "--wandb.enabled=false", "--run_dir", str(run_dir)])
     assert code != 0 and "Traceback" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("inception_lab: error:") and expect in last, err[-2000:]
-    assert not (run_dir / "summary.json").exists() or summary(run_dir)["status"] == "failed"
+    assert read_summary(run_dir).get("status") in (None, "failed")

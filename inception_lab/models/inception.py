@@ -11,12 +11,12 @@ same thing. Child modules carry torchvision's names (``conv1``, ``inception3a.br
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Union
+from typing import Literal, NamedTuple, Union, get_args
 
 import torch
+from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_number_type
 from torch import Tensor, nn
 
 
@@ -63,14 +63,14 @@ TORCHVISION_STAGES: tuple[StageSpec, ...] = tuple(
     PoolSpec(2, 2) if i == 8 else stage for i, stage in enumerate(TABLE1)
 )
 
+STAGE_TABLES: dict[str, tuple[StageSpec, ...]] = {"table1": TABLE1, "torchvision": TORCHVISION_STAGES}
+
 Norm = Literal["batch", "lrn", "none"]
 Stem = Literal["imagenet", "cifar"]
 Head = Literal["gap", "fc"]
+Stages = Literal["table1", "torchvision"]
 KernelStack = Union[int, tuple[int, ...]]
-
-NORMS = ("batch", "lrn", "none")
-STEMS = ("imagenet", "cifar")
-HEADS = ("gap", "fc")
+DropoutRate = restricted_number_type("DropoutRate", float, [(">=", 0), ("<", 1)])
 
 
 class InceptionOutput(NamedTuple):
@@ -153,9 +153,27 @@ class InceptionAux(nn.Module):
         self.dropout = nn.Dropout(p=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv(nn.functional.adaptive_avg_pool2d(x, (4, 4)))  # N x 128 x 4 x 4
+        x = self.conv(_avg_pool_to(x, 4))  # N x 128 x 4 x 4
         x = nn.functional.relu(self.fc1(torch.flatten(x, 1)), inplace=True)  # N x 1024
         return self.fc2(self.dropout(x))
+
+
+def _avg_pool_to(x: Tensor, size: int) -> Tensor:
+    """Adaptive average pooling to ``size x size``. Where the input side is a multiple of ``size`` (every CIFAR-stem
+    input) it is a plain average pool with the same values, whose CUDA backward is deterministic (adaptive pooling's
+    is not, and ``trainer.deterministic: true`` refuses it)."""
+    height, width = x.shape[-2:]
+    if height % size == 0 and width % size == 0:
+        return nn.functional.avg_pool2d(x, (height // size, width // size))
+    return nn.functional.adaptive_avg_pool2d(x, size)
+
+
+class GlobalAvgPool(nn.Module):
+    """The paper's global average pool as a mean over H and W: the values of ``AdaptiveAvgPool2d(1)``, with a
+    deterministic CUDA backward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((2, 3), keepdim=True)
 
 
 def _kernel_stacks(filter_sizes: Sequence[KernelStack]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -170,14 +188,16 @@ def _kernel_stacks(filter_sizes: Sequence[KernelStack]) -> tuple[tuple[int, ...]
     return stacks  # type: ignore[return-value]
 
 
-def _positive(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
-        raise ValueError(f"{name}={value!r}: must be a number > 0")
-
-
-def _choice(name: str, value: object, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r}: allowed values are {', '.join(map(repr, allowed))}")
+def _check(name: str, value: object, allowed: type) -> None:
+    """The check jsonargparse makes from the signature's type, for Python callers: one message, naming the argument."""
+    choices = get_args(allowed)
+    if choices and value not in choices:
+        raise ValueError(f"{name}={value!r}: allowed values are {', '.join(map(repr, choices))}")
+    if not choices:
+        try:
+            allowed(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name}={value!r}: {error}") from None
 
 
 class Inception(nn.Module):
@@ -189,7 +209,8 @@ class Inception(nn.Module):
         image_size: input side in pixels; only the ``fc`` head depends on it. Linked from the DataModule.
         stem: ``imagenet`` (7x7/2, pool, 1x1, 3x3, pool: Table 1) or ``cifar`` (one 3x3 conv to 192 channels at
             full resolution, for 32x32 inputs).
-        stages: the table the network is built from (None: the paper's Table 1, ``TABLE1``).
+        stages: the table the network is built from: ``table1`` (the paper's Table 1, ``TABLE1``), ``torchvision``
+            (Table 1 with torchvision's 2x2/2 pool before 5a) or a tuple of ``InceptionSpec``/``PoolSpec`` rows.
         filter_sizes: kernel sizes of the two spatial branches (paper: ``[3, 5]``; torchvision: ``[3, 3]``); an
             entry may be a list of kernels applied in sequence: ``[3, [3, 3]]`` factorizes the 5x5 into two 3x3.
         reduce_width_mult: multiplier on the 1x1 reductions before the 3x3/5x5 convs; ``"naive"`` removes them
@@ -208,38 +229,34 @@ class Inception(nn.Module):
 
     def __init__(
         self,
-        num_classes: int = 1000,
-        in_channels: int = 3,
-        image_size: int = 224,
+        num_classes: PositiveInt = 1000,
+        in_channels: PositiveInt = 3,
+        image_size: PositiveInt = 224,
         stem: Stem = "imagenet",
-        stages: tuple[StageSpec, ...] | None = None,
+        stages: Union[Stages, tuple[StageSpec, ...]] = "table1",
         filter_sizes: tuple[KernelStack, KernelStack] = (3, 5),
-        reduce_width_mult: Union[float, Literal["naive"]] = 1.0,
-        pool_proj_mult: float = 1.0,
-        width_mult: float = 1.0,
+        reduce_width_mult: Union[PositiveFloat, Literal["naive"]] = 1.0,
+        pool_proj_mult: PositiveFloat = 1.0,
+        width_mult: PositiveFloat = 1.0,
         aux_positions: tuple[str, ...] = ("4a", "4d"),
-        aux_dropout: float = 0.7,
+        aux_dropout: DropoutRate = 0.7,
         head: Head = "gap",
-        dropout: float = 0.4,
+        dropout: DropoutRate = 0.4,
         norm: Norm = "batch",
-        bn_eps: float = 1e-3,
+        bn_eps: PositiveFloat = 1e-3,
     ) -> None:
         super().__init__()
         kernels = _kernel_stacks(filter_sizes)
-        _positive("width_mult", width_mult)
-        _positive("pool_proj_mult", pool_proj_mult)
+        for name, allowed in (("num_classes", PositiveInt), ("in_channels", PositiveInt), ("image_size", PositiveInt),
+                              ("stem", Stem), ("pool_proj_mult", PositiveFloat), ("width_mult", PositiveFloat),
+                              ("aux_dropout", DropoutRate), ("head", Head), ("dropout", DropoutRate), ("norm", Norm),
+                              ("bn_eps", PositiveFloat)):
+            _check(name, locals()[name], allowed)
         if reduce_width_mult != "naive":
-            _positive("reduce_width_mult", reduce_width_mult)  # type: ignore[arg-type]
-        _choice("stem", stem, STEMS)
-        _choice("head", head, HEADS)
-        _choice("norm", norm, NORMS)
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}: must be a positive integer")
-        for name, p in (("dropout", dropout), ("aux_dropout", aux_dropout)):
-            if not 0 <= p < 1:
-                raise ValueError(f"{name}={p!r}: must be in [0, 1)")
-        stages = TABLE1 if stages is None else stages
+            _check("reduce_width_mult", reduce_width_mult, PositiveFloat)
+        if isinstance(stages, str):
+            _check("stages", stages, Stages)
+            stages = STAGE_TABLES[stages]
         block_names = [s.name for s in stages if isinstance(s, InceptionSpec)]
         for pos in aux_positions:
             if pos not in block_names:
@@ -279,7 +296,7 @@ class Inception(nn.Module):
                                                        aux_dropout, norm, bn_eps))
         self.out_channels = channels
 
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1)) if head == "gap" else nn.Identity()
+        self.avgpool = GlobalAvgPool() if head == "gap" else nn.Identity()
         self.dropout = nn.Dropout(p=dropout)
         self.head = head
         if head == "gap":
@@ -345,7 +362,7 @@ PRESETS: dict[str, dict] = {
     "paper": dict(norm="lrn", filter_sizes=(3, 5)),
     # torchvision.models.googlenet(aux_logits=True): 3x3 in its "5x5" branch (vision#906), BN eps 1e-3,
     # dropout 0.2 and a 2x2 pool before 5a.
-    "torchvision": dict(norm="batch", bn_eps=1e-3, filter_sizes=(3, 3), dropout=0.2, stages=TORCHVISION_STAGES),
+    "torchvision": dict(norm="batch", bn_eps=1e-3, filter_sizes=(3, 3), dropout=0.2, stages="torchvision"),
     # GoogLeNet widths on 32x32 inputs (CIFAR): the 3x3-to-192 stem, batch norm, the paper's 5x5 branches.
     "cifar": dict(stem="cifar", norm="batch", filter_sizes=(3, 5), num_classes=10, image_size=32),
 }
@@ -353,5 +370,5 @@ PRESETS: dict[str, dict] = {
 
 def googlenet(preset: Preset = "paper", **overrides) -> Inception:
     """A GoogLeNet preset with aux heads on (as in the paper); keyword arguments override any ``Inception`` arg."""
-    _choice("preset", preset, tuple(PRESETS))
+    _check("preset", preset, Preset)
     return Inception(**{**PRESETS[preset], **overrides})
