@@ -1,8 +1,9 @@
 """Sweep files (sweeps/*.yaml) and the local runner (``python -m inception_lab sweep``).
 
 Every sweep file is checked against W&B's sweep schema; every trial of every file is rendered the way the W&B agent
-renders it and parsed by the CLI with the swept values in place; a real sweep runs on the digits, survives a
-SIGKILL of the runner, and records a crashing trial while the others finish.
+renders it and parsed by the CLI with the swept values in place; the trials are W&B's engine's, with or without it
+installed; a real sweep runs on the digits, survives a SIGKILL of the runner, and records a crashing trial while the
+others finish.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
-from inception_lab import cli, sweep
-from inception_lab.runfiles import flatten
+import inception_lab.sweep as sweep_command
+from inception_lab import cli
+from inception_lab.runfiles import flatten, variant_name
+from inception_lab.sweep import command, fallback, runner, search, spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -48,13 +51,13 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=list))
 
 
-def _trials(s: sweep.Sweep, n_drawn: int = 3) -> list[dict[str, Any]]:
+def _trials(s: spec.Sweep, n_drawn: int = 3) -> list[dict[str, Any]]:
     """Every grid cell; for random and bayes, a few draws from the same distributions. A full-size (CIFAR-10)
     form keeps one seed per cell: it builds a 6M-parameter network per trial (0.7 s), and its digits form, which
     has the same cells (test_digits_form_sweeps_the_same_cells), goes through every seed."""
     if s.method != "grid":
-        return sweep.random_values(s, n_drawn, seed=0)
-    cells = sweep.grid_values(s)
+        return search.random_values(s, n_drawn, seed=0)
+    cells = search.grid_values(s)
     if s.path.name.endswith(".digits.yaml"):
         return cells
     first_seed = cells[0].get("seed_everything")
@@ -76,7 +79,7 @@ def test_sweep_file_follows_wandb_schema(path: Path) -> None:
     assert config["method"] in ("grid", "random", "bayes")
     assert config["metric"] == {"name": "val/acc_best", "goal": "maximize"}
     assert config["name"] == path.name.removesuffix(".yaml")
-    s = sweep.load_sweep(path)  # infers each parameter's distribution as W&B's schema does
+    s = spec.load_sweep(path)  # infers each parameter's distribution as W&B's schema does
     for p in s.params:
         assert set(p.spec) - {"distribution"} <= PARAM_KEYS[p.kind], (p.name, p.spec)
     # a block list (a flow list holding ${env} is invalid YAML), the values through the agent's JSON file
@@ -139,51 +142,59 @@ def test_grid_cells_cover_the_axes_as_asked() -> None:
     aux = axis("aux_weights", "model")
     assert [v["aux_weight"] for v in aux] == [0.0, 0.1, 0.3, 1.0, 0.0]
     assert aux[-1]["net"] == {"init_args": {"aux_positions": []}} and all("net" not in v for v in aux[:-1])
-    cells = sweep.grid_values(sweep.load_sweep(ROOT / "sweeps" / "aux_weights.yaml"))
+    cells = search.grid_values(spec.load_sweep(ROOT / "sweeps" / "aux_weights.yaml"))
     assert len(cells) == 15 and len({json.dumps(c, sort_keys=True) for c in cells}) == 15  # no duplicate cells
 
 
 # ---- every trial through the CLI, rendered as the agent renders it ---------------------------------------------
-def test_rendering_matches_the_wandb_agent(tmp_path: Path) -> None:
-    """``sweep_vars`` is wandb's ``create_sweep_command_args``; the args JSON file holds ``args_json``."""
+def test_rendering_is_the_wandb_agents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every macro the agent knows, filled in as ``Agent._command_run`` fills it (``python`` is this interpreter)."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
+    monkeypatch.setenv("SWEEP_TEST_VAR", "from-env")
     values = {"model": {"aux_weight": 0.0, "net": {"init_args": {"aux_positions": []}}}, "a": None, "b": True,
               "c": False, "model.net.init_args.filter_sizes": [3, [3, 3]], "r": "naive", "seed_everything": 1}
     theirs = create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
-    ours = sweep.sweep_vars(values)
-    for key, rendered in ours.items():
-        assert rendered == theirs[key], key
-    assert "--a=None" in ours["args"]  # why the sweep files use ${args_json_file}, not ${args}
-    sweep.write_args_json(tmp_path / "args.json", values)
+    template = ["${env}", "python", "${interpreter}", "${program}", "--x=${envvar:SWEEP_TEST_VAR}", "${args}",
+                "${args_no_hyphens}", "${args_no_boolean_flags}", "${args_json_file}", "${args_json}"]
+    rendered = command.render_command(template, values, tmp_path / "args.json", program="train.py")
+    assert rendered == ["/usr/bin/env", sys.executable, sys.executable, "train.py", "--x=from-env", *theirs["args"],
+                        *theirs["args_no_hyphens"], *theirs["args_no_boolean_flags"], str(tmp_path / "args.json"),
+                        *theirs["args_json"]]
+    assert "--a=None" in rendered  # why the sweep files use ${args_json_file}, not ${args}
+    assert template[4] == "--x=${envvar:SWEEP_TEST_VAR}"  # wandb fills ${envvar:X} in place: on a copy
+    command.write_args_json(tmp_path / "args.json", values)
     assert (tmp_path / "args.json").read_text() == theirs["args_json"][0]
-    template = ["${env}", "python", "-m", "inception_lab", "fit", "--config", "x.yaml", "--config",
-                "${args_json_file}", "${args_no_hyphens}"]
-    command = sweep.render_command(template, {"seed_everything": 1}, tmp_path / "args.json")
-    assert command == ["/usr/bin/env", sys.executable, "-m", "inception_lab", "fit", "--config", "x.yaml",
-                       "--config", str(tmp_path / "args.json"), "seed_everything=1"]
+    assert command.render_command([], {"a": 1}, tmp_path / "x", program="t.py") == [
+        "/usr/bin/env", sys.executable, "t.py", "--a=1"]  # no command: the agent's default
 
 
 @pytest.fixture
-def parsed_configs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The configs ``check_config`` parses (spied on, so each trial is parsed once)."""
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The configs ``cli.parse`` returns, in order (spied on, so each trial is seen parsed once)."""
     seen: list[Any] = []
-    monkeypatch.setattr(cli._ParseOnlyCLI, "before_instantiate_classes", lambda self: seen.append(self.config))
+    real = cli.parse
+
+    def spy(args: list[str]) -> Any:
+        result = real(args)
+        seen.append(result[2])
+        return result
+
+    monkeypatch.setattr(cli, "parse", spy)
     return seen
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=_id)
-def test_every_trial_parses_with_its_values(path: Path, tmp_path: Path, parsed_configs: list[Any]) -> None:
-    s = sweep.load_sweep(path)
+def test_every_trial_parses_with_its_values(path: Path, tmp_path: Path, parsed: list[Any]) -> None:
+    """The runner's own check (``check_trials``) of every trial: the CLI gets the values intact, the trial is named
+    as the CLI names the run, after its index."""
+    s = spec.load_sweep(path)
+    assert command.cli_args(command.render_command(s.command, {}, tmp_path / "a.json"))[0] == "fit"
     experiment = yaml.safe_load((ROOT / s.command[s.command.index("--config") + 1]).read_text())
-    for i, values in enumerate(_trials(s)):
-        json_file = tmp_path / f"{i}.json"
-        sweep.write_args_json(json_file, values)
-        command = sweep.render_command(s.command, values, json_file)
-        args = sweep.cli_args(command)
-        assert args is not None and args[0] == "fit"
-        cli.check_config([*args, "--run_dir", str(tmp_path / "run"), "--wandb.group", s.name])
-        config = parsed_configs[-1]
+    trials = list(enumerate(_trials(s)))
+    names = command.check_trials(s, tmp_path, trials)
+    assert len(parsed) == len(trials) == len(set(names))
+    for (i, values), config, name in zip(trials, parsed, names):
         swept = flatten(values)
         for key, value in swept.items():
             assert _plain(config[key]) == _plain(value), (path.name, key)
@@ -194,13 +205,32 @@ def test_every_trial_parses_with_its_values(path: Path, tmp_path: Path, parsed_c
                 assert _plain(config[key]) == flatten(experiment)[key], (path.name, key)
         if "model" in values and "net" not in values["model"]:
             assert tuple(config["model.net.init_args.aux_positions"]) == ("4a", "4d")
-    assert len(parsed_configs) == len(_trials(s))
+        assert name == "-".join(p for p in (f"{i:03d}", variant_name(config.variant),
+                                            f"seed{config.seed_everything}") if p)
+        assert set(config.variant) <= {k for k in swept if k != "seed_everything"}, (path.name, config.variant)
+        assert config.seed_everything == values.get("seed_everything", experiment.get("seed_everything"))
+
+
+def test_none_and_strings_reach_the_cli_intact(tmp_path: Path, parsed: list[Any]) -> None:
+    """What ``${args}`` would spoil (None as 'None'), through ``${args_json_file}``."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({"method": "grid", "parameters": {
+        "model.lr_scheduler": {"value": None}, "model.net.init_args.reduce_width_mult": {"values": ["naive", 0.5]},
+        "model.net.init_args.filter_sizes": {"value": [3, [3, 3]]}},
+        "command": ["${env}", "python", "-m", "inception_lab", "fit", "--config", "experiments/quickstart.yaml",
+                    "--config", "${args_json_file}"]}))
+    s = spec.load_sweep(path)
+    names = command.check_trials(s, tmp_path, list(enumerate(search.grid_values(s))))
+    assert [c["model.net.init_args.reduce_width_mult"] for c in parsed] == ["naive", 0.5]
+    assert all(c["model.lr_scheduler"] is None for c in parsed)
+    assert all(_plain(c["model.net.init_args.filter_sizes"]) == [3, [3, 3]] for c in parsed)
+    assert names[0].startswith("000-") and "reduce_width_mult=naive" in names[0] and "filter_sizes=3x3x3" in names[0]
 
 
 def test_no_aux_heads_cell_prints_as_merged_config(tmp_path: Path) -> None:
     """The nested ``model`` value through the real CLI (``--print_config``) and the network it builds."""
     values = {"model": {"aux_weight": 0.0, "net": {"init_args": {"aux_positions": []}}}, "seed_everything": 2}
-    sweep.write_args_json(tmp_path / "args.json", values)
+    command.write_args_json(tmp_path / "args.json", values)
     out = subprocess.run([sys.executable, "-m", "inception_lab", "fit", "--config", "experiments/quickstart.yaml",
                           "--config", str(tmp_path / "args.json"), "--print_config"],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
@@ -212,34 +242,80 @@ def test_no_aux_heads_cell_prints_as_merged_config(tmp_path: Path) -> None:
     assert config["model"]["optimizer"]["init_args"]["lr"] == 0.004
 
 
-# ---- the runner: order, draws, errors -------------------------------------------------------------------------------
-def test_grid_order_is_wandbs() -> None:
-    s = sweep.load_sweep(ROOT / "sweeps" / "filter_sizes.yaml")
-    cells = sweep.grid_values(s)
+# ---- which trials: W&B's engine, or the fallback without it ---------------------------------------------------------
+@pytest.fixture
+def engine() -> Any:
+    sweeps = search.engine()
+    if sweeps is None:
+        pytest.skip("W&B's sweeps engine is not installed (pip install 'inception-lab[sweeps]')")
+    return sweeps
+
+
+@pytest.fixture(params=["engine", "fallback"])
+def either(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with W&B's engine (where installed) and with the fallback."""
+    if request.param == "engine":
+        request.getfixturevalue("engine")
+    else:
+        monkeypatch.setattr(search, "engine", lambda required=False: None)
+    return request.param
+
+
+def test_grid_order_is_the_sweep_files(either: str) -> None:
+    s = spec.load_sweep(ROOT / "sweeps" / "filter_sizes.yaml")
+    cells = search.grid_values(s)
     assert [(c["model.net.init_args.filter_sizes"], c["seed_everything"]) for c in cells[:4]] == [
         ([3, 5], 0), ([3, 5], 1), ([3, 5], 2), ([3, 3], 0)]
-    engine = sys.modules.get("sweeps") or pytest.importorskip("sweeps")
-    if not hasattr(engine, "next_run"):
-        pytest.skip("W&B's sweeps package is not installed")
-    from sweeps.grid_search import grid_search_next_runs
-
-    runs = grid_search_next_runs([], s.config, n=len(cells) + 1)
-    assert [{k: v["value"] for k, v in r.config.items()} for r in runs[:-1]] == cells
+    assert search.grid_values(s) == cells  # the same on every start: a trial's index says which cell it runs
 
 
-def test_random_draws_are_seeded_and_in_range(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", [p for p in SWEEP_FILES if "bayes" not in p.name] + ["mixed"], ids=str)
+def test_fallback_grid_is_the_engines(path: Path | str, tmp_path: Path, engine: Any) -> None:
+    if path == "mixed":  # every type grid allows; a whole float that equals an int value is a duplicate cell
+        path = tmp_path / "mixed.yaml"
+        path.write_text(yaml.safe_dump({"method": "grid", "parameters": {
+            "n": {"min": 1, "max": 3}, "q": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25},
+            "c": {"value": [3, [3, 3]]}, "v": {"values": [1, 1.0, "x", {"a": 1}]}}}))
+    s = spec.load_sweep(Path(path))
+    assert fallback.grid_values(s) == search.grid_values(s)
+
+
+def test_fallback_random_draws_are_the_engines(tmp_path: Path, engine: Any) -> None:
+    distributions = {
+        "uniform": {"min": 0.5, "max": 2.0}, "q_uniform": {"min": 0, "max": 10, "q": 2},
+        "log_uniform": {"min": -3.0, "max": 1.0}, "q_log_uniform": {"min": 0.0, "max": 3.0, "q": 0.5},
+        "log_uniform_values": {"min": 1e-4, "max": 1e-1}, "q_log_uniform_values": {"min": 1.0, "max": 100.0, "q": 5},
+        "int_uniform": {"min": -2, "max": 4}, "categorical": {"values": ["gap", "fc", [3, 3]]},
+        "constant": {"value": {"a": 1}}}
+    assert set(distributions) == set(fallback.RANDOM_TYPES)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"method": "random", "run_cap": 5, "parameters": {
+        k: {"distribution": k, **v} for k, v in distributions.items()}}))
+    s = spec.load_sweep(path)
+    ours, theirs = fallback.random_values(s, 300, seed=3), search.random_values(s, 300, seed=3)
+    assert [list(d) for d in ours] == [list(d) for d in theirs]
+    for a, b in zip(ours, theirs):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-12) and type(a[key]) is type(b[key]), key
+    path.write_text(yaml.safe_dump({"method": "random", "run_cap": 5, "parameters": {"x": {"distribution": "normal"}}}))
+    with pytest.raises(spec.SweepError, match=r"x is normal: drawing it needs W&B's sweeps engine: pip install"):
+        fallback.random_values(spec.load_sweep(path), 1, seed=0)
+
+
+def test_random_draws_are_seeded_and_in_range(tmp_path: Path, either: str) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"method": "random", "run_cap": 50, "parameters": {
         "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
         "wd": {"distribution": "q_uniform", "min": 0, "max": 10, "q": 2},
         "n": {"min": 1, "max": 3}, "head": {"values": ["gap", "fc"]}, "k": {"value": [3, [3, 3]]}},
         "command": ["python", "train.py", "${args}"]}))
-    s = sweep.load_sweep(path)
-    draws = sweep.random_values(s, 50, seed=0)
-    assert draws == sweep.random_values(s, 50, seed=0) != sweep.random_values(s, 50, seed=1)
-    assert sweep.random_values(s, 10, seed=0) == draws[:10]  # a larger --run-cap extends, never redraws
+    s = spec.load_sweep(path)
+    draws = search.random_values(s, 50, seed=0)
+    assert draws == search.random_values(s, 50, seed=0) != search.random_values(s, 50, seed=1)
+    assert search.random_values(s, 10, seed=0) == draws[:10]  # a larger --run-cap extends, never redraws
     assert all(1e-4 <= d["lr"] <= 1e-1 and d["wd"] % 2 == 0 and d["n"] in (1, 2, 3) for d in draws)
     assert {d["head"] for d in draws} == {"gap", "fc"} and all(d["k"] == [3, [3, 3]] for d in draws)
+    json.dumps(draws)  # plain Python values for state.json (the engine gives numpy scalars)
 
 
 BAD_SWEEPS = {
@@ -260,7 +336,7 @@ def test_bad_sweep_is_one_line_error(case: str, tmp_path: Path, capsys: pytest.C
     path = tmp_path / "s.yaml"
     if text is not None:
         path.write_text(text)
-    assert sweep.main([str(path), "--out", str(tmp_path / "out")]) == 2
+    assert sweep_command.main([str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
@@ -272,7 +348,7 @@ def test_bad_trial_config_aborts_before_anything_runs(tmp_path: Path, capsys: py
         "model.net.init_args.head": {"values": ["gap", "gapp"]}, "seed_everything": {"values": [0]}},
         "command": ["${env}", "python", "-m", "inception_lab", "fit", "--config", "experiments/quickstart.yaml",
                     "--config", "${args_json_file}"]}, sort_keys=False))
-    assert sweep.main([str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert sweep_command.main([str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
     dry = capsys.readouterr().err.strip().splitlines()
     out = subprocess.run([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(tmp_path / "out")],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
@@ -286,7 +362,7 @@ def test_bad_trial_config_aborts_before_anything_runs(tmp_path: Path, capsys: py
 def test_bayes_without_engine_says_how_to_install(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sweeps", None)  # as if the engine were not installed: import fails
-    assert sweep.main([str(ROOT / "sweeps" / "lr_wd_bayes.digits.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert sweep_command.main([str(ROOT / "sweeps" / "lr_wd_bayes.digits.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "pip install 'inception-lab[sweeps]'" in capsys.readouterr().err
 
 
@@ -311,7 +387,7 @@ def test_interrupted_trial_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     (out / "state.json").write_text(json.dumps({"seed": 0, "trials": [
         {"name": names[0], "values": {"a": 1}, "status": "running", "starts": 1},
         {"name": names[1], "values": {"a": 2}, "status": "running", "starts": 1}]}))
-    assert sweep.main([str(path), "--out", str(out)]) == 0
+    assert sweep_command.main([str(path), "--out", str(out)]) == 0
     state = json.loads((out / "state.json").read_text())
     assert [(t["status"], t["starts"]) for t in state["trials"]] == [("finished", 1), ("finished", 2),
                                                                      ("finished", 1)]
@@ -322,6 +398,33 @@ def test_interrupted_trial_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     fresh = json.loads((out / "runs" / names[2] / "argv.json").read_text())
     assert "--ckpt_path" not in fresh and fresh[-4:] == ["--run_dir", str(out / "runs" / names[2]),
                                                          "--wandb.group", "fake"]
+
+
+def test_bayes_draws_are_seeded_and_hyperband_is_asked(tmp_path: Path, engine: Any) -> None:
+    """Bayes search and hyperband through the engine, behind a fake trial program that logs three epochs."""
+    program = ("import json, pathlib, sys; d = pathlib.Path(sys.argv[sys.argv.index('--run_dir') + 1]); "
+               "lr = float(next(a for a in sys.argv if a.startswith('--lr=')).split('=')[1]); "
+               "rows = ''.join(f'{e},{lr * e}\\n' for e in (1, 2, 3)); "
+               "(d / 'metrics.csv').write_text('epoch,val/acc_best\\n' + rows); "
+               "summary = {'status': 'finished', 'metrics': {'val/acc_best': 3 * lr}}; "
+               "(d / 'summary.json').write_text(json.dumps(summary))")
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump({"name": "b", "method": "bayes", "run_cap": 3,
+                                    "metric": {"name": "val/acc_best", "goal": "maximize"},
+                                    "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+                                    "parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-3,
+                                                          "max": 0.1}},
+                                    "command": ["python", "-c", program, "${args}"]}))
+    calls: list[int] = []
+    real = search.hyperband_stops
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(search, "hyperband_stops", lambda s, t: calls.append(len(t)) or real(s, t))
+        assert sweep_command.main([str(path), "--out", str(tmp_path / "a"), "--seed", "5"]) == 0
+    assert calls  # asked after every poll
+    assert sweep_command.main([str(path), "--out", str(tmp_path / "b"), "--seed", "5"]) == 0
+    runs = [_state(tmp_path / d)["trials"] for d in "ab"]
+    assert [t["values"] for t in runs[0]] == [t["values"] for t in runs[1]] and len(runs[0]) == 3
+    assert all(t["status"] == "finished" and t["name"].startswith(f"{i:03d}-lr=") for i, t in enumerate(runs[0]))
 
 
 # ---- real sweeps on the digits ----------------------------------------------------------------------------------
@@ -362,7 +465,7 @@ def test_small_sweep_runs_in_parallel(tmp_path: Path) -> None:
     assert proc.returncode == 0, log
     assert (out / "sweep.yaml").read_text() == path.read_text()
     state = _state(out)
-    names = ["000-head=gap-seed0", "001-head=gap-seed1", "002-head=fc-seed0", "003-head=fc-seed1"]
+    names = ["000-seed0", "001-seed1", "002-head=fc-seed0", "003-head=fc-seed1"]  # gap: the experiment's own head
     assert [t["name"] for t in state["trials"]] == names
     for trial in state["trials"]:
         run_dir = out / "runs" / trial["name"]
@@ -415,7 +518,7 @@ def test_runner_survives_sigkill_and_records_a_crash(tmp_path: Path) -> None:
     assert interrupted["starts"] == 2 == _starts_logged(out, interrupted["name"])
     crashed = state["trials"][2]
     assert crashed["returncode"] != 0 and "Invalid learning rate" in crashed["error"]
-    assert len(crashed["error"].splitlines()) <= sweep.ERROR_TAIL_LINES + 1
+    assert len(crashed["error"].splitlines()) <= runner.ERROR_TAIL_LINES + 1
     assert f"failed {crashed['name']}" in log
 
 
