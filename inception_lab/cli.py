@@ -32,7 +32,7 @@ from inception_lab.models import Inception, format_table, googlenet, summarize
 from inception_lab.models.inception import PRESETS
 from inception_lab.module import InceptionClassifier
 from inception_lab.record import PredictionWriter, RunCSVLogger, RunRecord
-from inception_lab.runfiles import flatten, variant, variant_name
+from inception_lab.runfiles import flatten, safe_name, variant, variant_name
 from inception_lab.tracking import WandbOptions, make_wandb_logger
 
 RUNS_ROOT = Path("runs")
@@ -238,7 +238,7 @@ def resolve_run(config: Namespace, subcommand: str, run_variant: dict[str, Any],
         if not config.run_name:
             parts = [variant_name(run_variant), f"seed{config.get('seed_everything')}",
                      os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)]
-            config.run_name = re.sub(r"[^\w.=+-]+", "", "-".join(p for p in parts if p))
+            config.run_name = safe_name(*parts)
         config.run_dir = str(RUNS_ROOT / config.experiment / config.run_name)
     if not config.run_name:
         config.run_name = Path(config.run_dir).name

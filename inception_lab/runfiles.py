@@ -43,6 +43,11 @@ def variant_name(values: dict[str, Any]) -> str:
     return "-".join(f"{key.rsplit('.', 1)[-1]}={short_value(value)}" for key, value in values.items())
 
 
+def safe_name(*parts: str) -> str:
+    """Non-empty parts joined with "-" into a run or trial name: one path component, no "/", no spaces."""
+    return re.sub(r"[^\w.=+-]+", "", "-".join(p for p in parts if p))
+
+
 def short_value(value: Any) -> str:
     """A value as it reads in run and trial names: ``[3, [3, 3]]`` -> ``3x3x3``, ``[]`` -> ``none``."""
     if isinstance(value, list | tuple):

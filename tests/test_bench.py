@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+
+from tests.conftest import QUICKSTART
 
 
-def test_bench_quickstart_config_json(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "inception_lab", "bench", "--config", str(REPO / "experiments/quickstart.yaml"),
-         "--model.net.init_args.width_mult=0.125", "--batch-size", "8", "--warmup", "1", "--steps-per-window", "1",
-         "--windows", "2", "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+@pytest.mark.slow
+def test_bench_quickstart_config_json(tmp_path: Path, run_cli) -> None:
+    out = run_cli("bench", "--config", str(QUICKSTART), "--model.net.init_args.width_mult=0.125", "--batch-size", "8",
+                  "--warmup", "1", "--steps-per-window", "1", "--windows", "2", "--json", cwd=tmp_path)
     r = json.loads(out.stdout[out.stdout.index("{"):])
     for key in ("fit_img_per_s", "bare_img_per_s", "plain_img_per_s", "torchvision_img_per_s", "data_img_per_s",
                 "flops_fraction_of_peak", "peak_flops", "step_flops"):
@@ -26,8 +24,7 @@ def test_bench_quickstart_config_json(tmp_path: Path) -> None:
     assert math.isclose(r["fit_over_plain"], r["fit_img_per_s"] / r["plain_img_per_s"], rel_tol=0.01)
     assert math.isclose(r["data_over_fit"], r["data_img_per_s"] / r["fit_img_per_s"], rel_tol=0.01)
     # a training step costs about 3 forward passes (backward: gradients of inputs and of weights), 2 FLOPs per MAC
-    from inception_lab.models import Inception
-    from inception_lab.summary import summarize
+    from inception_lab.models import Inception, summarize
 
     cost = summarize(Inception(num_classes=10, in_channels=1, image_size=32, stem="cifar", width_mult=0.125), 32)
     forward_flops = 2 * (cost["total_macs"] + cost["aux_macs"]) * 8
@@ -35,10 +32,11 @@ def test_bench_quickstart_config_json(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()  # a benchmark writes no run
 
 
-def test_bench_bad_flags() -> None:
-    for args, message in ((["--preset", "vgg"], "invalid choice: 'vgg'"),
-                          (["--preset", "cifar", "--batch-size", "0"], "--batch-size=0: must be a positive integer"),
-                          (["--config", str(REPO / "experiments/quickstart.yaml"), "--model.net.init_args.head=x"],
-                           "model.net.init_args.head")):
-        out = subprocess.run([sys.executable, "-m", "inception_lab", "bench", *args], capture_output=True, text=True)
-        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+@pytest.mark.parametrize(("args", "message"), [
+    (["--preset", "vgg"], "invalid choice: 'vgg'"),
+    (["--preset", "cifar", "--batch-size", "0"], "--batch-size=0: must be a positive integer"),
+    (["--config", str(QUICKSTART), "--model.net.init_args.head=x"], "model.net.init_args.head"),
+])
+def test_bench_bad_flags(args: list[str], message: str, cli) -> None:
+    code, _, err = cli(["bench", *args])
+    assert code == 2 and message in err and "Traceback" not in err, err[-2000:]

@@ -16,8 +16,8 @@ from inception_lab.data import CIFARDataModule, DigitsDataModule
 from inception_lab.data.base import ImageDataModule
 from inception_lab.models import Inception
 from inception_lab.sampling import EpochShuffleSampler, ResidentLoader
+from tests.conftest import QUICKSTART
 from tests.sync_probe import ProgressBarLoss, SyncProbe
-from tests.test_cli import REPO, run_in_process
 
 
 def _fit_ready(dm: ImageDataModule, rank: int = 0, world_size: int = 1, device: str = "cpu") -> ImageDataModule:
@@ -90,11 +90,9 @@ def test_resident_tensors_live_on_the_trainer_device_and_are_copied_once() -> No
     ("--data.init_args.num_workers=2", "data.init_args.num_workers=2: a resident dataset is gathered on the device"),
     ("--data.init_args.batch_size=0", "data.init_args.batch_size=0: must be a positive integer"),
 ])
-def test_data_constructor_errors_are_one_line(arg: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_constructor_errors_are_one_line(arg: str, message: str, tmp_path: Path, cli) -> None:
     """A DataModule's own check reaches the user as its one line (not jsonargparse's Union wrapping)."""
-    code, err = run_in_process(["fit", "--config", str(REPO / "experiments/quickstart.yaml"), arg], capsys,
-                               monkeypatch, tmp_path)
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), arg])
     err = err.strip().splitlines()
     assert code == 2 and err[-1].startswith(f"inception_lab: error: {message}") and "Traceback" not in "".join(err)
     assert not (tmp_path / "runs").exists()
@@ -112,6 +110,7 @@ def _probe_fit(tmp_path: Path, model_cls: type) -> SyncProbe:
     return probe
 
 
+@pytest.mark.slow
 def test_probe_sees_a_host_sync(tmp_path: Path) -> None:
     """The control: the step loss on the progress bar is read on the host after every step, and the probe says so."""
     probe = _probe_fit(tmp_path, ProgressBarLoss)
@@ -119,17 +118,15 @@ def test_probe_sees_a_host_sync(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_training_steps_never_wait_on_the_device(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_steps_never_wait_on_the_device(tmp_path: Path, cli) -> None:
     """The whole quickstart fit loop through the CLI (W&B offline, run record, CSV log, checkpoints, warm-up cosine
     schedule): between the start of one step and the start of the next nothing reads a device value on the host,
     makes an output whose size depends on the data, or copies Python data to the device. Loggers read values every
     ``log_every_n_steps`` (kept outside the probe's window here) and at epoch ends, by design."""
     run_dir = tmp_path / "run"
-    code, err = run_in_process(["fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.max_epochs=1",
-                                "--trainer.limit_train_batches=6", "--trainer.log_every_n_steps=50",
-                                "--trainer.callbacks+=tests.sync_probe.SyncProbe", "--run_dir", str(run_dir)],
-                               capsys, monkeypatch, tmp_path)
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", "--trainer.limit_train_batches=6",
+                        "--trainer.log_every_n_steps=50", "--trainer.callbacks+=tests.sync_probe.SyncProbe",
+                        "--run_dir", str(run_dir)])
     assert code == 0, err[-2000:]
     record = json.loads((run_dir / "sync_probe.json").read_text())
     assert record["watched"] == 3 and record["found"] == []
@@ -155,6 +152,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_host_memory_is_reused_without_page_faults() -> None:
     """glibc hands a training step's freed activations back to the OS, and the next step faults them in again page

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from inception_lab import tracking
-from inception_lab.runfiles import flatten
-from inception_lab.tracking import WandbOptions, ablation_values, resolve_mode
-from tests.test_cli import REPO, run_cli, summary
+from inception_lab.record import read_summary as summary
+from inception_lab.runfiles import flatten, variant, variant_name
+from inception_lab.tracking import WandbOptions, resolve_mode
+from tests.conftest import REPO
 from tests.wandb_records import run_info
 
 QUICK = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2"]
@@ -45,19 +46,19 @@ def test_wandb_mode_is_respected(monkeypatch, tmp_path) -> None:
     assert resolve_mode(WandbOptions(enabled=False), tmp_path) == "disabled"
 
 
-def test_ablation_values_from_command_line(tmp_path: Path) -> None:
-    trial = tmp_path / "trial.json"
-    trial.write_text(json.dumps({"model.aux_weight": 0.1, "seed_everything": 3, "model": {"net": {"init_args": {
-        "head": "fc"}}}}))
-    argv = ["fit", "--config", "experiments/quickstart.yaml", "--config", str(trial), "--run_dir", "x",
-            "--model.net.init_args.filter_sizes=[3, [3, 3]]", "--trainer.max_epochs", "2"]
-    assert ablation_values(argv) == {"model.aux_weight": 0.1, "seed_everything": 3, "model.net.init_args.head": "fc",
-                                     "model.net.init_args.filter_sizes": [3, [3, 3]]}
+def test_variant_and_its_name() -> None:
+    resolved = {"model.aux_weight": 0.1, "model.net.init_args.filter_sizes": [3, [3, 3]], "model.net.init_args.head":
+                "gap", "seed_everything": 3, "trainer.max_epochs": 2, "run_dir": "x", "wandb.project": "p"}
+    experiment = {"model.aux_weight": 0.3, "model.net.init_args.filter_sizes": [3, 5], "model.net.init_args.head":
+                  "gap", "seed_everything": 0, "trainer.max_epochs": 6, "run_dir": None, "wandb.project": "q"}
+    values = variant(resolved, experiment)
+    assert values == {"model.aux_weight": 0.1, "model.net.init_args.filter_sizes": [3, [3, 3]]}
+    assert variant_name(values) == "aux_weight=0.1-filter_sizes=3x3x3" and variant_name({}) == ""
     assert flatten({"a": {"b": 1, "c": {"d": [1]}}}) == {"a.b": 1, "a.c.d": [1]}
 
 
 @pytest.mark.slow
-def test_wandb_run_holds_config_summary_and_grouping(tmp_path: Path) -> None:
+def test_wandb_run_holds_config_summary_and_grouping(tmp_path: Path, run_cli) -> None:
     run_dir = tmp_path / "run"
     run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), *QUICK, "--model.aux_weight=0.1",
             "--run_dir", str(run_dir), cwd=tmp_path)
@@ -65,6 +66,7 @@ def test_wandb_run_holds_config_summary_and_grouping(tmp_path: Path) -> None:
     assert info["config"]["model"]["net"]["init_args"]["head"] == "gap"  # model.net.init_args.head
     assert info["config"]["model"]["aux_weight"] == 0.1
     assert info["group"] == "quickstart" and "quickstart" in info["tags"] and "aux_weight=0.1" in info["tags"]
+    assert info["summary"]["variant"] == {"model.aux_weight": 0.1}
     record = summary(run_dir)
     for key in ("params", "macs", "throughput_img_per_s"):
         assert info["summary"][key] == pytest.approx(record[key])
@@ -85,7 +87,7 @@ def test_one_process_two_fits_make_two_runs(tmp_path: Path, monkeypatch) -> None
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
+def test_ddp_on_two_cpu_processes(tmp_path: Path, run_cli) -> None:
     run_dir = tmp_path / "ddp"
     env_path = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
     os.environ["PYTHONPATH"] = env_path  # the launcher re-runs the CLI for rank 1 with this environment

@@ -1,0 +1,69 @@
+"""The learning-rate schedule, step by step against its formula, built as the LightningModule builds it."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from inception_lab.models import Inception
+from inception_lab.module import InceptionClassifier
+from inception_lab.schedules import WarmupCosineLR
+
+BASE_LR, TOTAL, WARMUP_FRACTION, FINAL = 0.4, 200, 0.1, 0.05
+
+
+def lrs(scheduler: torch.optim.lr_scheduler.LRScheduler, optimizer: torch.optim.Optimizer) -> list[float]:
+    """The LR each optimizer step runs at, as Lightning steps a per-step scheduler (after every optimizer step)."""
+    seen = []
+    for _ in range(TOTAL):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return seen
+
+
+def test_warmup_cosine_follows_its_formula_from_the_first_step() -> None:
+    """Step 0 runs at the start of the warm-up (1 / (W + 1) of the peak, not the ~0.9x of a schedule whose length
+    was patched in after LambdaLR had set step 0), the peak at the end of the warm-up, the floor at the last step."""
+    model = InceptionClassifier(
+        Inception(num_classes=10, in_channels=1, image_size=32, stem="cifar", width_mult=0.125),
+        optimizer=lambda p: torch.optim.SGD(p, lr=BASE_LR),
+        lr_scheduler=lambda opt, total_steps: WarmupCosineLR(opt, total_steps, WARMUP_FRACTION, FINAL),
+        lr_interval="step")
+    model.trainer = SimpleNamespace(estimated_stepping_batches=TOTAL)
+    config = model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    seen = lrs(scheduler, optimizer)
+    warmup = WARMUP_FRACTION * TOTAL  # 20 steps
+
+    def expected(step: int) -> float:
+        if step < warmup:
+            return BASE_LR * (step + 1) / (warmup + 1)
+        progress = (step - warmup) / (TOTAL - 1 - warmup)
+        return BASE_LR * (FINAL + (1 - FINAL) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    assert seen[0] == pytest.approx(BASE_LR / 21)
+    assert seen[19] == pytest.approx(BASE_LR * 20 / 21) and seen[20] == pytest.approx(BASE_LR)  # end of warm-up
+    assert seen[-1] == pytest.approx(BASE_LR * FINAL)  # the last step
+    assert seen == pytest.approx([expected(s) for s in range(TOTAL)])
+    assert max(seen) == pytest.approx(BASE_LR)
+
+
+def test_no_warmup_starts_at_the_peak() -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    seen = lrs(WarmupCosineLR(optimizer, TOTAL, warmup_fraction=0.0), optimizer)
+    assert seen[0] == 1.0 and seen[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_epoch_schedulers_are_built_without_a_length() -> None:
+    model = InceptionClassifier(
+        Inception(num_classes=10, in_channels=1, image_size=32, stem="cifar", width_mult=0.125),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=8, gamma=0.96))
+    model.trainer = SimpleNamespace(estimated_stepping_batches=TOTAL)
+    config = model.configure_optimizers()
+    assert config["lr_scheduler"]["interval"] == "epoch"
+    assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
