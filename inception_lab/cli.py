@@ -279,31 +279,31 @@ def parse(args: list[str]) -> tuple[InceptionClassifier, ImageDataModule, Namesp
 
 def _one_line(error: BaseException) -> str:
     """jsonargparse explains a bad key as nested 'Parser key "a":' / 'Problem with given class_path' lines: fold
-    them into one line naming the full key (``model.net.init_args.head``) and the innermost reason."""
+    them into one line naming the full key (``data.init_args.batch_size``) and the innermost key's reason."""
     lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
     if not lines:
         return type(error).__name__
     keys: list[str] = []
-    reasons: list[str] = []
+    reason: str | None = None
     for line in lines:
         key = re.fullmatch(r'Parser key "([^"]+)":?(.*)', line)
-        if key:
+        if key:  # a deeper key: the reason is its own
             keys.append(key.group(1))
-            if key.group(2).strip():
-                reasons.append(key.group(2).strip())
-        elif line.startswith("Problem with given class_path"):
+            reason = key.group(2).strip() or None
+        elif line.lstrip("- ").startswith("Problem with given class_path"):
             keys.append("init_args")
-        elif not line.startswith(("Given value type", "Subclass types expect", "- ", "Does not validate")):
-            reasons.append(line.lstrip("- "))
+        elif reason is None and not line.startswith(("Given value", "Subclass types expect", "- ", "Does not validate",
+                                                     "Subtypes: ", "Errors:")):
+            reason = line
     if keys and keys[-1] == "init_args":
         keys.pop()
-    reason = reasons[-1] if reasons else lines[-1].lstrip("- ")
     subtypes = next((ln for ln in lines if ln.startswith("Subtypes: ")), None)
     given = next((ln for ln in lines if ln.startswith("Given value: ")), None)
-    if subtypes and given:  # a Union: name the allowed types once instead of one line per type
+    if reason is None and subtypes and given:  # a Union: name the allowed types once instead of one line per type
         names = re.findall(r"<class '(?:\w+\.)*(\w+)'>|(typing\.Literal\[[^\]]*\])", subtypes)
         allowed = " | ".join((a or b).replace("NoneType", "None") for a, b in names)
         reason = f"expected {allowed}; got {given.removeprefix('Given value: ')!r}"
+    reason = reason or lines[-1].lstrip("- ")
     return f"{'.'.join(keys)}: {reason}" if keys else reason
 
 

@@ -6,10 +6,12 @@ import os
 from typing import Any, Literal
 
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from inception_lab.arguments import check
 from inception_lab.sampling import EpochShuffleSampler, ResidentLoader, trainer_epoch
 
 TestViews = Literal["single", "flip", "ten_crop"]
@@ -73,14 +75,12 @@ class ImageDataModule(LightningDataModule):
     pin_memory: bool = False
     persistent_workers: bool = False
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0, test_views: TestViews = "single",
-                 resident: bool = False) -> None:
+    def __init__(self, batch_size: PositiveInt = 128, num_workers: NonNegativeInt = 0,
+                 test_views: TestViews = "single", resident: bool = False) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"data.init_args.batch_size={batch_size!r}: must be a positive integer")
-        if test_views not in ("single", "flip", "ten_crop"):
-            raise ValueError(f"data.init_args.test_views={test_views!r}: allowed values are 'single', 'flip', "
-                             "'ten_crop'")
+        for name, value, allowed in (("batch_size", batch_size, PositiveInt), ("num_workers", num_workers,
+                                     NonNegativeInt), ("test_views", test_views, TestViews)):
+            check(f"data.init_args.{name}", value, allowed)
         if test_views == "ten_crop" and not self.ten_crop_ok:
             raise ValueError(f"data.init_args.test_views='ten_crop': only for ImageNet-sized inputs; "
                              f"{type(self).__name__} allows 'single' or 'flip'")

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch.utils.data import TensorDataset
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
+from inception_lab.arguments import check
 from inception_lab.data.base import DataError, ImageDataModule, TestViews, split_indices
 
 DATASETS = {"cifar10": (CIFAR10, "CIFAR-10", 10), "cifar100": (CIFAR100, "CIFAR-100", 100)}
@@ -35,12 +37,10 @@ class CIFARDataModule(ImageDataModule):
     pad, flip = 4, True
 
     def __init__(self, dataset: Literal["cifar10", "cifar100"] = "cifar10", root: str = "data", download: bool = False,
-                 batch_size: int = 128, num_workers: int = 0, val_size: int = 5000, split_seed: int = 0,
-                 test_views: TestViews = "single",
-                 resident: bool = True) -> None:
+                 batch_size: PositiveInt = 128, num_workers: NonNegativeInt = 0, val_size: PositiveInt = 5000,
+                 split_seed: int = 0, test_views: TestViews = "single", resident: bool = True) -> None:
         super().__init__(batch_size, num_workers, test_views, resident)
-        if dataset not in DATASETS:
-            raise ValueError(f"data.init_args.dataset={dataset!r}: allowed values are 'cifar10', 'cifar100'")
+        check("data.init_args.dataset", dataset, Literal["cifar10", "cifar100"])
         self.save_hyperparameters()
         self.dataset, self.root, self.download = dataset, root, download
         self.val_size, self.split_seed = val_size, split_seed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch.utils.data import TensorDataset
 
 from inception_lab.data.base import ImageDataModule, TestViews, split_indices
@@ -16,9 +17,9 @@ class DigitsDataModule(ImageDataModule):
     ``resident`` (default): the whole set lives on the training device (see ``ImageDataModule``).
     """
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0, image_size: int = 32, val_size: int = 300,
-                 test_size: int = 300, pad: int = 2, split_seed: int = 0, test_views: TestViews = "single",
-                 resident: bool = True) -> None:
+    def __init__(self, batch_size: PositiveInt = 64, num_workers: NonNegativeInt = 0, image_size: PositiveInt = 32,
+                 val_size: PositiveInt = 300, test_size: PositiveInt = 300, pad: NonNegativeInt = 2,
+                 split_seed: int = 0, test_views: TestViews = "single", resident: bool = True) -> None:
         super().__init__(batch_size, num_workers, test_views, resident)
         self.save_hyperparameters()
         self.num_classes, self.in_channels, self.image_size = 10, 1, image_size

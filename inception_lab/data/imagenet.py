@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder, ImageNet
 from torchvision.transforms import v2
@@ -65,10 +66,10 @@ class ImageNetDataModule(ImageDataModule):
     ten_crop_ok = True
     mean, std = MEAN, STD
 
-    def __init__(self, root: str = "data/imagenet", image_size: int = 224, eval_resize: int = 256,
-                 num_classes: int = 1000, batch_size: int = 256, num_workers: int = 8, pin_memory: bool = True,
-                 persistent_workers: bool = True, val_size: int = 10000, split_seed: int = 0,
-                 color_jitter: float = 0.4, test_views: TestViews = "single") -> None:
+    def __init__(self, root: str = "data/imagenet", image_size: PositiveInt = 224, eval_resize: PositiveInt = 256,
+                 num_classes: PositiveInt = 1000, batch_size: PositiveInt = 256, num_workers: NonNegativeInt = 8,
+                 pin_memory: bool = True, persistent_workers: bool = True, val_size: PositiveInt = 10000,
+                 split_seed: int = 0, color_jitter: NonNegativeFloat = 0.4, test_views: TestViews = "single") -> None:
         super().__init__(batch_size, num_workers, test_views)
         self.save_hyperparameters()
         self.root, self.eval_resize, self.val_size, self.split_seed = root, eval_resize, val_size, split_seed

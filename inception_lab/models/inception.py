@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Union, get_args
+from typing import Literal, NamedTuple, Union
 
 import torch
-from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_number_type
+from jsonargparse.typing import PositiveFloat, PositiveInt
 from torch import Tensor, nn
+
+from inception_lab.arguments import DropoutRate, check
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,6 @@ Stem = Literal["imagenet", "cifar"]
 Head = Literal["gap", "fc"]
 Stages = Literal["table1", "torchvision"]
 KernelStack = Union[int, tuple[int, ...]]
-DropoutRate = restricted_number_type("DropoutRate", float, [(">=", 0), ("<", 1)])
 
 
 class InceptionOutput(NamedTuple):
@@ -188,18 +189,6 @@ def _kernel_stacks(filter_sizes: Sequence[KernelStack]) -> tuple[tuple[int, ...]
     return stacks  # type: ignore[return-value]
 
 
-def _check(name: str, value: object, allowed: type) -> None:
-    """The check jsonargparse makes from the signature's type, for Python callers: one message, naming the argument."""
-    choices = get_args(allowed)
-    if choices and value not in choices:
-        raise ValueError(f"{name}={value!r}: allowed values are {', '.join(map(repr, choices))}")
-    if not choices:
-        try:
-            allowed(value)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{name}={value!r}: {error}") from None
-
-
 class Inception(nn.Module):
     """An Inception-v1 network. The defaults are the paper's GoogLeNet with batch norm (see ``googlenet()``).
 
@@ -251,11 +240,11 @@ class Inception(nn.Module):
                               ("stem", Stem), ("pool_proj_mult", PositiveFloat), ("width_mult", PositiveFloat),
                               ("aux_dropout", DropoutRate), ("head", Head), ("dropout", DropoutRate), ("norm", Norm),
                               ("bn_eps", PositiveFloat)):
-            _check(name, locals()[name], allowed)
+            check(name, locals()[name], allowed)
         if reduce_width_mult != "naive":
-            _check("reduce_width_mult", reduce_width_mult, PositiveFloat)
+            check("reduce_width_mult", reduce_width_mult, PositiveFloat)
         if isinstance(stages, str):
-            _check("stages", stages, Stages)
+            check("stages", stages, Stages)
             stages = STAGE_TABLES[stages]
         block_names = [s.name for s in stages if isinstance(s, InceptionSpec)]
         for pos in aux_positions:
@@ -370,5 +359,5 @@ PRESETS: dict[str, dict] = {
 
 def googlenet(preset: Preset = "paper", **overrides) -> Inception:
     """A GoogLeNet preset with aux heads on (as in the paper); keyword arguments override any ``Inception`` arg."""
-    _check("preset", preset, Preset)
+    check("preset", preset, Preset)
     return Inception(**{**PRESETS[preset], **overrides})
