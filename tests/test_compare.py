@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -18,12 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
-from inception_lab.compare import compare, main
+from inception_lab.compare import compare
+from inception_lab.compare.cells import Cell, paired_difference
 from inception_lab.compare.runs import Run, sweep_keys, wandb_runs
-from inception_lab.compare.stats import Cell, paired_difference
 from inception_lab.compare.wandb_views import build_report, build_workspace
+from tests.conftest import QUICKSTART, REPO, clean_env
 
-REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 HEAD = "model.net.init_args.head"
 FILTERS = "model.net.init_args.filter_sizes"
@@ -279,12 +278,13 @@ def test_the_experiments_own_value_is_the_baseline_not_the_papers(tmp_path: Path
     assert "head=fc (baseline)" in result.table
 
 
-def test_older_runs_without_a_variant_need_by(tmp_path: Path, capsys) -> None:
+def test_older_runs_without_a_variant_need_by(tmp_path: Path, cli) -> None:
     for seed in (0, 1):
         for head in ("gap", "fc"):
             make_run(tmp_path / "runs", f"{head}-{seed}", head, seed, 0.8 + 0.01 * seed + 0.02 * len(head), legacy=True)
-    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip()
+    code, _, err = cli(["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    err = err.strip()
+    assert code == 2
     assert len(err.splitlines()) == 1 and 'records no "variant"' in err and "--by KEY" in err, err
     assert not (tmp_path / "out").exists()
     result = compare([tmp_path / "runs"], by=["head"], out=tmp_path / "out")
@@ -297,7 +297,7 @@ def test_compare_imports_no_torch(sweep_dir: Path, tmp_path: Path) -> None:
             "print(*(m in sys.modules for m in ('torch', 'scipy', 'matplotlib', 'wandb'))); "
             "code = c.main([sys.argv[1], '--out', sys.argv[2]]); print(code, 'torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code, str(sweep_dir), str(tmp_path / "out")], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+                          env=clean_env(), capture_output=True, text=True, timeout=120)
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0 and lines[0] == "False False False False" and lines[-1] == "0 False", proc.stderr
 
@@ -313,9 +313,9 @@ def test_sweep_keys_flatten_nested_blocks_and_dict_values() -> None:
     assert sweep_keys(nested) == ["model.aux_weight", "model.net.init_args.head"]
 
 
-def test_main_prints_the_table_and_writes_into_the_sweep_dir(sweep_dir: Path, capsys) -> None:
-    assert main([str(sweep_dir)]) == 0
-    out = capsys.readouterr().out
+def test_main_prints_the_table_and_writes_into_the_sweep_dir(sweep_dir: Path, cli) -> None:
+    code, out, _ = cli(["compare", str(sweep_dir)])
+    assert code == 0
     assert "head=gap (baseline)" in out and "head=fc" in out and "-4.50 [-10.85, +1.85] paired n=2" in out
     assert "not averaged in: gap-seed=2 (failed: RuntimeError: CUDA out of memory" in out
     assert (sweep_dir / "report" / "report.md").is_file() and (sweep_dir / "report" / "report.html").is_file()
@@ -336,7 +336,7 @@ def test_main_prints_the_table_and_writes_into_the_sweep_dir(sweep_dir: Path, ca
         ("ok", ["--wandb", "me/project"], "expected ENTITY/PROJECT/SWEEP_ID"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, sweep_dir: Path, capsys, setup: str, args: list[str],
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, sweep_dir: Path, cli, setup: str, args: list[str],
                                           message: str) -> None:
     target = {"empty": tmp_path / "empty", "missing": tmp_path / "missing", "ok": sweep_dir,
               "mixed": sweep_dir, "unfinished": tmp_path / "unfinished"}[setup]
@@ -348,15 +348,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, sweep_dir: Path, capsy
         make_run(target, "r1", "gap", 0, 0.5, status="running")
         make_run(target, "r2", "gap", 1, 0.5, status="failed")
     paths = [] if "--wandb" in args else [str(target)]
-    code = main([*paths, *args, "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err.strip()
+    code, _, err = cli(["compare", *paths, *args, "--out", str(tmp_path / "out")])
+    err = err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "out" / "report.md").exists()  # nothing half-written
 
 
-def test_bad_input_through_the_real_command(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "inception_lab", "compare", str(tmp_path / "nothing")], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+def test_bad_input_through_the_real_command(tmp_path: Path, run_cli) -> None:
+    proc = run_cli("compare", str(tmp_path / "nothing"), cwd=REPO, timeout=60, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("inception_lab compare: error: no run directories (with summary.json) found "
                                    f"under {tmp_path / 'nothing'}: no such directory")
@@ -386,7 +385,7 @@ class FakeApi:
         return SimpleNamespace(runs=self.runs, config=self.sweep_config)
 
 
-def test_wandb_sweep_read_through_a_mocked_api(sweep_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_wandb_sweep_read_through_a_mocked_api(sweep_dir: Path, tmp_path: Path, monkeypatch, cli) -> None:
     api = FakeApi(sweep_dir)
     runs, swept = wandb_runs("me/inception-lab/abc123", api)
     assert api.asked == ["me/inception-lab/abc123"] and swept == [HEAD]
@@ -396,16 +395,17 @@ def test_wandb_sweep_read_through_a_mocked_api(sweep_dir: Path, tmp_path: Path, 
 
     wandb = pytest.importorskip("wandb")
     monkeypatch.setattr(wandb, "Api", lambda **kwargs: api)
-    assert main(["--wandb", "me/inception-lab/abc123", "--out", str(tmp_path / "out")]) == 0
-    out = capsys.readouterr().out
+    code, out, _ = cli(["compare", "--wandb", "me/inception-lab/abc123", "--out", str(tmp_path / "out")])
+    assert code == 0
     assert "head=gap (baseline)" in out and "-4.50 [-10.85, +1.85] paired n=2" in out  # as from the directories
 
     def no_server(**kwargs: Any) -> None:
         raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.\nmore")
 
     monkeypatch.setattr(wandb, "Api", no_server)
-    assert main(["--wandb", "me/inception-lab/abc123", "--out", str(tmp_path / "out2")]) == 2
-    err = capsys.readouterr().err.strip()
+    code, _, err = cli(["compare", "--wandb", "me/inception-lab/abc123", "--out", str(tmp_path / "out2")])
+    err = err.strip()
+    assert code == 2
     assert err == ("inception_lab compare: error: --wandb me/inception-lab/abc123: cannot read the sweep "
                    "(UsageError: No API key configured. Use `wandb login` to log in.)")
 
@@ -430,36 +430,31 @@ def test_wandb_workspace_and_report_built_offline() -> None:
     assert grid.runsets[0].groupby == [f"config.{k}" for k in keys] and len(grid.panels) == 4
 
 
-def test_missing_wandb_workspaces_is_one_line(monkeypatch, capsys, sweep_dir: Path) -> None:
+def test_missing_wandb_workspaces_is_one_line(monkeypatch, cli, sweep_dir: Path) -> None:
     monkeypatch.setitem(sys.modules, "wandb_workspaces", None)
     monkeypatch.setitem(sys.modules, "wandb_workspaces.workspaces", None)
     monkeypatch.setitem(sys.modules, "wandb_workspaces.reports.v2", None)
     with pytest.raises(Exception, match=r"pip install 'inception-lab\[workspaces\]'"):
         build_workspace("me", "p", "abc", [HEAD])
-    assert main([str(sweep_dir), "--wandb-workspace"]) == 2
-    assert "--wandb-workspace and --wandb-report need --wandb" in capsys.readouterr().err
+    code, _, err = cli(["compare", str(sweep_dir), "--wandb-workspace"])
+    assert code == 2 and "--wandb-workspace and --wandb-report need --wandb" in err
 
 
 @pytest.mark.slow
-def test_real_sweep_compared(tmp_path: Path) -> None:
+def test_real_sweep_compared(tmp_path: Path, run_cli) -> None:
     """A real sweep on the digits (2 cells x 2 seeds) through the runner, then compare against its summary.json."""
     sweep_file = tmp_path / "heads.yaml"
     spec = yaml.safe_load((REPO / "sweeps/head_gap_vs_fc.digits.yaml").read_text())
     spec["parameters"]["seed_everything"] = {"values": [0, 1]}
     spec["command"] = [t for t in spec["command"] if not t.startswith("--trainer.max_epochs")]
     i = spec["command"].index("experiments/quickstart.yaml")
-    spec["command"][i:i + 1] = [str(REPO / "experiments/quickstart.yaml"), "--trainer.max_epochs=2",
+    spec["command"][i:i + 1] = [str(QUICKSTART), "--trainer.max_epochs=2",
                                 "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=3"]
     sweep_file.write_text(yaml.safe_dump(spec))
     out = tmp_path / "sweep"
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", "inception_lab", "sweep", str(sweep_file), "--out", str(out),
-                           "--parallel", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_cli("sweep", str(sweep_file), "--out", str(out), "--parallel", "2", cwd=REPO, timeout=900)  # asserts exit 0
     # no --baseline: the runs' recorded variants ({} for the experiment's own head) make gap the baseline
-    proc = subprocess.run([sys.executable, "-m", "inception_lab", "compare", str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("compare", str(out), cwd=REPO, timeout=120)
     assert "head=gap (baseline)" in proc.stdout and "head=fc" in proc.stdout
     md = (out / "report" / "report.md").read_text()
     accs: dict[str, list[float]] = {"gap": [], "fc": []}

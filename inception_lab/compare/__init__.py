@@ -1,10 +1,9 @@
 """``python -m inception_lab compare <sweep dir | run dirs...>``: ablation cells, mean ± std over seeds, paired
 differences with 95% confidence intervals, plots, and ``report.md`` / ``report.html``.
 
-Works offline from run directories (``summary.json``, ``config.yaml``, ``metrics.csv``); with a W&B server it can
-read a W&B sweep instead (``--wandb ENTITY/PROJECT/SWEEP_ID``) and save a W&B workspace or report grouped by the
-same keys (``--wandb-workspace``, ``--wandb-report``). The cells are what the runs record as their variant (the
-config keys where a run departs from its experiment file); the baseline is the experiment as its file is written.
+Reads run directories (``summary.json``, ``config.yaml``, ``metrics.csv``) offline, or a W&B sweep (``--wandb``),
+and can save a W&B workspace or report grouped by the same keys. The cells are what the runs record as their variant
+(the config keys where a run departs from its experiment file); the baseline is the experiment as its file is written.
 
     python -m inception_lab compare runs/sweeps/head_gap_vs_fc.digits
     python -m inception_lab compare runs/quickstart/a runs/quickstart/b --by model.net.init_args.head
@@ -19,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inception_lab.compare.grouping import cells, grouping_keys, pick_baseline
-from inception_lab.compare.plots import plots
-from inception_lab.compare.report import render, table_rows, tables_markdown, text_table
+from inception_lab.compare.cells import Cell, group, grouping_keys, pick_baseline
+from inception_lab.compare.report import plots, render, tables, tables_markdown, text_table
 from inception_lab.compare.runs import CompareError, Run, load, parse_wandb_path, wandb_runs
-from inception_lab.compare.stats import Cell
 from inception_lab.compare.wandb_views import build_report, build_workspace
 from inception_lab.runfiles import write_atomic
 
@@ -41,13 +38,6 @@ class Comparison:
     tables_markdown: str
 
 
-def default_out(paths: list[Path]) -> Path:
-    """``<sweep dir>/report`` for one sweep directory, else ``./report``."""
-    if len(paths) == 1 and paths[0].is_dir() and not (paths[0] / "summary.json").is_file():
-        return paths[0] / "report"
-    return Path("report")
-
-
 def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] | None = None,
             out: Path | None = None, wandb_path: str | None = None, api: Any = None) -> Comparison:
     """Load, group, compute, plot and write the report; raises CompareError on bad input."""
@@ -58,20 +48,20 @@ def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] 
         statuses = ", ".join(sorted({r.status for r in runs}))
         raise CompareError(f"no finished runs among {len(runs)} (statuses: {statuses})")
     keys = grouping_keys(finished, by, swept)
-    cell_list = cells(finished, keys)
+    cell_list = group(finished, keys)
     base = pick_baseline(cell_list, keys, baseline)
-    out = out or default_out(paths)
+    if out is None:  # <sweep dir>/report for one sweep directory, else ./report
+        one_sweep = len(paths) == 1 and paths[0].is_dir() and not (paths[0] / "summary.json").is_file()
+        out = paths[0] / "report" if one_sweep else Path("report")
     images = plots(cell_list, keys, base)
-    title = f"inception_lab compare: {finished[0].experiment}"
-    markdown, page = render(cell_list, keys, base, excluded, images, title)
+    markdown, page = render(cell_list, keys, base, excluded, images, f"inception_lab compare: {finished[0].experiment}")
     for name, data in [*images.items(), ("report.md", markdown), ("report.html", page)]:
         write_atomic(out / name, data)
-    header, rows = table_rows(cell_list, keys, base)
-    return Comparison(keys, cell_list, base, excluded, out, text_table(header, rows),
+    return Comparison(keys, cell_list, base, excluded, out, text_table(tables(cell_list, keys, base)[0]),
                       "\n".join(tables_markdown(cell_list, keys, base)))
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inception_lab compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", type=Path, help="a sweep directory, or run directories")
     parser.add_argument("--by", action="append", metavar="KEY",
@@ -85,14 +75,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="also save a W&B workspace of the sweep grouped by the same keys (needs --wandb)")
     parser.add_argument("--wandb-report", action="store_true",
                         help="also save a W&B report: this table above the grouped panels (needs --wandb)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if bool(args.paths) == bool(args.wandb):
         parser.error("give a sweep directory or run directories, or --wandb ENTITY/PROJECT/SWEEP_ID (not both)")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if (args.wandb_workspace or args.wandb_report) and not args.wandb:
             raise CompareError("--wandb-workspace and --wandb-report need --wandb ENTITY/PROJECT/SWEEP_ID")
@@ -102,13 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"not averaged in: {run.name} ({run.status}{': ' + run.error_tail if run.error_tail else ''})")
         print(f"report: {result.out / 'report.md'}, {result.out / 'report.html'}")
         if args.wandb_workspace or args.wandb_report:
-            entity, project, sweep_id = parse_wandb_path(args.wandb)
-            built = []
-            if args.wandb_workspace:
-                built.append(("workspace", build_workspace(entity, project, sweep_id, result.by)))
+            where = (*parse_wandb_path(args.wandb), result.by)  # entity, project, sweep id, grouping keys
+            views = [("workspace", build_workspace(*where))] if args.wandb_workspace else []
             if args.wandb_report:
-                built.append(("report", build_report(entity, project, sweep_id, result.by, result.tables_markdown)))
-            for kind, view in built:
+                views.append(("report", build_report(*where, result.tables_markdown)))
+            for kind, view in views:
                 try:
                     print(f"W&B {kind}: {view.save().url}")
                 except Exception as error:  # the server refused or cannot be reached

@@ -1,147 +1,187 @@
-"""The comparison as tables: the terminal table, ``report.md`` (images linked) and a self-contained ``report.html``
-(images inlined), and the markdown tables a W&B report shows."""
+"""What ``compare`` shows: the tables (on the terminal, and in markdown for a W&B report too), the plots as PNG bytes
+(matplotlib's Agg canvas), ``report.md`` (images linked) and a self-contained ``report.html`` (images inlined)."""
 
 from __future__ import annotations
 
 import base64
-import html
+import io
+import statistics
+from html import escape as esc
 from pathlib import Path
+from typing import Any
 
-from inception_lab.compare.grouping import describe
+from inception_lab.compare.cells import PRIMARY, Cell, Difference, Stat, describe, paired_difference
 from inception_lab.compare.runs import Run
-from inception_lab.compare.stats import PRIMARY, Cell, Difference, Stat, paired_difference
 
 ACCURACIES = (("val/acc_best", "val top-1"), ("val/acc_top5", "val top-5"), ("test/acc", "test top-1"),
-              ("test/acc_top5", "test top-5"))
+              ("test/acc_top5", "test top-5"))  # PRIMARY first: the cell table's Δ column is its difference
 COSTS = (("params", "params"), ("macs", "MACs"), ("throughput_img_per_s", "img/s"))
+Table = tuple[str, list[str], list[list[str]]]  # heading ("" for none), header, rows
 
 
 def _pct(stat: Stat) -> str:
-    if stat.mean is None:
-        return "—"
-    return f"{100 * stat.mean:.2f} ± " + (f"{100 * stat.std:.2f}" if stat.std is not None else "—")
+    std = "—" if stat.std is None else f"{100 * stat.std:.2f}"
+    return "—" if stat.mean is None else f"{100 * stat.mean:.2f} ± {std}"
 
 
 def _count(value: float | None) -> str:
     if value is None:
         return "—"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f}{unit}"
-    return f"{value:.0f}"
+    unit, scale = next(((u, s) for u, s in (("G", 1e9), ("M", 1e6), ("K", 1e3)) if abs(value) >= s), ("", 0.0))
+    return f"{value / scale:.2f}{unit}" if scale else f"{value:.0f}"
 
 
-def _cost(stat: Stat) -> str:
-    if not stat.std:
-        return _count(stat.mean)  # params and MACs are fixed per architecture: a spread is shown only if there is one
-    return f"{_count(stat.mean)} ± {_count(stat.std)}"
+def _cost(stat: Stat) -> str:  # params and MACs are fixed per architecture: a spread is shown only if there is one
+    return f"{_count(stat.mean)} ± {_count(stat.std)}" if stat.std else _count(stat.mean)
 
 
 def format_difference(diff: Difference | None) -> str:
     if diff is None:
         return "—"
-    mark = " *" if diff.excludes_zero else ""
-    return (f"{100 * diff.diff:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}] {diff.method} n={diff.n}{mark}")
+    return (f"{100 * diff.diff:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}] {diff.method} n={diff.n}"
+            + " *" * diff.excludes_zero)
 
 
-def shown_accuracies(cell_list: list[Cell]) -> list[tuple[str, str]]:
-    """Accuracy columns that some run has (test/* only when tested)."""
-    return [(k, label) for k, label in ACCURACIES if k == PRIMARY or any(c.values(k) for c in cell_list)]
-
-
-def table_rows(cell_list: list[Cell], by: list[str], base: Cell) -> tuple[list[str], list[list[str]]]:
-    """The report's table: one row per cell, accuracies in percent, Δ val top-1 against the baseline."""
-    accuracies = shown_accuracies(cell_list)
-    header = ["cell", "n", *(label for _, label in accuracies), *(label for _, label in COSTS),
-              "Δ val top-1 vs baseline [95% CI]"]
-    rows = []
+def tables(cell_list: list[Cell], by: list[str], base: Cell) -> list[Table]:
+    """One row per cell (accuracies in %, Δ val top-1 against the baseline); then, when there are other cells, the Δ
+    of every accuracy in percentage points. Test accuracies only when tested."""
+    accuracies = [(k, label) for k, label in ACCURACIES if k == PRIMARY or any(c.values(k) for c in cell_list)]
+    rows, differences = [], []
     for cell in cell_list:
-        row = [describe(cell, by) + (" (baseline)" if cell is base else ""), str(len(cell.runs))]
-        row += [_pct(cell.stat(key)) for key, _ in accuracies]
-        row += [_cost(cell.stat(key)) for key, _ in COSTS]
-        row.append("—" if cell is base else format_difference(paired_difference(cell, base, PRIMARY)))
-        rows.append(row)
-    return header, rows
+        diffs = [None if cell is base else paired_difference(cell, base, key) for key, _ in accuracies]
+        rows.append([describe(cell, by) + (" (baseline)" if cell is base else ""), str(len(cell.runs)),
+                     *(_pct(cell.stat(key)) for key, _ in accuracies), *(_cost(cell.stat(key)) for key, _ in COSTS),
+                     format_difference(diffs[0])])
+        if cell is not base:
+            notes = sorted({d.note for d in diffs if d is not None and d.note})
+            differences.append([describe(cell, by), *map(format_difference, diffs), "; ".join(notes)])
+    header = ["cell", "n", *(label for _, label in (*accuracies, *COSTS)), "Δ val top-1 vs baseline [95% CI]"]
+    dheader = ["cell", *(f"Δ {label}" for _, label in accuracies), "note"]
+    return [("", header, rows), *([("Differences against the baseline", dheader, differences)] if differences else [])]
 
 
-def difference_rows(cell_list: list[Cell], by: list[str], base: Cell) -> tuple[list[str], list[list[str]]]:
-    """Δ of every accuracy (percentage points) against the baseline, one row per other cell."""
-    accuracies = shown_accuracies(cell_list)
-    header = ["cell", *(f"Δ {label}" for _, label in accuracies), "note"]
-    rows = []
-    for cell in cell_list:
-        if cell is base:
-            continue
-        diffs = [paired_difference(cell, base, key) for key, _ in accuracies]
-        notes = sorted({d.note for d in diffs if d is not None and d.note})
-        rows.append([describe(cell, by), *map(format_difference, diffs), "; ".join(notes)])
-    return header, rows
-
-
-def text_table(header: list[str], rows: list[list[str]]) -> str:
+def text_table(table: Table) -> str:
+    _, header, rows = table
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table>{head}{body}</table>"
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
 def notes(by: list[str], base: Cell, cell_list: list[Cell]) -> str:
     paired = all(d is None or d.method == "paired" for c in cell_list if c is not base
                  for d in [paired_difference(c, base)])
-    text = (f"Cells grouped by {', '.join(f'`{k}`' for k in by) or 'nothing (one cell)'}. Accuracies in %, mean ± "
+    welch = "." if paired else "; Welch's interval (unequal variances) where the seeds do not pair."
+    return (f"Cells grouped by {', '.join(f'`{k}`' for k in by) or 'nothing (one cell)'}. Accuracies in %, mean ± "
             "sample std over the finished runs of a cell (n; — when n = 1). Δ is the cell minus the baseline "
             f"({describe(base, by)}) in percentage points with a 95% confidence interval from Student's t: paired "
-            "by seed")
-    return text + ("." if paired else "; Welch's interval (unequal variances) where the seeds do not pair.") + (
-        " * marks an interval that excludes 0.")
+            f"by seed{welch} * marks an interval that excludes 0.")
 
 
 def tables_markdown(cell_list: list[Cell], by: list[str], base: Cell) -> list[str]:
-    """The notes, the cell table and the differences table as markdown lines (the W&B report shows them too)."""
-    header, rows = table_rows(cell_list, by, base)
-    dheader, drows = difference_rows(cell_list, by, base)
-    lines = [notes(by, base, cell_list), "", *_md_table(header, rows)]
-    if drows:
-        lines += ["", "## Differences against the baseline", "", *_md_table(dheader, drows)]
+    """The notes and the tables as markdown lines (the W&B report shows them too)."""
+    lines = [notes(by, base, cell_list)]
+    for heading, header, rows in tables(cell_list, by, base):
+        lines += ["", *([f"## {heading}", ""] if heading else []), "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
     return lines
+
+
+def _png(fig: Any) -> bytes:
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def plots(cell_list: list[Cell], by: list[str], base: Cell) -> dict[str, bytes]:
+    """PNG images by file name: accuracy per cell, accuracy against MACs, val top-1 learning curves."""
+    from matplotlib.figure import Figure  # Agg canvas, no pyplot state: safe to call from any process or thread
+    from matplotlib.ticker import MaxNLocator
+
+    names = [describe(c, by) for c in cell_list]
+    images: dict[str, bytes] = {}
+
+    series = [(k, label) for k, label in (("val/acc_best", "val top-1"), ("test/acc", "test top-1"))
+              if any(c.values(k) for c in cell_list)]
+    ax = Figure(figsize=(max(5.0, 1.4 * len(names)), 4)).subplots()
+    width = 0.8 / max(1, len(series))
+    ys: list[float] = []  # what the y axis must show
+    for j, (key, label) in enumerate(series):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(cell_list))]
+        stats = [c.stat(key) for c in cell_list]
+        means, errs = [100 * (s.mean or 0) for s in stats], [100 * (s.std or 0) for s in stats]
+        ax.bar(xs, means, width, yerr=errs, capsize=4, alpha=0.75, label=label)
+        for x, cell in zip(xs, cell_list):  # the seeds themselves
+            values = [100 * v for v in cell.values(key)]
+            ax.plot([x] * len(values), values, "k.", ms=4)
+            ys += values
+        ys += [m - e for m, e in zip(means, errs)] + [m + e for m, e in zip(means, errs)]
+    low, high = min(ys, default=0), max(ys, default=100)
+    span = max(1.0, high - low)
+    ax.set_ylim(max(0.0, low - 0.5 * span), min(100.0, high + 0.3 * span))
+    ax.set_xticks(range(len(names)), [n + (" *" if c is base else "") for n, c in zip(names, cell_list)],
+                  rotation=20, ha="right")
+    ax.set(ylabel="top-1 accuracy (%)", title="accuracy per cell (mean ± std over seeds; * baseline)")
+    ax.legend(fontsize=8)
+    images["accuracy.png"] = _png(ax.figure)
+
+    ax = Figure(figsize=(6, 4)).subplots()
+    macs = [c.stat("macs").mean for c in cell_list]
+    for cell, name, x in zip(cell_list, names, macs):
+        stat = cell.stat(PRIMARY)
+        if x is None or stat.mean is None:
+            continue
+        ax.errorbar([x], [100 * stat.mean], yerr=[100 * (stat.std or 0)], fmt="o", capsize=4, label=name)
+        ax.annotate(name, (x, 100 * stat.mean), textcoords="offset points", xytext=(5, 5), fontsize=7)
+    ax.margins(x=0.2, y=0.1)  # room for the labels
+    known = [m for m in macs if m]
+    if known and min(known) > 0 and max(known) / min(known) > 10:  # a wide range of cost: log scale
+        ax.set_xscale("log")
+    ax.set(xlabel="multiply-adds per image", ylabel="val top-1 (%)", title="accuracy against compute")
+    images["accuracy_vs_macs.png"] = _png(ax.figure)
+
+    ax = Figure(figsize=(6, 4)).subplots()
+    for cell, name in zip(cell_list, names):
+        epochs = sorted(set().union(*(r.curve for r in cell.runs)))
+        if not epochs:
+            continue
+        per_epoch = [[100 * r.curve[e] for r in cell.runs if e in r.curve] for e in epochs]
+        mean = [statistics.fmean(v) for v in per_epoch]
+        std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
+        line = ax.plot(epochs, mean, label=name)[0]
+        ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        color=line.get_color(), alpha=0.2)
+    if ax.lines:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="epoch", ylabel="val top-1 (%)", title="learning curves (mean ± std over seeds)")
+        ax.legend(fontsize=8)
+        images["learning_curves.png"] = _png(ax.figure)
+    return images
 
 
 def render(cell_list: list[Cell], by: list[str], base: Cell, excluded: list[Run], images: dict[str, bytes],
            title: str) -> tuple[str, str]:
     """``report.md`` (images linked) and a self-contained ``report.html`` (images as data URIs)."""
-    header, rows = table_rows(cell_list, by, base)
-    dheader, drows = difference_rows(cell_list, by, base)
-    note = notes(by, base, cell_list)
     members = [f"{describe(c, by)}: {', '.join(r.name for r in c.runs)}" for c in cell_list]
     left_out = [f"{r.name}: {r.status}" + (f" ({r.error_tail})" if r.error_tail else "") for r in excluded]
 
     md = [f"# {title}", "", *tables_markdown(cell_list, by, base), ""]
-    if left_out:
-        md += ["## Runs not averaged in", "", *(f"- `{x}`" for x in left_out), ""]
+    md += ["## Runs not averaged in", "", *(f"- `{x}`" for x in left_out), ""] if left_out else []
     md += ["## Plots", "", *(f"![{Path(n).stem}]({n})\n" for n in images), "## Runs per cell", "",
            *(f"- {m}" for m in members), ""]
 
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(note)}</p>", _html_table(header, rows)]
-    if drows:
-        body += ["<h2>Differences against the baseline</h2>", _html_table(dheader, drows)]
+    body = [f"<h1>{esc(title)}</h1>", f"<p>{esc(notes(by, base, cell_list))}</p>"]
+    for heading, header, rows in tables(cell_list, by, base):
+        body += [f"<h2>{esc(heading)}</h2>"] if heading else []
+        body.append("<table>" + "".join("<tr>" + "".join(f"<{tag}>{esc(c)}</{tag}>" for c in row) + "</tr>"
+                                        for tag, row in [("th", header), *(("td", r) for r in rows)]) + "</table>")
     if left_out:
-        body += ["<h2>Runs not averaged in</h2><ul>", *(f"<li>{html.escape(x)}</li>" for x in left_out), "</ul>"]
-    body.append("<h2>Plots</h2>")
-    body += [f'<p><img alt="{html.escape(Path(n).stem)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-             "</p>" for n, data in images.items()]
-    body += ["<h2>Runs per cell</h2><ul>", *(f"<li>{html.escape(m)}</li>" for m in members), "</ul>"]
+        body += ["<h2>Runs not averaged in</h2><ul>", *(f"<li>{esc(x)}</li>" for x in left_out), "</ul>"]
+    body += ["<h2>Plots</h2>", *(f'<p><img alt="{esc(Path(n).stem)}" src="data:image/png;base64,'
+                                 f'{base64.b64encode(data).decode()}"></p>' for n, data in images.items())]
+    body += ["<h2>Runs per cell</h2><ul>", *(f"<li>{esc(m)}</li>" for m in members), "</ul>"]
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}img{max-width:100%}")
-    page = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    page = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{esc(title)}</title>"
             f"<style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
     return "\n".join(md), page

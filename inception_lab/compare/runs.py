@@ -45,13 +45,11 @@ class Run:
     @property
     def variant(self) -> dict[str, Any] | None:
         """``{dotted config key: value}`` where the run departs from its experiment file; None in older records."""
-        variant = self.summary.get("variant")
-        return variant if isinstance(variant, dict) else None
+        return variant if isinstance(variant := self.summary.get("variant"), dict) else None
 
     def value(self, key: str) -> Any:
         """The run's value of a config key: its variant's, else its config's (the experiment file's own value)."""
-        variant = self.variant or {}
-        return variant[key] if key in variant else self.config.get(key)
+        return (self.variant or {}).get(key, self.config.get(key))
 
     @property
     def error_tail(self) -> str:
@@ -60,22 +58,18 @@ class Run:
 
     def metric(self, key: str) -> float | None:
         value = self.summary.get("metrics", {}).get(key, self.summary.get(key))
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            return None
-        return float(value)
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if number else None
 
 
 def read_curve(path: Path) -> dict[int, float]:
     """epoch -> val/acc from a CSVLogger ``metrics.csv`` (sparse rows; the last value of an epoch wins)."""
-    curve: dict[int, float] = {}
     try:
         with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get("val/acc") and row.get("epoch"):
-                    curve[int(float(row["epoch"]))] = float(row["val/acc"])
+            return {int(float(row["epoch"])): float(row["val/acc"]) for row in csv.DictReader(f)
+                    if row.get("val/acc") and row.get("epoch")}
     except (OSError, ValueError, csv.Error):
         return {}
-    return curve
 
 
 def load_run(directory: Path) -> Run:
@@ -86,26 +80,12 @@ def load_run(directory: Path) -> Run:
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as error:
         summary = {"status": "unreadable", "error": f"summary.json: {error}"}
-    config: dict[str, Any] = {}
     try:
         config = flatten(yaml.safe_load((directory / "config.yaml").read_text()) or {})
     except (OSError, yaml.YAMLError):
-        pass
+        config = {}
     return Run(str(summary.get("run_name") or directory.name), str(summary.get("status", "unknown")), config,
                summary, read_curve(directory / "metrics.csv"), str(directory))
-
-
-def run_dirs(path: Path) -> list[Path]:
-    """The run directories at or under ``path`` (directories holding a summary.json), sorted."""
-    if (path / "summary.json").is_file():
-        return [path]
-    return sorted(p.parent for p in path.rglob("summary.json"))
-
-
-def sweep_file(path: Path) -> Path | None:
-    """``sweep.yaml`` of a sweep directory (or of the sweep a ``runs/`` directory belongs to)."""
-    candidates = [path / "sweep.yaml", *([path.parent / "sweep.yaml"] if path.name == "runs" else [])]
-    return next((c for c in candidates if c.is_file()), None)
 
 
 def sweep_keys(sweep: dict[str, Any]) -> list[str]:
@@ -119,7 +99,7 @@ def sweep_keys(sweep: dict[str, Any]) -> list[str]:
         elif "value" in spec and "values" not in spec:
             continue  # a constant varies nothing
         elif any(isinstance(v, dict) for v in spec.get("values", [])):
-            keys += [k for k in dict.fromkeys(k for v in spec["values"] for k in flatten(v, name))]
+            keys += dict.fromkeys(k for v in spec["values"] for k in flatten(v, name))
         else:
             keys.append(name)
     return [k for k in keys if k != "seed_everything" and not k.endswith("seed")]
@@ -134,25 +114,24 @@ def check_one_experiment(runs: list[Run]) -> None:
 
 def load(paths: list[Path]) -> tuple[list[Run], list[str]]:
     """Runs under the given sweep / run directories, and the swept keys (from sweep.yaml, if any)."""
-    runs: list[Run] = []
+    directories: dict[Path, Path] = {}  # resolved -> as given: a run reached twice is read once
     swept: list[str] = []
-    seen: set[Path] = set()
     for path in paths:
-        if not path.is_dir():
-            raise CompareError(f"no run directories (with summary.json) found under {path}: no such directory")
-        found = run_dirs(path)
+        found = [path] if (path / "summary.json").is_file() else sorted(p.parent for p in path.rglob("summary.json"))
         if not found:
-            raise CompareError(f"no run directories (with summary.json) found under {path}")
-        if (spec := sweep_file(path)) is not None:
+            missing = "" if path.is_dir() else ": no such directory"
+            raise CompareError(f"no run directories (with summary.json) found under {path}{missing}")
+        # the sweep.yaml of a sweep directory, or of the sweep a runs/ directory belongs to
+        specs = [path / "sweep.yaml", *([path.parent / "sweep.yaml"] if path.name == "runs" else [])]
+        if (spec := next((s for s in specs if s.is_file()), None)) is not None:
             try:
                 keys = sweep_keys(yaml.safe_load(spec.read_text()) or {})
             except (yaml.YAMLError, AttributeError, TypeError) as error:
                 raise CompareError(f"{spec}: not a W&B sweep file ({type(error).__name__})") from None
             swept += [k for k in keys if k not in swept]
         for directory in found:
-            if directory.resolve() not in seen:
-                seen.add(directory.resolve())
-                runs.append(load_run(directory))
+            directories.setdefault(directory.resolve(), directory)
+    runs = [load_run(d) for d in directories.values()]
     check_one_experiment(runs)
     return runs, swept
 
@@ -167,15 +146,12 @@ def parse_wandb_path(path: str) -> tuple[str, str, str]:
 def wandb_run(run: Any) -> Run:
     """A W&B public-API run (config + summary) as the record a run directory gives."""
     summary = {k: v for k, v in run.summary_metrics.items() if not k.startswith("_")}  # plain JSON, nested dicts too
-    record = {k: v for k, v in summary.items() if not k.startswith(METRIC_PREFIXES)}
-    record["metrics"] = {k: v for k, v in summary.items() if k.startswith(METRIC_PREFIXES)}
-    record["status"] = run.state
+    record = {**{k: v for k, v in summary.items() if not k.startswith(METRIC_PREFIXES)},
+              "metrics": {k: v for k, v in summary.items() if k.startswith(METRIC_PREFIXES)}, "status": run.state}
     config = flatten({k: v for k, v in dict(run.config).items() if not k.startswith("_")})
-    curve: dict[int, float] = {}
     try:
-        for row in run.scan_history(keys=["epoch", "val/acc"]):
-            if isinstance(row.get("val/acc"), int | float) and row.get("epoch") is not None:
-                curve[int(row["epoch"])] = float(row["val/acc"])
+        curve = {int(row["epoch"]): float(row["val/acc"]) for row in run.scan_history(keys=["epoch", "val/acc"])
+                 if isinstance(row.get("val/acc"), int | float) and row.get("epoch") is not None}
     except Exception:  # a run without history, or a flaky server: the curve is optional
         curve = {}
     return Run(str(run.name), str(run.state), config, record, curve, f"wandb:{getattr(run, 'id', run.name)}")
@@ -187,7 +163,6 @@ def wandb_runs(path: str, api: Any = None) -> tuple[list[Run], list[str]]:
     try:
         if api is None:
             import wandb
-
             api = wandb.Api(timeout=30)
         sweep = api.sweep(path)
         runs = [wandb_run(r) for r in sweep.runs]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from inception_lab.compare.cells import PRIMARY
 from inception_lab.compare.runs import CompareError
-from inception_lab.compare.stats import PRIMARY
 
 
 def _wandb_modules() -> tuple[Any, Any]:
@@ -40,8 +40,7 @@ def build_workspace(entity: str, project: str, sweep_id: str | None, group_keys:
         entity=entity, project=project, name=f"compare {sweep_id or project}",
         sections=[ws.Section(name="ablation", panels=_panels(wr, group_keys, metric), is_open=True)],
         runset_settings=ws.RunsetSettings(filters=[ws.Metric("Sweep") == sweep_id] if sweep_id else "",
-                                          groupby=[ws.Config(k) for k in group_keys]),
-    )
+                                          groupby=[ws.Config(k) for k in group_keys]))
 
 
 def build_report(entity: str, project: str, sweep_id: str | None, group_keys: list[str], table_markdown: str = "",
@@ -51,10 +50,9 @@ def build_report(entity: str, project: str, sweep_id: str | None, group_keys: li
     runset = wr.Runset(entity=entity, project=project, name=f"sweep {sweep_id}" if sweep_id else "runs",
                        filters=[ws.Metric("Sweep") == sweep_id] if sweep_id else "",
                        groupby=[f"config.{k}" for k in group_keys])
-    blocks = [wr.H1(f"Ablation: {', '.join(group_keys) or project}")]
-    if table_markdown:
-        blocks.append(wr.MarkdownBlock(text=table_markdown))
-    blocks.append(wr.PanelGrid(runsets=[runset], panels=_panels(wr, group_keys, metric)))
+    blocks = [wr.H1(f"Ablation: {', '.join(group_keys) or project}"),
+              *([wr.MarkdownBlock(text=table_markdown)] if table_markdown else []),
+              wr.PanelGrid(runsets=[runset], panels=_panels(wr, group_keys, metric))]
     return wr.Report(project=project, entity=entity, title=f"compare {sweep_id or project}",
                      description="made by python -m inception_lab compare", blocks=blocks)
 

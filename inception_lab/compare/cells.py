@@ -1,0 +1,171 @@
+"""Cells: the keys that group the runs (what the runs record as their variant, or ``--by``), one cell per combination
+of values, the baseline cell (the experiment as its file is written, or ``--baseline``); and the statistics of cells:
+mean ± sample std over seeds, and cell - baseline with a two-sided 95% t interval from ``scipy.stats``, paired by seed
+where at least two seeds pair, Welch's (unequal variances) otherwise."""
+
+from __future__ import annotations
+
+import statistics
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from inception_lab.compare.runs import CompareError, Run
+from inception_lab.runfiles import short_value
+
+PRIMARY = "val/acc_best"  # the metric a cell is judged by
+
+
+@dataclass
+class Stat:
+    n: int
+    mean: float | None
+    std: float | None  # sample std (ddof=1); None when n < 2
+
+
+@dataclass
+class Cell:
+    """The finished runs that share one combination of grouping values."""
+
+    key: tuple[Any, ...]
+    runs: list[Run]
+
+    def values(self, metric: str) -> list[float]:
+        return [v for r in self.runs if (v := r.metric(metric)) is not None]
+
+    def stat(self, metric: str) -> Stat:
+        values = self.values(metric)
+        return Stat(len(values), statistics.fmean(values) if values else None,
+                    statistics.stdev(values) if len(values) > 1 else None)
+
+
+@dataclass
+class Difference:
+    """cell - baseline, with a two-sided 95% confidence interval."""
+
+    diff: float
+    low: float
+    high: float
+    n: int  # pairs (paired) or the smaller group (Welch)
+    df: float
+    method: str  # "paired" or "welch"
+    note: str = ""
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+def freeze(value: Any) -> Any:
+    """Lists to tuples and dicts to tuples of items, so that config values can key a cell."""
+    if isinstance(value, dict):
+        return tuple((k, freeze(v)) for k, v in sorted(value.items()))
+    return tuple(freeze(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _order(value: Any) -> tuple[Any, ...]:
+    """A sort key for mixed config values: None, then numbers by value, then strings, then lists."""
+    if isinstance(value, tuple):
+        return (3, tuple(_order(v) for v in value))
+    return (0,) if value is None else (1, float(value)) if isinstance(value, int | float) else (2, str(value))
+
+
+def resolve_key(key: str, known: list[str]) -> str | None:
+    """``key`` itself, or the one known key it is a dotted suffix of (``head`` -> ``model.net.init_args.head``)."""
+    matches = [k for k in known if k.endswith("." + key)]
+    return key if key in known else matches[0] if len(matches) == 1 else None
+
+
+def grouping_keys(runs: list[Run], by: list[str] | None, swept: list[str]) -> list[str]:
+    """``--by`` (full keys or unique suffixes), else every key that some run's variant sets, in the order of the
+    sweep file's parameters, then sorted."""
+    varied: set[str] = set().union(*(r.variant or {} for r in runs))
+    if by:
+        known = sorted(varied.union(*(r.config for r in runs)))
+        resolved = {key: resolve_key(key, known) for key in by}
+        if missing := [key for key, full in resolved.items() if full is None]:
+            sample = ", ".join((sorted(varied) + [k for k in known if k.startswith("model.") and k not in varied])[:6])
+            raise CompareError(f"--by {missing[0]}: no run has this key (available keys include: {sample}, ...)")
+        return list(dict.fromkeys(k for k in resolved.values() if k is not None))
+    if (old := next((r for r in runs if r.variant is None), None)) is not None:
+        raise CompareError(f"{old.source or old.name}: the run records no \"variant\" (written by an older "
+                           "inception_lab); name the grouping keys with --by KEY")
+    return [k for k in swept if k in varied] + sorted(varied - set(swept))
+
+
+def group(runs: list[Run], by: list[str]) -> list[Cell]:
+    """One cell per distinct combination of the ``by`` values, sorted by those values (0.25 < 0.5 < 1 < naive)."""
+    groups: dict[tuple[Any, ...], list[Run]] = {}
+    for run in runs:
+        groups.setdefault(tuple(freeze(run.value(k)) for k in by), []).append(run)
+    return [Cell(key, groups[key]) for key in sorted(groups, key=_order)]
+
+
+def describe(cell: Cell, by: list[str]) -> str:
+    """``head=fc, filter_sizes=3x3``: each key by its shortest dotted suffix that no other key shares."""
+    def short(key: str) -> str:
+        parts = key.split(".")
+        suffixes = (".".join(parts[-i:]) for i in range(1, len(parts) + 1))
+        return next((n for n in suffixes if not any(k != key and (k == n or k.endswith("." + n)) for k in by)), key)
+    return ", ".join(f"{short(k)}={short_value(v)}" for k, v in zip(by, cell.key)) or "all runs"
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return freeze(yaml.safe_load(text))
+    except yaml.YAMLError:
+        return text
+
+
+def pick_baseline(cell_list: list[Cell], by: list[str], baseline: list[str] | None = None) -> Cell:
+    """The cell named by ``KEY=VALUE`` items; default: the cell of the experiment as written (runs whose variant sets
+    none of the grouping keys), else the first cell."""
+    if not baseline:
+        written = (c for c in cell_list if all(r.variant is not None and not set(by) & set(r.variant) for r in c.runs))
+        return next(written, cell_list[0])
+    wanted: dict[str, str] = {}
+    for item in baseline:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise CompareError(f"--baseline {item!r}: expected KEY=VALUE, e.g. model.net.init_args.head=gap")
+        if (resolved := resolve_key(key.strip(), by)) is None:
+            raise CompareError(f"--baseline {item!r}: {key} is not a grouping key (grouping keys: {', '.join(by)})")
+        wanted[resolved] = value.strip()
+    for cell in cell_list:  # the value as YAML (1.0, [3, 5], gap) or as the table writes it (3x5)
+        if all((have := cell.key[by.index(k)]) == _parse_value(v) or short_value(have) == v for k, v in wanted.items()):
+            return cell
+    have = "; ".join(describe(c, by) for c in cell_list)
+    raise CompareError(f"--baseline {' '.join(baseline)}: no cell has that value (cells: {have})")
+
+
+def _by_seed(runs: list[Run], metric: str) -> dict[Any, float]:
+    """seed -> value; empty when a seed is missing or repeated (the runs cannot be paired)."""
+    pairs = [(r.seed, v) for r in runs if (v := r.metric(metric)) is not None]
+    seeds = [s for s, _ in pairs]
+    return {} if None in seeds or len(set(map(repr, seeds))) < len(seeds) else dict(pairs)
+
+
+def paired_difference(cell: Cell, baseline: Cell, metric: str = PRIMARY) -> Difference | None:
+    """Mean of cell - baseline with a 95% t interval: paired by seed when >= 2 seeds pair, else Welch's (unequal
+    variances); None when a side has fewer than 2 values."""
+    a, b = _by_seed(cell.runs, metric), _by_seed(baseline.runs, metric)
+    common = [s for s in a if s in b]
+    if paired := len(common) >= 2:
+        x, y = [a[s] for s in common], [b[s] for s in common]
+        unpaired = len(a) + len(b) - 2 * len(common)
+        note = f"{unpaired} unpaired run(s) left out" if unpaired else ""
+    else:
+        x, y, note = cell.values(metric), baseline.values(metric), "seeds do not pair"
+        if len(x) < 2 or len(y) < 2:
+            return None
+    from scipy import stats  # ~2 s to import: only when an interval is computed, so that bad input fails at once
+
+    with warnings.catch_warnings():  # equal values: scipy warns of precision loss, the interval has zero width
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = stats.ttest_rel(x, y) if paired else stats.ttest_ind(x, y, equal_var=False)
+        interval = test.confidence_interval(0.95)
+    diff = statistics.fmean(u - v for u, v in zip(x, y)) if paired else statistics.fmean(x) - statistics.fmean(y)
+    return Difference(diff, float(interval.low), float(interval.high), min(len(x), len(y)), float(test.df),
+                      "paired" if paired else "welch", note)
