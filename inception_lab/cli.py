@@ -88,7 +88,7 @@ class InceptionCLI(LightningCLI):
         parser.add_argument("--experiment", type=str | None, default=None,
                             help="experiment name (default: the first --config file's name)")
         parser.add_argument("--run_name", type=str | None, default=None,
-                            help="run name (default: the ablation values, the seed and a timestamp)")
+                            help="run name (default: the run's variant, the seed and a timestamp)")
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="run directory (default: runs/<experiment>/<run_name>)")
         parser.add_class_arguments(WandbOptions, "wandb")
