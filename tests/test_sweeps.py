@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,14 +23,12 @@ import yaml
 import inception_lab.sweep as sweep_command
 from inception_lab import cli
 from inception_lab.runfiles import flatten, variant_name
-from inception_lab.sweep import command, fallback, runner, search, spec
+from inception_lab.sweep import runner, spec
+from tests.conftest import REPO, SHORT, clean_env
 
-ROOT = Path(__file__).resolve().parents[1]
-SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
+SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 FULL_FILES = [p for p in SWEEP_FILES if not p.name.endswith(".digits.yaml")]
 ABLATIONS = ("filter_sizes", "reduce_widths", "aux_weights", "head_gap_vs_fc")
-TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2"]
-ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
 
 # W&B's sweep schema (sweeps 0.3.0, config/schema.json), as much of it as these files use
 TOP_KEYS = {"apiVersion", "kind", "controller", "description", "program", "job", "image_uri", "entity", "project",
@@ -56,8 +53,8 @@ def _trials(s: spec.Sweep, n_drawn: int = 3) -> list[dict[str, Any]]:
     form keeps one seed per cell: it builds a 6M-parameter network per trial (0.7 s), and its digits form, which
     has the same cells (test_digits_form_sweeps_the_same_cells), goes through every seed."""
     if s.method != "grid":
-        return search.random_values(s, n_drawn, seed=0)
-    cells = search.grid_values(s)
+        return spec.random_values(s, n_drawn, seed=0)
+    cells = spec.grid_values(s)
     if s.path.name.endswith(".digits.yaml"):
         return cells
     first_seed = cells[0].get("seed_everything")
@@ -89,7 +86,7 @@ def test_sweep_file_follows_wandb_schema(path: Path) -> None:
     assert command[command.index("${args_json_file}") - 1] == "--config"
     assert command[:5] == ["${env}", "python", "-m", "inception_lab", "fit"]
     experiment = command[command.index("--config") + 1]
-    assert (ROOT / experiment).is_file()
+    assert (REPO / experiment).is_file()
     assert experiment == ("experiments/quickstart.yaml" if ".digits" in path.name else
                           "experiments/googlenet_cifar10.yaml")
     if config["method"] == "grid":
@@ -123,8 +120,8 @@ def test_sweep_file_validates_with_wandb_schema_json(path: Path) -> None:
 
 @pytest.mark.parametrize("stem", (*ABLATIONS, "lr_wd_bayes"))
 def test_digits_form_sweeps_the_same_cells(stem: str) -> None:
-    full = yaml.safe_load((ROOT / "sweeps" / f"{stem}.yaml").read_text())
-    small = yaml.safe_load((ROOT / "sweeps" / f"{stem}.digits.yaml").read_text())
+    full = yaml.safe_load((REPO / "sweeps" / f"{stem}.yaml").read_text())
+    small = yaml.safe_load((REPO / "sweeps" / f"{stem}.digits.yaml").read_text())
     assert small["method"] == full["method"] and small["metric"] == full["metric"]
     if full["method"] == "grid":
         assert small["parameters"] == full["parameters"]
@@ -134,7 +131,7 @@ def test_digits_form_sweeps_the_same_cells(stem: str) -> None:
 
 def test_grid_cells_cover_the_axes_as_asked() -> None:
     def axis(stem: str, key: str) -> list[Any]:
-        return yaml.safe_load((ROOT / "sweeps" / f"{stem}.yaml").read_text())["parameters"][key]["values"]
+        return yaml.safe_load((REPO / "sweeps" / f"{stem}.yaml").read_text())["parameters"][key]["values"]
 
     assert axis("filter_sizes", "model.net.init_args.filter_sizes") == [[3, 5], [3, 3], [3, [3, 3]], [3, 7]]
     assert axis("reduce_widths", "model.net.init_args.reduce_width_mult") == [0.25, 0.5, 1.0, 2.0, "naive"]
@@ -142,7 +139,7 @@ def test_grid_cells_cover_the_axes_as_asked() -> None:
     aux = axis("aux_weights", "model")
     assert [v["aux_weight"] for v in aux] == [0.0, 0.1, 0.3, 1.0, 0.0]
     assert aux[-1]["net"] == {"init_args": {"aux_positions": []}} and all("net" not in v for v in aux[:-1])
-    cells = search.grid_values(spec.load_sweep(ROOT / "sweeps" / "aux_weights.yaml"))
+    cells = spec.grid_values(spec.load_sweep(REPO / "sweeps" / "aux_weights.yaml"))
     assert len(cells) == 15 and len({json.dumps(c, sort_keys=True) for c in cells}) == 15  # no duplicate cells
 
 
@@ -157,15 +154,15 @@ def test_rendering_is_the_wandb_agents(tmp_path: Path, monkeypatch: pytest.Monke
     theirs = create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
     template = ["${env}", "python", "${interpreter}", "${program}", "--x=${envvar:SWEEP_TEST_VAR}", "${args}",
                 "${args_no_hyphens}", "${args_no_boolean_flags}", "${args_json_file}", "${args_json}"]
-    rendered = command.render_command(template, values, tmp_path / "args.json", program="train.py")
+    rendered = runner.render_command(template, values, tmp_path / "args.json", program="train.py")
     assert rendered == ["/usr/bin/env", sys.executable, sys.executable, "train.py", "--x=from-env", *theirs["args"],
                         *theirs["args_no_hyphens"], *theirs["args_no_boolean_flags"], str(tmp_path / "args.json"),
                         *theirs["args_json"]]
     assert "--a=None" in rendered  # why the sweep files use ${args_json_file}, not ${args}
     assert template[4] == "--x=${envvar:SWEEP_TEST_VAR}"  # wandb fills ${envvar:X} in place: on a copy
-    command.write_args_json(tmp_path / "args.json", values)
+    runner.write_args_json(tmp_path / "args.json", values)
     assert (tmp_path / "args.json").read_text() == theirs["args_json"][0]
-    assert command.render_command([], {"a": 1}, tmp_path / "x", program="t.py") == [
+    assert runner.render_command([], {"a": 1}, tmp_path / "x", program="t.py") == [
         "/usr/bin/env", sys.executable, "t.py", "--a=1"]  # no command: the agent's default
 
 
@@ -189,10 +186,10 @@ def test_every_trial_parses_with_its_values(path: Path, tmp_path: Path, parsed: 
     """The runner's own check (``check_trials``) of every trial: the CLI gets the values intact, the trial is named
     as the CLI names the run, after its index."""
     s = spec.load_sweep(path)
-    assert command.cli_args(command.render_command(s.command, {}, tmp_path / "a.json"))[0] == "fit"
-    experiment = yaml.safe_load((ROOT / s.command[s.command.index("--config") + 1]).read_text())
+    assert runner.cli_args(runner.render_command(s.command, {}, tmp_path / "a.json"))[0] == "fit"
+    experiment = yaml.safe_load((REPO / s.command[s.command.index("--config") + 1]).read_text())
     trials = list(enumerate(_trials(s)))
-    names = command.check_trials(s, tmp_path, trials)
+    names = runner.check_trials(s, tmp_path, trials)
     assert len(parsed) == len(trials) == len(set(names))
     for (i, values), config, name in zip(trials, parsed, names):
         swept = flatten(values)
@@ -220,21 +217,19 @@ def test_none_and_strings_reach_the_cli_intact(tmp_path: Path, parsed: list[Any]
         "command": ["${env}", "python", "-m", "inception_lab", "fit", "--config", "experiments/quickstart.yaml",
                     "--config", "${args_json_file}"]}))
     s = spec.load_sweep(path)
-    names = command.check_trials(s, tmp_path, list(enumerate(search.grid_values(s))))
+    names = runner.check_trials(s, tmp_path, list(enumerate(spec.grid_values(s))))
     assert [c["model.net.init_args.reduce_width_mult"] for c in parsed] == ["naive", 0.5]
     assert all(c["model.lr_scheduler"] is None for c in parsed)
     assert all(_plain(c["model.net.init_args.filter_sizes"]) == [3, [3, 3]] for c in parsed)
     assert names[0].startswith("000-") and "reduce_width_mult=naive" in names[0] and "filter_sizes=3x3x3" in names[0]
 
 
-def test_no_aux_heads_cell_prints_as_merged_config(tmp_path: Path) -> None:
+def test_no_aux_heads_cell_prints_as_merged_config(tmp_path: Path, run_cli: Any) -> None:
     """The nested ``model`` value through the real CLI (``--print_config``) and the network it builds."""
     values = {"model": {"aux_weight": 0.0, "net": {"init_args": {"aux_positions": []}}}, "seed_everything": 2}
-    command.write_args_json(tmp_path / "args.json", values)
-    out = subprocess.run([sys.executable, "-m", "inception_lab", "fit", "--config", "experiments/quickstart.yaml",
-                          "--config", str(tmp_path / "args.json"), "--print_config"],
-                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    runner.write_args_json(tmp_path / "args.json", values)
+    out = run_cli("fit", "--config", "experiments/quickstart.yaml", "--config", str(tmp_path / "args.json"),
+                  "--print_config", cwd=REPO, timeout=120)  # asserts exit 0
     config = yaml.safe_load(out.stdout)
     assert config["seed_everything"] == 2 and config["model"]["aux_weight"] == 0.0
     net = config["model"]["net"]["init_args"]
@@ -245,7 +240,7 @@ def test_no_aux_heads_cell_prints_as_merged_config(tmp_path: Path) -> None:
 # ---- which trials: W&B's engine, or the fallback without it ---------------------------------------------------------
 @pytest.fixture
 def engine() -> Any:
-    sweeps = search.engine()
+    sweeps = spec.engine()
     if sweeps is None:
         pytest.skip("W&B's sweeps engine is not installed (pip install 'inception-lab[sweeps]')")
     return sweeps
@@ -257,49 +252,58 @@ def either(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     if request.param == "engine":
         request.getfixturevalue("engine")
     else:
-        monkeypatch.setattr(search, "engine", lambda required=False: None)
+        _without_engine(monkeypatch)
     return request.param
 
 
+def _without_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spec, "engine", lambda required=False: None)
+
+
 def test_grid_order_is_the_sweep_files(either: str) -> None:
-    s = spec.load_sweep(ROOT / "sweeps" / "filter_sizes.yaml")
-    cells = search.grid_values(s)
+    s = spec.load_sweep(REPO / "sweeps" / "filter_sizes.yaml")
+    cells = spec.grid_values(s)
     assert [(c["model.net.init_args.filter_sizes"], c["seed_everything"]) for c in cells[:4]] == [
         ([3, 5], 0), ([3, 5], 1), ([3, 5], 2), ([3, 3], 0)]
-    assert search.grid_values(s) == cells  # the same on every start: a trial's index says which cell it runs
+    assert spec.grid_values(s) == cells  # the same on every start: a trial's index says which cell it runs
 
 
 @pytest.mark.parametrize("path", [p for p in SWEEP_FILES if "bayes" not in p.name] + ["mixed"], ids=str)
-def test_fallback_grid_is_the_engines(path: Path | str, tmp_path: Path, engine: Any) -> None:
+def test_fallback_grid_is_the_engines(path: Path | str, tmp_path: Path, engine: Any,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     if path == "mixed":  # every type grid allows; a whole float that equals an int value is a duplicate cell
         path = tmp_path / "mixed.yaml"
         path.write_text(yaml.safe_dump({"method": "grid", "parameters": {
             "n": {"min": 1, "max": 3}, "q": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25},
             "c": {"value": [3, [3, 3]]}, "v": {"values": [1, 1.0, "x", {"a": 1}]}}}))
     s = spec.load_sweep(Path(path))
-    assert fallback.grid_values(s) == search.grid_values(s)
+    theirs = spec.grid_values(s)
+    _without_engine(monkeypatch)
+    assert spec.grid_values(s) == theirs
 
 
-def test_fallback_random_draws_are_the_engines(tmp_path: Path, engine: Any) -> None:
+def test_fallback_random_draws_are_the_engines(tmp_path: Path, engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     distributions = {
         "uniform": {"min": 0.5, "max": 2.0}, "q_uniform": {"min": 0, "max": 10, "q": 2},
         "log_uniform": {"min": -3.0, "max": 1.0}, "q_log_uniform": {"min": 0.0, "max": 3.0, "q": 0.5},
         "log_uniform_values": {"min": 1e-4, "max": 1e-1}, "q_log_uniform_values": {"min": 1.0, "max": 100.0, "q": 5},
         "int_uniform": {"min": -2, "max": 4}, "categorical": {"values": ["gap", "fc", [3, 3]]},
         "constant": {"value": {"a": 1}}}
-    assert set(distributions) == set(fallback.RANDOM_TYPES)
+    assert set(distributions) == set(spec.RANDOM_TYPES)
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"method": "random", "run_cap": 5, "parameters": {
         k: {"distribution": k, **v} for k, v in distributions.items()}}))
     s = spec.load_sweep(path)
-    ours, theirs = fallback.random_values(s, 300, seed=3), search.random_values(s, 300, seed=3)
+    theirs = spec.random_values(s, 300, seed=3)
+    _without_engine(monkeypatch)
+    ours = spec.random_values(s, 300, seed=3)
     assert [list(d) for d in ours] == [list(d) for d in theirs]
     for a, b in zip(ours, theirs):
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-12) and type(a[key]) is type(b[key]), key
     path.write_text(yaml.safe_dump({"method": "random", "run_cap": 5, "parameters": {"x": {"distribution": "normal"}}}))
     with pytest.raises(spec.SweepError, match=r"x is normal: drawing it needs W&B's sweeps engine: pip install"):
-        fallback.random_values(spec.load_sweep(path), 1, seed=0)
+        spec.random_values(spec.load_sweep(path), 1, seed=0)
 
 
 def test_random_draws_are_seeded_and_in_range(tmp_path: Path, either: str) -> None:
@@ -310,9 +314,9 @@ def test_random_draws_are_seeded_and_in_range(tmp_path: Path, either: str) -> No
         "n": {"min": 1, "max": 3}, "head": {"values": ["gap", "fc"]}, "k": {"value": [3, [3, 3]]}},
         "command": ["python", "train.py", "${args}"]}))
     s = spec.load_sweep(path)
-    draws = search.random_values(s, 50, seed=0)
-    assert draws == search.random_values(s, 50, seed=0) != search.random_values(s, 50, seed=1)
-    assert search.random_values(s, 10, seed=0) == draws[:10]  # a larger --run-cap extends, never redraws
+    draws = spec.random_values(s, 50, seed=0)
+    assert draws == spec.random_values(s, 50, seed=0) != spec.random_values(s, 50, seed=1)
+    assert spec.random_values(s, 10, seed=0) == draws[:10]  # a larger --run-cap extends, never redraws
     assert all(1e-4 <= d["lr"] <= 1e-1 and d["wd"] % 2 == 0 and d["n"] in (1, 2, 3) for d in draws)
     assert {d["head"] for d in draws} == {"gap", "fc"} and all(d["k"] == [3, [3, 3]] for d in draws)
     json.dumps(draws)  # plain Python values for state.json (the engine gives numpy scalars)
@@ -331,27 +335,27 @@ BAD_SWEEPS = {
 
 
 @pytest.mark.parametrize("case", BAD_SWEEPS)
-def test_bad_sweep_is_one_line_error(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_sweep_is_one_line_error(case: str, tmp_path: Path, cli: Any) -> None:
     text, message = BAD_SWEEPS[case]
     path = tmp_path / "s.yaml"
     if text is not None:
         path.write_text(text)
-    assert sweep_command.main([str(path), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
+    code, _, err = cli(["sweep", str(path), "--out", str(tmp_path / "out")])
+    assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_trial_config_aborts_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_trial_config_aborts_before_anything_runs(tmp_path: Path, cli: Any, run_cli: Any) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"name": "bad", "method": "grid", "parameters": {
         "model.net.init_args.head": {"values": ["gap", "gapp"]}, "seed_everything": {"values": [0]}},
         "command": ["${env}", "python", "-m", "inception_lab", "fit", "--config", "experiments/quickstart.yaml",
                     "--config", "${args_json_file}"]}, sort_keys=False))
-    assert sweep_command.main([str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
-    dry = capsys.readouterr().err.strip().splitlines()
-    out = subprocess.run([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(tmp_path / "out")],
-                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    code, _, err = cli(["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run"], cwd=REPO)
+    assert code == 2
+    dry = err.strip().splitlines()
+    out = run_cli("sweep", str(path), "--out", str(tmp_path / "out"), cwd=REPO, timeout=120, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     for error in (dry, out.stderr.strip().splitlines()):
         assert len(error) == 1, error
@@ -359,11 +363,11 @@ def test_bad_trial_config_aborts_before_anything_runs(tmp_path: Path, capsys: py
     assert not (tmp_path / "out").exists()
 
 
-def test_bayes_without_engine_says_how_to_install(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bayes_without_engine_says_how_to_install(tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sweeps", None)  # as if the engine were not installed: import fails
-    assert sweep_command.main([str(ROOT / "sweeps" / "lr_wd_bayes.digits.yaml"), "--out", str(tmp_path / "o")]) == 2
-    assert "pip install 'inception-lab[sweeps]'" in capsys.readouterr().err
+    code, _, err = cli(["sweep", str(REPO / "sweeps" / "lr_wd_bayes.digits.yaml"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "pip install 'inception-lab[sweeps]'" in err
 
 
 def test_interrupted_trial_resumes_from_last_checkpoint(tmp_path: Path) -> None:
@@ -416,9 +420,9 @@ def test_bayes_draws_are_seeded_and_hyperband_is_asked(tmp_path: Path, engine: A
                                                           "max": 0.1}},
                                     "command": ["python", "-c", program, "${args}"]}))
     calls: list[int] = []
-    real = search.hyperband_stops
+    real = spec.hyperband_stops
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(search, "hyperband_stops", lambda s, t: calls.append(len(t)) or real(s, t))
+        m.setattr(spec, "hyperband_stops", lambda s, t: calls.append(len(t)) or real(s, t))
         assert sweep_command.main([str(path), "--out", str(tmp_path / "a"), "--seed", "5"]) == 0
     assert calls  # asked after every poll
     assert sweep_command.main([str(path), "--out", str(tmp_path / "b"), "--seed", "5"]) == 0
@@ -434,13 +438,13 @@ def _tiny_sweep(tmp_path: Path, name: str, parameters: dict[str, Any]) -> Path:
         "name": name, "method": "grid", "metric": {"name": "val/acc_best", "goal": "maximize"},
         "parameters": parameters,
         "command": ["${env}", "python", "-m", "inception_lab", "fit", "--config", "experiments/quickstart.yaml",
-                    *TINY, "--config", "${args_json_file}"]}, sort_keys=False))
+                    *SHORT, "--config", "${args_json_file}"]}, sort_keys=False))
     return path
 
 
 def _runner(path: Path, out: Path, *flags: str, wandb: str = "offline") -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(out), *flags],
-                            cwd=ROOT, env={**ENV, "WANDB_MODE": wandb}, stdout=subprocess.PIPE,
+                            cwd=REPO, env={**clean_env(), "WANDB_MODE": wandb}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 

@@ -1,21 +1,15 @@
 """``python -m inception_lab sweep sweeps/<x>.yaml``: run a W&B sweep file locally, with no W&B server.
 
-Each trial runs the command line the W&B agent (wandb 0.31) would run for it, rendered by wandb's own code, as a
-subprocess (``command.py``); W&B's open-source ``sweeps`` engine picks the trials where it is installed
-(``search.py``; grid and random need nothing more, ``fallback.py``); every trial's config is parsed by the CLI
-before anything runs, and named as the CLI names its run, after the trial's index.
+Each trial runs the command line the W&B agent would run for it, rendered by wandb's own code, as a subprocess
+(``runner.py``), on the trials W&B's ``sweeps`` engine picks (``spec.py``); every trial's config is parsed by the CLI
+before anything runs. Run it again after a crash or a kill and it carries on: finished trials are kept, an
+interrupted one resumes from its ``checkpoints/last.ckpt`` or restarts. The sweep directory, which ``compare`` reads::
 
-The sweep directory (default ``runs/sweeps/<sweep file stem>/``; ``compare`` reads it)::
-
-    sweep.yaml             the sweep file as run
-    state.json             the runner's state: every trial's values, status, starts, metrics or error (state.py)
-    runs/<trial>/          the trial's run directory (summary.json, config.yaml, metrics.csv, checkpoints/)
-        args.json          the ${args_json_file} of the trial
-        trial.log          its stdout, after one header line per start
-        trial.stderr.log   its stderr
-
-Start it again after a crash or a kill and it carries on (``runner.py``): finished trials are kept, an interrupted
-trial resumes from its ``checkpoints/last.ckpt`` (``--ckpt_path last``) or restarts.
+    runs/sweeps/<sweep file stem>/   (or --out)
+        sweep.yaml      the sweep file as run
+        state.json      every trial's values, status, starts, metrics or error
+        runs/<trial>/   its run directory (summary.json, config.yaml, metrics.csv, checkpoints/), and args.json (its
+                        ${args_json_file}), trial.log (its stdout, after a line per start), trial.stderr.log
 """
 
 from __future__ import annotations
@@ -26,12 +20,9 @@ import sys
 from pathlib import Path
 
 from inception_lab.runfiles import write_atomic
-from inception_lab.sweep import runner, search
-from inception_lab.sweep.command import check_command, check_trials, trial_command
-from inception_lab.sweep.spec import SweepError, load_sweep
-from inception_lab.sweep.state import State, Trial
-
-SWEEPS_ROOT = Path("runs/sweeps")
+from inception_lab.sweep import runner, spec
+from inception_lab.sweep.runner import State, check_command, check_trials, trial_command
+from inception_lab.sweep.spec import SweepError, Trial, load_sweep
 
 
 def run(argv: list[str]) -> int:
@@ -43,20 +34,19 @@ def run(argv: list[str]) -> int:
         raise SweepError(f"{sweep.path}: method {sweep.method} draws without end: set run_cap in the sweep file "
                          "or pass --run-cap N")
     if sweep.method == "bayes" or sweep.config.get("early_terminate"):
-        search.engine(required=True)
-    directory = Path(args.out) if args.out else SWEEPS_ROOT / sweep.path.stem
-    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
-    slots = runner.slots_for(args.parallel or (len(devices) if devices else 1), devices)
+        spec.engine(required=True)
+    directory = Path(args.out or f"runs/sweeps/{sweep.path.stem}")
+    devices = [d.strip() for d in (args.devices or "").split(",") if d.strip()]
+    slots = runner.slots_for(args.parallel or len(devices) or 1, devices)
     copy = directory / "sweep.yaml"
     if copy.is_file() and copy.read_text() != sweep.text:
         raise SweepError(f"{directory} holds a different sweep ({copy} differs from {sweep.path}): pass --out DIR "
                          "for a new sweep directory, or delete the old one")
     state = State(directory, sweep, args.seed)
-
     if sweep.method == "grid":
-        planned = search.grid_values(sweep)[:run_cap]
+        planned = spec.grid_values(sweep)[:run_cap]
     elif sweep.method == "random":
-        planned = search.random_values(sweep, run_cap, state.seed)
+        planned = spec.random_values(sweep, run_cap, state.seed)
     else:  # bayes: each draw depends on the results so far; check the next one here, and each before it runs
         planned = [t.values for t in state.trials]
     for trial, values in zip(state.trials, planned):  # a trial's index says which values it runs
@@ -64,39 +54,31 @@ def run(argv: list[str]) -> int:
             raise SweepError(f"{state.path}: trial {trial.name} has other values than the sweep file gives it")
     check = [(i, v) for i, v in enumerate(planned) if i >= len(state.trials) or state.trials[i].status != "finished"]
     if sweep.method == "bayes" and len(planned) < run_cap:
-        draw = search.bayes_value(sweep, [(t, state.run_dir(t)) for t in state.trials], state.seed)
+        draw = spec.bayes_value(sweep, state.trials, state.seed)
         check += [(len(planned), draw)] if draw is not None else []
     print(f"sweep {sweep.name}: validating {len(check)} trial config(s) with the CLI ...", flush=True)
     names = dict(zip([i for i, _ in check], check_trials(sweep, directory, check)))
     trials = [*state.trials, *(Trial(names[i], v) for i, v in enumerate(planned) if i >= len(state.trials))]
-
     if args.dry_run:
         for i, trial in enumerate(trials[:len(planned)]):
-            status = f"  [{trial.status}]" if i < len(state.trials) else ""
-            command = trial_command(sweep, state.run_dir(trial), trial.values)
-            print(f"{trial.name}{status}\n  {subprocess.list2cmdline(command)}")
+            command = subprocess.list2cmdline(trial_command(sweep, state.run_dir(trial), trial.values))
+            print(f"{trial.name}{f'  [{trial.status}]' if i < len(state.trials) else ''}\n  {command}")
         total = f"{len(planned)} trials" if sweep.method != "bayes" else f"up to {run_cap} bayes trials"
         print(f"sweep {sweep.name}: {total}, all valid; dry run: nothing started, nothing written")
         return 0
-
     (directory / "runs").mkdir(parents=True, exist_ok=True)
     if not copy.is_file():
         write_atomic(copy, sweep.text)
     state.trials = trials
-    state.reconcile()
-    if args.retry_failed:
-        for trial in state.trials:
-            if trial.status in ("failed", "stopped"):
-                trial.status = "pending"
+    state.reconcile(args.retry_failed)
     state.save()
     return runner.loop(sweep, state, slots, run_cap)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m inception_lab sweep",
-        description="Run a W&B sweep file locally, no W&B server: every trial is the command line the W&B agent "
-                    "would run; state survives kills (run the same command again to carry on).")
+    parser = argparse.ArgumentParser(prog="python -m inception_lab sweep", description="Run a W&B sweep file locally, "
+                                     "no W&B server: every trial is the command line the W&B agent would run; state "
+                                     "survives kills (run the same command again to carry on).")
     parser.add_argument("sweep_file", help="a W&B sweep file (sweeps/<x>.yaml)")
     parser.add_argument("--out", help="sweep directory (default: runs/sweeps/<sweep file stem>)")
     parser.add_argument("--parallel", type=int, help="trials at once (default: one per --devices entry, else 1)")
@@ -107,20 +89,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of random / bayes draws (kept in state.json)")
     parser.add_argument("--retry-failed", action="store_true", help="run failed and stopped trials again")
     args = parser.parse_args(argv)
-    for flag in ("parallel", "run_cap"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise SweepError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive integer")
+    for flag, value in (("parallel", args.parallel), ("run-cap", args.run_cap)):
+        if value is not None and value < 1:
+            raise SweepError(f"--{flag} {value}: expected a positive integer")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     try:
-        return run(argv)
+        return run(sys.argv[1:] if argv is None else argv)
     except SweepError as error:
         print(f"inception_lab sweep: error: {error}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,30 +1,146 @@
-"""The runner: one subprocess per trial in a slot (a GPU or a share of the CPU threads), the loop that fills the
-slots, records each ending in the state and prints the table at the end."""
+"""A sweep's trials: the command line the W&B agent (``Agent._command_run``) would run for each, rendered by wandb's
+own ``create_sweep_command`` and ``create_sweep_command_args`` and checked by the CLI before anything runs; the state
+on disk (``state.json``); one subprocess per trial in a slot (a GPU or a share of the CPU threads), the loop that fills
+the slots and records each ending, and the table at the end."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
+import json
+import logging
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args
 
 from inception_lab.record import read_summary
-from inception_lab.sweep import search
-from inception_lab.sweep.command import check_trials, describe, trial_command, write_args_json
-from inception_lab.sweep.spec import Sweep, SweepError
-from inception_lab.sweep.state import State, Trial
+from inception_lab.runfiles import flatten, safe_name, variant_name, write_atomic
+from inception_lab.sweep import spec
+from inception_lab.sweep.spec import Sweep, SweepError, Trial
 
 ERROR_TAIL_LINES = 20
-POLL_S = 0.5
+AGENT_MACROS = ("env", "interpreter", "program", "args_json_file")  # what the agent adds to create_sweep_command_args
 
 
-def slots_for(parallel: int, devices: list[str] | None) -> dict[str, dict[str, str]]:
+def sweep_vars(values: dict[str, Any]) -> dict[str, Any]:
+    """The agent's macros of a trial's values: ``--key=str(value)`` for ``${args}``, JSON for ``${args_json}``."""
+    return create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
+
+
+def check_command(sweep: Sweep) -> None:
+    known = sorted({*sweep_vars({}), *AGENT_MACROS})
+    for token in sweep.command:
+        macro = re.fullmatch(r"\$\{(\w+)\}", token)
+        if macro and macro.group(1) not in known:
+            raise SweepError(f"{sweep.path}: command: unknown macro {token}; the agent knows "
+                             f"{', '.join('${' + m + '}' for m in known)}")
+    if "${program}" in (sweep.command or DEFAULT_SWEEP_COMMAND) and not sweep.config.get("program"):
+        raise SweepError(f"{sweep.path}: command uses ${{program}} but the sweep file sets no program")
+
+
+def render_command(template: list[str], values: dict[str, Any], args_json_file: Path,
+                   program: str | None = None) -> list[str]:
+    macros = {**sweep_vars(values), "interpreter": [sys.executable], "program": [program],
+              "args_json_file": [str(args_json_file)], "env": ["/usr/bin/env"] if os.name != "nt" else []}
+    command: list[str] = []
+    for token in map(str, create_sweep_command(list(template))):  # ${envvar:X} filled in; a copy: it edits in place
+        if token.startswith("${") and token.endswith("}"):
+            command += macros.get(token[2:-1]) or []
+        else:
+            command.append(sys.executable if token == "python" else token)
+    return command
+
+
+def trial_command(sweep: Sweep, run_dir: Path, values: dict[str, Any], json_file: Path | None = None) -> list[str]:
+    command = render_command(sweep.command, values, json_file or run_dir / "args.json", sweep.config.get("program"))
+    return [*command, "--run_dir", str(run_dir), "--wandb.group", sweep.name]
+
+
+def write_args_json(path: Path, values: dict[str, Any]) -> None:  # what the agent writes for ${args_json_file}
+    write_atomic(path, sweep_vars(values)["args_json"][0])
+
+
+def cli_args(command: list[str]) -> list[str] | None:
+    """The arguments after ``-m inception_lab`` (what ``cli.parse`` takes), or None for another program."""
+    starts = [i + 2 for i in range(len(command) - 1) if command[i:i + 2] == ["-m", "inception_lab"]]
+    return command[starts[0]:] if starts else None
+
+
+def check_trials(sweep: Sweep, directory: Path, trials: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    """Every trial's command line through the CLI's parser (model and data built, nothing written): their names."""
+    from inception_lab import cli
+
+    names = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, values in trials:
+            write_args_json(json_file := Path(tmp) / f"{index}.json", values)
+            args = cli_args(trial_command(sweep, directory / "runs" / f"{index:03d}", values, json_file))
+            config = None  # another program than the inception_lab CLI: nothing to check it with
+            if args is not None:
+                logging.disable(logging.INFO)  # "Seed set to ..." per trial
+                try:
+                    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                        config = cli.parse(args)[2]
+                except cli.UserError as error:
+                    raise SweepError(f"trial {trial_name(index, values)} ({describe(values)}): {error}") from None
+                finally:
+                    logging.disable(logging.NOTSET)
+            names.append(trial_name(index, values, config))
+    return names
+
+
+def trial_name(index: int, values: dict[str, Any], config: Any = None) -> str:
+    """``003-filter_sizes=3x3x3-seed1``: the name the CLI gives the run (from its parsed ``config``), after the trial's
+    index; from the swept values alone without one (another program than this CLI, or a config it rejects)."""
+    variant, seed = (config.variant, config.seed_everything) if config is not None else (
+        {k: v for k, v in flatten(values).items() if k != "seed_everything"}, values.get("seed_everything"))
+    return safe_name(f"{index:03d}", variant_name(variant), "" if seed is None else f"seed{seed}")
+
+
+def describe(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+
+
+class State:
+    """``state.json``, rewritten atomically after every change: a kill at any moment leaves a readable file."""
+
+    def __init__(self, directory: Path, sweep: Sweep, seed: int) -> None:
+        self.directory, self.path, self.sweep = directory, directory / "state.json", sweep
+        data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.seed, self.trials = data.get("seed", seed), [Trial(**t) for t in data.get("trials", [])]
+
+    def save(self) -> None:
+        data = {"sweep": self.sweep.name, "sweep_file": str(self.sweep.path), "method": self.sweep.method,
+                "metric": {"name": self.sweep.metric, "goal": self.sweep.goal}, "seed": self.seed,
+                "trials": [t.__dict__ for t in self.trials]}
+        write_atomic(self.path, json.dumps(data, indent=2) + "\n")
+
+    def run_dir(self, trial: Trial) -> Path:
+        return self.directory / "runs" / trial.name
+
+    def reconcile(self, retry_failed: bool) -> None:
+        """After a kill: a trial recorded as running either finished meanwhile (keep it) or resumes / restarts;
+        failed and stopped trials run again with ``retry_failed``."""
+        for trial in self.trials:
+            summary = read_summary(self.run_dir(trial)) if trial.status == "running" else {}
+            if summary.get("status") == "finished":
+                trial.status, trial.metrics = "finished", summary.get("metrics", {})
+            elif trial.status == "running" or (retry_failed and trial.status in ("failed", "stopped")):
+                trial.status = "pending"
+
+
+def slots_for(parallel: int, devices: list[str]) -> dict[str, dict[str, str]]:
     """One slot per concurrent trial, with its environment: a GPU (``CUDA_VISIBLE_DEVICES``) or CPU threads."""
     if devices:
         if parallel > len(devices):
@@ -43,6 +159,10 @@ class Running:
     slot: str
     started: float
 
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)  # its own session: the runner's Ctrl-C does not reach it
+
 
 def _die_with_parent(parent: int) -> None:
     """preexec_fn: SIGKILL this trial when the runner dies, even by SIGKILL (Linux PR_SET_PDEATHSIG)."""
@@ -58,86 +178,77 @@ def start_trial(sweep: Sweep, state: State, trial: Trial, slot: str, env: dict[s
     command = trial_command(sweep, run_dir, trial.values)
     if read_summary(run_dir).get("status") == "running" and (run_dir / "checkpoints" / "last.ckpt").is_file():
         command += ["--ckpt_path", "last"]  # interrupted: resume from its last checkpoint
-    trial.starts += 1
-    trial.status, trial.error, trial.returncode = "running", None, None
+    trial.status, trial.starts, trial.error, trial.returncode = "running", trial.starts + 1, None, None
     # the files are closed here once the trial has its own copies of them
     with open(run_dir / "trial.log", "a") as out, open(run_dir / "trial.stderr.log", "a") as err:
-        out.write(f"# start {trial.starts} {time.strftime('%Y-%m-%d %H:%M:%S')} slot={slot}: "
-                  f"{subprocess.list2cmdline(command)}\n")
-        out.flush()
+        print(f"# start {trial.starts} {time.strftime('%Y-%m-%d %H:%M:%S')} slot={slot}: "
+              f"{subprocess.list2cmdline(command)}", file=out, flush=True)
         proc = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, preexec_fn=lambda parent=os.getpid(): _die_with_parent(parent))
     return Running(trial, proc, slot, time.monotonic())
 
 
-def finish_trial(state: State, running: Running, returncode: int) -> None:
+def finish_trial(state: State, running: Running, returncode: int) -> str:
+    """Records how the trial ended; returns it in a few words."""
     trial, metric = running.trial, state.sweep.metric
-    run_dir = state.run_dir(trial)
-    summary = read_summary(run_dir)
-    trial.returncode = returncode
-    trial.wall_s = round(time.monotonic() - running.started, 1)
+    summary = read_summary(run_dir := state.run_dir(trial))
+    trial.returncode, trial.wall_s = returncode, round(time.monotonic() - running.started, 1)
     trial.metrics = summary.get("metrics", {})
     if trial.status == "stopped":
         trial.error = f"stopped by hyperband early termination; {metric}={trial.metrics.get(metric)}"
     elif returncode == 0 and summary.get("status") == "finished":
-        trial.status = "finished"
+        trial.status, value = "finished", trial.metrics.get(metric)
+        return f"{metric}={value:.4f} ({trial.wall_s} s)" if value is not None else f"({trial.wall_s} s)"
     else:
         trial.status = "failed"
-        reason = summary.get("error") or f"exit code {returncode}"
-        if returncode == 0:
-            reason = f"exited 0 but its summary.json says status={summary.get('status')!r}"
-        trial.error = f"{reason}\n{error_tail(run_dir / 'trial.stderr.log')}".strip()
-
-
-def error_tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
-    """The last lines of a log, progress-bar redraws (``\\r``) reduced to their final state."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    kept = [ln.rsplit("\r", 1)[-1].rstrip() for ln in text.splitlines()]
-    return "\n".join([ln for ln in kept if ln.strip()][-lines:])
+        reason = (f"exited 0 but its summary.json says status={summary.get('status')!r}" if returncode == 0
+                  else summary.get("error") or f"exit code {returncode}")
+        with contextlib.suppress(OSError):  # the last lines of its stderr, progress-bar redraws (\r) as they ended
+            log = (run_dir / "trial.stderr.log").read_text(errors="replace")
+            lines = [ln.rsplit("\r", 1)[-1].rstrip() for ln in log.splitlines()]
+            reason += "\n" + "\n".join([ln for ln in lines if ln][-ERROR_TAIL_LINES:])
+        trial.error = reason.strip()
+    return trial.error.splitlines()[0]
 
 
 def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: int | None) -> int:
     running: list[Running] = []
     free = list(slots)
     base_env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SWEEP_ID", "WANDB_RUN_ID")}
-    done = sum(t.status != "pending" for t in state.trials)
-    print(f"sweep {sweep.name}: {len(state.trials)} trials, {done} done before; slots {', '.join(slots)}; "
-          f"{state.directory}", flush=True)
+    print(f"sweep {sweep.name}: {len(state.trials)} trials, {sum(t.status != 'pending' for t in state.trials)} done "
+          f"before; slots {', '.join(slots)}; {state.directory}", flush=True)
     try:
         while True:
             while free and (trial := next_trial(sweep, state, run_cap)) is not None:
                 slot = free.pop(0)
                 running.append(start_trial(sweep, state, trial, slot, {**base_env, **slots[slot]}))
                 state.save()
-                print(f"[{_index(state, trial)}] start {trial.name} ({slot}, start {trial.starts})", flush=True)
+                print(f"[{state.trials.index(trial) + 1}/{len(state.trials)}] start {trial.name} ({slot}, start "
+                      f"{trial.starts})", flush=True)
             if not running:
                 break
-            time.sleep(POLL_S)
+            time.sleep(0.5)
             if sweep.config.get("early_terminate"):
-                early_terminate(sweep, state, running)
-            for r in list(running):
-                code = r.proc.poll()
-                if code is None:
-                    continue
-                finish_trial(state, r, code)
+                stops = spec.hyperband_stops(sweep, [(t, state.run_dir(t)) for t in state.trials])
+                for r in running:  # stopped by hyperband: SIGTERM to its group
+                    if r.trial.name in stops and r.trial.status == "running":
+                        r.trial.status = "stopped"
+                        r.kill()
+            for r in [r for r in running if r.proc.poll() is not None]:
+                result = finish_trial(state, r, r.proc.returncode)
                 running.remove(r)
                 free.append(r.slot)
                 state.save()
-                print(f"[{_index(state, r.trial)}] {r.trial.status} {r.trial.name} {_result(r.trial, sweep)}",
-                      flush=True)
+                print(f"[{state.trials.index(r.trial) + 1}/{len(state.trials)}] {r.trial.status} {r.trial.name} "
+                      f"{result}", flush=True)
     except KeyboardInterrupt:
-        for r in running:  # their own sessions: Ctrl-C did not reach them
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(r.proc.pid, signal.SIGTERM)
+        for r in running:
+            r.kill()
         for r in running:
             try:
                 r.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(r.proc.pid, signal.SIGKILL)
+                r.kill(signal.SIGKILL)
         print(f"sweep {sweep.name}: interrupted; run the same command again to carry on", file=sys.stderr)
         return 130
     print(table(sweep, state))
@@ -148,33 +259,11 @@ def next_trial(sweep: Sweep, state: State, run_cap: int | None) -> Trial | None:
     pending = next((t for t in state.trials if t.status == "pending"), None)
     if pending is not None or sweep.method != "bayes" or len(state.trials) >= (run_cap or 0):
         return pending
-    values = search.bayes_value(sweep, [(t, state.run_dir(t)) for t in state.trials], state.seed)
+    values = spec.bayes_value(sweep, state.trials, state.seed)
     if values is None:
         return None
-    trial = Trial(check_trials(sweep, state.directory, [(len(state.trials), values)])[0], values)
-    state.trials.append(trial)
-    return trial
-
-
-def early_terminate(sweep: Sweep, state: State, running: list[Running]) -> None:
-    """Hyperband through W&B's engine: the running trials it names are stopped (SIGTERM to their group)."""
-    stops = search.hyperband_stops(sweep, [(t, state.run_dir(t)) for t in state.trials])
-    for r in running:
-        if r.trial.name in stops and r.trial.status == "running":
-            r.trial.status = "stopped"
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(r.proc.pid, signal.SIGTERM)
-
-
-def _index(state: State, trial: Trial) -> str:
-    return f"{state.trials.index(trial) + 1}/{len(state.trials)}"
-
-
-def _result(trial: Trial, sweep: Sweep) -> str:
-    if trial.status == "finished":
-        value = trial.metrics.get(sweep.metric)
-        return f"{sweep.metric}={value:.4f} ({trial.wall_s} s)" if value is not None else f"({trial.wall_s} s)"
-    return (trial.error or "").splitlines()[0] if trial.error else ""
+    state.trials.append(Trial(check_trials(sweep, state.directory, [(len(state.trials), values)])[0], values))
+    return state.trials[-1]
 
 
 def table(sweep: Sweep, state: State) -> str:
@@ -183,12 +272,12 @@ def table(sweep: Sweep, state: State) -> str:
     groups: dict[str, list[float]] = {}
     for t in state.trials:
         value = t.metrics.get(sweep.metric) if t.status == "finished" else None
-        shown = f"{value:.4f}" if isinstance(value, float) else (t.error or "").splitlines()[0][:60] if t.error else ""
+        shown = f"{value:.4f}" if isinstance(value, float) else t.error.splitlines()[0][:60] if t.error else ""
         lines.append(f"{t.name:<60} {t.status:<9} {shown}")
         cell = describe({k: v for k, v in t.values.items() if k != "seed_everything"}) or "(all)"
         if isinstance(value, float):
             groups.setdefault(cell, []).append(value)
-    if groups and any(len(v) > 1 for v in groups.values()):
+    if any(len(v) > 1 for v in groups.values()):
         lines.append(f"per cell, mean ± std over seeds ({sweep.metric}):")
         for cell, values in groups.items():
             std = statistics.stdev(values) if len(values) > 1 else 0.0
