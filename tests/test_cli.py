@@ -180,6 +180,20 @@ def test_variant_is_what_differs_from_the_experiment(tmp_path: Path) -> None:
     assert parse(["--config", str(QUICKSTART), "--model.net.init_args.head=gap"])[2].variant == {}  # its own value
 
 
+@pytest.mark.parametrize("experiment", [p for p in EXPERIMENTS if p.stem != "ddp"], ids=lambda p: p.stem)
+def test_hyperparameters_load_as_plain_data(experiment: Path) -> None:
+    """What a checkpoint stores to rebuild its model and data (the parsed config, links applied) loads with
+    torch.load(weights_only=True): no config-type objects (jsonargparse's PositiveInt, ...) inside."""
+    import io
+
+    model, data, _ = parse(["--config", str(experiment)])
+    buffer = io.BytesIO()
+    torch.save({"hyper_parameters": dict(model.hparams), "datamodule_hyper_parameters": dict(data.hparams)}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    assert loaded["hyper_parameters"]["net"]["init_args"]["num_classes"] == data.num_classes
+
+
 def test_print_config_and_overrides(tmp_path: Path, cli) -> None:
     code, out, _ = cli(["fit", "--config", str(QUICKSTART), "--model.net.init_args.head=fc", "--model.aux_weight=0.1",
                         "--model.net.init_args.filter_sizes=[3, [3, 3]]", "--print_config"])

@@ -22,7 +22,8 @@ class DigitsDataModule(ImageDataModule):
                  split_seed: int = 0, test_views: TestViews = "single", resident: bool = True) -> None:
         super().__init__(batch_size, num_workers, test_views, resident)
         self.save_hyperparameters()
-        self.num_classes, self.in_channels, self.image_size = 10, 1, image_size
+        # plain ints: linked into the network's hyperparameters, which checkpoints load with weights_only=True
+        self.num_classes, self.in_channels, self.image_size = 10, 1, int(image_size)
         self.val_size, self.test_size, self.pad, self.split_seed = val_size, test_size, pad, split_seed
 
     def setup(self, stage: str | None = None) -> None:

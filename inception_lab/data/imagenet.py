@@ -74,7 +74,8 @@ class ImageNetDataModule(ImageDataModule):
         self.save_hyperparameters()
         self.root, self.eval_resize, self.val_size, self.split_seed = root, eval_resize, val_size, split_seed
         self.pin_memory, self.persistent_workers, self.color_jitter = pin_memory, persistent_workers, color_jitter
-        self.num_classes, self.in_channels, self.image_size = num_classes, 3, image_size
+        # plain ints: linked into the network's hyperparameters, which checkpoints load with weights_only=True
+        self.num_classes, self.in_channels, self.image_size = int(num_classes), 3, int(image_size)
 
     def _transforms(self) -> dict[str, Any]:
         to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
