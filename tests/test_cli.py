@@ -142,10 +142,10 @@ def test_every_experiment_runs(experiment: Path, tmp_path: Path, tiny_cifar: Pat
                 "--trainer.devices=1", "--trainer.precision=32-true",
                 "--trainer.strategy.init_args.process_group_backend=gloo"]
     text = experiment.read_text()
-    if "CIFAR" in text:
+    if "cifar" in experiment.stem:
         args += [f"--data.init_args.root={tiny_cifar}", "--data.init_args.batch_size=4",
                  "--data.init_args.val_size=10"]
-    if "ImageNetDataModule" in text:
+    if "imagenet" in experiment.stem:
         args += [f"--data.init_args.root={tiny_imagenet}", "--data.init_args.batch_size=2",
                  "--data.init_args.num_workers=0", "--data.init_args.num_classes=3",
                  "--data.init_args.val_size=2"]
