@@ -25,6 +25,7 @@ from lightning import Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.trainer.states import TrainerFn
 
 from inception_lab.data import DataError, ImageDataModule
 from inception_lab.hostmem import keep_freed_memory
@@ -45,7 +46,8 @@ class UserError(Exception):
 
 
 class RunConfigCallback(SaveConfigCallback):
-    """Writes the resolved config into the run directory (``config.yaml`` for fit) and into the W&B run config.
+    """Writes the resolved config into the run directory (``config.yaml`` for fit, ``<stage>-config.yaml`` for
+    validate/test/predict) and into the W&B run config.
 
     Overwrites by design: a resumed fit writes the same run directory again (Lightning #11256).
     """
@@ -54,7 +56,8 @@ class RunConfigCallback(SaveConfigCallback):
         if self.already_saved:
             return
         run_dir = Path(self.config.run_dir)
-        name = "config.yaml" if self.config.get("subcommand", "fit") in (None, "fit") else self.config_filename
+        stage = TrainerFn(stage).value
+        name = "config.yaml" if stage == "fit" else f"{stage}-config.yaml"  # validate/test/predict: never the fit's
         if trainer.is_global_zero:
             run_dir.mkdir(parents=True, exist_ok=True)
             tmp = run_dir / f".{name}.tmp"
@@ -150,7 +153,7 @@ class InceptionCLI(LightningCLI):
             callbacks.append(PredictionWriter(run_dir))
         logger = self._get(self.config_init, "trainer", default={}).get("logger")
         if logger is None or logger is True:  # default: the run directory's metrics.csv, plus W&B
-            csv = RunCSVLogger(run_dir, name="", version="")
+            csv = RunCSVLogger(run_dir, self.subcommand or "fit")
             loggers = [csv]
             wandb = make_wandb_logger(config, run_dir, self.variant)
             if wandb is not None:

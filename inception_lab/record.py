@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -141,6 +142,8 @@ class RunRecord(Callback):
         for key, value in trainer.callback_metrics.items():
             if key.startswith(("val/", "test/", "train/")) and key != "train/loss_total":
                 value = float(value)
+                if self.subcommand == "validate":  # under its own keys: the fit's val/* stay the fit's
+                    key = "validate/" + key.removeprefix("val/")
                 if math.isfinite(value):
                     metrics[key] = value
 
@@ -202,36 +205,53 @@ def _leaves(tree: Any) -> list:
     return [leaf for item in (tree or []) for leaf in _leaves(item)]
 
 
-class _ResumableWriter(ExperimentWriter):
-    """Keeps the rows of an earlier, interrupted fit up to the step it resumes from (Lightning deletes them)."""
+class _RunMetricsWriter(ExperimentWriter):
+    """A run's metrics file, rewritten whole through a temporary file and a rename at every save: a reader never
+    sees half of it, and nothing is removed before its rows are written again. A resumed fit keeps the rows of the
+    interrupted one up to the step it resumes from (later rows were lost with the kill)."""
 
-    def _check_log_dir_exists(self) -> None:
+    def __init__(self, log_dir: str, prefix: str = "") -> None:
+        self.NAME_METRICS_FILE, self.NAME_HPARAMS_FILE = f"{prefix}metrics.csv", f"{prefix}hparams.yaml"
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:  # Lightning's removes the file here
+        self._rows: list[dict[str, Any]] = []
         self._previous: list[dict[str, Any]] | None = None
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self._previous = [{k: float(v) for k, v in row.items() if v not in ("", None)}
-                                  for row in csv.DictReader(f)]
-            self._fs.rm_file(self.metrics_file_path)
+                self._previous = [{k: int(float(v)) if k in ("step", "epoch") else float(v)
+                                   for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
     def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
         if self._previous is not None and step is not None:
-            kept = [row for row in self._previous if row.get("step", 0) <= step]  # later rows: lost with the kill
-            self.metrics = kept + self.metrics
-            for row in kept:
-                row["step"] = int(row["step"])
-                if "epoch" in row:
-                    row["epoch"] = int(row["epoch"])
+            self._rows = [row for row in self._previous if row.get("step", 0) <= step]
             self._previous = None
         super().log_metrics(metrics_dict, step)
 
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        self._rows += self.metrics
+        self.metrics = []
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=sorted(set().union(*self._rows)))
+        writer.writeheader()
+        writer.writerows(self._rows)
+        write_atomic(Path(self.metrics_file_path), out.getvalue())
+
 
 class RunCSVLogger(CSVLogger):
-    """``<run dir>/metrics.csv``; a resumed fit continues the file instead of starting it over."""
+    """``<run dir>/metrics.csv`` for ``fit`` (a resumed fit continues it); ``<stage>-metrics.csv`` and
+    ``<stage>-hparams.yaml`` for validate/test/predict, which never rewrite what the fit wrote."""
+
+    def __init__(self, run_dir: Path, stage: str = "fit") -> None:
+        super().__init__(run_dir, name="", version="")
+        self.prefix = "" if stage == "fit" else f"{stage}-"
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ResumableWriter(log_dir=self.log_dir)
+            self._experiment = _RunMetricsWriter(log_dir=self.log_dir, prefix=self.prefix)
         return self._experiment

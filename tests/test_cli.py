@@ -86,6 +86,35 @@ def test_quickstart_fit_learns_and_its_checkpoint_stands_alone(tmp_path: Path, r
 
 
 @pytest.mark.slow
+def test_evaluating_a_run_never_rewrites_what_the_fit_wrote(tmp_path: Path, cli) -> None:
+    """validate, test (twice) and predict on a run's checkpoint add to the run under their own names; the fit's
+    metrics.csv, config.yaml, hparams.yaml, checkpoints and val metrics stay byte for byte. A resume of the finished
+    run, which trains and logs nothing, leaves metrics.csv as it was (the CSV logger used to delete it)."""
+    run_dir = tmp_path / "run"
+    fit = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=2", "--trainer.limit_train_batches=4",
+           "--trainer.limit_val_batches=2", "--wandb.enabled=false", "--run_dir", str(run_dir)]
+    assert cli(fit)[0] == 0
+    files = ["metrics.csv", "config.yaml", "hparams.yaml",
+             *(f"checkpoints/{p.name}" for p in (run_dir / "checkpoints").iterdir())]
+    before = {name: (run_dir / name).read_bytes() for name in files}
+    fit_metrics = read_summary(run_dir)["metrics"]
+    last = str(run_dir / "checkpoints/last.ckpt")
+    for stage in ("validate", "test", "test", "predict"):
+        code, _, err = cli([stage, "--ckpt_path", last, "--wandb.enabled=false"])
+        assert code == 0, err[-2000:]
+    assert {name: (run_dir / name).read_bytes() for name in files} == before
+    record = read_summary(run_dir)
+    assert record["status"] == "finished" and {k: record["metrics"][k] for k in fit_metrics} == fit_metrics
+    assert {"test/acc", "validate/acc"} <= set(record["metrics"])
+    assert {"validate-config.yaml", "test-config.yaml", "predict-config.yaml", "predictions.csv"} <= {
+        p.name for p in run_dir.iterdir()}
+    with open(run_dir / "test-metrics.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2  # one row per test run, appended
+    assert cli([*fit, "--ckpt_path", "last"])[0] == 0
+    assert (run_dir / "metrics.csv").read_bytes() == before["metrics.csv"]
+
+
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path, run_cli) -> None:
     base = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=3", "--trainer.limit_train_batches=8",
             "--trainer.limit_val_batches=3"]
