@@ -24,8 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
 # one small epoch of the quickstart: the same network and data, fewer batches
 SHORT = ["--trainer.limit_train_batches=6", "--trainer.limit_val_batches=2", "--trainer.max_epochs=1"]
-# set by in-process runs (the ddp.yaml smoke test binds MASTER_PORT in this process); a child must pick its own
-DIST_ENV = ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "LOCAL_WORLD_SIZE")
+# set by in-process runs: the ddp.yaml smoke test binds MASTER_PORT in this process, and a W&B run started here
+# exports its service's address (a child would share this process's wandb-core, where a killed child's run stays
+# "in use"); a child picks its own
+DIST_ENV = ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "LOCAL_WORLD_SIZE",
+            "WANDB_SERVICE")
 
 
 def clean_env() -> dict[str, str]:
