@@ -116,7 +116,10 @@ class InceptionCLI(LightningCLI):
         self.variant = self.compute_variant() if self.subcommand in (None, "fit") else {}
         resolve_run(config, self.subcommand or "fit", self.variant, self.first_config)
         last = Path(config.run_dir) / "checkpoints" / "last.ckpt"
-        if config.get("ckpt_path") == "last" and last.is_file():
+        if config.get("ckpt_path") == "last":  # Lightning would train from scratch, hinting at save_last=True
+            if not last.is_file():
+                raise UserError(f"--ckpt_path last: {last} does not exist: nothing to resume in {config.run_dir}; "
+                                "drop --ckpt_path to start a new run there")
             read_checkpoint(str(last))  # a last.ckpt truncated by a kill: one line, before anything is written
         if "weights_only" in config and config.weights_only is None:
             config.weights_only = True  # a checkpoint is data, not a program

@@ -269,6 +269,7 @@ BAD = {
                     "model.net.init_args.filter_sizes=[3, 4]: kernel sizes must be odd"),
     "epochs": (["--config", str(QUICKSTART), "--trainer.max_epochs=many"], "trainer.max_epochs"),
     "interval": (["--config", str(QUICKSTART), "--model.lr_interval=epoch"], "model.lr_interval='epoch' does not fit"),
+    "resume of no run": (["--config", str(QUICKSTART), "--ckpt_path", "last"], "--ckpt_path last: "),
     "invalid yaml": _bad_yaml,
     "text file as checkpoint": _not_a_checkpoint,
     "truncated checkpoint": _truncated_checkpoint,
