@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from jsonargparse.typing import NonNegativeFloat
+from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from inception_lab.data.views import ViewBatch
 from inception_lab.models.cost import summarize
 from inception_lab.models.inception import Inception
 
@@ -50,6 +51,12 @@ class InceptionClassifier(LightningModule):
         lr_interval: when the scheduler steps, and so how it is built (above).
         channels_last: keep weights and activations in NHWC (faster convolutions and pooling; same maths).
         compile: ``torch.compile`` the network in place (state_dict keys unchanged); pays off on GPUs.
+        views_per_forward: test-time views (``data.init_args.test_views``) evaluated per forward pass: an image's
+            144 views and a batch's images are cut into chunks of this many, so memory is bounded whatever the
+            protocol (256 views at 224: about the activations of an eval batch of 256).
+
+    ``test_step`` and ``predict_step`` return each image's class probabilities (averaged over its views), which
+    ``inception_lab.predictions.ProbabilityWriter`` stores.
     """
 
     def __init__(
@@ -62,6 +69,7 @@ class InceptionClassifier(LightningModule):
         lr_interval: Literal["epoch", "step"] = "epoch",
         channels_last: bool = True,
         compile: bool = False,
+        views_per_forward: PositiveInt = 256,
     ) -> None:
         super().__init__()
         if not aux_weight >= 0:  # typed NonNegativeFloat for the CLI; this is for Python callers
@@ -91,6 +99,7 @@ class InceptionClassifier(LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # survives a resume from checkpoint
         self.compile_net = compile
+        self.views_per_forward = int(views_per_forward)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
 
@@ -100,21 +109,33 @@ class InceptionClassifier(LightningModule):
             self._compiled = True
 
     # ---- forward and losses -------------------------------------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
-        """Class probabilities; a 5-D batch ``(N, V, C, H, W)`` of test views is averaged over the V views."""
-        if x.ndim == 5:
-            n, v = x.shape[:2]
-            probs = self.net(x.flatten(0, 1)).logits.softmax(-1)
-            return probs.view(n, v, -1).mean(1)
+    def forward(self, x: Tensor | ViewBatch) -> Tensor:
+        """Class probabilities ``(N, classes)``; test views (a :class:`ViewBatch`, or a float ``(N, V, C, H, W)``)
+        averaged over each image's V views."""
+        if isinstance(x, ViewBatch) or x.ndim == 5:
+            return self._view_probs(x)[0]
         return self.net(x).logits.softmax(-1)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def _view_probs(self, x: Tensor | ViewBatch, with_aux: bool = False) -> list[Tensor]:
+        """Per head (main, then aux): ``(N, classes)`` probabilities averaged over the views (Section 7: softmax
+        probabilities averaged over crops), the views evaluated ``views_per_forward`` at a time."""
+        views = x if isinstance(x, ViewBatch) else ViewBatch(x)
+        n, v = views.shape[:2]
+        heads: list[list[Tensor]] = []
+        for chunk in views.chunks(self.views_per_forward):
+            out = self.net(chunk, with_aux=with_aux)
+            for i, logits in enumerate((out.logits, *out.aux)):
+                if i == len(heads):
+                    heads.append([])
+                heads[i].append(logits.float().softmax(-1))
+        return [torch.cat(probs).view(n, v, -1).mean(1) for probs in heads]
+
+    def _step(self, batch: tuple[Tensor | ViewBatch, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        """(the loss to optimize, the main head's logits or log-probabilities)."""
         x, y = batch
-        if x.ndim == 5:  # test-time views: average the probabilities (the paper's multi-crop protocol)
-            n, v = x.shape[:2]
-            out = self.net(x.flatten(0, 1), with_aux=True)
-            logits = out.logits.softmax(-1).view(n, v, -1).mean(1).log()
-            aux = tuple(a.softmax(-1).view(n, v, -1).mean(1).log() for a in out.aux)
+        if isinstance(x, ViewBatch) or x.ndim == 5:  # test-time views: probabilities averaged per image
+            probs = self._view_probs(x, with_aux=True)
+            logits, aux = probs[0].log(), tuple(p.log() for p in probs[1:])
             loss = F.nll_loss(logits, y)
             total = loss
         else:
@@ -128,7 +149,7 @@ class InceptionClassifier(LightningModule):
         metrics = self.metrics[f"{stage}_acc"]
         for head, head_logits in zip(self.heads, (logits, *aux)):
             metrics[head].update(head_logits.detach(), y)
-        return total
+        return total, logits
 
     def on_train_epoch_start(self) -> None:
         # A run resumed at an epoch boundary draws the same augmentation and dropout as one never interrupted.
@@ -136,7 +157,7 @@ class InceptionClassifier(LightningModule):
         torch.manual_seed(seed * 1_000_003 + self.current_epoch + self.global_rank * 7919)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self._step(batch, "train")
+        loss, _ = self._step(batch, "train")
         # to the logger only: a progress-bar value is read on the host after every step (a device sync)
         self.log("train/loss_total", loss, on_step=True, on_epoch=False)
         return loss
@@ -144,10 +165,11 @@ class InceptionClassifier(LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch: tuple[Tensor | ViewBatch, Tensor], batch_idx: int) -> Tensor:
+        _, logits = self._step(batch, "test")
+        return logits.detach().softmax(-1)  # softmax of log-probabilities: the averaged probabilities themselves
 
-    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def predict_step(self, batch: tuple[Tensor | ViewBatch, Tensor], batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x)
 

@@ -21,6 +21,7 @@ from inception_lab.data import (
     random_crop_flip,
 )
 from inception_lab.data.base import split_indices
+from inception_lab.data.views import ViewBatch
 
 
 def stage(dm: ImageDataModule, name: str) -> None:
@@ -123,15 +124,19 @@ def test_random_crop_flip_draws_per_sample() -> None:
     assert (cropped == 0).any()  # zero padding shows at the borders of shifted crops
 
 
-def test_flip_test_views_and_ten_crop_rejected(digits: DigitsDataModule) -> None:
+@pytest.mark.parametrize("views", ["ten_crop", "multi144"])
+def test_flip_test_views_and_crops_rejected(digits: DigitsDataModule, views: str) -> None:
     dm = DigitsDataModule(batch_size=16, test_views="flip")
     dm.setup("test")
     x, y = first_batch(dm, "test")
-    assert x.shape == (16, 2, 1, 32, 32) and torch.equal(x[:, 1], x[:, 0].flip(-1)) and y.shape == (16,)
+    assert isinstance(x, ViewBatch) and x.shape == (16, 2, 1, 32, 32) and x.views.dtype == torch.uint8
+    assert torch.equal(x.views[:, 1], x.views[:, 0].flip(-1)) and y.shape == (16,)
+    plain, _ = first_batch(digits, "test")
+    assert torch.equal(next(x.chunks(32)), torch.stack([plain[:16], plain[:16].flip(-1)], 1).flatten(0, 1))
     x, _ = first_batch(dm, "val")
     assert x.shape == (16, 1, 32, 32)  # views only at test time: validation picks models on single views
-    with pytest.raises(ValueError, match="test_views"):
-        DigitsDataModule(test_views="ten_crop")
+    with pytest.raises(ValueError, match=rf"^data.init_args.test_views='{views}': .* allows 'single' or 'flip'$"):
+        DigitsDataModule(test_views=views)
 
 
 def test_split_sizes_that_leave_nothing_name_the_key() -> None:
@@ -221,23 +226,28 @@ def test_imagenet_batches(tiny_imagenet: Path) -> None:
         x, y = first_batch(dm, name)
         assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32 and y.dtype == torch.int64
         assert x.is_contiguous(memory_format=torch.channels_last)
-        assert -3 < x.mean() < 3 and x.min() < 0  # normalized with ImageNet mean/std in the workers
+        assert -3 < x.mean() < 3 and x.min() < 0  # normalized with ImageNet mean/std (eval: on the device)
 
 
-@pytest.mark.parametrize(("views", "count"), [("ten_crop", 10), ("flip", 2)])
+@pytest.mark.parametrize(("views", "count"), [("ten_crop", 10), ("flip", 2), ("multi144", 144)])
 def test_imagenet_test_views(tiny_imagenet: Path, views: str, count: int) -> None:
+    """Cut in the workers as uint8, normalized on the device a chunk at a time; each view followed by its mirror."""
     dm = imagenet(tiny_imagenet, test_views=views)
     x, y = first_batch(dm, "test")
-    assert x.shape == (4, count, 3, 64, 64) and y.shape == (4,)
-    center = {10: 4, 2: 0}[count]  # ten_crop: top-left, top-right, bottom-left, bottom-right, center; mirrored
-    if views == "flip":
-        assert torch.equal(x[:, 1], x[:, 0].flip(-1))
-    else:  # torchvision mirrors the image before cropping: a crop of odd margin shifts by a pixel
-        assert len({v.numpy().tobytes() for v in x[0]}) == 10
+    assert isinstance(x, ViewBatch) and x.shape == (4, count, 3, 64, 64) and x.views.dtype == torch.uint8
+    assert y.shape == (4,) and torch.equal(x.views[:, 1::2], x.views[:, 0::2].flip(-1))
+    assert len({v.numpy().tobytes() for v in x.views[0]}) == count
     single, _ = first_batch(imagenet(tiny_imagenet), "test")
-    assert torch.allclose(x[:, center], single, atol=1e-5)  # the center view is the single-view input
+    chunks = list(x.chunks(7))
+    assert [len(c) for c in chunks] == [7] * (4 * count // 7) + ([4 * count % 7] if 4 * count % 7 else [])
+    normalized = torch.cat(chunks).unflatten(0, (4, count))
+    assert normalized.dtype == torch.float32 and torch.equal(normalized, dm.normalize(x.views.flatten(0, 1)).view(
+        normalized.shape))
+    if views != "multi144":  # its first scale is not eval_resize; its views are checked in tests/test_views.py
+        center = {10: 8, 2: 0}[count]  # ten_crop: top-left, top-right, bottom-left, bottom-right, center; each mirrored
+        assert torch.equal(normalized[:, center], single)  # the center view is the single-view input
     x, _ = first_batch(dm, "val")
-    assert x.shape == (4, 3, 64, 64)
+    assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32
 
 
 def test_imagenet_class_count_mismatch(tiny_imagenet: Path) -> None:

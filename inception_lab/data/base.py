@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
@@ -12,9 +12,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from inception_lab.arguments import check
+from inception_lab.data.views import TestViews, ViewBatch, mirrored
 from inception_lab.sampling import EpochShuffleSampler, ResidentLoader, trainer_epoch
-
-TestViews = Literal["single", "flip", "ten_crop"]
 
 
 class DataError(RuntimeError):
@@ -51,15 +50,19 @@ class ImageDataModule(LightningDataModule):
     whole dataset is copied once to the training device (the GPU) and batches are gathered there by index (a
     :class:`ResidentLoader`: no workers, no collation, no copy per step); otherwise batches travel to the device
     as uint8 through a DataLoader. Either way they are augmented (per sample), converted and normalized on the
-    device, in ``on_after_batch_transfer``; float batches (ImageNet: decoded, augmented and normalized in the
-    loader workers) pass through unchanged. The training order is the same both ways: (seed, epoch) alone fixes it.
+    device, in ``on_after_batch_transfer``; float batches (ImageNet's training batches: decoded, augmented and
+    normalized in the loader workers) pass through unchanged. The training order is the same both ways: (seed,
+    epoch) alone fixes it. Test views arrive as uint8 ``(N, V, C, H, W)`` (cut in the workers, or, for ``flip`` on
+    in-memory data, here) and go on as a :class:`~inception_lab.data.views.ViewBatch`, normalized by the model a
+    chunk at a time.
 
     Args:
         batch_size: per device: the global batch is ``batch_size x devices``.
         num_workers: DataLoader worker processes.
-        test_views: test-time augmentation: ``single``; ``flip`` (the image and its mirror); ``ten_crop`` (four
-            corners and the center, and their mirrors: ImageNet). Test batches are then ``(N, V, C, H, W)`` and the
-            model averages its probabilities over the V views.
+        test_views: test-time views (``inception_lab.data.views.make_views``): ``single``; ``flip`` (the image
+            and its mirror); ``ten_crop`` (four corners and the center, and their mirrors) and ``multi144`` (the
+            paper's 144 crops, Section 7): ImageNet only (``views_supported``). The model averages its probabilities
+            over an image's views; ``batch_size`` still counts images.
         resident: hold the whole (in-memory) dataset on the training device and gather batches there; needs
             ``num_workers=0``.
     """
@@ -71,7 +74,7 @@ class ImageDataModule(LightningDataModule):
     std: tuple[float, ...] = (0.5,)
     pad: int = 0  # random-crop padding for on-device augmentation (0: none)
     flip: bool = False  # random horizontal flips for on-device augmentation
-    ten_crop_ok: bool = False
+    views_supported: tuple[str, ...] = ("single", "flip")  # the test_views this data can cut
     pin_memory: bool = False
     persistent_workers: bool = False
 
@@ -81,9 +84,7 @@ class ImageDataModule(LightningDataModule):
         for name, value, allowed in (("batch_size", batch_size, PositiveInt), ("num_workers", num_workers,
                                      NonNegativeInt), ("test_views", test_views, TestViews)):
             check(f"data.init_args.{name}", value, allowed)
-        if test_views == "ten_crop" and not self.ten_crop_ok:
-            raise ValueError(f"data.init_args.test_views='ten_crop': only for ImageNet-sized inputs; "
-                             f"{type(self).__name__} allows 'single' or 'flip'")
+        self.check_test_views(test_views)
         if resident and num_workers:
             raise ValueError(f"data.init_args.num_workers={num_workers}: a resident dataset is gathered on the device "
                              "and needs no workers; set num_workers to 0, or resident to false")
@@ -94,6 +95,14 @@ class ImageDataModule(LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+
+    @classmethod
+    def check_test_views(cls, test_views: str) -> None:
+        """ValueError, in one line naming the key, when this data cannot cut ``test_views``."""
+        if test_views not in cls.views_supported:
+            allowed = " or ".join(repr(v) for v in cls.views_supported)
+            raise ValueError(f"data.init_args.test_views={test_views!r}: only for ImageNet-sized inputs; "
+                             f"{cls.__name__} allows {allowed}")
 
     # ---- loaders ------------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset | None, train: bool,
@@ -143,11 +152,14 @@ class ImageDataModule(LightningDataModule):
         x, y = batch
         trainer = self.trainer
         if x.dtype == torch.uint8:
+            evaluating = trainer is not None and (trainer.testing or trainer.predicting)
+            if x.ndim == 4 and evaluating and self.test_views == "flip":  # in-memory data: its views cut here
+                x = mirrored(x).unflatten(0, (len(x), 2))  # N x 2 x C x H x W
+            if x.ndim == 5:
+                return ViewBatch(x, self.normalize), y
             if trainer is not None and trainer.training:
                 x = random_crop_flip(x, self.pad, self.flip)
             x = self.normalize(x)
-            if trainer is not None and (trainer.testing or trainer.predicting) and self.test_views == "flip":
-                x = torch.stack([x, x.flip(-1)], 1)
         if x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y

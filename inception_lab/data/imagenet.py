@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
@@ -11,17 +11,10 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder, ImageNet
 from torchvision.transforms import v2
 
-from inception_lab.data.base import DataError, ImageDataModule, TestViews, split_indices
+from inception_lab.data.base import DataError, ImageDataModule, split_indices
+from inception_lab.data.views import TestViews, ViewMaker
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _stack_views(views: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    return torch.stack(list(views))
-
-
-def _with_mirror(image: torch.Tensor) -> torch.Tensor:
-    return torch.stack([image, image.flip(-1)])
 
 
 class _Transformed(Dataset):
@@ -38,32 +31,20 @@ class _Transformed(Dataset):
         return self.transform(image), label
 
 
-class Views:
-    """``(C, H, W)`` -> ``(V, C, S, S)`` test views: ``flip`` (the center crop and its mirror, V=2) or ``ten_crop``
-    (corners and center and their mirrors, V=10: the paper's multi-crop protocol, Section 7, at one scale)."""
-
-    def __init__(self, views: TestViews, size: int) -> None:
-        self.views, self.size = views, size
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        image = image.as_subclass(torch.Tensor)
-        if self.views == "ten_crop":
-            return torch.stack(v2.functional.ten_crop(image, self.size))
-        crop = v2.functional.center_crop(image, self.size)
-        return torch.stack([crop, crop.flip(-1)])
-
-
 class ImageNetDataModule(ImageDataModule):
     """ImageNet: ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (torchvision ``ImageFolder``), or
     torchvision's ``ImageNet`` layout when ``root`` holds its devkit (``meta.bin`` / ``ILSVRC2012_devkit_t12.tar.gz``).
 
     ``val_size`` training images (seeded) are held out for validation; the official ``val/`` set is the test split.
     Training: the paper's augmentation (Section 6): crops of 8%-100% of the area with aspect ratio 3/4-4/3 resized to
-    ``image_size``, horizontal flips, photometric distortions (``color_jitter``). Evaluation: resize to
-    ``eval_resize``, center crop ``image_size``; ``test_views=ten_crop`` for the 10-crop protocol.
+    ``image_size``, horizontal flips, photometric distortions (``color_jitter``), normalized in the workers.
+    Evaluation: resize to ``eval_resize``, center crop ``image_size``, cut in the workers as uint8 and normalized on
+    the device; ``test_views``: ``ten_crop`` for the one-scale 10-crop protocol, ``multi144`` for the paper's 144
+    crops (Section 7; ``inception_lab.data.views``). 144 views are 21.7 MB per image at 224 as uint8: a test batch
+    of 256 images is 5.5 GB, so lower ``batch_size`` for ``multi144`` (it counts images, not views).
     """
 
-    ten_crop_ok = True
+    views_supported = get_args(TestViews)
     mean, std = MEAN, STD
 
     def __init__(self, root: str = "data/imagenet", image_size: PositiveInt = 224, eval_resize: PositiveInt = 256,
@@ -82,11 +63,8 @@ class ImageNetDataModule(ImageDataModule):
         jitter = [v2.ColorJitter(self.color_jitter, self.color_jitter, self.color_jitter)] if self.color_jitter else []
         train = v2.Compose([v2.RandomResizedCrop(self.image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                                                  antialias=True), v2.RandomHorizontalFlip(), *jitter, *to_tensor])
-        center = v2.Compose([v2.Resize(self.eval_resize, antialias=True), v2.CenterCrop(self.image_size), *to_tensor])
-        resized = [v2.Resize(self.eval_resize, antialias=True), *to_tensor]
-        views = Views(self.test_views, self.image_size)
-        test = center if self.test_views == "single" else v2.Compose([*resized, views])
-        return {"train": train, "eval": center, "test": test}
+        center = ViewMaker("single", self.image_size, self.eval_resize)
+        return {"train": train, "eval": center, "test": ViewMaker(self.test_views, self.image_size, self.eval_resize)}
 
     def _devkit_layout(self) -> bool:
         root = Path(self.root)
