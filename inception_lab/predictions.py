@@ -1,0 +1,118 @@
+"""Stored predictions: what ``test`` and ``predict`` computed for every image, kept in the run directory so that
+ensembles (``python -m inception_lab ensemble``) and any later analysis start from numbers, not checkpoints.
+
+``<run dir>/predictions/<split>-<views>.npz``, e.g. ``predictions/test-multi144.npz``:
+
+| array | what |
+|---|---|
+| ``probs`` | float16 ``(images, classes)``: class probabilities, averaged over the image's views, in dataset order |
+| ``labels`` | int64 ``(images,)`` |
+| ``checkpoint`` | the checkpoint they came from: its path inside the run directory (else as given) |
+| ``views``, ``split`` | the view protocol (``single``, ``flip``, ``ten_crop``, ``multi144``) and the split (``test``) |
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+
+from inception_lab.runfiles import write_atomic
+
+SPLIT = "test"  # test and predict both read the DataModule's test split
+
+
+def predictions_path(run_dir: Path, views: str, split: str = SPLIT) -> Path:
+    return Path(run_dir) / "predictions" / f"{split}-{views}.npz"
+
+
+def checkpoint_name(run_dir: Path, checkpoint: str | Path) -> str:
+    """A checkpoint as the run's predictions name it: relative to the run directory when inside it (a run moved
+    elsewhere keeps its names), else as given."""
+    path = Path(checkpoint)
+    try:
+        return str(path.resolve().relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        return str(checkpoint)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One stored ``.npz``: probabilities ``(images, classes)`` (as stored: float16), labels, where they came from."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    checkpoint: str
+    views: str
+    split: str
+
+    @classmethod
+    def load(cls, path: Path) -> Predictions:
+        with np.load(path, allow_pickle=False) as data:
+            return cls(data["probs"], data["labels"], str(data["checkpoint"]), str(data["views"]), str(data["split"]))
+
+    def save(self, path: Path) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, probs=self.probs.astype(np.float16), labels=self.labels.astype(np.int64),
+                 checkpoint=np.array(self.checkpoint), views=np.array(self.views), split=np.array(self.split))
+        write_atomic(path, buffer.getvalue())
+
+
+class ProbabilityWriter(Callback):
+    """``test`` and ``predict`` write ``<run dir>/predictions/<split>-<views>.npz`` (see this module's docstring).
+
+    The probabilities stay on the device until the epoch ends (no host sync per step), then go out in one copy. On
+    one process only: under DDP each rank holds a padded shard in sampler order, and nothing is written.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._probs: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    def _start(self) -> None:
+        self._probs, self._labels = [], []
+
+    def _collect(self, outputs: Any, batch: Any) -> None:
+        if isinstance(outputs, torch.Tensor) and isinstance(batch, (tuple, list)) and len(batch) > 1:
+            self._probs.append(outputs.detach().to(torch.float16))  # as stored; half the device memory
+            self._labels.append(batch[1].detach())
+
+    def _write(self, trainer: Trainer) -> None:
+        probs, labels = self._probs, self._labels
+        self._start()
+        if not probs:
+            return
+        if trainer.world_size > 1:
+            rank_zero_warn("predictions/*.npz are written by single-process test/predict only; run it on one device")
+            return
+        views = getattr(trainer.datamodule, "test_views", "single")
+        checkpoint = checkpoint_name(self.run_dir, trainer.ckpt_path) if trainer.ckpt_path else ""
+        Predictions(torch.cat(probs).cpu().numpy(), torch.cat(labels).cpu().numpy(), checkpoint, views,
+                    SPLIT).save(predictions_path(self.run_dir, views))
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start()
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(outputs, batch)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer)
+
+    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start()
+
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(outputs, batch)
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer)
