@@ -1,4 +1,5 @@
-"""`python -m inception_lab <command>`: fit, validate, test, predict (LightningCLI), summary, bench, sweep, compare."""
+"""`python -m inception_lab <command>`: fit, validate, test, predict (LightningCLI), summary, bench, sweep, compare,
+ensemble."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ COMMANDS = {  # command: (module, function); fit/validate/test/predict go to Lig
     "bench": ("inception_lab.bench", "main"),
     "sweep": ("inception_lab.sweep", "main"),
     "compare": ("inception_lab.compare", "main"),
+    "ensemble": ("inception_lab.ensemble", "main"),
 }
 
 

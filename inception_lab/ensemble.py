@@ -1,0 +1,248 @@
+"""The paper's Table 3: top-1 and top-5 error of 1..N models at 1, 10 and 144 crops, and what each costs.
+
+    python -m inception_lab ensemble RUN_DIR... [--views single,ten_crop,multi144] [--out DIR] [-- TEST_ARGS...]
+
+Each run's stored predictions (``<run>/predictions/test-<views>.npz``, :mod:`inception_lab.predictions`) are read;
+where one is missing, or was made from another checkpoint than the run's best (else last), ``test`` computes it
+(``python -m inception_lab test --ckpt_path <run>/checkpoints/<ckpt> --data.init_args.test_views <views>
+TEST_ARGS...``, e.g. ``-- --data.init_args.batch_size 8`` for ``multi144``). Softmax probabilities are averaged over
+an image's views (in ``test``), then over models (here: Section 7). For k = 1..N the ensemble is the first k runs;
+cost is models x crops; deltas are against one model at one crop (``single``, always computed: the base).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import get_args
+
+import numpy as np
+import yaml
+
+from inception_lab.data.views import VIEW_COUNTS, TestViews
+from inception_lab.predictions import SPLIT, Predictions, checkpoint_name, predictions_path
+from inception_lab.runfiles import write_atomic
+
+DEFAULT_VIEWS = ("single", "ten_crop", "multi144")
+BASE = "single"
+
+
+class EnsembleError(Exception):
+    """Bad input or a failed evaluation: reported as one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of Table 3. Errors are fractions in [0, 1]; deltas are against one model at one crop."""
+
+    models: int
+    crops: int
+    views: str
+    cost: int
+    top1_error: float
+    top5_error: float
+    delta_top1: float
+    delta_top5: float
+
+
+# ---- the arithmetic -------------------------------------------------------------------------------------------------
+def top_k_error(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """The fraction of images whose label is not among the ``k`` most probable classes (ties: the lower class)."""
+    k = min(k, probs.shape[1])
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return float((top != labels[:, None]).all(axis=1).mean())
+
+
+def average(predictions: list[Predictions]) -> np.ndarray:
+    """An ensemble's probabilities: each model's (already averaged over its views) averaged over models, float64."""
+    return np.mean([p.probs.astype(np.float64) for p in predictions], axis=0)
+
+
+def table3(predictions: dict[str, list[Predictions]]) -> list[Row]:
+    """``predictions[views][i]`` is run i's; rows for k = 1..N models (the first k runs), then by crops."""
+    if BASE not in predictions:
+        raise EnsembleError(f"views: {BASE!r} is the base every row is compared with; include it")
+    labels = predictions[BASE][0].labels
+    errors = {}
+    for views, runs in predictions.items():
+        for k in range(1, len(runs) + 1):
+            probs = average(runs[:k])
+            errors[k, views] = top_k_error(probs, labels, 1), top_k_error(probs, labels, 5)
+    base1, base5 = errors[1, BASE]
+    order = sorted(errors, key=lambda key: (key[0], VIEW_COUNTS[key[1]]))
+    return [Row(k, VIEW_COUNTS[views], views, k * VIEW_COUNTS[views], *errors[k, views],
+                errors[k, views][0] - base1, errors[k, views][1] - base5) for k, views in order]
+
+
+# ---- runs, their checkpoints and stored predictions -------------------------------------------------------------
+def run_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a run is evaluated from: its best (``best-*.ckpt``, the highest val top-1), else ``last.ckpt``."""
+    folder = run_dir / "checkpoints"
+    best = sorted(folder.glob("best-*.ckpt"), key=lambda p: (_accuracy_in_name(p), p.name))
+    if best:
+        return best[-1]
+    last = folder / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def _accuracy_in_name(path: Path) -> float:
+    try:
+        return float(path.stem.rsplit("acc", 1)[1])
+    except (IndexError, ValueError):
+        return float("-inf")
+
+
+def check_views_supported(run_dir: Path, views: str) -> None:
+    """A view protocol the run's data cannot cut (``multi144`` on the digits): the DataModule's own one line."""
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        module, _, name = config["data"]["class_path"].rpartition(".")
+        data_class = getattr(importlib.import_module(module), name)
+    except (OSError, KeyError, TypeError, ValueError, ImportError, AttributeError, yaml.YAMLError):
+        return  # no readable record of its data: `test` itself will say
+    check = getattr(data_class, "check_test_views", None)
+    if check is not None:
+        try:
+            check(views)
+        except ValueError as error:
+            raise EnsembleError(f"{run_dir}: {error}") from None
+
+
+def stored(run_dir: Path, views: str, checkpoint: Path | None) -> Predictions | None:
+    """The run's stored predictions for ``views``, if made from ``checkpoint`` (or the run has none left)."""
+    path = predictions_path(run_dir, views)
+    if not path.is_file():
+        return None
+    try:
+        predictions = Predictions.load(path)
+    except (OSError, ValueError, KeyError) as error:
+        raise EnsembleError(f"{path}: not a readable predictions file ({error})") from None
+    if checkpoint is not None and predictions.checkpoint != checkpoint_name(run_dir, checkpoint):
+        return None  # from an earlier checkpoint of this run
+    return predictions
+
+
+def run_test(run_dir: Path, checkpoint: Path, views: str, test_args: list[str]) -> None:
+    """``python -m inception_lab test`` on the run's checkpoint with these views; it stores the predictions."""
+    command = [sys.executable, "-m", "inception_lab", "test", "--ckpt_path", str(checkpoint),
+               "--data.init_args.test_views", views, *test_args]
+    print(f"{run_dir}: testing {checkpoint.name} with {views} views", flush=True)
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        reason = next((ln.removeprefix("inception_lab: error: ") for ln in reversed(lines)
+                       if ln.startswith("inception_lab: error: ")), lines[-1] if lines else "")
+        raise EnsembleError(f"{run_dir}: test with {views} views failed (exit {proc.returncode}): {reason}")
+
+
+def collect(runs: list[Path], views: list[str], test_args: list[str]) -> dict[str, list[Predictions]]:
+    """Every run's predictions for every view protocol, computing the missing ones (checked first, all of them:
+    nothing is computed when one of them cannot be)."""
+    missing = []
+    for run_dir in runs:
+        if not run_dir.is_dir():
+            raise EnsembleError(f"{run_dir}: no such run directory")
+        checkpoint = run_checkpoint(run_dir)
+        for v in views:
+            if stored(run_dir, v, checkpoint) is None:
+                if checkpoint is None:
+                    raise EnsembleError(f"{run_dir}: no stored {predictions_path(run_dir, v).name} and no "
+                                        "checkpoints/best-*.ckpt or last.ckpt to compute it from")
+                check_views_supported(run_dir, v)
+                missing.append((run_dir, checkpoint, v))
+    for run_dir, checkpoint, v in missing:
+        run_test(run_dir, checkpoint, v, test_args)
+    predictions: dict[str, list[Predictions]] = {v: [] for v in views}
+    for run_dir in runs:
+        for v in views:
+            found = stored(run_dir, v, run_checkpoint(run_dir))
+            if found is None:
+                raise EnsembleError(f"{run_dir}: test ran but wrote no {predictions_path(run_dir, v)}")
+            predictions[v].append(found)
+    _check_same_images(runs, predictions)
+    return predictions
+
+
+def _check_same_images(runs: list[Path], predictions: dict[str, list[Predictions]]) -> None:
+    first = predictions[BASE][0]
+    for v, per_run in predictions.items():
+        for run_dir, p in zip(runs, per_run):
+            if p.probs.shape != first.probs.shape or not np.array_equal(p.labels, first.labels):
+                raise EnsembleError(f"{predictions_path(run_dir, v)}: {p.probs.shape[0]} images x "
+                                    f"{p.probs.shape[1]} classes with their labels, not the {first.probs.shape[0]} x "
+                                    f"{first.probs.shape[1]} of {predictions_path(runs[0], BASE)}: the runs were "
+                                    "tested on different data")
+
+
+# ---- the report -------------------------------------------------------------------------------------------------
+def _percent(value: float, signed: bool = False) -> str:
+    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}%"
+
+
+def markdown(rows: list[Row], runs: list[Path], images: int) -> str:
+    lines = [f"Table 3 layout (Szegedy et al., 2014): {len(runs)} run(s), {images} {SPLIT} images; k models = the "
+             "first k runs; cost = models x crops; deltas in points against 1 model, 1 crop.", "",
+             "| models | crops | views | cost | top-1 error | top-5 error | Δ top-1 | Δ top-5 |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        base = r.models == 1 and r.views == BASE
+        deltas = ("base", "base") if base else (_percent(r.delta_top1, True), _percent(r.delta_top5, True))
+        lines.append(f"| {r.models} | {r.crops} | {r.views} | {r.cost} | {_percent(r.top1_error)} | "
+                     f"{_percent(r.top5_error)} | {deltas[0]} | {deltas[1]} |")
+    lines += ["", "Runs, in order: " + ", ".join(f"`{run}`" for run in runs)]
+    return "\n".join(lines) + "\n"
+
+
+def ensemble(runs: list[Path], views: list[str], out: Path, test_args: list[str]) -> tuple[list[Row], str]:
+    """Table 3 for ``runs``: rows, and the markdown written to ``out/table3.md`` (and ``out/table3.json``)."""
+    views = [BASE, *(v for v in views if v != BASE)]
+    predictions = collect(runs, views, test_args)
+    rows = table3(predictions)
+    first = predictions[BASE][0]
+    text = markdown(rows, runs, len(first.labels))
+    record = {"runs": [str(r) for r in runs], "checkpoints": [p.checkpoint for p in predictions[BASE]],
+              "split": SPLIT, "images": len(first.labels), "classes": int(first.probs.shape[1]),
+              "rows": [asdict(r) for r in rows]}
+    write_atomic(out / "table3.md", text)
+    write_atomic(out / "table3.json", json.dumps(record, indent=2) + "\n")
+    return rows, text
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, as every command's bad input
+        print(f"inception_lab: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    test_args = args[args.index("--") + 1:] if "--" in args else []
+    args = args[:args.index("--")] if "--" in args else args
+    parser = _Parser(prog="python -m inception_lab ensemble", description=__doc__.split("\n\n")[0],
+                     usage="%(prog)s RUN_DIR... [--views V,...] [--out DIR] [-- TEST_ARGS...]",
+                     epilog="TEST_ARGS go to every `test` the ensemble runs, e.g. -- --data.init_args.batch_size 8 "
+                            "--data.init_args.root /data/imagenet")
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (the first k make the k-model ensemble)")
+    parser.add_argument("--views", default=",".join(DEFAULT_VIEWS),
+                        help=f"view protocols, comma-separated, of {', '.join(get_args(TestViews))} (default: "
+                             f"%(default)s; {BASE} is always added: the base)")
+    parser.add_argument("--out", type=Path, default=Path("report"), help="where table3.md and table3.json go "
+                                                                          "(default: ./report)")
+    parsed = parser.parse_args(args)
+    views = [v.strip() for v in parsed.views.split(",") if v.strip()]
+    unknown = [v for v in views if v not in VIEW_COUNTS]
+    if unknown or not views:
+        parser.error(f"--views {parsed.views}: expected a comma-separated list of {', '.join(get_args(TestViews))}")
+    try:
+        _, text = ensemble(parsed.runs, list(dict.fromkeys(views)), parsed.out, test_args)
+    except EnsembleError as error:
+        print(f"inception_lab: error: {error}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    print(f"wrote {parsed.out / 'table3.md'}, {parsed.out / 'table3.json'}")
+    return 0

@@ -1,0 +1,184 @@
+"""The paper's Table 3 (`python -m inception_lab ensemble`): stored predictions, averaged over views, then models."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from inception_lab.ensemble import ensemble, top_k_error
+from inception_lab.predictions import Predictions, predictions_path
+from tests.conftest import DIST_ENV, QUICKSTART, SHORT
+
+CLASSES, IMAGES = 10, 200
+
+
+def fake_run(run_dir: Path, seed: int, views: tuple[str, ...] = ("single", "flip"),
+             labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """A run directory holding only stored predictions (no checkpoint: nothing to recompute)."""
+    rng = np.random.default_rng(seed)
+    labels = np.random.default_rng(0).integers(0, CLASSES, IMAGES) if labels is None else labels
+    probs = {}
+    for v in views:
+        probs[v] = rng.dirichlet(np.ones(CLASSES), IMAGES).astype(np.float16)
+        while (tied := _label_tied(probs[v], labels)).any():  # float16 ties: redraw, so that ranks are unambiguous
+            probs[v][tied] = rng.dirichlet(np.ones(CLASSES), tied.sum()).astype(np.float16)
+        Predictions(probs[v], labels, "checkpoints/last.ckpt", v, "test").save(predictions_path(run_dir, v))
+    return probs
+
+
+def _label_tied(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return (probs == probs[np.arange(len(labels)), labels][:, None]).sum(1) > 1
+
+
+def by_hand(paths: list[Path]) -> tuple[float, float]:
+    """Top-1 and top-5 error of the mean probability over these .npz files, counted as ranks: a label is in the top
+    k when fewer than k classes have a higher probability."""
+    loaded = [np.load(p) for p in paths]
+    probs = np.mean([f["probs"].astype(np.float64) for f in loaded], axis=0)
+    labels = loaded[0]["labels"]
+    assert not _label_tied(probs, labels).any()  # no class as probable as the label: ranks are unambiguous
+    rank = (probs > probs[np.arange(len(labels)), labels][:, None]).sum(1)
+    return float((rank >= 1).mean()), float((rank >= 5).mean())
+
+
+def test_k_copies_of_one_run_are_the_single_model(tmp_path: Path) -> None:
+    runs = [tmp_path / f"copy{i}" for i in range(3)]
+    for run in runs:
+        fake_run(run, seed=7)
+    rows, text = ensemble(runs, ["flip"], tmp_path / "report", [])
+    assert [(r.models, r.views, r.crops, r.cost) for r in rows] == [
+        (1, "single", 1, 1), (1, "flip", 2, 2), (2, "single", 1, 2), (2, "flip", 2, 4), (3, "single", 1, 3),
+        (3, "flip", 2, 6)]
+    for views in ("single", "flip"):
+        errors = {(r.top1_error, r.top5_error) for r in rows if r.views == views}
+        assert errors == {by_hand([predictions_path(runs[0], views)])}
+    assert rows[0].delta_top1 == rows[0].delta_top5 == 0.0 and "| 1 | 1 | single | 1 |" in text
+
+
+def test_models_average_probabilities_and_errors_match_the_npz_files(tmp_path: Path, cli) -> None:
+    runs = [tmp_path / f"seed{i}" for i in range(3)]
+    probs = [fake_run(run, seed=i) for i, run in enumerate(runs)]
+    code, out, err = cli(["ensemble", *map(str, runs), "--views", "flip", "--out", str(tmp_path / "t3")])
+    assert code == 0, err
+    record = json.loads((tmp_path / "t3" / "table3.json").read_text())
+    assert record["images"] == IMAGES and record["classes"] == CLASSES and record["runs"] == list(map(str, runs))
+    assert (tmp_path / "t3" / "table3.md").read_text() in out
+    rows = {(r["models"], r["views"]): r for r in record["rows"]}
+    labels = np.load(predictions_path(runs[0], "single"))["labels"]
+    for k in (1, 2, 3):
+        for views in ("single", "flip"):
+            top1, top5 = by_hand([predictions_path(run, views) for run in runs[:k]])
+            row = rows[k, views]
+            assert (row["top1_error"], row["top5_error"], row["cost"]) == (top1, top5, k * (1 if views == "single"
+                                                                                               else 2))
+            assert row["delta_top5"] == pytest.approx(top5 - rows[1, "single"]["top5_error"], abs=1e-12)
+        # an average of probabilities, not of log-probabilities (a geometric mean ranks these images otherwise)
+        stack = np.stack([p["single"].astype(np.float64) for p in probs[:k]])
+        arithmetic, geometric = stack.mean(0), np.log(stack).mean(0)
+        assert top_k_error(arithmetic, labels, 1) == rows[k, "single"]["top1_error"]
+        if k == 3:
+            assert (arithmetic.argmax(1) != geometric.argmax(1)).any()
+            assert top_k_error(geometric, labels, 1) != rows[k, "single"]["top1_error"]
+
+
+def _digits_run(run_dir: Path) -> Path:
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"not reached")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"class_path": "inception_lab.data.DigitsDataModule", "init_args": {"batch_size": 64}}}))
+    return run_dir
+
+
+def _different_labels(tmp_path: Path) -> tuple[list[str], str]:
+    fake_run(tmp_path / "a", seed=0)
+    fake_run(tmp_path / "b", seed=1, labels=np.zeros(IMAGES, dtype=np.int64))
+    return [str(tmp_path / "a"), str(tmp_path / "b"), "--views", "flip"], "tested on different data"
+
+
+BAD = {
+    "no_run_dir": lambda tmp: ([str(tmp / "nowhere")], "nowhere: no such run directory"),
+    "unknown_view": lambda tmp: ([str(tmp), "--views", "single,twelve"], "--views single,twelve: expected"),
+    "multi144_on_digits": lambda tmp: ([str(_digits_run(tmp / "digits")), "--views", "single,multi144"],
+                                       "test_views='multi144': only for ImageNet-sized inputs; DigitsDataModule "
+                                       "allows 'single' or 'flip'"),
+    "nothing_to_test": lambda tmp: ([str(tmp)], "no checkpoints/best-*.ckpt or last.ckpt"),
+    "different_labels": _different_labels,
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_input_is_one_line_error(tmp_path: Path, case: str, cli) -> None:
+    args, message = BAD[case](tmp_path)
+    code, out, err = cli(["ensemble", *args, "--out", str(tmp_path / "t3")])
+    assert code == 2 and err.startswith("inception_lab: error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "t3").exists() and not list(tmp_path.rglob("test-config.yaml"))  # no test was run
+
+
+@pytest.mark.slow
+def test_table3_end_to_end(tmp_path: Path, tiny_imagenet: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three short quickstart runs (3 seeds), then `ensemble` with single and flip views: it runs the `test`s that
+    are missing and reports 1, 2 and 3 models; multi144 is refused for the digits; an ImageNet-format folder at
+    32x32 crops gives the 144 crops. The README's digits table is this test's."""
+    start = time.perf_counter()
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the fits and the ensemble's `test`s log nothing to W&B here
+    for name in DIST_ENV:  # the ensemble's `test`s are children of this process: none of its distributed settings
+        monkeypatch.delenv(name, raising=False)
+    runs = [tmp_path / "runs" / f"seed{seed}" for seed in range(3)]
+    for seed, run in enumerate(runs):
+        code, _, err = cli(["fit", "--config", str(QUICKSTART), *SHORT, f"--seed_everything={seed}",
+                            "--run_dir", str(run)])
+        assert code == 0, err[-3000:]
+    # one stored in advance by `test` itself: the ensemble computes only what is missing
+    best = next((runs[0] / "checkpoints").glob("best-*.ckpt"))  # what the ensemble evaluates (else last.ckpt)
+    code, _, err = cli(["test", "--ckpt_path", str(best)])
+    assert code == 0, err[-3000:]
+    single = Predictions.load(predictions_path(runs[0], "single"))
+    test_acc = json.loads((runs[0] / "summary.json").read_text())["metrics"]["test/acc"]
+    assert single.probs.dtype == np.float16 and single.probs.shape == (300, 10) and single.views == "single"
+    assert single.checkpoint == f"checkpoints/{best.name}" and len(single.labels) == 300
+    assert 1 - top_k_error(single.probs.astype(np.float64), single.labels, 1) == pytest.approx(test_acc, abs=1e-6)
+    before = predictions_path(runs[0], "single").stat().st_mtime_ns
+
+    fitted = time.perf_counter()
+    code, _, err = cli(["ensemble", *map(str, runs), "--views", "multi144"])
+    assert code == 2 and "DigitsDataModule allows 'single' or 'flip'" in err and len(err.strip().splitlines()) == 1
+
+    code, out, err = cli(["ensemble", *map(str, runs), "--views", "single,flip", "--out", str(tmp_path / "digits")])
+    assert code == 0, err[-3000:]
+    print(out)  # the README's table
+    assert out.count("testing") == 5  # 3 runs x 2 protocols, less the one stored above
+    assert predictions_path(runs[0], "single").stat().st_mtime_ns == before
+    record = json.loads((tmp_path / "digits" / "table3.json").read_text())
+    assert [(r["models"], r["crops"], r["cost"]) for r in record["rows"]] == [
+        (1, 1, 1), (1, 2, 2), (2, 1, 2), (2, 2, 4), (3, 1, 3), (3, 2, 6)]
+    for row in record["rows"]:
+        files = [predictions_path(run, row["views"]) for run in runs[:row["models"]]]
+        probs = np.mean([np.load(f)["probs"].astype(np.float64) for f in files], axis=0)
+        assert row["top1_error"] == top_k_error(probs, single.labels, 1)
+        assert row["top5_error"] == top_k_error(probs, single.labels, 5)
+
+    # ImageNet's format at 32x32 crops: the 144 crops at shorter sides 37, 41, 46 and 50
+    config = tmp_path / "imagenet.yaml"
+    config.write_text(yaml.safe_dump({"data": {"class_path": "inception_lab.data.ImageNetDataModule", "init_args": {
+        "root": str(tiny_imagenet), "image_size": 32, "eval_resize": 37, "num_classes": 3, "batch_size": 4,
+        "num_workers": 0, "val_size": 4, "pin_memory": False, "persistent_workers": False}}}))
+    imagenet_run = tmp_path / "runs" / "imagenet"
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), "--config", str(config), "--trainer.max_epochs=1",
+                        "--run_dir", str(imagenet_run)])
+    assert code == 0, err[-3000:]
+    digits_done = time.perf_counter()
+    code, _, err = cli(["ensemble", str(imagenet_run), "--views", "multi144", "--out", str(tmp_path / "imagenet"),
+                        "--", "--data.init_args.batch_size", "2"])
+    assert code == 0, err[-3000:]
+    rows = json.loads((tmp_path / "imagenet" / "table3.json").read_text())["rows"]
+    assert [(r["views"], r["crops"], r["cost"]) for r in rows] == [("single", 1, 1), ("multi144", 144, 144)]
+    stored = Predictions.load(predictions_path(imagenet_run, "multi144"))
+    assert stored.probs.shape == (6, 3) and np.allclose(stored.probs.astype(np.float64).sum(1), 1, atol=3e-3)
+    print(f"fits {fitted - start:.0f} s, digits ensemble {digits_done - fitted:.0f} s, ImageNet format "
+          f"{time.perf_counter() - digits_done:.0f} s")
