@@ -130,8 +130,12 @@ class InceptionClassifier(LightningModule):
                 heads[i].append(logits.float().softmax(-1))
         return [torch.cat(probs).view(n, v, -1).mean(1) for probs in heads]
 
-    def _step(self, batch: tuple[Tensor | ViewBatch, Tensor], stage: str) -> tuple[Tensor, Tensor]:
-        """(the loss to optimize, the main head's logits or log-probabilities)."""
+    def _step(self, batch: tuple[Tensor | ViewBatch, Tensor], stage: str) -> Tensor:
+        """The loss to optimize; the stage's loss and accuracies updated."""
+        return self._evaluate(batch, stage)[0]
+
+    def _evaluate(self, batch: tuple[Tensor | ViewBatch, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        """(the loss to optimize, the main head's logits or log-probabilities); the stage's metrics updated."""
         x, y = batch
         if isinstance(x, ViewBatch) or x.ndim == 5:  # test-time views: probabilities averaged per image
             probs = self._view_probs(x, with_aux=True)
@@ -157,7 +161,7 @@ class InceptionClassifier(LightningModule):
         torch.manual_seed(seed * 1_000_003 + self.current_epoch + self.global_rank * 7919)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, _ = self._step(batch, "train")
+        loss = self._step(batch, "train")
         # to the logger only: a progress-bar value is read on the host after every step (a device sync)
         self.log("train/loss_total", loss, on_step=True, on_epoch=False)
         return loss
@@ -166,7 +170,7 @@ class InceptionClassifier(LightningModule):
         self._step(batch, "val")
 
     def test_step(self, batch: tuple[Tensor | ViewBatch, Tensor], batch_idx: int) -> Tensor:
-        _, logits = self._step(batch, "test")
+        _, logits = self._evaluate(batch, "test")
         return logits.detach().softmax(-1)  # softmax of log-probabilities: the averaged probabilities themselves
 
     def predict_step(self, batch: tuple[Tensor | ViewBatch, Tensor], batch_idx: int) -> Tensor:
