@@ -13,7 +13,9 @@ import json
 import os
 import re
 import secrets
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,14 +28,16 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from inception_lab.data import DataError, ImageDataModule
 from inception_lab.hostmem import keep_freed_memory
 from inception_lab.models import Inception, format_table, googlenet, summarize
+from inception_lab.models.cost import smallest_image_size
 from inception_lab.models.inception import PRESETS
 from inception_lab.module import InceptionClassifier
-from inception_lab.record import PredictionWriter, RunCSVLogger, RunRecord
-from inception_lab.runfiles import flatten, safe_name, variant, variant_name
+from inception_lab.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord, holds_run, read_summary
+from inception_lab.runfiles import flatten, resume_differences, safe_name, short_value, variant, variant_name
 from inception_lab.tracking import WandbOptions, make_wandb_logger
 
 RUNS_ROOT = Path("runs")
@@ -49,7 +53,9 @@ class RunConfigCallback(SaveConfigCallback):
     """Writes the resolved config into the run directory (``config.yaml`` for fit, ``<stage>-config.yaml`` for
     validate/test/predict) and into the W&B run config.
 
-    Overwrites by design: a resumed fit writes the same run directory again (Lightning #11256).
+    Overwrites by design: a resumed fit writes the same run directory again (Lightning #11256), the same config but
+    for the length of training (a resume that differs otherwise is refused). ``fit --config <run>/config.yaml``
+    repeats the run: its ``ckpt_path`` is left null.
     """
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
@@ -61,7 +67,10 @@ class RunConfigCallback(SaveConfigCallback):
         if trainer.is_global_zero:
             run_dir.mkdir(parents=True, exist_ok=True)
             tmp = run_dir / f".{name}.tmp"
-            self.parser.save(self.config, tmp, skip_none=False, overwrite=True, multifile=False)
+            config = self.config.clone()
+            if stage == "fit":  # what the run is, not where an attempt resumed from (summary.json's attempts say)
+                config.ckpt_path = None
+            self.parser.save(config, tmp, skip_none=False, overwrite=True, multifile=False)
             os.replace(tmp, run_dir / name)
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True
@@ -115,23 +124,56 @@ class InceptionCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         self.variant = self.compute_variant() if self.subcommand in (None, "fit") else {}
         resolve_run(config, self.subcommand or "fit", self.variant, self.first_config)
-        last = Path(config.run_dir) / "checkpoints" / "last.ckpt"
+        run_dir = Path(config.run_dir)
         if config.get("ckpt_path") == "last":  # Lightning would train from scratch, hinting at save_last=True
-            if not last.is_file():
-                raise UserError(f"--ckpt_path last: {last} does not exist: nothing to resume in {config.run_dir}; "
-                                "drop --ckpt_path to start a new run there")
-            read_checkpoint(str(last))  # a last.ckpt truncated by a kill: one line, before anything is written
+            config.ckpt_path = str(resume_checkpoint(run_dir))
+        if self.subcommand in (None, "fit"):
+            self.check_fit(config, run_dir)
         if "weights_only" in config and config.weights_only is None:
             config.weights_only = True  # a checkpoint is data, not a program
 
+    def check_fit(self, config: Namespace, run_dir: Path) -> None:
+        """One run, one directory: a fit into a directory that holds a run must resume it, as the same run. Checked
+        before anything is written."""
+        for key in ("max_epochs", "max_steps"):
+            if config.trainer.get(key) == 0:
+                raise UserError(f"trainer.{key}=0: a fit trains at least one epoch (use validate or test to evaluate "
+                                "a checkpoint without training)")
+        ckpt = config.get("ckpt_path")
+        resuming = ckpt is not None and Path(ckpt).resolve().parent == (run_dir / "checkpoints").resolve()
+        if not resuming:
+            if holds_run(run_dir):
+                status = read_summary(run_dir).get("status", "no summary.json")
+                raise UserError(f"--run_dir {run_dir}: already holds a run (status: {status}); resume it with "
+                                "--ckpt_path last, or start a new run in a new --run_dir")
+            return
+        if not (run_dir / "config.yaml").is_file():
+            return  # a checkpoint copied without its run: nothing to compare with
+        try:
+            run = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        except (OSError, yaml.YAMLError) as error:
+            raise UserError(f"{run_dir / 'config.yaml'}: unreadable ({error}); cannot check that the resume is "
+                            "the same run") from None
+        differences = resume_differences(run, self._flat(self.config))
+        if differences:
+            shown = "; ".join(f"{key}: run {short_value(was)}, now {short_value(now)}"
+                              for key, (was, now) in list(differences.items())[:4])
+            more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
+            raise UserError(f"--ckpt_path {ckpt}: a resume is the same run, but this config differs from "
+                            f"{run_dir / 'config.yaml'} in {shown}{more}; only the length of training and "
+                            "bookkeeping keys may change (start a new run with a new --run_dir)")
+
     def compute_variant(self) -> dict[str, Any]:
         """What makes this run differ from its experiment file (the first --config): summary.json's "variant",
-        the run's name, its W&B tags, and what `compare` groups by."""
+        the run's name, its W&B tags, and what `compare` groups by. A run's own ``config.yaml`` as the first
+        --config (repeating a run) starts from that run's variant."""
         if not self.first_config or not Path(self.first_config).is_file():
             return {}
         prefix = [self.subcommand] if self.subcommand else []
         experiment = self.parser.parse_args([*prefix, "--config", self.first_config])
-        return variant(*(self._flat(c) for c in (self.config, experiment)))
+        first = Path(self.first_config)
+        base = read_summary(first.parent).get("variant", {}) if first.name == "config.yaml" else {}
+        return {**base, **variant(*(self._flat(c) for c in (self.config, experiment)))}
 
     def _flat(self, config: Namespace) -> dict[str, Any]:
         dumped = yaml.safe_load(self.parser.dump(config, format="yaml", skip_none=False, skip_check=True))
@@ -163,6 +205,8 @@ class InceptionCLI(LightningCLI):
                 loggers.append(wandb)
             kwargs["logger"] = loggers
         kwargs.setdefault("default_root_dir", str(run_dir))
+        if self.subcommand in (None, "fit") and not self._get(self.config_init, "trainer", default={}).get("plugins"):
+            kwargs["plugins"] = [AtomicCheckpointIO()]  # a kill while saving never truncates last.ckpt
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
 
@@ -231,10 +275,45 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> list[str]:
     return args
 
 
+def resume_checkpoint(run_dir: Path) -> Path:
+    """``--ckpt_path last``: the run's ``last.ckpt``, or, where that cannot be read (a copy cut short), the newest
+    checkpoint of the run that can; a one-line error where there is none."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise UserError(f"--ckpt_path last: {last} does not exist: nothing to resume in {run_dir}; drop --ckpt_path "
+                        "to start a new run in a new --run_dir")
+    try:
+        read_checkpoint(str(last))
+        return last
+    except UserError as error:
+        problem = str(error)
+    others = sorted((p for p in last.parent.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime,
+                    reverse=True)
+    for other in others:
+        try:
+            read_checkpoint(str(other))
+        except UserError:
+            continue
+        print(f"inception_lab: warning: {problem}; resuming from the newest readable checkpoint, {other}",
+              file=sys.stderr)
+        return other
+    raise UserError(f"{problem}; and the run has no other readable checkpoint to resume from")
+
+
 def resolve_run(config: Namespace, subcommand: str, run_variant: dict[str, Any], first_config: str | None) -> None:
-    """Fill in ``experiment``, ``run_name`` and ``run_dir`` (in the config, so config.yaml records them)."""
+    """Fill in ``experiment``, ``run_name`` and ``run_dir`` (in the config, so config.yaml records them). Names are
+    one path component: a given ``--experiment`` or ``--run_name`` is made one by ``safe_name``, with a note."""
     if not config.experiment:
         config.experiment = Path(first_config).stem if first_config and Path(first_config).is_file() else "default"
+    for key in ("experiment", "run_name"):
+        given = config.get(key)
+        if given is not None and safe_name(given) != given:
+            if not safe_name(given):
+                raise UserError(f"--{key} {given!r}: no usable characters for a directory name (letters, digits, "
+                                "_.=+-)")
+            print(f"inception_lab: note: --{key} {given!r} is used as {safe_name(given)!r} (one directory name)",
+                  file=sys.stderr)
+            config[key] = safe_name(given)
     ckpt = config.get("ckpt_path")
     if not config.run_dir and ckpt and ckpt != "last" and Path(ckpt).parent.name == "checkpoints":
         config.run_dir = str(Path(ckpt).parent.parent)  # validate/test a checkpoint: report into its run
@@ -329,9 +408,27 @@ def user_message(error: BaseException) -> str:
 
 
 def cli_main(argv: list[str] | None = None) -> int:
+    """The CLI's exit codes: 0 done, 2 a user error (one line), 130 Ctrl-C (SIGINT), 143 SIGTERM; the run is recorded
+    "interrupted" by either signal and resumes with ``--ckpt_path last``."""
     keep_freed_memory()  # host allocations: a CPU step stops page-faulting its activations in (same maths)
+    interrupted: list[int] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt  # as Python's own handler; Lightning records it and exits 1
+
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers: only from there
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
         InceptionCLI(args=argv, parser_kwargs={"exit_on_error": False})
+    except SIGTERMException:
+        print("inception_lab: interrupted (SIGTERM); resume with --ckpt_path last", file=sys.stderr)
+        return 143
+    except SystemExit:
+        if interrupted:  # Lightning's graceful shutdown after Ctrl-C ends in sys.exit(1)
+            print("inception_lab: interrupted (SIGINT); resume with --ckpt_path last", file=sys.stderr)
+            return 130
+        raise
     except UserError as error:
         print(f"inception_lab: error: {error}", file=sys.stderr)
         return 2
@@ -341,6 +438,9 @@ def cli_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("inception_lab: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     return 0
 
 
@@ -366,6 +466,12 @@ def summary_main(argv: list[str] | None = None) -> int:
         preset = args.preset or "paper"
         image_size = args.image_size or PRESETS[preset].get("image_size", 224)
         net, in_channels = googlenet(preset, image_size=image_size), 3
-    summary = summarize(net, image_size, in_channels)
+    try:
+        summary = summarize(net, image_size, in_channels)
+    except RuntimeError:  # pooling left no pixel: name the size that works instead of torch's shapes
+        smallest = smallest_image_size(net, in_channels, too_small=image_size)
+        print(f"inception_lab: error: --image-size {image_size}: too small for this network; the smallest input "
+              f"it runs at is {smallest}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0

@@ -14,10 +14,12 @@ from typing import Any
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from inception_lab.runfiles import write_atomic
 
@@ -34,11 +36,35 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+WALL_S_IS = ("the fit's wall time: the sum of its attempts' wall_s, each from the attempt's start to its end (a "
+             "resumed run's includes the partial epoch an interruption lost)")
+
+
+def interruption(exception: BaseException) -> str | None:
+    """"SIGINT" / "SIGTERM" when the exception is an interruption (Ctrl-C, a scheduler or sweep runner stopping the
+    run), not a failure."""
+    if isinstance(exception, KeyboardInterrupt):
+        return "SIGINT"
+    if isinstance(exception, SIGTERMException):
+        return "SIGTERM"
+    return None
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a directory holds a run's record (a sweep runner's ``args.json`` and ``trial.log`` alone do not)."""
+    run_dir = Path(run_dir)
+    return any((run_dir / name).is_file() for name in ("config.yaml", "summary.json")) or \
+        any((run_dir / "checkpoints").glob("*.ckpt"))
+
+
 class RunRecord(Callback):
     """Keeps ``<run dir>/summary.json`` current: status, metrics, cost, throughput, seed and wall time.
 
-    ``status`` is the fit's: "running", then "finished" or "failed" (with ``error``); a run killed outright stays
-    "running". validate/test/predict add their metrics to the record without changing a fit's status.
+    ``status`` is the fit's: "running", then "finished", "interrupted" (SIGINT/SIGTERM: resume it with
+    ``--ckpt_path last``) or "failed" (with ``error``); a run killed outright stays "running". ``attempts`` holds one
+    entry per fit attempt (the first and each resume): start, end, wall time, epochs trained, how it ended (a killed
+    attempt: "killed", with the time it was last seen). validate/test/predict add their metrics to the record without
+    changing the fit's status (an evaluation that fails says so under ``<stage>_error``).
     """
 
     def __init__(self, run_dir: Path, subcommand: str = "fit", seed: int | None = None,
@@ -49,7 +75,7 @@ class RunRecord(Callback):
         self.variant = variant or {}
         self.summary: dict[str, Any] = {}
         self._start = time.perf_counter()
-        self._wall_before = 0.0
+        self._attempt: dict[str, Any] | None = None
         self._epoch_t0: float | None = None
         self._epoch_images = 0
         self._throughputs: list[float] = []
@@ -59,12 +85,18 @@ class RunRecord(Callback):
         if not trainer.is_global_zero:
             return
         self.summary = read_summary(self.path.parent)
-        self._wall_before = self.summary.get("wall_s", 0.0) if self.subcommand == "fit" else 0.0
         self._start = time.perf_counter()
         self.summary.setdefault("metrics", {})
         self.summary.update(run_name=self.path.parent.name, seed=self.seed)
         if self.subcommand == "fit":  # what makes the run differ from its experiment (compare groups by it)
             self.summary["variant"] = self.variant
+            attempts = self.summary.setdefault("attempts", [])
+            for attempt in attempts:  # an attempt that never wrote its end was killed outright
+                if attempt.get("status") == "running":
+                    attempt.update(status="killed", end=attempt.pop("last_seen", None))
+            self._attempt = {"start": _now(), "end": None, "status": "running", "wall_s": 0.0,
+                             "first_epoch": None, "epochs": 0, "ckpt_path": None}
+            attempts.append(self._attempt)
         if self.subcommand == "fit" or "status" not in self.summary:
             self.summary["status"] = "running"
             self.summary.pop("error", None)
@@ -73,6 +105,8 @@ class RunRecord(Callback):
         self._write(trainer)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._attempt is not None:
+            self._attempt.update(first_epoch=trainer.current_epoch, ckpt_path=_ckpt_path(trainer))  # a resume's
         for logger in trainer.loggers:  # cost in metrics.csv and W&B, at the (restored) step training starts from
             logger.log_metrics({"cost/params": self.summary.get("params", 0),
                                 "cost/macs": self.summary.get("macs", 0)}, step=trainer.global_step)
@@ -105,9 +139,16 @@ class RunRecord(Callback):
             return
         if not self.summary:
             self.summary = read_summary(self.path.parent) or {"metrics": {}}
+        signal_name = interruption(exception)
         lines = [ln for ln in str(exception).strip().splitlines() if ln.strip()]
-        self.summary["error"] = f"{type(exception).__name__}: {lines[0] if lines else ''}".strip()
-        self._finish(trainer, "failed")
+        error = f"interrupted by {signal_name}" if signal_name else \
+            f"{type(exception).__name__}: {lines[0] if lines else ''}".strip()
+        if self.subcommand != "fit":  # an evaluation going wrong says nothing about the fit
+            self.summary[f"{self.subcommand}_error"] = error
+            self._finish(trainer, self.summary.get("status", "running"))
+            return
+        self.summary["error"] = error
+        self._finish(trainer, "interrupted" if signal_name else "failed")
 
     # ---- throughput: images per second of the training loop, validation excluded --------------------------------
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -122,6 +163,8 @@ class RunRecord(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._close_epoch(trainer, pl_module)
+        if self._attempt is not None:
+            self._attempt["epochs"] += 1
         if self._throughputs:
             pl_module.log("perf/throughput_img_per_s", self._throughputs[-1], sync_dist=False)
         # at the epoch's step in metrics.csv, as val/acc is: the wall time to reach an accuracy (CIFAR-10's 94%)
@@ -152,6 +195,9 @@ class RunRecord(Callback):
             return
         self._collect(trainer)
         self.summary["status"] = status
+        if self._attempt is not None:
+            self._attempt.update(status=status, end=_now())
+            self._attempt.pop("last_seen", None)
         self._write(trainer)
         for logger in trainer.loggers:
             if hasattr(logger, "log_summary"):
@@ -164,13 +210,39 @@ class RunRecord(Callback):
         if self._throughputs:  # the first epoch carries warm-up (allocator, cuDNN autotune, compile)
             steady = self._throughputs[1:] or self._throughputs
             self.summary["throughput_img_per_s"] = round(statistics.median(steady), 2)
-        if self.subcommand == "fit":
+        if self._attempt is not None:
+            self._attempt["wall_s"] = round(time.perf_counter() - self._start, 2)
+            if self._attempt["status"] == "running":
+                self._attempt["last_seen"] = _now()
             self.summary["wall_s"] = self._wall_s()
+            self.summary["wall_s_is"] = WALL_S_IS
         write_json(self.path, self.summary)
 
     def _wall_s(self) -> float:
-        """Wall time of the fit so far; a resumed fit goes on from the interrupted one's."""
-        return round(self._wall_before + time.perf_counter() - self._start, 2)
+        """Wall time of the fit so far: this attempt's and the earlier ones' (see ``WALL_S_IS``)."""
+        earlier = sum(a.get("wall_s") or 0.0 for a in self.summary.get("attempts", []) if a is not self._attempt)
+        return round(earlier + time.perf_counter() - self._start, 2)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _ckpt_path(trainer: Trainer) -> str | None:
+    """The checkpoint a fit resumes from (None: a new run)."""
+    path = trainer.ckpt_path
+    return None if path is None else str(path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file and renamed into place: a process killed while saving leaves the
+    previous ``last.ckpt`` whole, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -31,6 +31,20 @@ def is_bookkeeping(key: str) -> bool:
     return key in BOOKKEEPING or key.startswith(BOOKKEEPING_PREFIXES)
 
 
+# Trainer settings that change what a run computes: a resume must keep them (the rest of trainer.*: the length of
+# training, devices, logging, progress bars, may change). The seed too: a resumed run is the same seed's run.
+RESUME_KEEPS = ("seed_everything", "trainer.precision", "trainer.accumulate_grad_batches",
+                "trainer.gradient_clip_val", "trainer.gradient_clip_algorithm")
+
+
+def resume_differences(run: dict[str, Any], resume: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The flat keys where a resume's resolved config differs from the run's own (``config.yaml``): key -> (the
+    run's value, the resume's). Bookkeeping keys (where the run is, how long it trains, how it logs) may differ, and
+    a key only one of them has (an argument the code gained or lost since the run started) is not compared."""
+    keys = [k for k in run if k in resume and (k in RESUME_KEEPS or not is_bookkeeping(k))]
+    return {k: (run[k], resume[k]) for k in keys if run[k] != resume[k]}
+
+
 def variant(resolved: dict[str, Any], experiment: dict[str, Any]) -> dict[str, Any]:
     """What makes a run differ from its experiment file: the flat keys of the resolved config whose value is not the
     experiment's own (both resolved, defaults included), bookkeeping keys aside."""
@@ -44,8 +58,10 @@ def variant_name(values: dict[str, Any]) -> str:
 
 
 def safe_name(*parts: str) -> str:
-    """Non-empty parts joined with "-" into a run or trial name: one path component, no "/", no spaces."""
-    return re.sub(r"[^\w.=+-]+", "", "-".join(p for p in parts if p))
+    """Non-empty parts joined with "-" into a run, trial or experiment name: one path component. Runs of other
+    characters than letters, digits and ``_.=+-`` (spaces, "/", quotes) become "_"; leading and trailing dots and
+    underscores go (no "..", no hidden directory): ``"Grüße run/v2"`` -> ``Grüße_run_v2``, ``"../x"`` -> ``x``."""
+    return re.sub(r"[^\w.=+-]+", "_", "-".join(p for p in parts if p)).strip("._")
 
 
 def short_value(value: Any) -> str:

@@ -112,6 +112,14 @@ def test_evaluating_a_run_never_rewrites_what_the_fit_wrote(tmp_path: Path, cli)
         assert len(list(csv.DictReader(f))) == 2  # one row per test run, appended
     assert cli([*fit, "--ckpt_path", "last"])[0] == 0
     assert (run_dir / "metrics.csv").read_bytes() == before["metrics.csv"]
+    # the record is enough to repeat the run: its config.yaml, in a new directory, gives the same metrics
+    again = tmp_path / "again"
+    code, _, err = cli(["fit", "--config", str(run_dir / "config.yaml"), "--run_dir", str(again)])
+    assert code == 0, err[-2000:]
+    repeated = read_summary(again)
+    assert repeated["variant"] == record["variant"] and repeated["seed"] == record["seed"]
+    for key in ("val/acc", "val/acc_best", "val/loss", "train/loss"):
+        assert repeated["metrics"][key] == pytest.approx(fit_metrics[key], abs=1e-6), key
 
 
 @pytest.mark.slow
@@ -141,6 +149,138 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path, run_cli) -> 
     for key in ("val/acc", "val/acc_best", "val/loss", "train/loss"):
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], abs=1e-6), key
     assert val_curve(killed)[-1] == pytest.approx(val_curve(straight)[-1], abs=1e-6)
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_interrupted_is_not_failed(tmp_path: Path, run_cli) -> None:
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) and SIGTERM (a scheduler, the sweep runner):
+    exit 130 and 143, the run recorded "interrupted" with the attempt, and ``--ckpt_path last`` finishes it. The
+    attempts add up: every epoch trained once, but for the one in flight at an interruption."""
+    run_dir = tmp_path / "run"
+    base = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=4", "--trainer.limit_train_batches=8",
+            "--trainer.limit_val_batches=2", "--wandb.enabled=false", "--run_dir", str(run_dir)]
+    last = run_dir / "checkpoints/last.ckpt"
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        seen = last.stat().st_mtime_ns if last.exists() else None
+        proc = subprocess.Popen([sys.executable, "-m", "inception_lab", *base,
+                                 *(["--ckpt_path", "last"] if seen else [])], cwd=tmp_path, env=clean_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.time() + 300
+        while (not last.exists() or last.stat().st_mtime_ns == seen) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)  # an epoch ended (a new last.ckpt): interrupt the next one
+        os.killpg(proc.pid, signum)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == code, err[-3000:]
+        assert err.strip().splitlines()[-1].startswith(f"inception_lab: interrupted ({signum.name})"), err[-2000:]
+        record = read_summary(run_dir)
+        assert record["status"] == "interrupted" and record["error"] == f"interrupted by {signum.name}"
+        assert record["attempts"][-1]["status"] == "interrupted" and record["attempts"][-1]["end"]
+    run_cli(*base, "--ckpt_path", "last", cwd=tmp_path)
+    record = read_summary(run_dir)
+    attempts = record["attempts"]
+    assert record["status"] == "finished" and "error" not in record
+    assert [a["status"] for a in attempts] == ["interrupted", "interrupted", "finished"]
+    assert [a["ckpt_path"] is None for a in attempts] == [True, False, False]  # the resumes say where from
+    for before, after in zip(attempts, attempts[1:]):  # each resume starts where the last checkpoint left off
+        assert after["first_epoch"] == before["first_epoch"] + before["epochs"]
+    assert sum(a["epochs"] for a in attempts) == 4 and len(val_curve(run_dir)) == 4
+    assert record["wall_s"] == pytest.approx(sum(a["wall_s"] for a in attempts), abs=0.05)
+    assert "sum of its attempts" in record["wall_s_is"]
+
+
+def test_a_directory_holds_one_run(tmp_path: Path, cli) -> None:
+    """A fit into a directory that holds a run is refused before anything is written, naming how to resume it."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("seed_everything: 0\n")
+    (run_dir / "summary.json").write_text('{"status": "finished", "metrics": {"val/acc": 0.9}}')
+    (run_dir / "checkpoints/best-epoch002-acc0.9000.ckpt").write_bytes(b"weights")
+    before = _snapshot(run_dir)
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), "--model.optimizer.init_args.lr=0.0001",
+                        "--wandb.enabled=false", "--run_dir", str(run_dir)])
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"inception_lab: error: --run_dir {run_dir}: already holds a run (status: finished); resume it with "
+        "--ckpt_path last, or start a new run in a new --run_dir")
+    assert _snapshot(run_dir) == before
+
+
+def test_a_fit_trains(tmp_path: Path, cli) -> None:
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=0", "--run_dir", str(tmp_path / "r")])
+    assert code == 2 and err.strip().splitlines()[-1].startswith("inception_lab: error: trainer.max_epochs=0: ")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_resume_is_the_same_run(tmp_path: Path, cli) -> None:
+    """``--ckpt_path last`` on a run trained otherwise is refused, naming the keys, the run left byte for byte; a
+    longer training is allowed; an unreadable last.ckpt falls back to the newest readable checkpoint, and with none
+    left the resume fails in one line, the record as it was."""
+    short = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--wandb.enabled=false"]
+    fit = ["fit", "--config", str(QUICKSTART), *short]
+    assert cli([*fit, "--trainer.max_epochs=1", "--model.net.init_args.head=fc"])[0] == 0
+    (run_dir,) = (tmp_path / "runs/quickstart").iterdir()
+    before = _snapshot(run_dir)
+    code, _, err = cli([*fit, "--trainer.max_epochs=2", "--ckpt_path", "last"])  # the newest run: the fc one
+    assert code == 2 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert f"a resume is the same run, but this config differs from {run_dir.relative_to(tmp_path)}/config.yaml in " \
+           "model.net.init_args.head: run fc, now gap; only the length of training" in line, line
+    code, _, err = cli([*fit, "--model.net.init_args.head=fc", "--model.optimizer.init_args.lr=0.5",
+                        "--ckpt_path", "last", "--run_dir", str(run_dir)])
+    assert code == 2 and "model.optimizer.init_args.lr: run 0.004, now 0.5" in err.strip().splitlines()[-1]
+    assert _snapshot(run_dir) == before and not (tmp_path / "runs/quickstart").joinpath("x").exists()
+
+    last = run_dir / "checkpoints/last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # a copy cut short
+    resume = [*fit, "--model.net.init_args.head=fc", "--trainer.max_epochs=2", "--ckpt_path", "last",
+              "--run_dir", str(run_dir)]
+    code, _, err = cli(resume)
+    assert code == 0, err[-3000:]
+    assert f"resuming from the newest readable checkpoint, {run_dir / 'checkpoints'}/best-epoch000-" in err
+    record = read_summary(run_dir)
+    assert record["status"] == "finished" and [a["first_epoch"] for a in record["attempts"]] == [0, 1]
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1  # written whole again
+
+    for checkpoint in (run_dir / "checkpoints").glob("*.ckpt"):
+        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    before = _snapshot(run_dir)
+    code, _, err = cli([*resume[:-4], "--trainer.max_epochs=3", "--ckpt_path", "last", "--run_dir", str(run_dir)])
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith("and the run has no other readable checkpoint to resume from")
+    assert _snapshot(run_dir) == before
+
+
+def test_names_are_one_path_component(tmp_path: Path) -> None:
+    """A given run or experiment name is made one directory name, the same way as generated names."""
+    from jsonargparse import Namespace
+
+    from inception_lab.cli import resolve_run
+
+    def resolved(**given: str | None) -> Namespace:
+        config = Namespace(experiment=None, run_name=None, run_dir=None, ckpt_path=None, seed_everything=0)
+        config.update(Namespace(**given))
+        resolve_run(config, "fit", {}, str(QUICKSTART))
+        return config
+
+    assert resolved(run_name="Grüße run/v2").run_dir == "runs/quickstart/Grüße_run_v2"
+    assert resolved(run_name="../../etc").run_dir == "runs/quickstart/etc"
+    assert resolved(run_name="a", experiment="../up").run_dir == "runs/up/a"
+    with pytest.raises(UserError, match=r"^--run_name '\.\./': no usable characters"):
+        resolved(run_name="../")
+
+
+def test_summary_names_the_smallest_input(cli) -> None:
+    code, _, err = cli(["summary", "--image-size", "17"])
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == "inception_lab: error: --image-size 17: too small for this network; the smallest input " \
+                          "it runs at is 31"
+    code, out, _ = cli(["summary", "--image-size", "31"])
+    assert code == 0 and "total" in out
 
 
 @pytest.mark.slow
