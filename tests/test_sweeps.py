@@ -532,3 +532,37 @@ def _cmdline_has(proc_dir: Path, needle: str) -> bool:
         return needle in (proc_dir / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_interrupts_a_sweep_and_the_restart_resumes(tmp_path: Path) -> None:
+    """Ctrl-C on the runner: the trial in flight is recorded "interrupted" (not failed) and the runner exits 130;
+    the same command again resumes that trial from its last.ckpt and runs the rest. Every trial finishes, with as
+    many epochs trained in total as an uninterrupted sweep, plus at most the one that was in flight."""
+    path = _tiny_sweep(tmp_path, "ctrlc", {"seed_everything": {"values": [0, 1]}, "trainer.max_epochs": {"value": 2},
+                                           "trainer.limit_train_batches": {"value": 3}})
+    out = tmp_path / "sweep"
+    proc = _runner(path, out, wandb="disabled")
+    last = out / "runs/000-seed0/checkpoints/last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C in its terminal sends it
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted; run the same command again" in log, log
+    assert [t["status"] for t in _state(out)["trials"]] == ["interrupted", "pending"]
+    first = json.loads((out / "runs/000-seed0/summary.json").read_text())
+    assert first["status"] == "interrupted" and first["error"] == "interrupted by SIGTERM"  # the runner's stop
+
+    proc = _runner(path, out, wandb="disabled")
+    log, _ = proc.communicate(timeout=480)
+    assert proc.returncode == 0, log
+    state = _state(out)
+    assert [(t["status"], t["starts"]) for t in state["trials"]] == [("finished", 2), ("finished", 1)]
+    attempts = {t["name"]: json.loads((out / "runs" / t["name"] / "summary.json").read_text())["attempts"]
+                for t in state["trials"]}
+    assert [a["status"] for a in attempts["000-seed0"]] == ["interrupted", "finished"]
+    assert attempts["000-seed0"][1]["first_epoch"] >= 1  # resumed, not trained again from epoch 0
+    assert 2 * 2 <= sum(a["epochs"] for runs in attempts.values() for a in runs) <= 2 * 2 + 1
+    assert "--ckpt_path last" in (out / "runs/000-seed0/trial.log").read_text().splitlines()[-1]

@@ -117,7 +117,9 @@ def load(paths: list[Path]) -> tuple[list[Run], list[str]]:
     directories: dict[Path, Path] = {}  # resolved -> as given: a run reached twice is read once
     swept: list[str] = []
     for path in paths:
-        found = [path] if (path / "summary.json").is_file() else sorted(p.parent for p in path.rglob("summary.json"))
+        found = [path] if (path / "summary.json").is_file() else sorted(
+            p.parent for p in path.rglob("summary.json")  # not a sweep's runs/.discarded/ attempts
+            if not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not found:
             missing = "" if path.is_dir() else ": no such directory"
             raise CompareError(f"no run directories (with summary.json) found under {path}{missing}")

@@ -24,7 +24,7 @@ from typing import Any
 
 from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args
 
-from inception_lab.record import read_summary
+from inception_lab.record import holds_run, read_summary
 from inception_lab.runfiles import flatten, safe_name, variant_name, write_atomic
 from inception_lab.sweep import spec
 from inception_lab.sweep.spec import Sweep, SweepError, Trial
@@ -112,6 +112,9 @@ def describe(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
 
 
+RESUMABLE = ("running", "interrupted")  # a run killed outright stays "running"
+
+
 class State:
     """``state.json``, rewritten atomically after every change: a kill at any moment leaves a readable file."""
 
@@ -133,10 +136,10 @@ class State:
         """After a kill: a trial recorded as running either finished meanwhile (keep it) or resumes / restarts;
         failed and stopped trials run again with ``retry_failed``."""
         for trial in self.trials:
-            summary = read_summary(self.run_dir(trial)) if trial.status == "running" else {}
+            summary = read_summary(self.run_dir(trial)) if trial.status in RESUMABLE else {}
             if summary.get("status") == "finished":
                 trial.status, trial.metrics = "finished", summary.get("metrics", {})
-            elif trial.status == "running" or (retry_failed and trial.status in ("failed", "stopped")):
+            elif trial.status in RESUMABLE or (retry_failed and trial.status in ("failed", "stopped")):
                 trial.status = "pending"
 
 
@@ -174,10 +177,15 @@ def _die_with_parent(parent: int) -> None:
 
 def start_trial(sweep: Sweep, state: State, trial: Trial, slot: str, env: dict[str, str]) -> Running:
     run_dir = state.run_dir(trial)
+    resume = read_summary(run_dir).get("status") in RESUMABLE and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    if not resume and holds_run(run_dir):  # one run, one directory: an attempt that starts over moves the old aside
+        discarded = state.directory / "runs" / ".discarded" / f"{trial.name}.start{trial.starts}"
+        discarded.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(run_dir, discarded)
     write_args_json(run_dir / "args.json", trial.values)
     command = trial_command(sweep, run_dir, trial.values)
-    if read_summary(run_dir).get("status") == "running" and (run_dir / "checkpoints" / "last.ckpt").is_file():
-        command += ["--ckpt_path", "last"]  # interrupted: resume from its last checkpoint
+    if resume:
+        command += ["--ckpt_path", "last"]  # interrupted or killed: resume from its last checkpoint
     trial.status, trial.starts, trial.error, trial.returncode = "running", trial.starts + 1, None, None
     # the files are closed here once the trial has its own copies of them
     with open(run_dir / "trial.log", "a") as out, open(run_dir / "trial.stderr.log", "a") as err:
@@ -249,6 +257,9 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                 r.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 r.kill(signal.SIGKILL)
+            r.trial.status = "interrupted"  # not failed: the next start resumes it from its last.ckpt
+            r.trial.wall_s = round(time.monotonic() - r.started, 1)
+        state.save()
         print(f"sweep {sweep.name}: interrupted; run the same command again to carry on", file=sys.stderr)
         return 130
     print(table(sweep, state))

@@ -59,7 +59,7 @@ class Sweep:
 class Trial:
     name: str
     values: dict[str, Any]
-    status: str = "pending"  # pending, running, finished, failed, stopped
+    status: str = "pending"  # pending, running, finished, failed, stopped, interrupted
     starts: int = 0
     returncode: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -209,7 +209,7 @@ def _engine_run(sweeps: Any, sweep: Sweep, trial: Trial, run_dir: Path | None = 
     if run_dir and (run_dir / "metrics.csv").is_file():  # one row per validation epoch: hyperband's iterations
         with open(run_dir / "metrics.csv", newline="") as f:
             rows = [{sweep.metric: float(r[sweep.metric])} for r in csv.DictReader(f) if r.get(sweep.metric)]
-    state = {"failed": "crashed", "stopped": "killed"}.get(trial.status, trial.status)  # W&B's run states
+    state = {"failed": "crashed", "stopped": "killed", "interrupted": "preempted"}.get(trial.status, trial.status)
     return sweeps.SweepRun(name=trial.name, state=state, config={k: {"value": v} for k, v in trial.values.items()},
                            summary_metrics={k: v for k, v in trial.metrics.items() if k == sweep.metric}, history=rows)
 
