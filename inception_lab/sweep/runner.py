@@ -189,6 +189,8 @@ def start_trial(sweep: Sweep, state: State, trial: Trial, slot: str, env: dict[s
     trial.status, trial.starts, trial.error, trial.returncode = "running", trial.starts + 1, None, None
     # the files are closed here once the trial has its own copies of them
     with open(run_dir / "trial.log", "a") as out, open(run_dir / "trial.stderr.log", "a") as err:
+        if out.tell() and not (run_dir / "trial.log").read_bytes().endswith(b"\n"):
+            out.write("\n")  # an interrupted attempt's last progress-bar line
         print(f"# start {trial.starts} {time.strftime('%Y-%m-%d %H:%M:%S')} slot={slot}: "
               f"{subprocess.list2cmdline(command)}", file=out, flush=True)
         proc = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
