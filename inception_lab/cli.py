@@ -36,6 +36,7 @@ from inception_lab.models import Inception, format_table, googlenet, summarize
 from inception_lab.models.cost import smallest_image_size
 from inception_lab.models.inception import PRESETS
 from inception_lab.module import InceptionClassifier
+from inception_lab.predictions import ProbabilityWriter
 from inception_lab.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord, holds_run, read_summary
 from inception_lab.runfiles import flatten, resume_differences, safe_name, short_value, variant, variant_name
 from inception_lab.tracking import WandbOptions, make_wandb_logger
@@ -196,6 +197,8 @@ class InceptionCLI(LightningCLI):
                                              save_top_k=1, enable_version_counter=False))
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter(run_dir))
+        if self.subcommand in ("test", "predict"):  # predictions/<split>-<views>.npz, for `ensemble`
+            callbacks.append(ProbabilityWriter(run_dir))
         logger = self._get(self.config_init, "trainer", default={}).get("logger")
         if logger is None or logger is True:  # default: the run directory's metrics.csv, plus W&B
             csv = RunCSVLogger(run_dir, self.subcommand or "fit")
