@@ -62,10 +62,13 @@ def _server_answers(host: str, port: int, timeout: float = 2.0) -> bool:
 
 
 def resolve_mode(options: WandbOptions, run_dir: Path) -> str:
-    """online / offline / disabled; sets ``WANDB_MODE`` so that DDP ranks and wandb agree without probing again."""
+    """online / offline / disabled; sets ``WANDB_MODE`` so that DDP ranks and wandb agree without probing again.
+    ``enabled=False`` turns W&B off whatever ``WANDB_MODE`` says; otherwise ``WANDB_MODE`` wins over ``mode``."""
+    if not options.enabled:
+        return "disabled"
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    if not options.enabled or options.mode == "disabled":
+    if options.mode == "disabled":
         return "disabled"
     mode = options.mode
     if mode == "auto":

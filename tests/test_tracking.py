@@ -42,8 +42,9 @@ def test_unreachable_server_goes_offline_after_a_short_probe(monkeypatch, tmp_pa
 def test_wandb_mode_is_respected(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert resolve_mode(WandbOptions(mode="online"), tmp_path) == "disabled"
-    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # --wandb.enabled=false is the user's word, over the environment
     assert resolve_mode(WandbOptions(enabled=False), tmp_path) == "disabled"
+    assert resolve_mode(WandbOptions(mode="disabled"), tmp_path) == "offline"
 
 
 def test_variant_and_its_name() -> None:
