@@ -567,3 +567,110 @@ def test_ctrl_c_interrupts_a_sweep_and_the_restart_resumes(tmp_path: Path) -> No
     assert 2 * 2 <= sum(a["epochs"] for runs in attempts.values() for a in runs) <= 2 * 2 + 1
     starts = [ln for ln in (out / "runs/000-seed0/trial.log").read_text().splitlines() if ln.startswith("# start")]
     assert ["--ckpt_path last" in ln for ln in starts] == [False, True]
+
+
+# ---- many runners on one sweep directory ---------------------------------------------------------------------------
+# A fake trial: appends its argv to <run>/ran.jsonl (one line per execution), says "running" with a last.ckpt, works
+# a while, then finishes with a metric from its values.
+_SLOW_TRIAL = ("import json, pathlib, sys, time; d = pathlib.Path(sys.argv[sys.argv.index('--run_dir') + 1]); "
+               "open(d / 'ran.jsonl', 'a').write(json.dumps(sys.argv) + '\\n'); "
+               "(d / 'checkpoints').mkdir(exist_ok=True); (d / 'checkpoints/last.ckpt').write_bytes(b''); "
+               "(d / 'summary.json').write_text(json.dumps({'status': 'running'})); time.sleep({sleep}); "
+               "a = float(next(x for x in sys.argv if x.startswith('--a=')).split('=')[1]); "
+               "(d / 'summary.json').write_text(json.dumps({'status': 'finished', 'metrics': {'val/acc_best': a}}))")
+
+
+def _fake_sweep(tmp_path: Path, sleep: float, **config: Any) -> Path:
+    path = tmp_path / "many.yaml"
+    path.write_text(yaml.safe_dump({"name": "many", "method": "grid", "metric": {"name": "val/acc_best",
+                                    "goal": "maximize"}, "parameters": {"a": {"values": [1, 2, 3, 4, 5, 6]}},
+                                    "command": ["python", "-c", _SLOW_TRIAL.replace("{sleep}", str(sleep)), "${args}"],
+                                    **config}))
+    return path
+
+
+def _executions(out: Path) -> dict[str, list[list[str]]]:
+    return {d.name: [json.loads(line) for line in (d / "ran.jsonl").read_text().splitlines()]
+            for d in sorted((out / "runs").iterdir()) if (d / "ran.jsonl").is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runners", [2, 3])
+def test_runners_share_a_sweep_directory(tmp_path: Path, runners: int) -> None:
+    """Several runners started at once on one sweep directory: every trial runs once, in one of them, and is
+    recorded finished once (each trial claimed under the state's lock before it starts)."""
+    path, out = _fake_sweep(tmp_path, sleep=1.0), tmp_path / "out"
+    procs = [_runner(path, out, wandb="disabled") for _ in range(runners)]
+    logs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * runners, logs
+    state = _state(out)
+    assert [(t["status"], t["starts"], t["owner"]) for t in state["trials"]] == [("finished", 1, None)] * 6
+    assert {name: len(runs) for name, runs in _executions(out).items()} == {t["name"]: 1 for t in state["trials"]}
+    started = [line for log in logs for line in log.splitlines() if " start " in line]
+    assert len(started) == 6 and sum(bool(" start " in log) for log in logs) >= 2  # shared, not one runner's
+
+
+@pytest.mark.slow
+def test_a_dead_runners_trial_is_claimed_and_resumed(tmp_path: Path) -> None:
+    """SIGKILL one of two runners mid-trial: the other carries on; a runner started afterwards claims the dead one's
+    trial (its pid is gone) and resumes it from its last.ckpt; every trial finishes once."""
+    path, out = _fake_sweep(tmp_path, sleep=4.0), tmp_path / "out"
+    a = _runner(path, out, wandb="disabled")
+    deadline = time.monotonic() + 60
+    while not any(t["status"] == "running" for t in _state(out)["trials"]):
+        assert a.poll() is None and time.monotonic() < deadline, a.communicate()[0]
+        time.sleep(0.1)
+    b = _runner(path, out, wandb="disabled")
+    time.sleep(1.5)  # a's trial is under way
+    a.send_signal(signal.SIGKILL)
+    a.communicate(timeout=30)
+    log_b = b.communicate(timeout=120)[0]
+    assert b.returncode == 0, log_b
+    state = _state(out)
+    killed = next(t for t in state["trials"] if t["starts"] == 2)  # a's: reclaimed by b, or by c below
+    c = _runner(path, out, wandb="disabled")
+    log_c = c.communicate(timeout=120)[0]
+    assert c.returncode == 0, log_c
+    state = _state(out)
+    assert [t["status"] for t in state["trials"]] == ["finished"] * 6
+    runs = _executions(out)
+    assert len(runs[killed["name"]]) == 2 and runs[killed["name"]][1][-2:] == ["--ckpt_path", "last"]
+    assert all(len(r) == 1 for name, r in runs.items() if name != killed["name"])
+
+
+@pytest.mark.slow
+def test_bayes_run_cap_holds_across_runners(tmp_path: Path, engine: Any) -> None:
+    """Two runners on a bayes sweep with run_cap 4: each draws under the lock given every result: exactly 4 trials,
+    no index twice."""
+    path = _fake_sweep(tmp_path, sleep=0.5, method="bayes", run_cap=4,
+                       parameters={"a": {"distribution": "uniform", "min": 0.0, "max": 1.0}})
+    out = tmp_path / "out"
+    procs = [_runner(path, out, wandb="disabled") for _ in range(2)]
+    logs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    trials = _state(out)["trials"]
+    assert len(trials) == 4 and [t["name"][:3] for t in trials] == ["000", "001", "002", "003"]
+    assert all(t["status"] == "finished" and t["starts"] == 1 for t in trials)
+    assert sorted(_executions(out)) == sorted(t["name"] for t in trials)
+
+
+@pytest.mark.slow
+def test_three_runners_on_a_real_sweep(tmp_path: Path) -> None:
+    """Three runners at once on a 6-trial digits sweep (one short epoch a trial, one thread each): every trial
+    finished exactly once, with its own config and metrics; no trial failed (the same trial run in two runners at once
+    used to fail on each other's files)."""
+    path = _tiny_sweep(tmp_path, "three", {"model.net.init_args.head": {"values": ["gap", "fc"]},
+                                           "seed_everything": {"values": [0, 1, 2]}})
+    out = tmp_path / "sweep"
+    procs = [subprocess.Popen([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(out)], cwd=REPO,
+                              env={**clean_env(), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    logs = [p.communicate(timeout=540)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], logs
+    trials = _state(out)["trials"]
+    assert [(t["status"], t["starts"]) for t in trials] == [("finished", 1)] * 6
+    for trial in trials:
+        assert _starts_logged(out, trial["name"]) == 1
+        summary = json.loads((out / "runs" / trial["name"] / "summary.json").read_text())
+        assert summary["status"] == "finished" and [a["status"] for a in summary["attempts"]] == ["finished"]
+        assert trial["metrics"] == summary["metrics"]

@@ -7,7 +7,9 @@ interrupted one resumes from its ``checkpoints/last.ckpt`` or restarts. The swee
 
     runs/sweeps/<sweep file stem>/   (or --out)
         sweep.yaml      the sweep file as run
-        state.json      every trial's values, status, starts, metrics or error
+        state.json      every trial's values, status, starts, metrics or error, and the runner that holds it
+        state.json.lock the lock every runner takes to change state.json: start any number of runners (processes,
+                        nodes, SLURM array tasks) on one sweep directory; each trial runs once
         runs/<trial>/   its run directory (summary.json, config.yaml, metrics.csv, checkpoints/), and args.json (its
                         ${args_json_file}), trial.log (its stdout, after a line per start), trial.stderr.log
 """
@@ -69,9 +71,12 @@ def run(argv: list[str]) -> int:
     (directory / "runs").mkdir(parents=True, exist_ok=True)
     if not copy.is_file():
         write_atomic(copy, sweep.text)
-    state.trials = trials
-    state.reconcile(args.retry_failed)
-    state.save()
+    with state.locked():  # another runner may have written the trials meanwhile: add only what is missing
+        for trial in state.trials[:len(planned)]:
+            if trial.values != planned[state.trials.index(trial)]:
+                raise SweepError(f"{state.path}: trial {trial.name} has other values than the sweep file gives it")
+        state.trials += [t for t in trials[len(state.trials):]]
+        state.reconcile(args.retry_failed)
     return runner.loop(sweep, state, slots, run_cap)
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args
 
 from inception_lab.record import holds_run, read_summary
@@ -115,13 +117,63 @@ def describe(values: dict[str, Any]) -> str:
 RESUMABLE = ("running", "interrupted")  # a run killed outright stays "running"
 
 
+LEASE_S = float(os.environ.get("INCEPTION_LAB_SWEEP_LEASE_S", 120))  # a claim's life without renewal
+HEARTBEAT_S = LEASE_S / 6  # how often a runner renews the claims of its trials
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class State:
-    """``state.json``, rewritten atomically after every change: a kill at any moment leaves a readable file."""
+    """``state.json``, shared by any number of runners (processes, nodes, array tasks) on one sweep directory.
+
+    Every change is a read-modify-write under a lock file (``state.json.lock``, ``filelock``), and the file is
+    rewritten atomically: a kill at any moment leaves a readable file. A runner claims a trial before it starts it
+    (``owner`` = host:pid, ``lease_until``) and renews its claims every ``HEARTBEAT_S``; a trial whose runner died
+    (its lease ran out, or its pid is gone on this host) is claimed again by any runner, and resumes from its
+    ``last.ckpt``. A runner changes only the trials it claimed.
+    """
 
     def __init__(self, directory: Path, sweep: Sweep, seed: int) -> None:
         self.directory, self.path, self.sweep = directory, directory / "state.json", sweep
+        self.runner = f"{socket.gethostname()}:{os.getpid()}"
+        self.seed, self.trials = seed, []
+        self.mine: set[str] = set()  # names of the trials this runner claimed and runs
+        self._lock: FileLock | None = None
+        self.load()
+
+    def load(self) -> None:
+        """Reads state.json, keeping this runner's own trials as it has them (the same objects, updated in place)."""
         data = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        self.seed, self.trials = data.get("seed", seed), [Trial(**t) for t in data.get("trials", [])]
+        self.seed = data.get("seed", self.seed)
+        known = {t.name: t for t in self.trials}
+        trials = []
+        for entry in data.get("trials", []):
+            trial = known.get(entry["name"])
+            if trial is None:
+                trial = Trial(**entry)
+            elif trial.name not in self.mine:
+                trial.__dict__.update(Trial(**entry).__dict__)
+            trials.append(trial)
+        self.trials = trials + [t for t in self.trials if t.name not in {e.name for e in trials}]
+
+    @contextlib.contextmanager
+    def locked(self) -> Any:
+        """Read, change, write, with no other runner in between."""
+        if self._lock is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock = FileLock(self.path.with_name("state.json.lock"))
+        with self._lock:
+            self.load()
+            yield self
+            self.save()
 
     def save(self) -> None:
         data = {"sweep": self.sweep.name, "sweep_file": str(self.sweep.path), "method": self.sweep.method,
@@ -132,14 +184,40 @@ class State:
     def run_dir(self, trial: Trial) -> Path:
         return self.directory / "runs" / trial.name
 
-    def reconcile(self, retry_failed: bool) -> None:
-        """After a kill: a trial recorded as running either finished meanwhile (keep it) or resumes / restarts;
-        failed and stopped trials run again with ``retry_failed``."""
+    def alive(self, trial: Trial) -> bool:
+        """Whether the runner that claimed a trial still holds it."""
+        if trial.name in self.mine:
+            return True
+        if trial.owner is None or (trial.lease_until or 0) < time.time():
+            return False
+        host, _, pid = trial.owner.rpartition(":")
+        return host != socket.gethostname() or pid_alive(int(pid))
+
+    def claim(self, trial: Trial) -> None:
+        trial.owner, trial.lease_until = self.runner, time.time() + LEASE_S
+        self.mine.add(trial.name)
+
+    def release(self, trial: Trial) -> None:
+        trial.owner = trial.lease_until = None
+        self.mine.discard(trial.name)
+
+    def renew(self) -> None:
         for trial in self.trials:
-            summary = read_summary(self.run_dir(trial)) if trial.status in RESUMABLE else {}
-            if summary.get("status") == "finished":
-                trial.status, trial.metrics = "finished", summary.get("metrics", {})
-            elif trial.status in RESUMABLE or (retry_failed and trial.status in ("failed", "stopped")):
+            if trial.name in self.mine:
+                trial.lease_until = time.time() + LEASE_S
+
+    def reconcile(self, retry_failed: bool = False) -> None:
+        """A trial left running or interrupted by a runner that is gone either finished meanwhile (kept) or is pending
+        again (it resumes from its last.ckpt); failed and stopped trials run again with ``retry_failed``."""
+        for trial in self.trials:
+            if trial.status in RESUMABLE and not self.alive(trial):
+                summary = read_summary(self.run_dir(trial))
+                if summary.get("status") == "finished":
+                    trial.status, trial.metrics = "finished", summary.get("metrics", {})
+                else:
+                    trial.status = "pending"
+                trial.owner = trial.lease_until = None
+            elif retry_failed and trial.status in ("failed", "stopped"):
                 trial.status = "pending"
 
 
@@ -186,7 +264,6 @@ def start_trial(sweep: Sweep, state: State, trial: Trial, slot: str, env: dict[s
     command = trial_command(sweep, run_dir, trial.values)
     if resume:
         command += ["--ckpt_path", "last"]  # interrupted or killed: resume from its last checkpoint
-    trial.status, trial.starts, trial.error, trial.returncode = "running", trial.starts + 1, None, None
     # the files are closed here once the trial has its own copies of them
     with open(run_dir / "trial.log", "a") as out, open(run_dir / "trial.stderr.log", "a") as err:
         if out.tell() and not (run_dir / "trial.log").read_bytes().endswith(b"\n"):
@@ -222,35 +299,52 @@ def finish_trial(state: State, running: Running, returncode: int) -> str:
 
 
 def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: int | None) -> int:
+    """Claims trials while a slot is free, runs them, records how each ended; ends when this runner has nothing
+    running and nothing is left to claim (trials other runners hold stay theirs)."""
     running: list[Running] = []
     free = list(slots)
     base_env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SWEEP_ID", "WANDB_RUN_ID")}
     print(f"sweep {sweep.name}: {len(state.trials)} trials, {sum(t.status != 'pending' for t in state.trials)} done "
-          f"before; slots {', '.join(slots)}; {state.directory}", flush=True)
+          f"or under way; slots {', '.join(slots)}; runner {state.runner}; {state.directory}", flush=True)
+    renewed = time.monotonic()
     try:
         while True:
-            while free and (trial := next_trial(sweep, state, run_cap)) is not None:
-                slot = free.pop(0)
+            claimed: list[tuple[Trial, str]] = []
+            if free:
+                with state.locked():
+                    state.reconcile()  # the trials of runners that died are claimable again
+                    while free and (trial := next_trial(sweep, state, run_cap)) is not None:
+                        state.claim(trial)
+                        trial.status, trial.starts, trial.error, trial.returncode = "running", trial.starts + 1, None, None
+                        claimed.append((trial, free.pop(0)))
+            for trial, slot in claimed:
                 running.append(start_trial(sweep, state, trial, slot, {**base_env, **slots[slot]}))
-                state.save()
                 print(f"[{state.trials.index(trial) + 1}/{len(state.trials)}] start {trial.name} ({slot}, start "
                       f"{trial.starts})", flush=True)
             if not running:
                 break
             time.sleep(0.5)
+            if time.monotonic() - renewed > HEARTBEAT_S:
+                with state.locked():
+                    state.renew()
+                renewed = time.monotonic()
             if sweep.config.get("early_terminate"):
                 stops = spec.hyperband_stops(sweep, [(t, state.run_dir(t)) for t in state.trials])
                 for r in running:  # stopped by hyperband: SIGTERM to its group
                     if r.trial.name in stops and r.trial.status == "running":
                         r.trial.status = "stopped"
                         r.kill()
-            for r in [r for r in running if r.proc.poll() is not None]:
-                result = finish_trial(state, r, r.proc.returncode)
-                running.remove(r)
-                free.append(r.slot)
-                state.save()
-                print(f"[{state.trials.index(r.trial) + 1}/{len(state.trials)}] {r.trial.status} {r.trial.name} "
-                      f"{result}", flush=True)
+            ended = [r for r in running if r.proc.poll() is not None]
+            if ended:
+                with state.locked():
+                    results = [finish_trial(state, r, r.proc.returncode) for r in ended]
+                    for r in ended:
+                        state.release(r.trial)
+                for r, result in zip(ended, results):
+                    running.remove(r)
+                    free.append(r.slot)
+                    print(f"[{state.trials.index(r.trial) + 1}/{len(state.trials)}] {r.trial.status} {r.trial.name} "
+                          f"{result}", flush=True)
     except KeyboardInterrupt:
         for r in running:
             r.kill()
@@ -259,16 +353,25 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                 r.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 r.kill(signal.SIGKILL)
-            r.trial.status = "interrupted"  # not failed: the next start resumes it from its last.ckpt
-            r.trial.wall_s = round(time.monotonic() - r.started, 1)
-        state.save()
+        with state.locked():
+            for r in running:
+                r.trial.status = "interrupted"  # not failed: the next start (in any runner) resumes it
+                r.trial.wall_s = round(time.monotonic() - r.started, 1)
+                state.release(r.trial)
         print(f"sweep {sweep.name}: interrupted; run the same command again to carry on", file=sys.stderr)
         return 130
+    with state.locked():
+        pass  # the latest state, other runners' results included
     print(table(sweep, state))
+    elsewhere = [t.name for t in state.trials if t.status in RESUMABLE and state.alive(t)]
+    if elsewhere:
+        print(f"sweep {sweep.name}: still running in other runners: {', '.join(elsewhere)}")
     return 1 if any(t.status == "failed" for t in state.trials) else 0
 
 
 def next_trial(sweep: Sweep, state: State, run_cap: int | None) -> Trial | None:
+    """The next trial to claim (under the state's lock): a pending one, or a new bayes draw given every result so
+    far, within ``run_cap`` (counted over all runners)."""
     pending = next((t for t in state.trials if t.status == "pending"), None)
     if pending is not None or sweep.method != "bayes" or len(state.trials) >= (run_cap or 0):
         return pending

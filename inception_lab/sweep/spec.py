@@ -65,6 +65,8 @@ class Trial:
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     wall_s: float | None = None
+    owner: str | None = None  # the runner (host:pid) that claimed it, while it runs
+    lease_until: float | None = None  # the claim holds until then (epoch seconds); its runner renews it
 
 
 def load_sweep(path: Path) -> Sweep:
