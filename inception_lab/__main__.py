@@ -1,5 +1,5 @@
 """`python -m inception_lab <command>`: fit, validate, test, predict (LightningCLI), summary, bench, sweep, compare,
-ensemble."""
+ensemble, slurm."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ COMMANDS = {  # command: (module, function); fit/validate/test/predict go to Lig
     "sweep": ("inception_lab.sweep", "main"),
     "compare": ("inception_lab.compare", "main"),
     "ensemble": ("inception_lab.ensemble", "main"),
+    "slurm": ("inception_lab.slurm", "main"),
 }
 
 

@@ -141,7 +141,17 @@ class InceptionCLI(LightningCLI):
                 raise UserError(f"trainer.{key}=0: a fit trains at least one epoch (use validate or test to evaluate "
                                 "a checkpoint without training)")
         ckpt = config.get("ckpt_path")
-        resuming = ckpt is not None and Path(ckpt).resolve().parent == (run_dir / "checkpoints").resolve()
+        if ckpt is None and requeued() and holds_run(run_dir):  # SLURM started this job again: go on, don't refuse
+            try:
+                config.ckpt_path = ckpt = str(resume_checkpoint(run_dir))
+            except UserError:  # stopped before its first checkpoint: it starts again, its attempts say so
+                print(f"inception_lab: SLURM job requeued: {run_dir} has no checkpoint yet; starting it again",
+                      file=sys.stderr)
+                return
+            print(f"inception_lab: SLURM job requeued (restart {os.environ['SLURM_RESTART_COUNT']}): resuming "
+                  f"{run_dir} from {ckpt}", file=sys.stderr)
+        resuming = ckpt is not None and Path(ckpt).resolve().parent in (run_dir.resolve(),
+                                                                        (run_dir / "checkpoints").resolve())
         if not resuming:
             if holds_run(run_dir):
                 status = read_summary(run_dir).get("status", "no summary.json")
@@ -278,20 +288,38 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> list[str]:
     return args
 
 
+def requeued() -> bool:
+    """Whether this process is a SLURM job started again (``--requeue``: preempted, or requeued by Lightning on the
+    time limit's signal)."""
+    return "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
+def _progress(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", -1))
+    except Exception:
+        return -1
+
+
 def resume_checkpoint(run_dir: Path) -> Path:
-    """``--ckpt_path last``: the run's ``last.ckpt``, or, where that cannot be read (a copy cut short), the newest
-    checkpoint of the run that can; a one-line error where there is none."""
+    """``--ckpt_path last``: the run's ``last.ckpt`` (after every epoch), or the HPC checkpoint Lightning saves on
+    SLURM's signal before a requeue (``hpc_ckpt_N.ckpt``, mid-epoch) where that is further on; where the chosen one
+    cannot be read (a copy cut short), the newest checkpoint of the run that can; a one-line error where there is
+    none."""
     last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
+    hpc = sorted(run_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not last.is_file() and not hpc:
         raise UserError(f"--ckpt_path last: {last} does not exist: nothing to resume in {run_dir}; drop --ckpt_path "
                         "to start a new run in a new --run_dir")
+    if hpc and (not last.is_file() or _progress(hpc[-1]) > _progress(last)):
+        last = hpc[-1]
     try:
         read_checkpoint(str(last))
         return last
     except UserError as error:
         problem = str(error)
-    others = sorted((p for p in last.parent.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime,
-                    reverse=True)
+    others = sorted((p for p in [*(run_dir / "checkpoints").glob("*.ckpt"), *hpc] if p != last),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
     for other in others:
         try:
             read_checkpoint(str(other))

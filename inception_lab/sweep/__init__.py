@@ -61,6 +61,8 @@ def run(argv: list[str]) -> int:
     print(f"sweep {sweep.name}: validating {len(check)} trial config(s) with the CLI ...", flush=True)
     names = dict(zip([i for i, _ in check], check_trials(sweep, directory, check)))
     trials = [*state.trials, *(Trial(names[i], v) for i, v in enumerate(planned) if i >= len(state.trials))]
+    if args.slurm:
+        return write_array_job(args, sweep, directory)
     if args.dry_run:
         for i, trial in enumerate(trials[:len(planned)]):
             command = subprocess.list2cmdline(trial_command(sweep, state.run_dir(trial), trial.values))
@@ -77,7 +79,32 @@ def run(argv: list[str]) -> int:
                 raise SweepError(f"{state.path}: trial {trial.name} has other values than the sweep file gives it")
         state.trials += [t for t in trials[len(state.trials):]]
         state.reconcile(args.retry_failed)
-    return runner.loop(sweep, state, slots, run_cap)
+    trial_args = [f"--trainer.devices={args.gpus_per_trial}", "--trainer.strategy=ddp"] if (
+        args.gpus_per_trial or 1) > 1 else []
+    return runner.loop(sweep, state, slots, run_cap, trial_args)
+
+
+def write_array_job(args: argparse.Namespace, sweep: spec.Sweep, directory: Path) -> int:
+    """``--slurm``: ``<sweep dir>/sweep.sbatch``, a job array of ``--array-parallelism`` runners on the one sweep
+    directory (each claims trials under its lock), each task with ``--gpus-per-trial`` GPUs; submitted with sbatch
+    where there is one. SLURM's signal before the time limit reaches the runner as SIGTERM: it stops its trials
+    (recorded interrupted) and requeues its task, whose runner resumes them."""
+    from inception_lab import slurm
+
+    gpus = args.gpus_per_trial or 1
+    command = [sys.executable, "-m", "inception_lab", "sweep", str(sweep.path.absolute()), "--out",
+               str(directory.absolute()), "--seed", str(args.seed), *(["--gpus-per-trial", str(gpus)] if gpus > 1
+                                                                     else []),
+               *(["--run-cap", str(args.run_cap)] if args.run_cap else []),
+               *(["--retry-failed"] if args.retry_failed else [])]
+    text = slurm.sbatch_text(job_name=f"inception_lab-sweep-{sweep.name}", command=command, nodes=1,
+                             tasks_per_node=1, gpus_per_node=gpus, cpus_per_task=args.cpus_per_task,
+                             time=args.time, partition=args.partition, account=args.account,
+                             array=f"0-{args.array_parallelism - 1}", output=str(directory.absolute() / "slurm-%A_%a.out"),
+                             extra=args.sbatch, srun=False, signal="B:TERM@120")
+    path = directory / "sweep.sbatch"
+    write_atomic(path, text)
+    return slurm.submit(path, args.dry_run)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -93,8 +120,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--run-cap", type=int, help="at most N trials (overrides the sweep file's run_cap)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random / bayes draws (kept in state.json)")
     parser.add_argument("--retry-failed", action="store_true", help="run failed and stopped trials again")
+    parser.add_argument("--gpus-per-trial", type=int, help="GPUs for each trial (DDP when more than 1)")
+    slurm = parser.add_argument_group("SLURM: --slurm writes <sweep dir>/sweep.sbatch, a job array of runners")
+    slurm.add_argument("--slurm", action="store_true", help="write (and submit with sbatch) the job array")
+    slurm.add_argument("--array-parallelism", type=int, default=1, help="array tasks: runners at once (default 1)")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--time", help="each task's time limit (SLURM's format)")
+    slurm.add_argument("--account")
+    slurm.add_argument("--cpus-per-task", type=int)
+    slurm.add_argument("--sbatch", action="append", default=[], help="another #SBATCH option, e.g. --qos=high")
     args = parser.parse_args(argv)
-    for flag, value in (("parallel", args.parallel), ("run-cap", args.run_cap)):
+    for flag, value in (("parallel", args.parallel), ("run-cap", args.run_cap), ("gpus-per-trial", args.gpus_per_trial),
+                        ("array-parallelism", args.array_parallelism)):
         if value is not None and value < 1:
             raise SweepError(f"--{flag} {value}: expected a positive integer")
     return args

@@ -253,7 +253,8 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def start_trial(sweep: Sweep, state: State, trial: Trial, slot: str, env: dict[str, str]) -> Running:
+def start_trial(sweep: Sweep, state: State, trial: Trial, slot: str, env: dict[str, str],
+                trial_args: list[str] = ()) -> Running:
     run_dir = state.run_dir(trial)
     resume = read_summary(run_dir).get("status") in RESUMABLE and (run_dir / "checkpoints" / "last.ckpt").is_file()
     if not resume and holds_run(run_dir):  # one run, one directory: an attempt that starts over moves the old aside
@@ -261,7 +262,7 @@ def start_trial(sweep: Sweep, state: State, trial: Trial, slot: str, env: dict[s
         discarded.parent.mkdir(parents=True, exist_ok=True)
         os.replace(run_dir, discarded)
     write_args_json(run_dir / "args.json", trial.values)
-    command = trial_command(sweep, run_dir, trial.values)
+    command = [*trial_command(sweep, run_dir, trial.values), *trial_args]
     if resume:
         command += ["--ckpt_path", "last"]  # interrupted or killed: resume from its last checkpoint
     # the files are closed here once the trial has its own copies of them
@@ -298,7 +299,8 @@ def finish_trial(state: State, running: Running, returncode: int) -> str:
     return trial.error.splitlines()[0]
 
 
-def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: int | None) -> int:
+def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: int | None,
+         trial_args: list[str] = ()) -> int:
     """Claims trials while a slot is free, runs them, records how each ended; ends when this runner has nothing
     running and nothing is left to claim (trials other runners hold stay theirs)."""
     running: list[Running] = []
@@ -307,6 +309,7 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
     print(f"sweep {sweep.name}: {len(state.trials)} trials, {sum(t.status != 'pending' for t in state.trials)} done "
           f"or under way; slots {', '.join(slots)}; runner {state.runner}; {state.directory}", flush=True)
     renewed = time.monotonic()
+    previous = signal.signal(signal.SIGTERM, _as_interrupt)  # a scheduler's stop: as Ctrl-C, trials resumable
     try:
         while True:
             claimed: list[tuple[Trial, str]] = []
@@ -318,7 +321,7 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                         trial.status, trial.starts, trial.error, trial.returncode = "running", trial.starts + 1, None, None
                         claimed.append((trial, free.pop(0)))
             for trial, slot in claimed:
-                running.append(start_trial(sweep, state, trial, slot, {**base_env, **slots[slot]}))
+                running.append(start_trial(sweep, state, trial, slot, {**base_env, **slots[slot]}, trial_args))
                 print(f"[{state.trials.index(trial) + 1}/{len(state.trials)}] start {trial.name} ({slot}, start "
                       f"{trial.starts})", flush=True)
             if not running:
@@ -359,7 +362,10 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                 r.trial.wall_s = round(time.monotonic() - r.started, 1)
                 state.release(r.trial)
         print(f"sweep {sweep.name}: interrupted; run the same command again to carry on", file=sys.stderr)
+        requeue_array_task()
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     with state.locked():
         pass  # the latest state, other runners' results included
     print(table(sweep, state))
@@ -367,6 +373,19 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
     if elsewhere:
         print(f"sweep {sweep.name}: still running in other runners: {', '.join(elsewhere)}")
     return 1 if any(t.status == "failed" for t in state.trials) else 0
+
+
+def _as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def requeue_array_task() -> None:
+    """In a SLURM array task stopped before its time limit (``--signal=B:TERM@120``): requeue the task, whose runner
+    then resumes the trials this one interrupted (any other runner on the directory may claim them first)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        with contextlib.suppress(OSError):
+            subprocess.run(["scontrol", "requeue", f"{array}_{task}"], check=False)
 
 
 def next_trial(sweep: Sweep, state: State, run_cap: int | None) -> Trial | None:

@@ -1,0 +1,135 @@
+"""SLURM job files (compared with golden files, and parsed), their submission, and a preempted fit that SLURM
+requeues: Lightning's signal handler saves and calls ``scontrol requeue`` (a fake one here), the same job command
+resumes the same run (directory, W&B run) and ends with the metrics of an uninterrupted run. No cluster needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from inception_lab.record import read_summary
+from tests.conftest import QUICKSTART, REPO, clean_env
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _sbatch_options(text: str) -> dict[str, str]:
+    options = {}
+    for line in text.splitlines():
+        if line.startswith("#SBATCH "):
+            key, _, value = line.removeprefix("#SBATCH ").partition("=")
+            options[key] = value
+    return options
+
+
+def _generic(text: str, **paths: str) -> str:
+    """A job file with this machine's paths replaced by names, as the golden files hold it."""
+    for name, path in paths.items():
+        text = text.replace(path, f"<{name}>")
+    return text
+
+
+def test_fit_job_file(tmp_path: Path, cli) -> None:
+    run_dir = tmp_path / "run"
+    code, out, err = cli(["slurm", "fit", "--config", str(QUICKSTART), "--nodes", "2", "--gpus-per-node", "4",
+                          "--partition", "gpu", "--time", "1-00:00:00", "--account", "lab", "--sbatch=--qos=high",
+                          "--model.net.init_args.head=fc", "--run_dir", str(run_dir), "--dry-run"])
+    assert code == 0, err
+    text = (run_dir / "fit.sbatch").read_text()
+    assert f"wrote {run_dir / 'fit.sbatch'}; dry run: nothing submitted" in out
+    assert _generic(text, python=sys.executable, run_dir=str(run_dir), repo=str(REPO), cwd=str(tmp_path)) == \
+        (GOLDEN / "fit.sbatch").read_text()
+    options = _sbatch_options(text)
+    assert (options["--nodes"], options["--ntasks-per-node"], options["--gpus-per-node"]) == ("2", "4", "4")
+    assert options["--signal"] == "USR1@90" and "--requeue" in options and options["--qos"] == "high"
+    srun = next(line for line in text.splitlines() if line.startswith("srun "))
+    assert "--trainer.num_nodes=2 --trainer.devices=4" in srun and f"--run_dir {run_dir}" in srun
+    assert not (run_dir / "config.yaml").exists()  # written by the job, not by this command
+
+
+def test_sweep_array_job_file(tmp_path: Path, cli) -> None:
+    out = tmp_path / "sweep"
+    code, _, err = cli(["sweep", "sweeps/head_gap_vs_fc.digits.yaml", "--out", str(out), "--slurm",
+                        "--array-parallelism", "3", "--gpus-per-trial", "2", "--time", "4:00:00", "--dry-run"],
+                       cwd=REPO)
+    assert code == 0, err
+    text = (out / "sweep.sbatch").read_text()
+    assert _generic(text, python=sys.executable, out=str(out), repo=str(REPO)) == \
+        (GOLDEN / "sweep.sbatch").read_text()
+    options = _sbatch_options(text)
+    assert options["--array"] == "0-2" and options["--gpus-per-node"] == "2" and options["--signal"] == "B:TERM@120"
+    assert re.search(r"^exec .* -m inception_lab sweep .* --out \S+ --seed 0 --gpus-per-trial 2$", text, re.M)
+    assert not (out / "state.json").exists()
+
+
+def test_job_file_is_submitted_with_sbatch(tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'sbatch.args'}\n"
+                                    "echo 'Submitted batch job 4242'\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    run_dir = tmp_path / "run"
+    code, out, err = cli(["slurm", "fit", "--config", str(QUICKSTART), "--run_dir", str(run_dir)])
+    assert code == 0, err
+    assert "submitted job 4242" in out and (tmp_path / "sbatch.args").read_text().strip() == str(run_dir / "fit.sbatch")
+
+
+_SLURM = {"SLURM_JOB_ID": "1234", "SLURM_JOB_NAME": "fit", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+          "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NNODES": "1",
+          "SLURM_NODELIST": "localhost"}
+
+
+@pytest.mark.slow
+def test_requeued_job_resumes_the_same_run(tmp_path: Path, run_cli) -> None:
+    """SIGUSR1 (SLURM's signal before the time limit) mid-fit: Lightning saves hpc_ckpt_N.ckpt and runs
+    ``scontrol requeue 1234``; SLURM then stops the job (SIGTERM): recorded interrupted. The same command, started by
+    SLURM again (SLURM_RESTART_COUNT=1, no --ckpt_path), resumes the same run directory and W&B run from its newest
+    checkpoint and ends with the metrics of an uninterrupted run."""
+    base = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=2", "--trainer.limit_train_batches=6",
+            "--trainer.limit_val_batches=2"]
+    straight = tmp_path / "straight"
+    run_cli(*base, "--run_dir", str(straight), cwd=tmp_path)
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.calls'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**clean_env(), **_SLURM, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "inception_lab", *base, "--run_dir", str(run_dir)]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    last = run_dir / "checkpoints/last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.time() + 120
+    while not list(run_dir.glob("hpc_ckpt_*.ckpt")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # what SLURM does to a job it requeues
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "1234"]
+    assert read_summary(run_dir)["status"] == "interrupted" and list(run_dir.glob("hpc_ckpt_*.ckpt"))
+    wandb_id = json.loads((run_dir / "wandb_run.json").read_text())["id"]
+
+    done = subprocess.run(command, cwd=tmp_path, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SLURM job requeued (restart 1): resuming" in done.stderr
+    record = read_summary(run_dir)
+    assert record["status"] == "finished" and [a["status"] for a in record["attempts"]] == ["interrupted", "finished"]
+    assert json.loads((run_dir / "wandb_run.json").read_text())["id"] == wandb_id
+    assert {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")} == {wandb_id}
+    for key in ("val/acc", "val/acc_best", "val/loss", "train/loss"):
+        assert record["metrics"][key] == pytest.approx(read_summary(straight)["metrics"][key], abs=1e-6), key
