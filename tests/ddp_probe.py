@@ -24,3 +24,9 @@ class RankProbe(Callback):
             "config_sha": hashlib.sha256(config.encode()).hexdigest(),
         }
         Path(trainer.default_root_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(pl_module.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+        Path(trainer.default_root_dir, f"weights{trainer.global_rank}.sha").write_text(digest.hexdigest())

@@ -133,3 +133,52 @@ def test_requeued_job_resumes_the_same_run(tmp_path: Path, run_cli) -> None:
     assert {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")} == {wandb_id}
     for key in ("val/acc", "val/acc_best", "val/loss", "train/loss"):
         assert record["metrics"][key] == pytest.approx(read_summary(straight)["metrics"][key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_two_slurm_tasks_train_one_fit(tmp_path: Path) -> None:
+    """Two processes with the variables srun gives the tasks of a 2-node, 1-task-per-node job: Lightning's
+    SLURMEnvironment makes them ranks 0 and 1 of one DDP fit (gloo): one run directory, one W&B run, the same
+    weights on both ranks at the end."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "inception_lab", "fit", "--config", str(QUICKSTART), "--trainer.accelerator=cpu",
+               "--trainer.strategy=ddp", "--trainer.num_nodes=2", "--trainer.devices=1", "--trainer.max_epochs=1",
+               "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
+               "--trainer.callbacks+=ddp_probe.RankProbe", "--run_dir", str(run_dir)]
+    job = {**_SLURM, "SLURM_JOB_ID": "777", "SLURM_NTASKS": "2", "SLURM_NNODES": "2", "SLURM_NODELIST": "node[1-2]",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen(command, cwd=tmp_path, env={**clean_env(), **job, "SLURM_PROCID": str(rank),
+                                                          "SLURM_NODEID": str(rank)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    errors = [p.communicate(timeout=540)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    ranks = [json.loads((run_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)] and ranks[0]["backend"] == "gloo"
+    assert (run_dir / "weights0.sha").read_text() == (run_dir / "weights1.sha").read_text()
+    assert read_summary(run_dir)["status"] == "finished"
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_nodes_that_disagree_with_the_allocation_are_one_line(tmp_path: Path, cli, monkeypatch) -> None:
+    """Lightning checks trainer.num_nodes x devices against srun's tasks: one line naming both."""
+    for key, value in {**_SLURM, "SLURM_NTASKS": "2", "SLURM_NNODES": "2"}.items():
+        monkeypatch.setenv(key, value)
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), "--trainer.accelerator=cpu", "--trainer.strategy=ddp",
+                        "--trainer.num_nodes=1", "--trainer.devices=1", "--run_dir", str(tmp_path / "run")])
+    line = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert line.startswith("inception_lab: error: ") and "num_nodes" in line and "2" in line, line
+
+
+def test_wandb_agent_array_job_file(tmp_path: Path, cli) -> None:
+    """With a W&B server: each array task is a `wandb agent --count N` on the server's sweep."""
+    out = tmp_path / "sweep"
+    code, _, err = cli(["sweep", "sweeps/head_gap_vs_fc.yaml", "--out", str(out), "--slurm", "--array-parallelism", "8",
+                        "--wandb-sweep", "lab/inception-lab/abc123", "--count", "4", "--partition", "gpu",
+                        "--dry-run"], cwd=REPO)
+    assert code == 0, err
+    text = (out / "sweep.sbatch").read_text()
+    options = _sbatch_options(text)
+    assert options["--array"] == "0-7" and options["--partition"] == "gpu" and "--requeue" in options
+    assert text.rstrip().splitlines()[-1] == f"exec {sys.executable} -m wandb agent --count 4 lab/inception-lab/abc123"

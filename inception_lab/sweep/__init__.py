@@ -92,11 +92,14 @@ def write_array_job(args: argparse.Namespace, sweep: spec.Sweep, directory: Path
     from inception_lab import slurm
 
     gpus = args.gpus_per_trial or 1
-    command = [sys.executable, "-m", "inception_lab", "sweep", str(sweep.path.absolute()), "--out",
-               str(directory.absolute()), "--seed", str(args.seed), *(["--gpus-per-trial", str(gpus)] if gpus > 1
-                                                                     else []),
-               *(["--run-cap", str(args.run_cap)] if args.run_cap else []),
-               *(["--retry-failed"] if args.retry_failed else [])]
+    if args.wandb_sweep:  # a W&B server holds the sweep: each task is an agent that runs --count trials
+        command = [sys.executable, "-m", "wandb", "agent", "--count", str(args.count), args.wandb_sweep]
+    else:
+        command = [sys.executable, "-m", "inception_lab", "sweep", str(sweep.path.absolute()), "--out",
+                   str(directory.absolute()), "--seed", str(args.seed),
+                   *(["--gpus-per-trial", str(gpus)] if gpus > 1 else []),
+                   *(["--run-cap", str(args.run_cap)] if args.run_cap else []),
+                   *(["--retry-failed"] if args.retry_failed else [])]
     text = slurm.sbatch_text(job_name=f"inception_lab-sweep-{sweep.name}", command=command, nodes=1,
                              tasks_per_node=1, gpus_per_node=gpus, cpus_per_task=args.cpus_per_task,
                              time=args.time, partition=args.partition, account=args.account,
@@ -128,7 +131,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     slurm.add_argument("--time", help="each task's time limit (SLURM's format)")
     slurm.add_argument("--account")
     slurm.add_argument("--cpus-per-task", type=int)
-    slurm.add_argument("--sbatch", action="append", default=[], help="another #SBATCH option, e.g. --qos=high")
+    slurm.add_argument("--sbatch", action="append", default=[], help="another #SBATCH option, e.g. --sbatch=--qos=high")
+    slurm.add_argument("--wandb-sweep", metavar="ENTITY/PROJECT/ID", help="a sweep on a W&B server (`wandb sweep "
+                       "<file>` made it): each array task runs `wandb agent --count N` on it instead of the local runner")
+    slurm.add_argument("--count", type=int, default=1, help="trials per array task with --wandb-sweep (default 1)")
     args = parser.parse_args(argv)
     for flag, value in (("parallel", args.parallel), ("run-cap", args.run_cap), ("gpus-per-trial", args.gpus_per_trial),
                         ("array-parallelism", args.array_parallelism)):
