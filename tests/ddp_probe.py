@@ -30,3 +30,16 @@ class RankProbe(Callback):
         for name, tensor in sorted(pl_module.state_dict().items()):
             digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
         Path(trainer.default_root_dir, f"weights{trainer.global_rank}.sha").write_text(digest.hexdigest())
+
+
+class PreemptAt(Callback):
+    """SLURM's preemption at a chosen step: SIGUSR1 (Lightning saves hpc_ckpt_N.ckpt and requeues), then SIGTERM (the
+    job stopped), both sent by the process to itself after the step's optimizer update. ``PREEMPT_AT_STEP``."""
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        import os
+        import signal
+
+        if trainer.global_step == int(os.environ.get("PREEMPT_AT_STEP", -1)):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGTERM)

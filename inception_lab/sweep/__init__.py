@@ -103,7 +103,8 @@ def write_array_job(args: argparse.Namespace, sweep: spec.Sweep, directory: Path
     text = slurm.sbatch_text(job_name=f"inception_lab-sweep-{sweep.name}", command=command, nodes=1,
                              tasks_per_node=1, gpus_per_node=gpus, cpus_per_task=args.cpus_per_task,
                              time=args.time, partition=args.partition, account=args.account,
-                             array=f"0-{args.array_parallelism - 1}", output=str(directory.absolute() / "slurm-%A_%a.out"),
+                             array=f"0-{args.array_parallelism - 1}",
+                             output=str(directory.absolute() / "slurm-%A_%a.out"),
                              extra=args.sbatch, srun=False, signal="B:TERM@120")
     path = directory / "sweep.sbatch"
     write_atomic(path, text)
@@ -132,8 +133,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     slurm.add_argument("--account")
     slurm.add_argument("--cpus-per-task", type=int)
     slurm.add_argument("--sbatch", action="append", default=[], help="another #SBATCH option, e.g. --sbatch=--qos=high")
-    slurm.add_argument("--wandb-sweep", metavar="ENTITY/PROJECT/ID", help="a sweep on a W&B server (`wandb sweep "
-                       "<file>` made it): each array task runs `wandb agent --count N` on it instead of the local runner")
+    slurm.add_argument("--wandb-sweep", metavar="ENTITY/PROJECT/ID",
+                       help="a sweep on a W&B server (`wandb sweep <file>` made it): each array task runs "
+                            "`wandb agent --count N` on it instead of the local runner")
     slurm.add_argument("--count", type=int, default=1, help="trials per array task with --wandb-sweep (default 1)")
     args = parser.parse_args(argv)
     for flag, value in (("parallel", args.parallel), ("run-cap", args.run_cap), ("gpus-per-trial", args.gpus_per_trial),

@@ -318,7 +318,8 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                     state.reconcile()  # the trials of runners that died are claimable again
                     while free and (trial := next_trial(sweep, state, run_cap)) is not None:
                         state.claim(trial)
-                        trial.status, trial.starts, trial.error, trial.returncode = "running", trial.starts + 1, None, None
+                        trial.status, trial.starts = "running", trial.starts + 1
+                        trial.error = trial.returncode = None
                         claimed.append((trial, free.pop(0)))
             for trial, slot in claimed:
                 running.append(start_trial(sweep, state, trial, slot, {**base_env, **slots[slot]}, trial_args))
