@@ -331,7 +331,7 @@ def test_main_prints_the_table_and_writes_into_the_sweep_dir(sweep_dir: Path, cl
         ("ok", ["--baseline", "head"], "--baseline 'head': expected KEY=VALUE"),
         ("ok", ["--baseline", "=gap"], "expected KEY=VALUE"),
         ("ok", ["--baseline", "model.aux_weight=0.3"], "model.aux_weight is not a grouping key"),
-        ("ok", ["--baseline", "head=mlp"], "no cell has that value (cells: head=fc; head=gap)"),
+        ("ok", ["--baseline", "head=mlp"], "no cell has that value (cells: head=gap; head=fc)"),  # sweep.yaml order
         ("unfinished", [], "no finished runs among 2 (statuses: failed, running)"),
         ("ok", ["--wandb", "me/project"], "expected ENTITY/PROJECT/SWEEP_ID"),
     ],
@@ -387,7 +387,8 @@ class FakeApi:
 
 def test_wandb_sweep_read_through_a_mocked_api(sweep_dir: Path, tmp_path: Path, monkeypatch, cli) -> None:
     api = FakeApi(sweep_dir)
-    runs, swept = wandb_runs("me/inception-lab/abc123", api)
+    runs, swept, sweep = wandb_runs("me/inception-lab/abc123", api)
+    assert sweep is not None and sweep["parameters"][HEAD] == {"values": ["gap", "fc"]}
     assert api.asked == ["me/inception-lab/abc123"] and swept == [HEAD]
     failed = [r for r in runs if r.status != "finished"]
     assert [(r.name, r.status, r.error_tail[:12]) for r in failed] == [("gap-seed=2", "failed", "RuntimeError")]
@@ -467,3 +468,80 @@ def test_real_sweep_compared(tmp_path: Path, run_cli) -> None:
         assert len(values) == 2
         mean, std = statistics.fmean(values), statistics.stdev(values)
         assert f"| head={head}{' (baseline)' if head == 'gap' else ''} | 2 | {100 * mean:.2f} ± {100 * std:.2f} |" in md
+
+
+def test_report_names_the_sweep_metric_protocol_and_when(sweep_dir: Path, tmp_path: Path) -> None:
+    config = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump({"name": "heads.digits", "description": "gap vs fc x 2 seeds",
+                                                          **config}, sort_keys=False))
+    for path in (sweep_dir / "runs").glob("*/summary.json"):  # the attempts a fit records, one of them resumed
+        summary = json.loads(path.read_text())
+        summary["attempts"] = [{"start": "2026-11-27T17:20:41+0000", "end": "2026-11-27T17:21:58+0000"},
+                               {"start": "2026-11-27T17:30:00+0000", "end": "2026-11-27T17:33:05+0000"}]
+        path.write_text(json.dumps(summary))
+    compare([sweep_dir], out=tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    lines = md.splitlines()
+    assert lines[0] == "# heads.digits: val top-1 by head"  # the sweep, not the experiment
+    assert f"- Sweep: `heads.digits` (`{sweep_dir}`): gap vs fc x 2 seeds" in lines
+    assert "- Metric: val top-1 (`val/acc_best`: the best validation top-1 over a run's epochs), in %" in md
+    assert "- Protocol: experiment `quickstart`; 3 epochs; seeds 0, 1; data Digits (batch_size 64)." in lines
+    assert "- Ran: 2026-11-27 17:20 to 2026-11-27 17:33 UTC; 0.8 min of fits over 4 runs." in lines  # 4 x 12.5 s
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<title>heads.digits: val top-1 by head</title>" in page and "<li>Protocol: experiment" in page
+
+    # without a sweep file: the run directories are named
+    runs = sorted((sweep_dir / "runs").glob("[fg]*-seed=[01]"))
+    compare(runs, out=tmp_path / "dirs")
+    md = (tmp_path / "dirs" / "report.md").read_text()
+    assert md.startswith("# runs of quickstart: val top-1 by head\n") and f"- Run directories: `{runs[0]}`" in md
+
+
+def test_a_verdict_per_cell_in_words(sweep_dir: Path, tmp_path: Path) -> None:
+    from scipy import stats
+
+    compare([sweep_dir], out=tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    verdicts = md.split("## Verdicts (against the baseline, 95% confidence)\n\n")[1].split("\n\n")[0].splitlines()
+    assert len(verdicts) == 1 and verdicts[0].startswith(
+        "- head=fc vs head=gap: -4.50 points [-10.85, +1.85], paired over n = 2. "
+        "The interval includes 0: cannot tell it from the baseline")
+    # seeds for a 0.5-point difference at 95% with 80% power, at the spread of fc - gap (-0.05, -0.04)
+    sd = statistics.stdev([-0.05, -0.04])
+    need = int(verdicts[0].split("needs about ")[1].split(" seeds")[0])
+    def enough(n: int) -> bool:
+        return (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n) <= 0.005
+    assert enough(need) and not enough(need - 1)
+    assert f"sd of the differences {100 * sd:.2f} points" in verdicts[0]
+
+    # an interval that excludes 0, in words
+    base = Cell(("a",), [run(0, 0.90), run(1, 0.92), run(2, 0.91)])
+    lower = Cell(("b",), [run(0, 0.85), run(1, 0.88), run(2, 0.86)])
+    from inception_lab.compare.report import verdicts as say
+    line = say([base, lower], ["model.net.init_args.head"], base)[0]
+    assert line.startswith("- head=b vs head=a: -4.67 points [") and line.endswith(
+        "The interval excludes 0: lower than the baseline at the 95% level.")
+
+
+def test_cells_follow_the_sweep_files_order() -> None:
+    from inception_lab.compare.cells import sweep_order
+
+    by = ["model.aux_weight", "model.net.init_args.aux_positions"]
+    heads = ("4a", "4d")
+    sorted_cells = [Cell(k, []) for k in ((0.0, ()), (0.0, heads), (0.1, heads), (0.3, heads), (1.0, heads))]
+    parameters = yaml.safe_load((REPO / "sweeps" / "aux_weights.digits.yaml").read_text())["parameters"]
+    ordered = [c.key for c in sweep_order(sorted_cells, by, parameters)]
+    # 0.0 with its heads, 0.1, 0.3, 1.0, then {aux_weight: 0.0, net: {aux_positions: []}}: the most specific match
+    assert ordered == [(0.0, heads), (0.1, heads), (0.3, heads), (1.0, heads), (0.0, ())]
+
+    by = [FILTERS]
+    cells = [Cell(k, []) for k in (((3, 3),), ((3, 5),), ((3, (3, 3)),), ((5, 5),))]  # (5, 5): not in the file
+    parameters = yaml.safe_load((REPO / "sweeps" / "filter_sizes.digits.yaml").read_text())["parameters"]
+    assert [c.key for c in sweep_order(cells, by, parameters)] == [((3, 5),), ((3, 3),), ((3, (3, 3)),), ((5, 5),)]
+
+
+def test_multiply_adds_read_as_people_write_them() -> None:
+    from inception_lab.compare.report import _tick, _ticks
+
+    assert [_tick(v) for v in (32_019_712, 275_564_800, 1.5e9, 250_000, 12)] == ["32M", "276M", "1.5G", "250K", "12"]
+    assert _ticks([32_019_712, 32_100_352]) == ["32M", "32.1M"] and _ticks([27e6, 275e6]) == ["27M", "275M"]

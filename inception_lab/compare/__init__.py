@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inception_lab.compare.cells import Cell, group, grouping_keys, pick_baseline
-from inception_lab.compare.report import plots, render, tables, tables_markdown, text_table
+from inception_lab.compare.cells import Cell, group, grouping_keys, pick_baseline, sweep_order
+from inception_lab.compare.report import header, plots, render, tables, tables_markdown, text_table, title
 from inception_lab.compare.runs import CompareError, Run, load, parse_wandb_path, wandb_runs
 from inception_lab.compare.wandb_views import build_report, build_workspace
 from inception_lab.runfiles import write_atomic
@@ -41,7 +41,7 @@ class Comparison:
 def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] | None = None,
             out: Path | None = None, wandb_path: str | None = None, api: Any = None) -> Comparison:
     """Load, group, compute, plot and write the report; raises CompareError on bad input."""
-    runs, swept = wandb_runs(wandb_path, api) if wandb_path else load(paths)
+    runs, swept, sweep = wandb_runs(wandb_path, api) if wandb_path else load(paths)
     finished = [r for r in runs if r.status == "finished"]
     excluded = [r for r in runs if r.status != "finished"]
     if not finished:
@@ -49,12 +49,15 @@ def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] 
         raise CompareError(f"no finished runs among {len(runs)} (statuses: {statuses})")
     keys = grouping_keys(finished, by, swept)
     cell_list = group(finished, keys)
+    if sweep:  # the cells as the sweep file lists them
+        cell_list = sweep_order(cell_list, keys, sweep.get("parameters") or {})
     base = pick_baseline(cell_list, keys, baseline)
     if out is None:  # <sweep dir>/report for one sweep directory, else ./report
         one_sweep = len(paths) == 1 and paths[0].is_dir() and not (paths[0] / "summary.json").is_file()
         out = paths[0] / "report" if one_sweep else Path("report")
     images = plots(cell_list, keys, base)
-    markdown, page = render(cell_list, keys, base, excluded, images, f"inception_lab compare: {finished[0].experiment}")
+    head = header(finished, sweep, [wandb_path] if wandb_path else [str(p) for p in paths])
+    markdown, page = render(cell_list, keys, base, excluded, images, title(finished, keys, base, sweep), head)
     for name, data in [*images.items(), ("report.md", markdown), ("report.html", page)]:
         write_atomic(out / name, data)
     return Comparison(keys, cell_list, base, excluded, out, text_table(tables(cell_list, keys, base)[0]),

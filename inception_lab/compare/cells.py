@@ -5,6 +5,7 @@ where at least two seeds pair, Welch's (unequal variances) otherwise."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import warnings
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Any
 import yaml
 
 from inception_lab.compare.runs import CompareError, Run
-from inception_lab.runfiles import short_value
+from inception_lab.runfiles import flatten, short_value
 
 PRIMARY = "val/acc_best"  # the metric a cell is judged by
 
@@ -52,10 +53,26 @@ class Difference:
     df: float
     method: str  # "paired" or "welch"
     note: str = ""
+    sd: float | None = None  # of the paired differences; Welch: sqrt(var cell + var baseline), as if unpaired
 
     @property
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
+
+    def seeds_needed(self, effect: float, power: float = 0.8) -> int | None:
+        """Seeds per cell for a paired 95% interval to exclude 0 with probability ``power`` when the true difference
+        is ``effect`` (a fraction) and the differences spread as these did: the smallest n with
+        (t(0.975, n-1) + t(power, n-1)) * sd / sqrt(n) <= effect. None without a spread; 2 when they did not vary."""
+        if self.sd is None:
+            return None
+        if self.sd == 0:
+            return 2
+        from scipy import stats
+
+        for n in range(2, 100_001):
+            if (stats.t.ppf(0.975, n - 1) + stats.t.ppf(power, n - 1)) * self.sd / math.sqrt(n) <= effect:
+                return n
+        return None
 
 
 def freeze(value: Any) -> Any:
@@ -101,6 +118,26 @@ def group(runs: list[Run], by: list[str]) -> list[Cell]:
     for run in runs:
         groups.setdefault(tuple(freeze(run.value(k)) for k in by), []).append(run)
     return [Cell(key, groups[key]) for key in sorted(groups, key=_order)]
+
+
+def sweep_order(cell_list: list[Cell], by: list[str], parameters: dict[str, Any]) -> list[Cell]:
+    """The cells in the order the sweep file lists its values: per parameter, a cell ranks as the listed value that
+    matches it on the most grouping keys (a dict value such as ``{aux_weight: 0.0, net: ...}`` on each key it
+    sets); cells that match no listed value follow, in their sorted order."""
+    def rank(cell: Cell) -> list[int]:
+        ranks = []
+        for name, spec in parameters.items():
+            values = spec.get("values") if isinstance(spec, dict) else None
+            if not isinstance(values, list):
+                continue
+            best, matched = len(values), 0
+            for i, value in enumerate(values):
+                shared = [(k, v) for k, v in flatten(value, name).items() if k in by]
+                if len(shared) > matched and all(freeze(v) == cell.key[by.index(k)] for k, v in shared):
+                    best, matched = i, len(shared)
+            ranks.append(best)
+        return ranks
+    return sorted(cell_list, key=rank)  # stable: equal ranks keep the sorted order
 
 
 def describe(cell: Cell, by: list[str]) -> str:
@@ -167,5 +204,7 @@ def paired_difference(cell: Cell, baseline: Cell, metric: str = PRIMARY) -> Diff
         test = stats.ttest_rel(x, y) if paired else stats.ttest_ind(x, y, equal_var=False)
         interval = test.confidence_interval(0.95)
     diff = statistics.fmean(u - v for u, v in zip(x, y)) if paired else statistics.fmean(x) - statistics.fmean(y)
+    sd = (statistics.stdev(u - v for u, v in zip(x, y)) if paired
+          else math.sqrt(statistics.variance(x) + statistics.variance(y)))
     return Difference(diff, float(interval.low), float(interval.high), min(len(x), len(y)), float(test.df),
-                      "paired" if paired else "welch", note)
+                      "paired" if paired else "welch", note, sd)

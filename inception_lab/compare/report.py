@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import statistics
+from datetime import datetime
 from html import escape as esc
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,22 @@ def _count(value: float | None) -> str:
         return "—"
     unit, scale = next(((u, s) for u, s in (("G", 1e9), ("M", 1e6), ("K", 1e3)) if abs(value) >= s), ("", 0.0))
     return f"{value / scale:.2f}{unit}" if scale else f"{value:.0f}"
+
+
+def _tick(value: float, digits: int = 3) -> str:
+    """An axis label in the units people read: 32M, 1.5G, 250K."""
+    unit, scale = next(((u, s) for u, s in (("G", 1e9), ("M", 1e6), ("K", 1e3)) if abs(value) >= s), ("", 1.0))
+    scaled = value / scale
+    return f"{scaled:.{max(digits, len(str(int(abs(scaled)))))}g}{unit}"  # 275M, never 2.8e+02M
+
+
+def _ticks(values: list[float]) -> list[str]:
+    """Labels for distinct values, with as few digits as keep them distinct (32M, 32.1M; not 32M twice)."""
+    for digits in range(2, 8):
+        labels = [_tick(v, digits) for v in values]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
 
 
 def _cost(stat: Stat) -> str:  # params and MACs are fixed per architecture: a spread is shown only if there is one
@@ -86,6 +103,90 @@ def tables_markdown(cell_list: list[Cell], by: list[str], base: Cell) -> list[st
     return lines
 
 
+EFFECT = 0.005  # the difference a verdict asks about: 0.5 points of top-1, the size of the paper's claims
+METRIC_WORDS = {"val/acc_best": "val top-1 (`val/acc_best`: the best validation top-1 over a run's epochs)"}
+
+
+def _distinct(values: list[Any]) -> str:
+    seen = list(dict.fromkeys(str(v) for v in values if v is not None))
+    return ", ".join(seen) if seen else "—"
+
+
+def _when(runs: list[Run]) -> str:
+    """First start to last end of the runs' attempts, and the sum of their fits' wall times."""
+    stamps = []
+    for run in runs:
+        for attempt in run.summary.get("attempts") or []:
+            for key in ("start", "end"):
+                try:
+                    stamps.append(datetime.strptime(str(attempt.get(key)), "%Y-%m-%dT%H:%M:%S%z"))
+                except ValueError:
+                    pass
+    walls = [w for r in runs if isinstance(w := r.summary.get("wall_s"), int | float)]
+    span = (f"{min(stamps):%Y-%m-%d %H:%M} to {max(stamps):%Y-%m-%d %H:%M} {min(stamps):%Z}".rstrip()
+            if stamps else "not recorded")
+    return span + (f"; {sum(walls) / 60:.1f} min of fits over {len(walls)} runs" if walls else "")
+
+
+def title(runs: list[Run], by: list[str], base: Cell, sweep: dict[str, Any] | None) -> str:
+    """``head_gap_vs_fc.digits: val top-1 by head``: the sweep (else the experiment's runs) and what it compares."""
+    keys = ", ".join(part.split("=")[0] for part in describe(base, by).split(", ")) if by else ""
+    what = f"{METRIC_WORDS.get(PRIMARY, PRIMARY).split(' (')[0]}{' by ' + keys if keys else ''}"
+    source = str(sweep.get("name")) if sweep else f"runs of {runs[0].experiment}"
+    return f"{source}: {what}"
+
+
+def header(runs: list[Run], sweep: dict[str, Any] | None, paths: list[str]) -> list[str]:
+    """What a reader needs before the numbers: the sweep or the run directories, the metric, the protocol (experiment,
+    epochs, seeds, data) and when the runs ran."""
+    lines = []
+    if sweep:
+        lines.append(f"Sweep: `{sweep.get('name')}` ({', '.join(f'`{p}`' for p in paths)})"
+                     + (f": {sweep['description']}" if sweep.get("description") else ""))
+    else:
+        shown = ", ".join(f"`{p}`" for p in paths[:6]) + (f" and {len(paths) - 6} more" if len(paths) > 6 else "")
+        lines.append(f"Run directories: {shown}")
+    lines.append(f"Metric: {METRIC_WORDS.get(PRIMARY, f'`{PRIMARY}`')}, in %; higher is better.")
+    config = [r.config for r in runs]
+    seeds = sorted({r.seed for r in runs if r.seed is not None}, key=repr)
+    data = _distinct([str(c.get("data.class_path", "")).rsplit(".", 1)[-1] or None for c in config])
+    sizes = [f"{k} {_distinct([c.get(f'data.init_args.{k}') for c in config])}"
+             for k in ("dataset", "batch_size", "image_size", "val_size", "test_size")
+             if any(f"data.init_args.{k}" in c for c in config)]
+    epochs = _distinct([c.get("trainer.max_epochs") for c in config])
+    data += f" ({', '.join(sizes)})" if sizes else ""
+    lines.append(f"Protocol: experiment `{runs[0].experiment}`; {epochs} epochs; seeds "
+                 f"{', '.join(map(str, seeds)) or '—'}; data {data}.")
+    lines.append(f"Ran: {_when(runs)}.")
+    return lines
+
+
+def verdicts(cell_list: list[Cell], by: list[str], base: Cell) -> list[str]:
+    """One line per cell against the baseline: does the 95% interval exclude 0, in words; and, when it does not,
+    how many seeds the observed spread would need to show a 0.5-point difference."""
+    lines = []
+    for cell in cell_list:
+        if cell is base:
+            continue
+        name, diff = f"{describe(cell, by)} vs {describe(base, by)}", paired_difference(cell, base)
+        if diff is None:
+            lines.append(f"- {name}: no interval (a cell with fewer than 2 runs).")
+            continue
+        interval = (f"{100 * diff.diff:+.2f} points [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}], "
+                    f"{'paired over' if diff.method == 'paired' else 'Welch, unpaired,'} n = {diff.n}")
+        if diff.excludes_zero:
+            side = "higher" if diff.diff > 0 else "lower"
+            lines.append(f"- {name}: {interval}. The interval excludes 0: {side} than the baseline at the 95% level.")
+            continue
+        need = diff.seeds_needed(EFFECT)
+        spread = (f" With this spread (sd of the differences {100 * diff.sd:.2f} points), showing a "
+                  f"{100 * EFFECT:.1f}-point difference at 95% with 80% power needs about "
+                  f"{need if need is not None else 'more than 100,000'} seeds per cell." if diff.sd else "")
+        lines.append(f"- {name}: {interval}. The interval includes 0: cannot tell it from the baseline at this n."
+                     + spread)
+    return lines
+
+
 def _png(fig: Any) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -132,12 +233,18 @@ def plots(cell_list: list[Cell], by: list[str], base: Cell) -> dict[str, bytes]:
         if x is None or stat.mean is None:
             continue
         ax.errorbar([x], [100 * stat.mean], yerr=[100 * (stat.std or 0)], fmt="o", capsize=4, label=name)
-        ax.annotate(name, (x, 100 * stat.mean), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        ax.annotate(name + " *" * (cell is base), (x, 100 * stat.mean), textcoords="offset points", xytext=(5, 5),
+                    fontsize=7)
     ax.margins(x=0.2, y=0.1)  # room for the labels
     known = [m for m in macs if m]
     if known and min(known) > 0 and max(known) / min(known) > 10:  # a wide range of cost: log scale
         ax.set_xscale("log")
-    ax.set(xlabel="multiply-adds per image", ylabel="val top-1 (%)", title="accuracy against compute")
+    if known:  # ticks at the cells' own costs, in the units people read (32M, not 3.2 x 1e7)
+        ticks = sorted(set(known))
+        ax.set_xticks(ticks, _ticks(ticks), rotation=30 if len(ticks) > 3 else 0)
+        ax.minorticks_off()
+    ax.set(xlabel="multiply-adds per image", ylabel="val top-1 (%)",
+           title="accuracy against compute (mean ± std; * baseline)")
     images["accuracy_vs_macs.png"] = _png(ax.figure)
 
     ax = Figure(figsize=(6, 4)).subplots()
@@ -148,7 +255,7 @@ def plots(cell_list: list[Cell], by: list[str], base: Cell) -> dict[str, bytes]:
         per_epoch = [[100 * r.curve[e] for r in cell.runs if e in r.curve] for e in epochs]
         mean = [statistics.fmean(v) for v in per_epoch]
         std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
-        line = ax.plot(epochs, mean, label=name)[0]
+        line = ax.plot(epochs, mean, label=name + " (baseline)" * (cell is base), lw=2.5 if cell is base else 1.5)[0]
         ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         color=line.get_color(), alpha=0.2)
     if ax.lines:
@@ -160,21 +267,29 @@ def plots(cell_list: list[Cell], by: list[str], base: Cell) -> dict[str, bytes]:
 
 
 def render(cell_list: list[Cell], by: list[str], base: Cell, excluded: list[Run], images: dict[str, bytes],
-           title: str) -> tuple[str, str]:
-    """``report.md`` (images linked) and a self-contained ``report.html`` (images as data URIs)."""
+           title: str, head: list[str] | None = None) -> tuple[str, str]:
+    """``report.md`` (images linked) and a self-contained ``report.html`` (images as data URIs): the title, the
+    ``head`` lines (sweep, metric, protocol, when), the tables, a verdict per cell, the plots."""
     members = [f"{describe(c, by)}: {', '.join(r.name for r in c.runs)}" for c in cell_list]
     left_out = [f"{r.name}: {r.status}" + (f" ({r.error_tail})" if r.error_tail else "") for r in excluded]
+    head, said = head or [], verdicts(cell_list, by, base)
 
-    md = [f"# {title}", "", *tables_markdown(cell_list, by, base), ""]
+    md = [f"# {title}", "", *(f"- {line}" for line in head), *([""] if head else []),
+          *tables_markdown(cell_list, by, base), ""]
+    md += ["## Verdicts (against the baseline, 95% confidence)", "", *said, ""] if said else []
     md += ["## Runs not averaged in", "", *(f"- `{x}`" for x in left_out), ""] if left_out else []
     md += ["## Plots", "", *(f"![{Path(n).stem}]({n})\n" for n in images), "## Runs per cell", "",
            *(f"- {m}" for m in members), ""]
 
-    body = [f"<h1>{esc(title)}</h1>", f"<p>{esc(notes(by, base, cell_list))}</p>"]
-    for heading, header, rows in tables(cell_list, by, base):
+    body = [f"<h1>{esc(title)}</h1>", *(["<ul>", *(f"<li>{esc(line)}</li>" for line in head), "</ul>"] if head else []),
+            f"<p>{esc(notes(by, base, cell_list))}</p>"]
+    for heading, columns, rows in tables(cell_list, by, base):
         body += [f"<h2>{esc(heading)}</h2>"] if heading else []
         body.append("<table>" + "".join("<tr>" + "".join(f"<{tag}>{esc(c)}</{tag}>" for c in row) + "</tr>"
-                                        for tag, row in [("th", header), *(("td", r) for r in rows)]) + "</table>")
+                                        for tag, row in [("th", columns), *(("td", r) for r in rows)]) + "</table>")
+    if said:
+        body += ["<h2>Verdicts (against the baseline, 95% confidence)</h2><ul>",
+                 *(f"<li>{esc(line[2:])}</li>" for line in said), "</ul>"]
     if left_out:
         body += ["<h2>Runs not averaged in</h2><ul>", *(f"<li>{esc(x)}</li>" for x in left_out), "</ul>"]
     body += ["<h2>Plots</h2>", *(f'<p><img alt="{esc(Path(n).stem)}" src="data:image/png;base64,'

@@ -112,10 +112,12 @@ def check_one_experiment(runs: list[Run]) -> None:
         raise CompareError(f"runs of different experiments mixed: {names}; compare one experiment at a time")
 
 
-def load(paths: list[Path]) -> tuple[list[Run], list[str]]:
-    """Runs under the given sweep / run directories, and the swept keys (from sweep.yaml, if any)."""
+def load(paths: list[Path]) -> tuple[list[Run], list[str], dict[str, Any] | None]:
+    """Runs under the given sweep / run directories, the swept keys (from sweep.yaml, if any) and the first sweep
+    file found (its name, description, parameters and command go into the report)."""
     directories: dict[Path, Path] = {}  # resolved -> as given: a run reached twice is read once
     swept: list[str] = []
+    sweep_file: dict[str, Any] | None = None
     for path in paths:
         found = [path] if (path / "summary.json").is_file() else sorted(
             p.parent for p in path.rglob("summary.json")  # not a sweep's runs/.discarded/ attempts
@@ -127,15 +129,17 @@ def load(paths: list[Path]) -> tuple[list[Run], list[str]]:
         specs = [path / "sweep.yaml", *([path.parent / "sweep.yaml"] if path.name == "runs" else [])]
         if (spec := next((s for s in specs if s.is_file()), None)) is not None:
             try:
-                keys = sweep_keys(yaml.safe_load(spec.read_text()) or {})
+                config = yaml.safe_load(spec.read_text()) or {}
+                keys = sweep_keys(config)
             except (yaml.YAMLError, AttributeError, TypeError) as error:
                 raise CompareError(f"{spec}: not a W&B sweep file ({type(error).__name__})") from None
             swept += [k for k in keys if k not in swept]
+            sweep_file = sweep_file or {**config, "name": config.get("name") or spec.parent.name}
         for directory in found:
             directories.setdefault(directory.resolve(), directory)
     runs = [load_run(d) for d in directories.values()]
     check_one_experiment(runs)
-    return runs, swept
+    return runs, swept, sweep_file
 
 
 def parse_wandb_path(path: str) -> tuple[str, str, str]:
@@ -159,8 +163,8 @@ def wandb_run(run: Any) -> Run:
     return Run(str(run.name), str(run.state), config, record, curve, f"wandb:{getattr(run, 'id', run.name)}")
 
 
-def wandb_runs(path: str, api: Any = None) -> tuple[list[Run], list[str]]:
-    """The runs of a W&B sweep (``ENTITY/PROJECT/SWEEP_ID``) and its swept keys."""
+def wandb_runs(path: str, api: Any = None) -> tuple[list[Run], list[str], dict[str, Any] | None]:
+    """The runs of a W&B sweep (``ENTITY/PROJECT/SWEEP_ID``), its swept keys and its sweep file."""
     parse_wandb_path(path)
     try:
         if api is None:
@@ -168,11 +172,12 @@ def wandb_runs(path: str, api: Any = None) -> tuple[list[Run], list[str]]:
             api = wandb.Api(timeout=30)
         sweep = api.sweep(path)
         runs = [wandb_run(r) for r in sweep.runs]
-        swept = sweep_keys(sweep.config or {})
+        sweep_file = {**(sweep.config or {}), "name": (sweep.config or {}).get("name") or path}
+        swept = sweep_keys(sweep_file)
     except Exception as error:  # no API key, no server, no such sweep: one line, not a traceback
         first = (str(error).strip().splitlines() or [""])[0]
         raise CompareError(f"--wandb {path}: cannot read the sweep ({type(error).__name__}: {first})") from None
     if not runs:
         raise CompareError(f"--wandb {path}: the sweep has no runs")
     check_one_experiment(runs)
-    return runs, swept
+    return runs, swept, sweep_file
