@@ -139,8 +139,11 @@ def test_grid_cells_cover_the_axes_as_asked() -> None:
     aux = axis("aux_weights", "model")
     assert [v["aux_weight"] for v in aux] == [0.0, 0.1, 0.3, 1.0, 0.0]
     assert aux[-1]["net"] == {"init_args": {"aux_positions": []}} and all("net" not in v for v in aux[:-1])
+    seeds = axis("aux_weights", "seed_everything")
+    assert len(seeds) >= 5 and len(set(seeds)) == len(seeds)  # enough seeds per cell to answer (issue 13)
     cells = spec.grid_values(spec.load_sweep(REPO / "sweeps" / "aux_weights.yaml"))
-    assert len(cells) == 15 and len({json.dumps(c, sort_keys=True) for c in cells}) == 15  # no duplicate cells
+    n = 5 * len(seeds)
+    assert len(cells) == n and len({json.dumps(c, sort_keys=True) for c in cells}) == n  # no duplicate cells
 
 
 # ---- every trial through the CLI, rendered as the agent renders it ---------------------------------------------
@@ -263,8 +266,9 @@ def _without_engine(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_grid_order_is_the_sweep_files(either: str) -> None:
     s = spec.load_sweep(REPO / "sweeps" / "filter_sizes.yaml")
     cells = spec.grid_values(s)
-    assert [(c["model.net.init_args.filter_sizes"], c["seed_everything"]) for c in cells[:4]] == [
-        ([3, 5], 0), ([3, 5], 1), ([3, 5], 2), ([3, 3], 0)]
+    seeds = len(s.config["parameters"]["seed_everything"]["values"])
+    assert [(c["model.net.init_args.filter_sizes"], c["seed_everything"]) for c in cells[:seeds + 1]] == [
+        *(([3, 5], k) for k in range(seeds)), ([3, 3], 0)]  # every seed of a cell, then the next cell
     assert spec.grid_values(s) == cells  # the same on every start: a trial's index says which cell it runs
 
 
