@@ -12,18 +12,16 @@ import inspect
 import json
 import os
 import re
-import secrets
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning import Trainer
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -38,16 +36,13 @@ from inception_lab.models.inception import PRESETS
 from inception_lab.module import InceptionClassifier
 from inception_lab.predictions import ProbabilityWriter
 from inception_lab.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord, holds_run, read_summary
-from inception_lab.runfiles import flatten, resume_differences, safe_name, short_value, variant, variant_name
+from inception_lab.rundir import ExactResume, UserError, read_checkpoint, requeued, resolve_run, resume_checkpoint
+from inception_lab.runfiles import flatten, resume_differences, short_value, variant
+from inception_lab.slurm import RequeueOnSignal
 from inception_lab.tracking import WandbOptions, make_wandb_logger
 
-RUNS_ROOT = Path("runs")
 LINKED = ("num_classes", "in_channels", "image_size")  # the DataModule says these; never set them in a config
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
-
-class UserError(Exception):
-    """A mistake in the user's input: reported as one line, without a traceback."""
 
 
 class RunConfigCallback(SaveConfigCallback):
@@ -218,8 +213,12 @@ class InceptionCLI(LightningCLI):
                 loggers.append(wandb)
             kwargs["logger"] = loggers
         kwargs.setdefault("default_root_dir", str(run_dir))
-        if self.subcommand in (None, "fit") and not self._get(self.config_init, "trainer", default={}).get("plugins"):
-            kwargs["plugins"] = [AtomicCheckpointIO()]  # a kill while saving never truncates last.ckpt
+        if self.subcommand in (None, "fit"):
+            callbacks += [ExactResume(), RequeueOnSignal()]  # SLURM's signal: save at a step's end, requeue
+            if not self._get(self.config_init, "trainer", default={}).get("plugins"):
+                kwargs["plugins"] = [AtomicCheckpointIO()]  # a kill while saving never truncates last.ckpt
+                if SLURMEnvironment.detect():  # RequeueOnSignal handles the signal, not Lightning's handler
+                    kwargs["plugins"].append(SLURMEnvironment(auto_requeue=False))
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
 
@@ -249,20 +248,6 @@ def check_yaml(path: str) -> None:
         raise UserError(f"--config {path}: not valid YAML{where}: {problem}") from None
 
 
-def read_checkpoint(path: str) -> dict[str, Any]:
-    """A checkpoint's contents, or a one-line error naming the file."""
-    if not Path(path).is_file():
-        raise UserError(f"--ckpt_path {path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch's messages talk of pickles and weights_only; the user needs the file named
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"--ckpt_path {path}: not a readable checkpoint ({reason[:200]})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise UserError(f"--ckpt_path {path}: not a readable checkpoint (no state_dict: not written by Lightning)")
-    return checkpoint
-
-
 def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> list[str]:
     """``--config`` arguments that rebuild the model and data a checkpoint was trained with (``test --ckpt_path X``
     with no experiment file): the hyperparameters LightningCLI stored in it."""
@@ -286,87 +271,6 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> list[str]:
     if path.parent.name == "checkpoints" and path.parent.parent.parent.name:  # runs/<experiment>/<run>/checkpoints
         args += ["--experiment", path.parent.parent.parent.name]
     return args
-
-
-def requeued() -> bool:
-    """Whether this process is a SLURM job started again (``--requeue``: preempted, or requeued by Lightning on the
-    time limit's signal)."""
-    return "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
-
-
-def _progress(path: Path) -> int:
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", -1))
-    except Exception:
-        return -1
-
-
-def resume_checkpoint(run_dir: Path) -> Path:
-    """``--ckpt_path last``: the run's ``last.ckpt`` (after every epoch), or the HPC checkpoint Lightning saves on
-    SLURM's signal before a requeue (``hpc_ckpt_N.ckpt``, mid-epoch) where that is further on; where the chosen one
-    cannot be read (a copy cut short), the newest checkpoint of the run that can; a one-line error where there is
-    none."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    hpc = sorted(run_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not last.is_file() and not hpc:
-        raise UserError(f"--ckpt_path last: {last} does not exist: nothing to resume in {run_dir}; drop --ckpt_path "
-                        "to start a new run in a new --run_dir")
-    if hpc and (not last.is_file() or _progress(hpc[-1]) > _progress(last)):
-        last = hpc[-1]
-    try:
-        read_checkpoint(str(last))
-        return last
-    except UserError as error:
-        problem = str(error)
-    others = sorted((p for p in [*(run_dir / "checkpoints").glob("*.ckpt"), *hpc] if p != last),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
-    for other in others:
-        try:
-            read_checkpoint(str(other))
-        except UserError:
-            continue
-        print(f"inception_lab: warning: {problem}; resuming from the newest readable checkpoint, {other}",
-              file=sys.stderr)
-        return other
-    raise UserError(f"{problem}; and the run has no other readable checkpoint to resume from")
-
-
-def resolve_run(config: Namespace, subcommand: str, run_variant: dict[str, Any], first_config: str | None) -> None:
-    """Fill in ``experiment``, ``run_name`` and ``run_dir`` (in the config, so config.yaml records them). Names are
-    one path component: a given ``--experiment`` or ``--run_name`` is made one by ``safe_name``, with a note."""
-    if not config.experiment:
-        config.experiment = Path(first_config).stem if first_config and Path(first_config).is_file() else "default"
-    for key in ("experiment", "run_name"):
-        given = config.get(key)
-        if given is not None and safe_name(given) != given:
-            if not safe_name(given):
-                raise UserError(f"--{key} {given!r}: no usable characters for a directory name (letters, digits, "
-                                "_.=+-)")
-            print(f"inception_lab: note: --{key} {given!r} is used as {safe_name(given)!r} (one directory name)",
-                  file=sys.stderr)
-            config[key] = safe_name(given)
-    ckpt = config.get("ckpt_path")
-    if not config.run_dir and ckpt and ckpt != "last" and Path(ckpt).parent.name == "checkpoints":
-        config.run_dir = str(Path(ckpt).parent.parent)  # validate/test a checkpoint: report into its run
-    if not config.run_dir and ckpt == "last" and not config.run_name:
-        config.run_dir = str(latest_run(config.experiment))
-    if not config.run_dir:
-        if not config.run_name:
-            parts = [variant_name(run_variant), f"seed{config.get('seed_everything')}",
-                     os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)]
-            config.run_name = safe_name(*parts)
-        config.run_dir = str(RUNS_ROOT / config.experiment / config.run_name)
-    if not config.run_name:
-        config.run_name = Path(config.run_dir).name
-
-
-def latest_run(experiment: str) -> Path:
-    """The most recent run of ``experiment`` that has a ``last.ckpt`` (for ``--ckpt_path last``)."""
-    candidates = sorted((RUNS_ROOT / experiment).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise UserError(f"--ckpt_path last: no run of experiment {experiment!r} under {RUNS_ROOT / experiment} has "
-                        "checkpoints/last.ckpt; pass --run_dir DIR of the run to resume")
-    return candidates[-1].parent.parent
 
 
 class _ParseOnlyCLI(InceptionCLI):
@@ -452,8 +356,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
         InceptionCLI(args=argv, parser_kwargs={"exit_on_error": False})
-    except SIGTERMException:
-        print("inception_lab: interrupted (SIGTERM); resume with --ckpt_path last", file=sys.stderr)
+    except SIGTERMException as error:
+        print(f"inception_lab: interrupted ({error or 'SIGTERM'}); resume with --ckpt_path last", file=sys.stderr)
         return 143
     except SystemExit:
         if interrupted:  # Lightning's graceful shutdown after Ctrl-C ends in sys.exit(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Literal
 
@@ -98,6 +97,8 @@ class InceptionClassifier(LightningModule):
         self.losses = nn.ModuleDict({f"{stage}_loss": MeanMetric(nan_strategy="disable") for stage in STAGES})
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # survives a resume from checkpoint
+        self.losses["train_loss"].persistent(True)  # and the epoch's running train metrics a mid-epoch resume
+        self.metrics["train_acc"].apply(lambda m: m.persistent(True) if hasattr(m, "persistent") else None)
         self.compile_net = compile
         self.views_per_forward = int(views_per_forward)
         if channels_last:
@@ -154,11 +155,6 @@ class InceptionClassifier(LightningModule):
         for head, head_logits in zip(self.heads, (logits, *aux)):
             metrics[head].update(head_logits.detach(), y)
         return total, logits
-
-    def on_train_epoch_start(self) -> None:
-        # A run resumed at an epoch boundary draws the same augmentation and dropout as one never interrupted.
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        torch.manual_seed(seed * 1_000_003 + self.current_epoch + self.global_rank * 7919)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")

@@ -141,8 +141,9 @@ class RunRecord(Callback):
             self.summary = read_summary(self.path.parent) or {"metrics": {}}
         signal_name = interruption(exception)
         lines = [ln for ln in str(exception).strip().splitlines() if ln.strip()]
-        error = f"interrupted by {signal_name}" if signal_name else \
-            f"{type(exception).__name__}: {lines[0] if lines else ''}".strip()
+        error = f"{type(exception).__name__}: {lines[0] if lines else ''}".strip()
+        if signal_name:  # a requeue says why (slurm.Requeued)
+            error = f"interrupted: {exception}" if str(exception) else f"interrupted by {signal_name}"
         if self.subcommand != "fit":  # an evaluation going wrong says nothing about the fit
             self.summary[f"{self.subcommand}_error"] = error
             self._finish(trainer, self.summary.get("status", "running"))

@@ -1,9 +1,10 @@
-"""A training order that depends on (seed, epoch) alone, so that a fit resumed from ``last.ckpt`` replays it.
+"""A training order that depends on (seed, epoch) alone, so that a fit resumed from a checkpoint replays it.
 
 Lightning creates the first iterator of a resumed fit before it calls ``set_epoch`` (and a plain RandomSampler draws
 from the global RNG, whose state a checkpoint does not hold); this sampler reads the epoch from the trainer when its
-iterator starts. Under DDP, Lightning wraps it in a DistributedSamplerWrapper that hands each rank a disjoint slice;
-a :class:`ResidentLoader` shards it itself (``rank``/``world_size``), as DistributedSampler does.
+iterator starts. It shards itself across ranks as DistributedSampler does (and is one, so Lightning does not wrap it).
+Both training loaders are resumable mid-epoch (Lightning's ``state_dict``/``load_state_dict`` protocol): a checkpoint
+saved after batch k of an epoch records (epoch, k), and the resumed loader starts that epoch at batch k + 1.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, DistributedSampler
+
+Progress = Callable[[], tuple[int, int]]  # (the epoch being trained, batches of it done)
 
 
-class EpochShuffleSampler(Sampler[int]):
-    def __init__(self, num_samples: int, seed: int = 0, epoch_fn: Callable[[], int] | None = None,
+class EpochShuffleSampler(DistributedSampler):
+    def __init__(self, num_samples: int, seed: int = 0, progress_fn: Progress | None = None,
                  shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
-        self.num_samples, self.seed, self.epoch_fn, self.epoch = num_samples, seed, epoch_fn, 0
+        self.num_samples, self.seed, self.progress_fn, self.epoch = num_samples, seed, progress_fn, 0
         self.shuffle, self.rank, self.world_size = shuffle, rank, world_size
+        self.skip: tuple[int, int] | None = None  # (epoch, samples): where a resumed epoch starts
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -32,7 +36,7 @@ class EpochShuffleSampler(Sampler[int]):
         """This rank's indices for the epoch about to start. Across ranks the order is padded with its own head to a
         multiple of ``world_size`` and dealt out round-robin (DistributedSampler's scheme): equal shares, so every
         rank runs the same number of steps."""
-        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        epoch = self.progress_fn()[0] if self.progress_fn is not None else self.epoch
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.num_samples, generator=generator)
@@ -41,7 +45,16 @@ class EpochShuffleSampler(Sampler[int]):
         if self.world_size > 1:
             padding = len(self) * self.world_size - self.num_samples
             order = torch.cat([order, order[:padding]])[self.rank::self.world_size]
-        return order
+        skip, self.skip = self.skip, None
+        return order[skip[1]:] if skip is not None and skip[0] == epoch else order
+
+    def state_dict(self, batch_size: int) -> dict[str, int]:
+        epoch, batches = self.progress_fn() if self.progress_fn is not None else (self.epoch, 0)
+        return {"epoch": int(epoch), "batches": int(batches), "batch_size": int(batch_size)}  # plain ints: weights_only
+
+    def load_state_dict(self, state: dict[str, int], batch_size: int) -> None:
+        if state.get("batch_size") == batch_size and 0 < state["batches"] * batch_size < len(self):
+            self.skip = state["epoch"], state["batches"] * batch_size
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order().tolist())
@@ -65,6 +78,12 @@ class ResidentLoader:
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
 
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict(self.batch_size)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state, self.batch_size)
+
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         tensors = self.tensors_fn()
         order = self.sampler.order().to(tensors[0].device)
@@ -73,11 +92,25 @@ class ResidentLoader:
             yield tuple(t[index] for t in tensors)
 
 
-def trainer_epoch(datamodule) -> Callable[[], int]:
-    """The epoch a DataModule's trainer is about to train (the fit loop's processed-epoch count)."""
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over an :class:`EpochShuffleSampler` that resumes mid-epoch (its order; the random draws of
+    augmentation in workers are not replayed)."""
 
-    def epoch() -> int:
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict(self.batch_size)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state, self.batch_size)
+
+
+def trainer_progress(datamodule) -> Progress:
+    """The epoch a DataModule's trainer is about to train (the fit loop's processed-epoch count), and the batches of
+    it fetched so far (a checkpoint saved after batch k's update: k)."""
+
+    def progress() -> tuple[int, int]:
         fit_loop = getattr(getattr(datamodule, "trainer", None), "fit_loop", None)
-        return fit_loop.epoch_progress.current.processed if fit_loop is not None else 0
+        if fit_loop is None:
+            return 0, 0
+        return fit_loop.epoch_progress.current.processed, fit_loop.epoch_loop.batch_progress.current.ready
 
-    return epoch
+    return progress

@@ -33,8 +33,8 @@ class RankProbe(Callback):
 
 
 class PreemptAt(Callback):
-    """SLURM's preemption at a chosen step: SIGUSR1 (Lightning saves hpc_ckpt_N.ckpt and requeues), then SIGTERM (the
-    job stopped), both sent by the process to itself after the step's optimizer update. ``PREEMPT_AT_STEP``."""
+    """SLURM's signal before the time limit at a chosen step: SIGUSR1, sent by the process to itself after the step's
+    optimizer update (``PREEMPT_AT_STEP``); the CLI's RequeueOnSignal saves, requeues and stops."""
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         import os
@@ -42,4 +42,3 @@ class PreemptAt(Callback):
 
         if trainer.global_step == int(os.environ.get("PREEMPT_AT_STEP", -1)):
             os.kill(os.getpid(), signal.SIGUSR1)
-            os.kill(os.getpid(), signal.SIGTERM)

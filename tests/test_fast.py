@@ -53,10 +53,33 @@ def test_resident_batches_are_the_dataloaders_batches(source: str, tiny_cifar: P
     order = resident.train_dataloader().sampler
     first = order.order()
     assert not torch.equal(first, torch.arange(len(first)))
-    order.epoch_fn = lambda: 1
+    order.progress_fn = lambda: (1, 0)
     assert not torch.equal(order.order(), first)
-    assert torch.equal(order.order(), EpochShuffleSampler(len(first), 0, lambda: 1).order())
+    assert torch.equal(order.order(), EpochShuffleSampler(len(first), 0, lambda: (1, 0)).order())
     assert isinstance(resident.predict_dataloader(), torch.utils.data.DataLoader)  # predictions.csv needs indices
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_a_loader_resumed_mid_epoch_goes_on_where_it_stopped(resident: bool) -> None:
+    """Lightning's loader protocol: the state saved after batch 3 of epoch 1 makes the next iterator of epoch 1 start
+    at batch 4 (the rest of the epoch, as the uninterrupted loader gives it); of another epoch, from its start; and a
+    state from the end of an epoch or another batch size is ignored."""
+    progress = [(1, 3)]
+    dm = _fit_ready(DigitsDataModule(batch_size=100, resident=resident))
+    loader = dm.train_dataloader()
+    loader.sampler.progress_fn = lambda: progress[0]
+    whole = _batches(loader)
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches": 3, "batch_size": 100}
+    resumed = dm.train_dataloader()
+    resumed.sampler.progress_fn = lambda: progress[0]
+    resumed.load_state_dict(state)
+    rest = _batches(resumed)
+    assert len(rest) == len(whole) - 3 and all(torch.equal(a[0], b[0]) for a, b in zip(rest, whole[3:]))
+    assert len(_batches(resumed)) == len(whole)  # once: the next epoch starts at its beginning
+    for other in ({**state, "epoch": 2}, {**state, "batches": len(whole)}, {**state, "batch_size": 50}):
+        resumed.load_state_dict(other)
+        assert len(_batches(resumed)) == len(whole), other
 
 
 def test_resident_shards_like_distributed_sampler() -> None:

@@ -1,5 +1,5 @@
 """SLURM job files (compared with golden files, and parsed), their submission, and a preempted fit that SLURM
-requeues: Lightning's signal handler saves and calls ``scontrol requeue`` (a fake one here), the same job command
+requeues: the CLI saves at the step's end and calls ``scontrol requeue`` (a fake one here), the same job command
 resumes the same run (directory, W&B run) and ends with the metrics of an uninterrupted run. No cluster needed."""
 
 from __future__ import annotations
@@ -89,12 +89,11 @@ _SLURM = {"SLURM_JOB_ID": "1234", "SLURM_JOB_NAME": "fit", "SLURM_NTASKS": "1", 
 
 @pytest.mark.slow
 def test_requeued_job_resumes_the_same_run(tmp_path: Path, run_cli) -> None:
-    """Preempted at step 9, mid-epoch (tests/ddp_probe.PreemptAt sends SLURM's SIGUSR1, then SIGTERM): Lightning saves
-    hpc_ckpt_1.ckpt and runs ``scontrol requeue 1234`` (a fake), the run is recorded interrupted. The same command,
-    started by SLURM again (SLURM_RESTART_COUNT=1, no --ckpt_path), resumes the same run directory and W&B run from
-    the HPC checkpoint (further on than last.ckpt) and trains exactly the remaining steps. A resume from a mid-epoch
-    checkpoint is not bit-exact (the epoch's data order and random draws start over); from last.ckpt it is (see
-    test_cli's SIGKILL resume)."""
+    """SLURM's SIGUSR1 at step 9, mid-epoch (tests/ddp_probe.PreemptAt): the fit saves hpc_ckpt_1.ckpt at that step's
+    end, runs ``scontrol requeue 1234`` (a fake) and stops, recorded interrupted (exit 143). The same command, started
+    by SLURM again (SLURM_RESTART_COUNT=1, no --ckpt_path), resumes the same run directory and W&B run from the HPC
+    checkpoint (further on than last.ckpt), trains exactly the remaining steps on the remaining batches with the
+    random state it stopped with, and ends with the metrics of the same fit never interrupted (to 1e-6)."""
     base = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=2", "--trainer.limit_train_batches=6",
             "--trainer.limit_val_batches=2", "--trainer.callbacks+=ddp_probe.PreemptAt"]
     bin_dir = tmp_path / "bin"
@@ -109,6 +108,7 @@ def test_requeued_job_resumes_the_same_run(tmp_path: Path, run_cli) -> None:
     assert first.returncode == 143, first.stderr[-3000:]
     assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "1234"]
     assert read_summary(run_dir)["status"] == "interrupted"
+    assert read_summary(run_dir)["error"] == "interrupted: requeued by SLURM after step 9 (hpc_ckpt_1.ckpt)"
     hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
     assert hpc["global_step"] == 9 > torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"]
     wandb_id = json.loads((run_dir / "wandb_run.json").read_text())["id"]
@@ -123,6 +123,14 @@ def test_requeued_job_resumes_the_same_run(tmp_path: Path, run_cli) -> None:
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 12  # 3 steps more
     assert json.loads((run_dir / "wandb_run.json").read_text())["id"] == wandb_id
     assert {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")} == {wandb_id}
+
+    plain = tmp_path / "plain"
+    whole = subprocess.run([*command[:-1], str(plain)], cwd=tmp_path, env={**env, "PREEMPT_AT_STEP": "-1"},
+                           capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    expected = read_summary(plain)["metrics"]
+    for key in ("val/loss", "val/acc", "val/acc_best", "train/loss"):
+        assert record["metrics"][key] == pytest.approx(expected[key], abs=1e-6), key
 
 
 @pytest.mark.slow

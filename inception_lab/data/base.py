@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from inception_lab.arguments import check
 from inception_lab.data.views import TestViews, ViewBatch, mirrored
-from inception_lab.sampling import EpochShuffleSampler, ResidentLoader, trainer_epoch
+from inception_lab.sampling import EpochShuffleSampler, ResidentLoader, ResumableDataLoader, trainer_progress
 
 
 class DataError(RuntimeError):
@@ -112,15 +112,14 @@ class ImageDataModule(LightningDataModule):
         workers = self.num_workers
         # The training order follows seed_everything (and the epoch), not the split seed: seeds vary the order.
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        trainer = self.trainer
+        sampler = EpochShuffleSampler(len(dataset), seed, trainer_progress(self), shuffle=train, world_size=getattr(
+            trainer, "world_size", 1), rank=getattr(trainer, "global_rank", 0))
         if (self.resident if resident is None else resident) and isinstance(dataset, TensorDataset):
-            trainer = self.trainer
-            sampler = EpochShuffleSampler(len(dataset), seed, trainer_epoch(self), shuffle=train,
-                                          rank=getattr(trainer, "global_rank", 0),
-                                          world_size=getattr(trainer, "world_size", 1))
             return ResidentLoader(lambda: self._resident_tensors(dataset), self.batch_size, sampler)
-        return DataLoader(
+        return (ResumableDataLoader if train else DataLoader)(
             dataset, batch_size=self.batch_size, num_workers=workers, drop_last=False,
-            sampler=EpochShuffleSampler(len(dataset), seed, trainer_epoch(self)) if train else None,
+            sampler=sampler if train else None,
             generator=torch.Generator().manual_seed(seed),  # worker seeds: not drawn from the global RNG
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,

@@ -1,0 +1,178 @@
+"""The run directory: where a run goes, which checkpoint resumes it, and a resume that goes on exactly.
+
+``runs/<experiment>/<run name>/`` unless ``--run_dir`` says otherwise; ``--ckpt_path last`` resumes a run from its
+newest checkpoint; a SLURM job started again (``--requeue``) resumes its own run. :class:`ExactResume` makes a resumed
+fit continue as the uninterrupted one would, from an epoch's end (the RNG seeded from (seed, epoch, rank)) or from
+the middle of an epoch (the loaders' position and every rank's RNG state, saved in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import Namespace
+from lightning import Callback, LightningModule, Trainer
+
+from inception_lab.runfiles import safe_name, variant_name
+
+RUNS_ROOT = Path("runs")
+
+
+class UserError(Exception):
+    """A mistake in the user's input: reported as one line, without a traceback."""
+
+
+class ExactResume(Callback):
+    """Resumes that replay the uninterrupted fit.
+
+    Each epoch starts from the RNG seeded with (seed, epoch, rank), so a fit resumed from an epoch-end checkpoint
+    draws what the uninterrupted one drew. A checkpoint saved mid-epoch (SLURM's requeue, or any callback saving
+    after a step) also holds the training loaders' position (Lightning's loader ``state_dict`` protocol) and every
+    rank's RNG state; the resumed epoch starts at the next batch, with that state. Saving runs on every rank at once,
+    as Lightning's own saving does (each rank's state is gathered).
+    """
+
+    def __init__(self) -> None:
+        self._trainer: Trainer | None = None
+        self._rng: dict[str, Any] | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A fit resumed mid-epoch (Lightning does not call ``on_train_epoch_start`` again) goes on from the saved
+        batch with the saved RNG. The loader's position is loaded here: ``configure_optimizers`` asks for
+        ``estimated_stepping_batches``, which sets the loader up before Lightning restores the loops, so Lightning's
+        own loading (in ``setup_data``) has already passed; the iterator is made again."""
+        fit_loop = trainer.fit_loop
+        if fit_loop.restarting and fit_loop._combined_loader_states_to_load:
+            fit_loop._load_combined_loader_states()
+            iter(fit_loop._data_fetcher)
+        rng, self._rng = self._rng, None
+        if rng is None or not fit_loop.restarted_mid_epoch:
+            return
+        if len(rng["cpu"]) != trainer.world_size:
+            print(f"inception_lab: warning: resumed on {trainer.world_size} ranks from a checkpoint of "
+                  f"{len(rng['cpu'])}: the rest of the epoch draws new random numbers", file=sys.stderr)
+            return
+        torch.set_rng_state(rng["cpu"][trainer.global_rank])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"][trainer.global_rank], trainer.strategy.root_device)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        torch.manual_seed(seed * 1_000_003 + trainer.current_epoch + trainer.global_rank * 7919)
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        strategy = trainer.strategy
+
+        def gathered(state: torch.Tensor) -> torch.Tensor:
+            return strategy.all_gather(state.to(strategy.root_device)).reshape(trainer.world_size, -1).cpu()
+
+        cuda = strategy.root_device.type == "cuda"
+        return {"rng": {"cpu": gathered(torch.get_rng_state()),
+                        "cuda": gathered(torch.cuda.get_rng_state(strategy.root_device)) if cuda else None}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._rng = state.get("rng")
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint's contents, or a one-line error naming the file."""
+    if not Path(path).is_file():
+        raise UserError(f"--ckpt_path {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch's messages talk of pickles and weights_only; the user needs the file named
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"--ckpt_path {path}: not a readable checkpoint ({reason[:200]})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"--ckpt_path {path}: not a readable checkpoint (no state_dict: not written by Lightning)")
+    return checkpoint
+
+
+
+def requeued() -> bool:
+    """Whether this process is a SLURM job started again (``--requeue``: preempted, or requeued by Lightning on the
+    time limit's signal)."""
+    return "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
+def resume_checkpoint(run_dir: Path) -> Path:
+    """``--ckpt_path last``: the run's ``last.ckpt`` (after every epoch), or the HPC checkpoint saved on SLURM's
+    signal before a requeue (``hpc_ckpt_N.ckpt``, mid-epoch) where that is further on; where the chosen one cannot be
+    read (a copy cut short), the newest checkpoint of the run that can; a one-line error where there is none."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    hpc = list(run_dir.glob("hpc_ckpt_*.ckpt"))
+    if not last.is_file() and not hpc:
+        raise UserError(f"--ckpt_path last: {last} does not exist: nothing to resume in {run_dir}; drop --ckpt_path "
+                        "to start a new run in a new --run_dir")
+    steps: dict[Path, int] = {}  # readable checkpoints and their global step; each file loaded once (mmap)
+    problems: list[str] = []
+    for path in [*([last] if last.is_file() else []), *hpc]:
+        try:
+            steps[path] = int(read_checkpoint(str(path)).get("global_step", -1))
+        except UserError as error:
+            problems.append(str(error))
+    if steps and (last in steps or not last.is_file()):
+        return max(steps, key=lambda p: (steps[p], p.stat().st_mtime))
+    for other in sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if other != last and other not in steps:
+            try:
+                read_checkpoint(str(other))
+            except UserError:
+                continue
+            steps[other] = 0
+    if not steps:
+        raise UserError(f"{problems[0]}; and the run has no other readable checkpoint to resume from")
+    newest = max(steps, key=lambda p: p.stat().st_mtime)
+    print(f"inception_lab: warning: {problems[0]}; resuming from the newest readable checkpoint, {newest}",
+          file=sys.stderr)
+    return newest
+
+
+def resolve_run(config: Namespace, subcommand: str, run_variant: dict[str, Any], first_config: str | None) -> None:
+    """Fill in ``experiment``, ``run_name`` and ``run_dir`` (in the config, so config.yaml records them). Names are
+    one path component: a given ``--experiment`` or ``--run_name`` is made one by ``safe_name``, with a note."""
+    if not config.experiment:
+        config.experiment = Path(first_config).stem if first_config and Path(first_config).is_file() else "default"
+    for key in ("experiment", "run_name"):
+        given = config.get(key)
+        if given is not None and safe_name(given) != given:
+            if not safe_name(given):
+                raise UserError(f"--{key} {given!r}: no usable characters for a directory name (letters, digits, "
+                                "_.=+-)")
+            print(f"inception_lab: note: --{key} {given!r} is used as {safe_name(given)!r} (one directory name)",
+                  file=sys.stderr)
+            config[key] = safe_name(given)
+    ckpt = config.get("ckpt_path")
+    if not config.run_dir and ckpt and ckpt != "last" and Path(ckpt).parent.name == "checkpoints":
+        config.run_dir = str(Path(ckpt).parent.parent)  # validate/test a checkpoint: report into its run
+    if not config.run_dir and ckpt == "last" and not config.run_name:
+        config.run_dir = str(latest_run(config.experiment))
+    if not config.run_dir:
+        if not config.run_name:
+            parts = [variant_name(run_variant), f"seed{config.get('seed_everything')}",
+                     os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)]
+            config.run_name = safe_name(*parts)
+        config.run_dir = str(RUNS_ROOT / config.experiment / config.run_name)
+    if not config.run_name:
+        config.run_name = Path(config.run_dir).name
+
+
+def latest_run(experiment: str) -> Path:
+    """The most recent run of ``experiment`` that has a ``last.ckpt`` (for ``--ckpt_path last``)."""
+    candidates = sorted((RUNS_ROOT / experiment).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise UserError(f"--ckpt_path last: no run of experiment {experiment!r} under {RUNS_ROOT / experiment} has "
+                        "checkpoints/last.ckpt; pass --run_dir DIR of the run to resume")
+    return candidates[-1].parent.parent
