@@ -375,6 +375,28 @@ def test_bayes_without_engine_says_how_to_install(tmp_path: Path, cli: Any, monk
     assert "pip install 'inception-lab[sweeps]'" in err
 
 
+def test_a_sweep_file_with_new_comments_continues_its_directory(tmp_path: Path, cli: Any) -> None:
+    """The sweep directory holds the sweep as first run: a sweep file whose comments changed since (its protocol
+    header, its timings) is the same sweep; one whose values changed is refused, naming both files."""
+    path = tmp_path / "s.yaml"
+    config = {"name": "s", "method": "grid", "parameters": {"seed_everything": {"values": [0, 1]}},
+              "metric": {"name": "val/acc_best", "goal": "maximize"},
+              "command": ["python", "-m", "inception_lab", "fit", "--config", str(REPO / "experiments/quickstart.yaml"),
+                          "--config", "${args_json_file}"]}
+    path.write_text("# measured: 1 min\n" + yaml.safe_dump(config))
+    out = tmp_path / "out"
+    assert cli(["sweep", str(path), "--out", str(out), "--dry-run"])[0] == 0
+    out.mkdir(exist_ok=True)
+    (out / "sweep.yaml").write_text(path.read_text())
+    path.write_text("# measured again: 2 min\n" + yaml.safe_dump(config))
+    code, _, err = cli(["sweep", str(path), "--out", str(out), "--dry-run"])
+    assert code == 0, err
+    config["parameters"]["seed_everything"]["values"] = [0, 1, 2]
+    path.write_text(yaml.safe_dump(config))
+    code, _, err = cli(["sweep", str(path), "--out", str(out), "--dry-run"])
+    assert code == 2 and f"{out} holds a different sweep ({out / 'sweep.yaml'} differs from {path})" in err, err
+
+
 def test_interrupted_trial_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     """A fake trial program (records its argv, writes a finished summary.json) behind the real runner."""
     program = ("import json, pathlib, sys; d = pathlib.Path(sys.argv[sys.argv.index('--run_dir') + 1]); "

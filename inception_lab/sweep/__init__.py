@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from inception_lab.runfiles import write_atomic
 from inception_lab.sweep import runner, spec
 from inception_lab.sweep.runner import State, check_command, check_trials, trial_command
@@ -41,7 +43,7 @@ def run(argv: list[str]) -> int:
     devices = [d.strip() for d in (args.devices or "").split(",") if d.strip()]
     slots = runner.slots_for(args.parallel or len(devices) or 1, devices)
     copy = directory / "sweep.yaml"
-    if copy.is_file() and copy.read_text() != sweep.text:
+    if copy.is_file() and yaml.safe_load(copy.read_text()) != sweep.config:  # comments may change; the sweep not
         raise SweepError(f"{directory} holds a different sweep ({copy} differs from {sweep.path}): pass --out DIR "
                          "for a new sweep directory, or delete the old one")
     state = State(directory, sweep, args.seed)
