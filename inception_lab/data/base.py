@@ -50,8 +50,8 @@ class ImageDataModule(LightningDataModule):
     whole dataset is copied once to the training device (the GPU) and batches are gathered there by index (a
     :class:`ResidentLoader`: no workers, no collation, no copy per step); otherwise batches travel to the device
     as uint8 through a DataLoader. Either way they are augmented (per sample), converted and normalized on the
-    device, in ``on_after_batch_transfer``; float batches (ImageNet's training batches: decoded, augmented and
-    normalized in the loader workers) pass through unchanged. The training order is the same both ways: (seed,
+    device, in ``on_after_batch_transfer`` (``augment``, ``normalize``); float batches (already normalized: a Python
+    caller's) pass through unchanged. The training order is the same both ways: (seed,
     epoch) alone fixes it. Test views arrive as uint8 ``(N, V, C, H, W)`` (cut in the workers, or, for ``flip`` on
     in-memory data, here) and go on as a :class:`~inception_lab.data.views.ViewBatch`, normalized by the model a
     chunk at a time.
@@ -157,19 +157,25 @@ class ImageDataModule(LightningDataModule):
             if x.ndim == 5:
                 return ViewBatch(x, self.normalize), y
             if trainer is not None and trainer.training:
-                x = random_crop_flip(x, self.pad, self.flip)
+                x = self.augment(x)
             x = self.normalize(x)
         if x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
+    def augment(self, images: Tensor) -> Tensor:
+        """Training augmentation of a uint8 batch on the device, per sample: uint8, or float in [0, 1], out."""
+        return random_crop_flip(images, self.pad, self.flip)
+
     def normalize(self, images: Tensor) -> Tensor:
+        """uint8 (or float in [0, 1]) images -> float, standardized by the data's mean and std."""
         key = (images.device, self.mean, self.std)
         if self._stats is None or self._stats[0] != key:  # made once per device: no host-to-device copy per step
             mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
             self._stats = key, mean, torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
         _, mean, std = self._stats
-        return (images.float() / 255 - mean) / std
+        images = images.float() / 255 if images.dtype == torch.uint8 else images
+        return (images - mean) / std
 
 
 def split_indices(n: int, sizes: dict[str, int], seed: int) -> list[Tensor]:

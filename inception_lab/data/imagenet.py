@@ -2,19 +2,82 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
+from PIL import Image
+from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder, ImageNet
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
+from inception_lab.arguments import check
 from inception_lab.data.base import DataError, ImageDataModule, split_indices
 from inception_lab.data.views import TestViews, ViewMaker
+from inception_lab.sampling import trainer_progress
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Section 6: "patches of various sizes ... distributed evenly between 8% and 100% of the image area with aspect
+# ratio constrained to the interval [3/4, 4/3]"
+CROP_AREA, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
+Backend = Literal["torchvision", "dali"]
+
+
+def load_image(path: str) -> Tensor:
+    """A file as a uint8 RGB tensor ``(3, H, W)``: JPEGs by ``torchvision.io.decode_jpeg`` (libjpeg-turbo straight
+    into a tensor: faster than PIL's decode and copy), anything it refuses by PIL (ImageNet's few PNG and CMYK
+    files saved as .JPEG)."""
+    data = read_file(path)
+    if len(data) > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8:  # the JPEG start-of-image marker
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass
+    with Image.open(path) as image:
+        return v2.functional.pil_to_tensor(image.convert("RGB"))
+
+
+def train_crop(size: int) -> v2.Compose:
+    """The loader worker's half of the paper's training augmentation, on a uint8 image: a random crop (area and
+    aspect as Section 6) resized to ``size`` x ``size``, and a horizontal flip. uint8 ``(3, size, size)`` out."""
+    return v2.Compose([v2.RandomResizedCrop(size, scale=CROP_AREA, ratio=CROP_RATIO, antialias=True),
+                       v2.RandomHorizontalFlip()])
+
+
+def jitter_params(n: int, strength: float, device: torch.device | str = "cpu",
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Per-sample photometric parameters as ``v2.ColorJitter(strength, strength, strength)`` draws them for one
+    image: factors ``(n, 3)`` (brightness, contrast, saturation), each uniform in [max(0, 1 - s), 1 + s], and the
+    order ``(n, 3)`` in which the three are applied, a uniform random permutation per image."""
+    low, high = max(0.0, 1 - strength), 1 + strength
+    factors = torch.rand(n, 3, device=device, generator=generator) * (high - low) + low
+    order = torch.rand(n, 3, device=device, generator=generator).argsort(1)
+    return factors, order
+
+
+def color_jitter(images: Tensor, strength: float, params: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """torchvision's ColorJitter (brightness, contrast, saturation; no hue) with its own draw for every image of a
+    float batch ``(N, 3, H, W)`` in [0, 1], on the batch's device (v2 transforms on a batch draw once: vision #8484).
+
+    Each of the three is torchvision's blend ``clamp(f * x + (1 - f) * ref, 0, 1)`` with ``ref`` 0 (brightness),
+    the image's mean gray (contrast) or its gray image (saturation): step k blends every image with the reference of
+    its k-th operation, so the three steps cost three blends whatever the orders.
+    """
+    factors, order = params if params is not None else jitter_params(len(images), strength, images.device)
+    weights = images.new_tensor((0.2989, 0.587, 0.114)).view(1, 3, 1, 1)  # torchvision's rgb_to_grayscale
+    rows = torch.arange(len(images), device=images.device)
+    for step in range(3):
+        op = order[:, step]
+        f = factors[rows, op].to(images.dtype).view(-1, 1, 1, 1)
+        gray = (images * weights).sum(1, keepdim=True)
+        mean = gray.mean((1, 2, 3), keepdim=True)
+        ref = torch.where((op == 0).view(-1, 1, 1, 1), 0.0, torch.where((op == 1).view(-1, 1, 1, 1), mean, gray))
+        images = (f * images + (1 - f) * ref).clamp_(0, 1)
+    return images
 
 
 class _Transformed(Dataset):
@@ -36,12 +99,20 @@ class ImageNetDataModule(ImageDataModule):
     torchvision's ``ImageNet`` layout when ``root`` holds its devkit (``meta.bin`` / ``ILSVRC2012_devkit_t12.tar.gz``).
 
     ``val_size`` training images (seeded) are held out for validation; the official ``val/`` set is the test split.
-    Training: the paper's augmentation (Section 6): crops of 8%-100% of the area with aspect ratio 3/4-4/3 resized to
-    ``image_size``, horizontal flips, photometric distortions (``color_jitter``), normalized in the workers.
-    Evaluation: resize to ``eval_resize``, center crop ``image_size``, cut in the workers as uint8 and normalized on
-    the device; ``test_views``: ``ten_crop`` for the one-scale 10-crop protocol, ``multi144`` for the paper's 144
-    crops (Section 7; ``inception_lab.data.views``). 144 views are 21.7 MB per image at 224 as uint8: a test batch
-    of 256 images is 5.5 GB, so lower ``batch_size`` for ``multi144`` (it counts images, not views).
+    Training: the paper's augmentation (Section 6): the loader workers decode (:func:`load_image`), take crops of
+    8%-100% of the area with aspect ratio 3/4-4/3 resized to ``image_size`` and flip them (:func:`train_crop`), and
+    hand over uint8 batches (a quarter of float's bytes over PCIe); the photometric distortions (``color_jitter``,
+    drawn per image: :func:`color_jitter`), the float conversion and the normalization run on the training device,
+    on the batch. Evaluation: resize to ``eval_resize``, center crop ``image_size``, cut in the workers as uint8 and
+    normalized on the device; ``test_views``: ``ten_crop`` for the one-scale 10-crop protocol, ``multi144`` for the
+    paper's 144 crops (Section 7; ``inception_lab.data.views``). 144 views are 21.7 MB per image at 224 as uint8:
+    a test batch of 256 images is 5.5 GB, so lower ``batch_size`` for ``multi144`` (it counts images, not views).
+
+    ``backend``: who decodes and crops the training images. ``torchvision`` (the default: loader workers, as
+    above) or ``dali`` (NVIDIA DALI, ``pip install inception_lab[dali]``: decodes on the GPU with the random crop
+    fused into the decode, or on the CPU where there is no GPU; ``num_workers`` is its CPU thread count; sharded by
+    global rank, reshuffled per epoch from (seed, epoch): :mod:`inception_lab.data.dali`). Both hand the same
+    uint8 crops to the same on-device distortions; evaluation always runs on torchvision.
     """
 
     views_supported = get_args(TestViews)
@@ -50,21 +121,30 @@ class ImageNetDataModule(ImageDataModule):
     def __init__(self, root: str = "data/imagenet", image_size: PositiveInt = 224, eval_resize: PositiveInt = 256,
                  num_classes: PositiveInt = 1000, batch_size: PositiveInt = 256, num_workers: NonNegativeInt = 8,
                  pin_memory: bool = True, persistent_workers: bool = True, val_size: PositiveInt = 10000,
-                 split_seed: int = 0, color_jitter: NonNegativeFloat = 0.4, test_views: TestViews = "single") -> None:
+                 split_seed: int = 0, color_jitter: NonNegativeFloat = 0.4, test_views: TestViews = "single",
+                 backend: Backend = "torchvision") -> None:
         super().__init__(batch_size, num_workers, test_views)
+        check("data.init_args.backend", backend, Backend)
+        if backend == "dali":
+            from inception_lab.data.dali import require_dali
+
+            require_dali()
         self.save_hyperparameters()
+        self.backend = backend
         self.root, self.eval_resize, self.val_size, self.split_seed = root, eval_resize, val_size, split_seed
         self.pin_memory, self.persistent_workers, self.color_jitter = pin_memory, persistent_workers, color_jitter
         # plain ints: linked into the network's hyperparameters, which checkpoints load with weights_only=True
         self.num_classes, self.in_channels, self.image_size = int(num_classes), 3, int(image_size)
 
     def _transforms(self) -> dict[str, Any]:
-        to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
-        jitter = [v2.ColorJitter(self.color_jitter, self.color_jitter, self.color_jitter)] if self.color_jitter else []
-        train = v2.Compose([v2.RandomResizedCrop(self.image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                                                 antialias=True), v2.RandomHorizontalFlip(), *jitter, *to_tensor])
         center = ViewMaker("single", self.image_size, self.eval_resize)
-        return {"train": train, "eval": center, "test": ViewMaker(self.test_views, self.image_size, self.eval_resize)}
+        return {"train": train_crop(self.image_size), "eval": center,
+                "test": ViewMaker(self.test_views, self.image_size, self.eval_resize)}
+
+    def augment(self, images: Tensor) -> Tensor:
+        """On the device, per image: the photometric distortions on the uint8 crops, as float in [0, 1]."""
+        images = images.float().div_(255)
+        return color_jitter(images, self.color_jitter) if self.color_jitter else images
 
     def _devkit_layout(self) -> bool:
         root = Path(self.root)
@@ -85,12 +165,14 @@ class ImageNetDataModule(ImageDataModule):
         self._check_layout()
         if self._devkit_layout():
             try:
-                train, test = ImageNet(str(root), split="train"), ImageNet(str(root), split="val")
+                train = ImageNet(str(root), split="train", loader=load_image)
+                test = ImageNet(str(root), split="val", loader=load_image)
             except (RuntimeError, FileNotFoundError) as error:
                 raise DataError(f"{root}: torchvision ImageNet layout incomplete ({error})") from None
             return train, test, len(train.classes)
         try:
-            train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
+            train = ImageFolder(str(root / "train"), loader=load_image)
+            test = ImageFolder(str(root / "val"), loader=load_image)
         except FileNotFoundError as error:
             raise DataError(f"{root}: {error}") from None
         if train.classes != test.classes:
@@ -112,3 +194,21 @@ class ImageNetDataModule(ImageDataModule):
         self.train_set = _Transformed(Subset(train, fit.tolist()), transforms["train"])
         self.val_set = _Transformed(Subset(train, val.tolist()), transforms["eval"])
         self.test_set = _Transformed(test, transforms["test"])
+
+    def train_dataloader(self) -> Any:
+        if self.backend == "torchvision":
+            return super().train_dataloader()
+        from inception_lab.data.dali import DaliTrainLoader
+
+        if self.train_set is None:
+            raise DataError(f"{type(self).__name__}: setup() has not loaded this split")
+        subset = self.train_set.dataset  # a Subset of the folder: the training images less the held-out ones
+        samples = [subset.dataset.samples[i] for i in subset.indices]
+        trainer = self.trainer
+        device = getattr(getattr(trainer, "strategy", None), "root_device", None) or torch.device("cpu")
+        return DaliTrainLoader([path for path, _ in samples], [label for _, label in samples], self.batch_size,
+                               self.image_size, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+                               progress_fn=trainer_progress(self), rank=getattr(trainer, "global_rank", 0),
+                               world_size=getattr(trainer, "world_size", 1),
+                               device_id=(device.index or 0) if device.type == "cuda" else None,
+                               num_threads=max(1, self.num_workers))

@@ -1,0 +1,201 @@
+"""ImageNet's input pipeline (issue 15): uint8 crops from the workers, the paper's distortions per image on the device,
+evaluation views as before, the DALI backend (where DALI is installed) and its one-line error where it is not."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+from torchvision.transforms import v2
+
+from inception_lab.data import ImageNetDataModule
+from inception_lab.data.imagenet import (
+    CROP_AREA,
+    CROP_RATIO,
+    MEAN,
+    STD,
+    color_jitter,
+    jitter_params,
+    load_image,
+    train_crop,
+)
+from inception_lab.data.views import make_views
+from inception_lab.record import read_summary
+from tests.conftest import REPO
+
+F = v2.functional
+
+
+def datamodule(root: Path, **kwargs: object) -> ImageNetDataModule:
+    args = dict(root=str(root), image_size=32, eval_resize=37, num_classes=3, batch_size=4, num_workers=0,
+                val_size=4)
+    dm = ImageNetDataModule(**{**args, **kwargs})
+    dm.setup("fit")
+    return dm
+
+
+def fake_trainer(stage: str) -> SimpleNamespace:
+    return SimpleNamespace(training=stage == "train", testing=stage == "test", predicting=False)
+
+
+# ---- decoding ---------------------------------------------------------------------------------------------------
+def test_load_image_jpeg_png_and_cmyk(tmp_path: Path) -> None:
+    """JPEGs decode as PIL decodes them; a PNG or a CMYK JPEG saved as .JPEG (ImageNet holds both) still loads."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "rgb.JPEG", quality=90)
+    Image.fromarray(pixels).save(tmp_path / "png.JPEG", format="PNG")
+    Image.fromarray(pixels).convert("CMYK").save(tmp_path / "cmyk.JPEG", quality=90)
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "gray.JPEG", quality=90)
+    for name in ("rgb", "png", "cmyk", "gray"):
+        image = load_image(str(tmp_path / f"{name}.JPEG"))
+        with Image.open(tmp_path / f"{name}.JPEG") as pil:
+            expected = F.pil_to_tensor(pil.convert("RGB"))
+        assert image.shape == (3, 30, 40) and image.dtype == torch.uint8, name
+        assert (image.int() - expected.int()).abs().max() <= 1, name
+
+
+# ---- training: uint8 from the workers, distortions on the device --------------------------------------------------
+def test_train_batches_are_uint8_crops_distorted_on_the_device(tiny_imagenet: Path) -> None:
+    dm = datamodule(tiny_imagenet)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
+    dm.trainer = fake_trainer("train")
+    torch.manual_seed(0)
+    out, _ = dm.on_after_batch_transfer((x, y), 0)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    plain = dm.normalize(x)
+    assert not torch.equal(out, plain)  # distorted
+    dm.color_jitter = 0.0
+    assert torch.equal(dm.on_after_batch_transfer((x, y), 0)[0], plain)  # color_jitter 0: conversion only
+
+
+def test_crop_area_and_aspect_follow_the_paper() -> None:
+    """Section 6: crop area uniform in 8%-100% of the image, aspect ratio log-uniform in [3/4, 4/3]. On a square
+    image a crop of at most half the area always fits, so there the draws are not conditioned by a retry."""
+    torch.manual_seed(0)
+    crop = train_crop(224).transforms[0]
+    image = torch.zeros(3, 1000, 1000, dtype=torch.uint8)
+    params = [crop.make_params([image]) for _ in range(4000)]
+    area = np.array([p["height"] * p["width"] / 1e6 for p in params])
+    ratio = np.array([p["width"] / p["height"] for p in params])
+    assert CROP_AREA[0] - 0.005 <= area.min() < 0.1 and area.max() > 0.9
+    assert CROP_RATIO[0] - 0.01 <= ratio.min() < 0.77 and 1.3 < ratio.max() <= CROP_RATIO[1] + 0.01
+    small = area <= 0.5
+    assert stats.kstest(area[small], stats.uniform(CROP_AREA[0], 0.5 - CROP_AREA[0]).cdf).pvalue > 1e-3
+    log_low, log_high = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    assert stats.kstest(np.log(ratio[small]), stats.uniform(log_low, log_high - log_low).cdf).pvalue > 1e-3
+    ramp = torch.arange(256, dtype=torch.uint8).expand(3, 256, 256)  # brighter to the right
+    flips = [(lambda out: bool(out[0, 0, 0] > out[0, 0, -1]))(train_crop(32)(ramp)) for _ in range(1000)]
+    assert stats.binomtest(sum(flips), 1000).pvalue > 1e-3  # mirrored half the time
+
+
+def test_jitter_factors_and_orders_follow_color_jitter() -> None:
+    """Brightness, contrast and saturation factors uniform in [0.6, 1.4] (color_jitter 0.4), drawn per image, and
+    the three applied in a uniformly random order per image, as ``v2.ColorJitter(0.4, 0.4, 0.4)`` draws them."""
+    generator = torch.Generator().manual_seed(0)
+    factors, order = jitter_params(20000, 0.4, generator=generator)
+    for column in factors.T:
+        assert stats.kstest(column.double().numpy(), stats.uniform(0.6, 0.8).cdf).pvalue > 1e-4
+    permutations = [tuple(row) for row in order.tolist()]
+    counts = [permutations.count(p) for p in sorted(set(permutations))]
+    assert len(counts) == 6 and stats.chisquare(counts).pvalue > 1e-3
+    assert jitter_params(10, 0.9)[0].min() >= 0.1 and jitter_params(10, 1.5)[0].min() >= 0  # floor at 0
+
+
+def test_color_jitter_is_torchvisions_per_image() -> None:
+    """Each image of the batch is exactly torchvision's adjust_* applied with its own factors in its own order."""
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 20, 24)
+    factors, order = jitter_params(6, 0.4)
+    out = color_jitter(images, 0.4, (factors, order))
+    adjust = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    for i in range(6):
+        expected = images[i]
+        for op in order[i].tolist():
+            expected = adjust[op](expected, float(factors[i, op]))
+        torch.testing.assert_close(out[i], expected, atol=2e-6, rtol=0)
+    assert len({tuple(f) for f in factors.tolist()}) == 6
+
+
+# ---- evaluation: the same views as the float path ------------------------------------------------------------------
+@pytest.mark.parametrize("views", ["single", "ten_crop"])
+def test_eval_views_match_the_float_path(tiny_imagenet: Path, views: str) -> None:
+    """The uint8 views (torchvision.io decode, uint8 resize) normalized on the device equal the float path's (PIL
+    decode, float conversion, float resize, normalize) to within 2/255 of a pixel."""
+    dm = datamodule(tiny_imagenet, test_views=views)
+    float_path = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    normalize = v2.Normalize(MEAN, STD)
+    std = torch.tensor(STD).view(3, 1, 1)
+    for index in range(len(dm.test_set)):
+        uint8_views, _ = dm.test_set[index]
+        path = dm.test_set.dataset.samples[index][0]
+        with Image.open(path) as pil:
+            reference = make_views(float_path(pil.convert("RGB")), views, 32, 37)
+        new, old = dm.normalize(uint8_views.reshape(-1, 3, 32, 32)), normalize(reference.reshape(-1, 3, 32, 32))
+        assert ((new - old).abs() * std).max() <= 2 / 255 + 1e-6, path
+
+
+# ---- DALI -------------------------------------------------------------------------------------------------------
+def test_missing_dali_is_one_line(tiny_imagenet: Path, monkeypatch: pytest.MonkeyPatch, cli) -> None:
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # as if not installed
+    with pytest.raises(ValueError, match=r"data.init_args.backend='dali'.*pip install inception_lab\[dali\]") as error:
+        ImageNetDataModule(backend="dali")
+    assert "\n" not in str(error.value)
+    code, _, err = cli(["fit", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
+                        f"--data.init_args.root={tiny_imagenet}", "--data.init_args.backend=dali"])
+    assert code != 0 and "pip install inception_lab[dali]" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="data.init_args.backend='pil': allowed values are 'torchvision', 'dali'"):
+        ImageNetDataModule(backend="pil")
+
+
+def dali_loader(root: Path, rank: int = 0, world_size: int = 1, epoch: int = 0, seed: int = 0):
+    from inception_lab.data.dali import DaliTrainLoader
+
+    files = sorted(str(p) for p in (root / "train").glob("*/*.JPEG"))
+    loader = DaliTrainLoader(files, list(range(len(files))), 4, 32, seed=seed, rank=rank, world_size=world_size)
+    loader.set_epoch(epoch)
+    return loader
+
+
+def test_dali_shards_and_epoch_order(tiny_imagenet: Path) -> None:
+    """Ranks read disjoint shards of one length covering the epoch; (seed, epoch) alone fixes the order: a resumed
+    epoch reads what the uninterrupted one read. Labels here are file indices, so they show the order."""
+    pytest.importorskip("nvidia.dali")
+    shards = []
+    for rank in (0, 1):
+        batches = list(dali_loader(tiny_imagenet, rank, 2, epoch=3))
+        assert all(x.dtype == torch.uint8 and x.shape[1:] == (3, 32, 32) for x, _ in batches)
+        assert len(batches) == len(dali_loader(tiny_imagenet, rank, 2))
+        shards.append(torch.cat([y for _, y in batches]).tolist())
+    assert len(shards[0]) == len(shards[1]) == 9  # 18 images, 2 ranks
+    assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == list(range(18))
+    again = torch.cat([y for _, y in dali_loader(tiny_imagenet, 0, 2, epoch=3)]).tolist()
+    other = torch.cat([y for _, y in dali_loader(tiny_imagenet, 0, 2, epoch=4)]).tolist()
+    assert again == shards[0] and other != shards[0]
+
+
+# ---- real fits ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torchvision", "dali"])
+def test_one_epoch_fit_on_jpeg_folders(backend: str, tmp_path: Path, tiny_imagenet: Path, cli) -> None:
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    code, _, err = cli(["fit", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
+                        f"--data.init_args.root={tiny_imagenet}", f"--data.init_args.backend={backend}",
+                        "--data.init_args.batch_size=4", "--data.init_args.num_workers=1",
+                        "--data.init_args.num_classes=3", "--data.init_args.val_size=2",
+                        "--data.init_args.image_size=96", "--data.init_args.eval_resize=110",
+                        "--data.init_args.test_views=single", "--trainer.max_epochs=1",
+                        "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--wandb.enabled=false",
+                        "--run_dir", str(tmp_path / "run")])
+    assert code == 0, err[-3000:]
+    summary = read_summary(tmp_path / "run")
+    assert summary["status"] == "finished" and math.isfinite(summary["metrics"]["val/acc"])
