@@ -4,7 +4,9 @@ achieved against the machine's measured peak.
 
 Variants are interleaved in one process: the fit loop runs under Lightning, and at each of its window boundaries a
 callback pauses it and times one window of every other variant, so a drift of the machine hits them all alike.
-Each figure is the median over windows.
+Each figure is the median over windows. With an ImageNet config, the input paths (``data_paths``: today's float
+transform, the default uint8 path and DALI) are timed in the same windows, one worker each
+(``inception_lab.data.pipelines``); ``--make-imagenet DIR`` writes ImageNet-sized JPEGs to time them on.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from inception_lab.data.pipelines import PATHS
 from inception_lab.hostmem import keep_freed_memory
 from inception_lab.models.inception import PRESETS, googlenet
 
@@ -199,8 +202,10 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
                 random_crop_flip(raw, 4, True).float().div_(255)
             return steps * 4 * batch_size
 
-    timer = _Interleave(device, warmup, steps, windows,
-                        {"bare": bare, "plain": plain, "torchvision": torchvision_loop, "data": data_loop})
+    others = {"bare": bare, "plain": plain, "torchvision": torchvision_loop, "data": data_loop}
+    paths, missing = _input_paths(data, max(64, steps * batch_size), device)
+    others.update({f"path_{name}": run for name, run in paths.items()})
+    timer = _Interleave(device, warmup, steps, windows, others)
 
     class _Timing(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -230,6 +235,13 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
         **{f"{k}_img_per_s": round(statistics.median(v), 2) for k, v in timer.results.items()},
         "step_flops": flops, "peak_flops": peak,
     }
+    for name in paths:
+        result.pop(f"path_{name}_img_per_s")
+    result["data_paths"] = {name: (round(statistics.median(timer.results[f"path_{name}"]), 1) if name in paths
+                                   else None) for name in PATHS}
+    result["data_paths_missing"] = missing
+    if "device" in paths:  # the uint8 path's on-device half: distortions, float conversion, normalization
+        result["data_paths_device_img_per_s"] = round(statistics.median(timer.results["path_device"]), 1)
     result["fit_img_per_s"] = round(fit_ips, 2)
     result["fit_over_bare"] = round(fit_ips / result["bare_img_per_s"], 3)
     result["fit_over_plain"] = round(fit_ips / result["plain_img_per_s"], 3)
@@ -237,6 +249,17 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
     result["data_over_fit"] = round(result["data_img_per_s"] / fit_ips, 2)
     result["flops_fraction_of_peak"] = round(flops * fit_ips / batch_size / peak, 3)
     return result
+
+
+def _input_paths(data: Any, images: int, device: torch.device) -> tuple[dict[str, Callable[[], int]], dict[str, str]]:
+    """ImageNet's input paths, one worker each, with the reason for each that cannot run here."""
+    from inception_lab.data import ImageNetDataModule
+
+    if not isinstance(data, ImageNetDataModule):
+        return {}, {name: "not an ImageNet config (the input paths are ImageNet's)" for name in PATHS}
+    from inception_lab.data.pipelines import input_paths
+
+    return input_paths(data, images, device)
 
 
 def format_table(r: dict[str, Any]) -> str:
@@ -251,10 +274,35 @@ def format_table(r: dict[str, Any]) -> str:
              f"precision {r['precision']}, channels_last={r['channels_last']}",
              f"{'variant':<42}{'img/s':>10}  fit/variant"]
     lines += [f"{name:<42}{ips:>10.1f}  {ratio}" for name, ips, ratio in rows]
+    for name, ips in r.get("data_paths", {}).items():
+        reason = r["data_paths_missing"].get(name, "")
+        lines.append(f"{'input path ' + name + ', 1 worker':<42}" + (f"{ips:>10.1f}" if ips is not None else
+                                                                      f"{'-':>10}  {reason}"))
+    if "data_paths_device_img_per_s" in r:
+        lines.append(f"{'  its on-device half (jitter, normalize)':<42}{r['data_paths_device_img_per_s']:>10.1f}")
     lines.append(f"training step: {r['step_flops'] / 1e9:.1f} GFLOP; achieved "
                  f"{r['step_flops'] * r['fit_img_per_s'] / r['batch_size'] / 1e9:.1f} GFLOP/s of a measured peak "
                  f"{r['peak_flops'] / 1e9:.1f} GFLOP/s = {r['flops_fraction_of_peak']:.2f}")
     return "\n".join(lines)
+
+
+def _make_imagenet(parser: argparse.ArgumentParser, root: str, images: int) -> int:
+    from pathlib import Path
+
+    from inception_lab.data.pipelines import make_imagenet
+
+    classes = 10
+    if images < 2 * classes:
+        parser.error(f"--images={images}: at least {2 * classes} (train and val images of {classes} classes)")
+    if Path(root).exists() and any(Path(root).iterdir()):
+        parser.error(f"--make-imagenet {root}: exists and is not empty; name a new directory")
+    t = time.perf_counter()
+    train, val = make_imagenet(Path(root), images, classes)
+    print(f"wrote {train} train and {val} val JPEGs (500x375, quality 90, {classes} classes) into {root} in "
+          f"{time.perf_counter() - t:.0f} s; time the input paths on them:\n"
+          f"  python -m inception_lab bench --config experiments/googlenet_imagenet.yaml --data.init_args.root {root} "
+          f"--data.init_args.num_classes {classes} --data.init_args.val_size {val} --json")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="an experiment file; further arguments override it (--model.x=...)")
     source.add_argument("--preset", choices=sorted(PRESETS), help="a bare googlenet() preset on synthetic batches")
+    source.add_argument("--make-imagenet", metavar="DIR", help="write ImageNet-sized JPEGs (500x375, quality 90) in "
+                        "ImageNet's folder layout into DIR, to time the input paths on, and exit")
+    parser.add_argument("--images", type=int, default=1000, help="--make-imagenet: how many JPEGs (10%% of them val)")
     parser.add_argument("--image-size", type=int, help="input side (--preset; default: the preset's)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: the config's, or 16)")
     parser.add_argument("--precision", help="e.g. 32-true, bf16-mixed (default: the config's, or bf16-mixed on GPU)")
@@ -272,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print JSON")
     args, overrides = parser.parse_known_args(argv)
+    if args.make_imagenet:
+        return _make_imagenet(parser, args.make_imagenet, args.images)
     keep_freed_memory()  # as the CLI does: every variant runs with it
     if overrides and not args.config:
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")

@@ -3,6 +3,7 @@ evaluation views as before, the DALI backend (where DALI is installed) and its o
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -199,3 +200,44 @@ def test_one_epoch_fit_on_jpeg_folders(backend: str, tmp_path: Path, tiny_imagen
     assert code == 0, err[-3000:]
     summary = read_summary(tmp_path / "run")
     assert summary["status"] == "finished" and math.isfinite(summary["metrics"]["val/acc"])
+
+
+# ---- bench: the input paths side by side ------------------------------------------------------------------------
+def test_make_imagenet_writes_imagenet_sized_jpegs(tmp_path: Path) -> None:
+    from inception_lab.data.pipelines import make_imagenet
+
+    assert make_imagenet(tmp_path / "inet", images=24, classes=4) == (20, 4)
+    files = sorted((tmp_path / "inet").glob("*/*/*.JPEG"))
+    assert len(files) == 24 and {f.parent.parent.name for f in files} == {"train", "val"}
+    with Image.open(files[0]) as image:
+        assert image.format == "JPEG" and image.size == (500, 375) and image.mode == "RGB"
+        assert np.asarray(image).std() > 20  # a photograph, not a flat field
+    dm = datamodule(tmp_path / "inet", num_classes=4, val_size=4)
+    assert len(dm.train_set) == 16
+
+
+def test_input_paths_run_and_say_what_is_missing(tiny_imagenet: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from inception_lab.data.pipelines import PATHS, input_paths
+
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+    dm = datamodule(tiny_imagenet)
+    runs, missing = input_paths(dm, 10, torch.device("cpu"))
+    assert set(runs) == {"torchvision_float", "torchvision_uint8", "device"} and set(missing) == {"dali"}
+    assert "pip install inception_lab[dali]" in missing["dali"] and set(PATHS) == set(runs) - {"device"} | {"dali"}
+    assert all(run() == 12 for run in runs.values())  # 10 images in batches of 4
+
+
+@pytest.mark.slow
+def test_bench_reports_the_input_paths(tmp_path: Path, run_cli) -> None:
+    run_cli("bench", "--make-imagenet", str(tmp_path / "inet"), "--images", "40", cwd=tmp_path)
+    out = run_cli("bench", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
+                  f"--data.init_args.root={tmp_path / 'inet'}", "--data.init_args.num_classes=10",
+                  "--data.init_args.val_size=10", "--data.init_args.num_workers=0", "--data.init_args.image_size=96",
+                  "--batch-size", "4", "--warmup", "1", "--steps-per-window", "1", "--windows", "1", "--json",
+                  cwd=tmp_path)
+    r = json.loads(out.stdout[out.stdout.index("{"):])
+    assert set(r["data_paths"]) == {"torchvision_float", "torchvision_uint8", "dali"}
+    for name, ips in r["data_paths"].items():
+        assert (ips is None) == (name in r["data_paths_missing"]), name
+        assert ips is None or (math.isfinite(ips) and ips > 0), name
+    assert r["data_paths"]["torchvision_uint8"] > 0 and r["data_img_per_s"] > 0

@@ -1,0 +1,134 @@
+"""ImageNet's training input paths as ``bench`` times them side by side, one loader worker (one core) each, and
+ImageNet-sized JPEGs to time them on (``python -m inception_lab bench --make-imagenet DIR``).
+
+- ``torchvision_float``: the transform before issue 15, kept here as the reference: PIL decode, RandomResizedCrop,
+  flip, ColorJitter, float conversion and normalization, all in the worker.
+- ``torchvision_uint8``: the default path: the worker decodes (``torchvision.io``), crops and flips and hands over
+  uint8; the distortions, conversion and normalization run on the training device (timed apart: ``device``).
+- ``dali``: the DALI pipeline of ``backend: dali`` with one CPU thread (on a GPU: its mixed decode).
+Each makes the same crops (Section 6's area and aspect) and the same distortions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+from torchvision.transforms import v2
+
+from inception_lab.data.imagenet import CROP_AREA, CROP_RATIO, MEAN, STD, ImageNetDataModule, load_image, train_crop
+
+PATHS = ("torchvision_float", "torchvision_uint8", "dali")
+IMAGENET_SIZE = (500, 375)  # ImageNet's typical JPEG: 500 x 375 (width x height), quality about 90
+
+
+def float_reference(size: int, jitter: float) -> v2.Compose:
+    """The training transform before issue 15: everything in the worker, float out (on a PIL image)."""
+    distort = [v2.ColorJitter(jitter, jitter, jitter)] if jitter else []
+    return v2.Compose([v2.RandomResizedCrop(size, scale=CROP_AREA, ratio=CROP_RATIO, antialias=True),
+                       v2.RandomHorizontalFlip(), *distort, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(MEAN, STD)])
+
+
+def _cycle(n: int) -> Iterator[int]:
+    while True:
+        yield from range(n)
+
+
+def input_paths(data: ImageNetDataModule, images: int, device: torch.device
+                ) -> tuple[dict[str, Callable[[], int]], dict[str, str]]:
+    """``({path: run}, {path: why it cannot run})``: each ``run()`` makes at least ``images`` training images as
+    one worker does (batches of ``data.batch_size``) and returns how many; ``device`` is the uint8 path's on-device
+    half (distortions, conversion, normalization on ``device``). ``data`` has been set up for fit."""
+    from PIL import Image
+
+    subset = data.train_set.dataset  # Subset of the folder: the training images
+    samples = [subset.dataset.samples[i] for i in subset.indices]
+    batches = max(1, -(-images // data.batch_size))
+    reference, crop = float_reference(data.image_size, data.color_jitter), train_crop(data.image_size)
+    order = _cycle(len(samples))
+
+    def worker(load: Callable[[str], object], transform: Callable) -> Callable[[], int]:
+        def run() -> int:
+            for _ in range(batches):
+                default_collate([(transform(load(samples[i][0])), samples[i][1])
+                                 for i in (next(order) for _ in range(data.batch_size))])
+            return batches * data.batch_size
+        return run
+
+    def pil_load(path: str) -> Image.Image:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")  # ImageFolder's default loader
+
+    uint8_batch = default_collate([crop(load_image(samples[i % len(samples)][0])) for i in range(data.batch_size)])
+    uint8_batch = uint8_batch.to(device)
+
+    def on_device() -> int:
+        for _ in range(batches):
+            data.normalize(data.augment(uint8_batch))
+        return batches * data.batch_size
+
+    runs = {"torchvision_float": worker(pil_load, reference), "torchvision_uint8": worker(load_image, crop),
+            "device": on_device}
+    missing: dict[str, str] = {}
+    try:
+        from inception_lab.data.dali import DaliTrainLoader, require_dali
+
+        require_dali()
+    except ValueError as error:
+        missing["dali"] = str(error)
+    else:
+        dali = DaliTrainLoader([p for p, _ in samples], [c for _, c in samples], data.batch_size, data.image_size,
+                               device_id=(device.index or 0) if device.type == "cuda" else None, num_threads=1)
+        stream: Iterator | None = None
+
+        def dali_run() -> int:
+            nonlocal stream
+            made = 0
+            while made < batches * data.batch_size:
+                if stream is None:
+                    stream = iter(dali)
+                try:
+                    x, _ = next(stream)
+                except StopIteration:  # next epoch: a new pipeline
+                    stream = None
+                    continue
+                made += len(x)
+            return made
+
+        runs["dali"] = dali_run
+    return runs, missing
+
+
+def make_imagenet(root: Path, images: int = 1000, classes: int = 10, val_fraction: float = 0.1,
+                  seed: int = 0) -> tuple[int, int]:
+    """Writes ``images`` ImageNet-sized JPEGs (500x375, quality 90) in ImageNet's layout, ``root/train/<wnid>/*.JPEG``
+    and ``root/val/<wnid>/*.JPEG``: crops of scikit-learn's two sample photographs at random scales, mirrored at
+    random, shifted in brightness and with sensor-like noise, so they cost what photographs cost to decode (noise
+    alone would not: it compresses far worse). Returns (train, val) counts."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images  # two 427 x 640 photographs
+    rng = np.random.default_rng(seed)
+    width, height = IMAGENET_SIZE
+    val = max(classes, round(images * val_fraction))
+    counts = {"train": images - val, "val": val}
+    for split, count in counts.items():
+        for k in range(count):
+            wnid = f"n{1440764 + 1000 * (k % classes):08d}"
+            folder = root / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            photo = photos[rng.integers(len(photos))]
+            scale = rng.uniform(0.45, 1.0)
+            h, w = int(photo.shape[0] * scale), int(photo.shape[0] * scale * width / height)
+            w = min(w, photo.shape[1])
+            top, left = rng.integers(0, photo.shape[0] - h + 1), rng.integers(0, photo.shape[1] - w + 1)
+            patch = Image.fromarray(photo[top:top + h, left:left + w]).resize((width, height), Image.BICUBIC)
+            pixels = np.asarray(patch, dtype=np.float32) * rng.uniform(0.8, 1.2) + rng.normal(0, 4, (height, width, 3))
+            pixels = pixels[:, ::-1] if rng.random() < 0.5 else pixels
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{wnid}_{k}.JPEG", quality=90)
+    return counts["train"], counts["val"]
