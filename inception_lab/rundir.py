@@ -66,9 +66,9 @@ class ExactResume(Callback):
             print(f"inception_lab: warning: resumed on {trainer.world_size} ranks from a checkpoint of "
                   f"{len(rng['cpu'])}: the rest of the epoch draws new random numbers", file=sys.stderr)
             return
-        torch.set_rng_state(rng["cpu"][trainer.global_rank])
+        torch.set_rng_state(rng["cpu"][trainer.global_rank].clone())  # a row of its own: torch reads from offset 0
         if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"][trainer.global_rank], trainer.strategy.root_device)
+            torch.cuda.set_rng_state(rng["cuda"][trainer.global_rank].clone(), trainer.strategy.root_device)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))

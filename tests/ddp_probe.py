@@ -34,11 +34,14 @@ class RankProbe(Callback):
 
 class PreemptAt(Callback):
     """SLURM's signal before the time limit at a chosen step: SIGUSR1, sent by the process to itself after the step's
-    optimizer update (``PREEMPT_AT_STEP``); the CLI's RequeueOnSignal saves, requeues and stops."""
+    optimizer update (``PREEMPT_AT_STEP``; on rank ``PREEMPT_RANK`` alone where set); the CLI's RequeueOnSignal
+    saves, requeues and stops."""
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         import os
         import signal
 
-        if trainer.global_step == int(os.environ.get("PREEMPT_AT_STEP", -1)):
+        rank = os.environ.get("PREEMPT_RANK")  # only this rank gets the signal (default: every rank)
+        step = int(os.environ.get("PREEMPT_AT_STEP", -1))
+        if trainer.global_step == step and rank in (None, str(trainer.global_rank)):
             os.kill(os.getpid(), signal.SIGUSR1)

@@ -137,25 +137,52 @@ def test_requeued_job_resumes_the_same_run(tmp_path: Path, run_cli) -> None:
 def test_two_slurm_tasks_train_one_fit(tmp_path: Path) -> None:
     """Two processes with the variables srun gives the tasks of a 2-node, 1-task-per-node job: Lightning's
     SLURMEnvironment makes them ranks 0 and 1 of one DDP fit (gloo): one run directory, one W&B run, the same
-    weights on both ranks at the end."""
-    run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "inception_lab", "fit", "--config", str(QUICKSTART), "--trainer.accelerator=cpu",
-               "--trainer.strategy=ddp", "--trainer.num_nodes=2", "--trainer.devices=1", "--trainer.max_epochs=1",
-               "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
-               "--trainer.callbacks+=ddp_probe.RankProbe", "--run_dir", str(run_dir)]
-    job = {**_SLURM, "SLURM_JOB_ID": "777", "SLURM_NTASKS": "2", "SLURM_NNODES": "2", "SLURM_NODELIST": "node[1-2]",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen(command, cwd=tmp_path, env={**clean_env(), **job, "SLURM_PROCID": str(rank),
-                                                          "SLURM_NODEID": str(rank)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    errors = [p.communicate(timeout=540)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
-    ranks = [json.loads((run_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    weights on both ranks at the end. Then the same job preempted mid-epoch with SLURM's signal on rank 1 alone: both
+    ranks save at the same step, one ``scontrol requeue``, and the requeued job (each rank restoring its own RNG
+    state and shard position) ends with the uninterrupted fit's weights and validation metrics."""
+    scontrol = tmp_path / "bin" / "scontrol"
+    scontrol.parent.mkdir()
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.calls'}\n")
+    scontrol.chmod(0o755)
+
+    def job(run_dir: Path, **env: str) -> tuple[list[int], list[str]]:
+        command = [sys.executable, "-m", "inception_lab", "fit", "--config", str(QUICKSTART),
+                   "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.num_nodes=2",
+                   "--trainer.devices=1", "--trainer.max_epochs=2", "--trainer.limit_train_batches=4",
+                   "--trainer.limit_val_batches=2", "--trainer.callbacks+=ddp_probe.RankProbe",
+                   "--trainer.callbacks+=ddp_probe.PreemptAt", "--run_dir", str(run_dir)]
+        variables = {**_SLURM, "SLURM_JOB_ID": "777", "SLURM_NTASKS": "2", "SLURM_NNODES": "2",
+                     "SLURM_NODELIST": "node[1-2]", "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1",
+                     "MASTER_PORT": str(29500 + os.getpid() % 1000), "PATH": f"{scontrol.parent}:{os.environ['PATH']}",
+                     "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]), **env}
+        procs = [subprocess.Popen(command, cwd=tmp_path, env={**clean_env(), **variables, "SLURM_PROCID": str(rank),
+                                                              "SLURM_NODEID": str(rank)},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+        errors = [p.communicate(timeout=540)[1] for p in procs]
+        return [p.returncode for p in procs], errors
+
+    plain = tmp_path / "plain"
+    codes, errors = job(plain)
+    assert codes == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    ranks = [json.loads((plain / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)] and ranks[0]["backend"] == "gloo"
-    assert (run_dir / "weights0.sha").read_text() == (run_dir / "weights1.sha").read_text()
-    assert read_summary(run_dir)["status"] == "finished"
-    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+    assert (plain / "weights0.sha").read_text() == (plain / "weights1.sha").read_text()
+    assert read_summary(plain)["status"] == "finished"
+    assert len(list((plain / "wandb").glob("offline-run-*"))) == 1
+
+    run_dir = tmp_path / "requeued"
+    codes, errors = job(run_dir, PREEMPT_AT_STEP="5", PREEMPT_RANK="1")  # step 5 of 8: in the second epoch
+    assert codes == [143, 143], errors[0][-2000:] + errors[1][-2000:]
+    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "777"]
+    assert torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)["global_step"] == 5
+    codes, errors = job(run_dir, SLURM_RESTART_COUNT="1")
+    assert codes == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    record, expected = read_summary(run_dir), read_summary(plain)
+    assert [a["status"] for a in record["attempts"]] == ["interrupted", "finished"]
+    assert (run_dir / "weights0.sha").read_text() == (run_dir / "weights1.sha").read_text() == \
+        (plain / "weights0.sha").read_text()
+    for key in ("val/loss", "val/acc", "val/acc_best"):
+        assert record["metrics"][key] == pytest.approx(expected["metrics"][key], abs=1e-6), key
 
 
 def test_nodes_that_disagree_with_the_allocation_are_one_line(tmp_path: Path, cli, monkeypatch) -> None:
