@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import statistics
 from datetime import datetime
 from html import escape as esc
@@ -228,19 +229,25 @@ def plots(cell_list: list[Cell], by: list[str], base: Cell) -> dict[str, bytes]:
 
     ax = Figure(figsize=(6, 4)).subplots()
     macs = [c.stat("macs").mean for c in cell_list]
-    for cell, name, x in zip(cell_list, names, macs):
+    known = [m for m in macs if m]
+    log = bool(known) and min(known) > 0 and max(known) / min(known) > 10  # a wide range of cost: log scale
+    where = (lambda m: math.log(m)) if log else (lambda m: m)
+    span = (where(max(known)) - where(min(known))) or 1.0 if known else 1.0
+    for i, (cell, name, x) in enumerate(zip(cell_list, names, macs)):
         stat = cell.stat(PRIMARY)
         if x is None or stat.mean is None:
             continue
         ax.errorbar([x], [100 * stat.mean], yerr=[100 * (stat.std or 0)], fmt="o", capsize=4, label=name)
-        ax.annotate(name + " *" * (cell is base), (x, 100 * stat.mean), textcoords="offset points", xytext=(5, 5),
-                    fontsize=7)
+        ax.annotate(name + " *" * (cell is base), (x, 100 * stat.mean), textcoords="offset points",
+                    xytext=(5, 5 if i % 2 == 0 else -12), fontsize=7)  # neighbours alternate above and below
     ax.margins(x=0.2, y=0.1)  # room for the labels
-    known = [m for m in macs if m]
-    if known and min(known) > 0 and max(known) / min(known) > 10:  # a wide range of cost: log scale
+    if log:
         ax.set_xscale("log")
-    if known:  # ticks at the cells' own costs, in the units people read (32M, not 3.2 x 1e7)
-        ticks = sorted(set(known))
+    if known:  # ticks at the cells' own costs, in the units people read (32M, not 3.2 x 1e7), none crowding another
+        ticks: list[float] = []
+        for m in sorted(set(known)):
+            if not ticks or (where(m) - where(ticks[-1])) / span > 0.06:
+                ticks.append(m)
         ax.set_xticks(ticks, _ticks(ticks), rotation=30 if len(ticks) > 3 else 0)
         ax.minorticks_off()
     ax.set(xlabel="multiply-adds per image", ylabel="val top-1 (%)",
