@@ -24,13 +24,10 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from inception_lab.errors import UserError
 from inception_lab.runfiles import safe_name, variant_name
 
 RUNS_ROOT = Path("runs")
-
-
-class UserError(Exception):
-    """A mistake in the user's input: reported as one line, without a traceback."""
 
 
 class ExactResume(Callback):
