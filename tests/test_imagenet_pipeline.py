@@ -202,6 +202,56 @@ def test_one_epoch_fit_on_jpeg_folders(backend: str, tmp_path: Path, tiny_imagen
     assert summary["status"] == "finished" and math.isfinite(summary["metrics"]["val/acc"])
 
 
+DALI_PROBE = """
+import json
+from pathlib import Path
+
+from lightning import Callback
+
+
+class DaliProbe(Callback):
+    labels = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.labels += batch[1].tolist()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        loader = trainer.train_dataloader
+        record = {"loader": type(loader).__name__, "rank": loader.rank, "world_size": loader.world_size,
+                  "batches": len(loader), "labels": self.labels}
+        Path(trainer.default_root_dir, f"dali{trainer.global_rank}-{trainer.current_epoch}.json").write_text(
+            json.dumps(record))
+        self.labels = []
+"""
+
+
+@pytest.mark.slow
+def test_dali_ddp_ranks_read_disjoint_equal_shards(tmp_path: Path, tiny_imagenet: Path, run_cli,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 DDP ranks on gloo: the DataModule hands DALI the trainer's rank and world size (Lightning injects no
+    sampler), each rank reads 8 of the 16 training images each epoch, together all of them."""
+    pytest.importorskip("nvidia.dali")
+    (tmp_path / "dali_probe.py").write_text(DALI_PROBE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the launcher re-runs the CLI for rank 1 with it
+    run_cli("fit", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
+            f"--data.init_args.root={tiny_imagenet}", "--data.init_args.backend=dali",
+            "--data.init_args.batch_size=4", "--data.init_args.num_workers=1", "--data.init_args.num_classes=3",
+            "--data.init_args.val_size=2", "--data.init_args.image_size=64", "--data.init_args.eval_resize=72",
+            "--data.init_args.test_views=single", "--trainer.max_epochs=2", "--trainer.accelerator=cpu",
+            "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.precision=32-true",
+            # EMAWeightAveraging's deepcopy of the module fails under DDP on CPU ('_thread.lock'), DALI or not
+            "--trainer.callbacks=[]", "--trainer.callbacks+=dali_probe.DaliProbe", "--wandb.enabled=false",
+            "--run_dir", str(tmp_path / "run"), cwd=tmp_path, timeout=600)
+    dm = datamodule(tiny_imagenet, val_size=2)
+    train_labels = sorted(dm.train_set.dataset.dataset.targets[i] for i in dm.train_set.dataset.indices)
+    for epoch in (0, 1):
+        ranks = [json.loads((tmp_path / "run" / f"dali{r}-{epoch}.json").read_text()) for r in (0, 1)]
+        assert [(r["loader"], r["rank"], r["world_size"], r["batches"]) for r in ranks] == [
+            ("DaliTrainLoader", 0, 2, 2), ("DaliTrainLoader", 1, 2, 2)]
+        assert len(ranks[0]["labels"]) == len(ranks[1]["labels"]) == 8
+        assert sorted(ranks[0]["labels"] + ranks[1]["labels"]) == train_labels
+
+
 # ---- bench: the input paths side by side ------------------------------------------------------------------------
 def test_make_imagenet_writes_imagenet_sized_jpegs(tmp_path: Path) -> None:
     from inception_lab.data.pipelines import make_imagenet
