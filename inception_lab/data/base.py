@@ -49,12 +49,12 @@ class ImageDataModule(LightningDataModule):
     In-memory datasets (digits, CIFAR) hold uint8 ``(N, C, H, W)`` tensors. With ``resident`` (their default) the
     whole dataset is copied once to the training device (the GPU) and batches are gathered there by index (a
     :class:`ResidentLoader`: no workers, no collation, no copy per step); otherwise batches travel to the device
-    as uint8 through a DataLoader. Either way they are augmented (per sample), converted and normalized on the
-    device, in ``on_after_batch_transfer`` (``augment``, ``normalize``); float batches (already normalized: a Python
-    caller's) pass through unchanged. The training order is the same both ways: (seed,
-    epoch) alone fixes it. Test views arrive as uint8 ``(N, V, C, H, W)`` (cut in the workers, or, for ``flip`` on
-    in-memory data, here) and go on as a :class:`~inception_lab.data.views.ViewBatch`, normalized by the model a
-    chunk at a time.
+    as uint8 through a DataLoader; ImageNet's JPEGs are decoded and cropped in the workers and travel as uint8 too.
+    All are augmented (per sample), converted and normalized on the device, in ``on_after_batch_transfer``
+    (``augment``, then ``normalize``); float batches (already normalized: a Python caller's) pass through unchanged.
+    The training order is the same both ways: (seed, epoch) alone fixes it. Test views arrive as uint8
+    ``(N, V, C, H, W)`` (cut in the workers, or, for ``flip`` on in-memory data, here) and go on as a
+    :class:`~inception_lab.data.views.ViewBatch`, normalized by the model a chunk at a time.
 
     Args:
         batch_size: per device: the global batch is ``batch_size x devices``.
