@@ -111,8 +111,8 @@ class ImageNetDataModule(ImageDataModule):
     ``backend``: who decodes and crops the training images. ``torchvision`` (the default: loader workers, as
     above) or ``dali`` (NVIDIA DALI, ``pip install inception_lab[dali]``: decodes on the GPU with the random crop
     fused into the decode, or on the CPU where there is no GPU; ``num_workers`` is its CPU thread count; sharded by
-    global rank, reshuffled per epoch from (seed, epoch): :mod:`inception_lab.data.dali`). Both hand the same
-    uint8 crops to the same on-device distortions; evaluation always runs on torchvision.
+    global rank, reshuffled per epoch from (seed, epoch): :mod:`inception_lab.data.dali`). Both hand uint8 crops of
+    the same area and aspect ranges to the same on-device distortions; evaluation always runs on torchvision.
     """
 
     views_supported = get_args(TestViews)
