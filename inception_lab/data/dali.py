@@ -24,6 +24,7 @@ from torch import Tensor
 from inception_lab.sampling import EpochShuffleSampler, Progress
 
 EXTRA = "pip install inception_lab[dali]"
+PREFETCH = 2  # batches DALI prepares ahead, in its own threads
 
 
 def require_dali() -> None:
@@ -43,7 +44,7 @@ def _pipeline(files: list[str], labels: list[int], shard_id: int, num_shards: in
     from inception_lab.data.imagenet import CROP_AREA, CROP_RATIO
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-                  prefetch_queue_depth=2)
+                  prefetch_queue_depth=PREFETCH)
     def train() -> tuple:
         jpegs, label = fn.readers.file(files=files, labels=labels, shard_id=shard_id, num_shards=num_shards,
                                        random_shuffle=False, name="reader")  # the order is the epoch's permutation

@@ -75,7 +75,7 @@ def input_paths(data: ImageNetDataModule, images: int, device: torch.device
             "device": on_device}
     missing: dict[str, str] = {}
     try:
-        from inception_lab.data.dali import DaliTrainLoader, require_dali
+        from inception_lab.data.dali import PREFETCH, DaliTrainLoader, require_dali
 
         require_dali()
     except ValueError as error:
@@ -87,16 +87,19 @@ def input_paths(data: ImageNetDataModule, images: int, device: torch.device
 
         def dali_run() -> int:
             nonlocal stream
-            made = 0
+            made, ready = 0, PREFETCH  # the batches it prepared in the background since the last call: not counted
             while made < batches * data.batch_size:
                 if stream is None:
                     stream = iter(dali)
                 try:
                     x, _ = next(stream)
                 except StopIteration:  # next epoch: a new pipeline
-                    stream = None
+                    stream, ready = None, 0
                     continue
-                made += len(x)
+                if ready:
+                    ready -= 1
+                else:
+                    made += len(x)
             return made
 
         runs["dali"] = dali_run
