@@ -279,7 +279,7 @@ def test_input_paths_run_and_say_what_is_missing(tiny_imagenet: Path, monkeypatc
 
 @pytest.mark.slow
 def test_bench_reports_the_input_paths(tmp_path: Path, run_cli) -> None:
-    run_cli("bench", "--make-imagenet", str(tmp_path / "inet"), "--images", "40", cwd=tmp_path)
+    run_cli("bench", "--make-imagenet", str(tmp_path / "inet"), "--images", "120", cwd=tmp_path)
     out = run_cli("bench", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
                   f"--data.init_args.root={tmp_path / 'inet'}", "--data.init_args.num_classes=10",
                   "--data.init_args.val_size=10", "--data.init_args.num_workers=0", "--data.init_args.image_size=96",
