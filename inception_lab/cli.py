@@ -310,7 +310,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     try:
         InceptionCLI(args=argv, parser_kwargs={"exit_on_error": False})
     except SIGTERMException as error:
-        print(f"inception_lab: interrupted ({error or 'SIGTERM'}); resume with --ckpt_path last", file=sys.stderr)
+        print(f"inception_lab: interrupted ({str(error) or 'SIGTERM'}); resume with --ckpt_path last", file=sys.stderr)
         return 143
     except SystemExit:
         if interrupted:  # Lightning's graceful shutdown after Ctrl-C ends in sys.exit(1)
