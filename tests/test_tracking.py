@@ -93,7 +93,7 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, run_cli) -> None:
     env_path = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
     os.environ["PYTHONPATH"] = env_path  # the launcher re-runs the CLI for rank 1 with this environment
     try:
-        run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.max_epochs=2",
+        run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.max_epochs=1",
                 "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
                 "--trainer.callbacks+=ddp_probe.RankProbe", "--run_dir", str(run_dir), cwd=tmp_path, timeout=600)
     finally:
