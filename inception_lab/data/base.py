@@ -15,6 +15,9 @@ from inception_lab.arguments import check
 from inception_lab.data.views import TestViews, ViewBatch, mirrored
 from inception_lab.sampling import EpochShuffleSampler, ResidentLoader, ResumableDataLoader, trainer_progress
 
+# The paper's training crop (Section 6: 8%-100% of the area, aspect 3/4-4/3), shared by ImageNet's two backends
+CROP_AREA, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
+
 
 class DataError(RuntimeError):
     """Data missing or unreadable: reported to the user as one line naming the file or directory."""

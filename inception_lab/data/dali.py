@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from inception_lab.data.base import CROP_AREA, CROP_RATIO
 from inception_lab.sampling import EpochShuffleSampler, Progress
 
 EXTRA = "pip install inception_lab[dali]"
@@ -40,8 +41,6 @@ def require_dali() -> None:
 def _pipeline(files: list[str], labels: list[int], shard_id: int, num_shards: int, size: int, batch_size: int,
               num_threads: int, device_id: int | None, seed: int):
     from nvidia.dali import fn, pipeline_def, types
-
-    from inception_lab.data.imagenet import CROP_AREA, CROP_RATIO
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
                   prefetch_queue_depth=PREFETCH)

@@ -16,14 +16,13 @@ from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from inception_lab.arguments import check
-from inception_lab.data.base import DataError, ImageDataModule, split_indices
+from inception_lab.data.base import CROP_AREA, CROP_RATIO, DataError, ImageDataModule, split_indices
 from inception_lab.data.views import TestViews, ViewMaker
 from inception_lab.sampling import trainer_progress
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Section 6: "patches of various sizes ... distributed evenly between 8% and 100% of the image area with aspect
 # ratio constrained to the interval [3/4, 4/3]"
-CROP_AREA, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 Backend = Literal["torchvision", "dali"]
 
 
