@@ -102,7 +102,6 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint
 
 
-
 def requeued() -> bool:
     """Whether this process is a SLURM job started again (``--requeue``: preempted, or requeued by Lightning on the
     time limit's signal)."""
@@ -134,6 +133,7 @@ def resume_checkpoint(run_dir: Path) -> Path:
             except UserError:
                 continue
             steps[other] = 0
+            break  # the newest readable one: older ones need not be read
     if not steps:
         raise UserError(f"{problems[0]}; and the run has no other readable checkpoint to resume from")
     newest = max(steps, key=lambda p: p.stat().st_mtime)
