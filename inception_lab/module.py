@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Literal
 
@@ -103,6 +104,14 @@ class InceptionClassifier(LightningModule):
         self.views_per_forward = int(views_per_forward)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+
+    def __deepcopy__(self, memo: dict) -> InceptionClassifier:
+        """A copy (EMAWeightAveraging's averaged model) shares the optimizer and scheduler callables: the CLI's hold
+        jsonargparse's instantiator, and through it the trainer, whose DDP launcher holds its child processes."""
+        memo.update({id(self.optimizer): self.optimizer, id(self.lr_scheduler): self.lr_scheduler})
+        clone = memo[id(self)] = type(self).__new__(type(self))
+        clone.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return clone
 
     def configure_model(self) -> None:
         if self.compile_net and not getattr(self, "_compiled", False):

@@ -218,7 +218,8 @@ class DaliProbe(Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         loader = trainer.train_dataloader
         record = {"loader": type(loader).__name__, "rank": loader.rank, "world_size": loader.world_size,
-                  "batches": len(loader), "labels": self.labels}
+                  "batches": len(loader), "labels": self.labels,
+                  "callbacks": sorted(type(c).__name__ for c in trainer.callbacks)}
         Path(trainer.default_root_dir, f"dali{trainer.global_rank}-{trainer.current_epoch}.json").write_text(
             json.dumps(record))
         self.labels = []
@@ -229,7 +230,9 @@ class DaliProbe(Callback):
 def test_dali_ddp_ranks_read_disjoint_equal_shards(tmp_path: Path, tiny_imagenet: Path, run_cli,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """2 DDP ranks on gloo: the DataModule hands DALI the trainer's rank and world size (Lightning injects no
-    sampler), each rank reads 8 of the 16 training images each epoch, together all of them."""
+    sampler), each rank reads 8 of the 16 training images each epoch, together all of them. The recipe's
+    EMAWeightAveraging copies the module on both ranks (that copy once failed under DDP: "cannot pickle
+    '_thread.lock'")."""
     pytest.importorskip("nvidia.dali")
     (tmp_path / "dali_probe.py").write_text(DALI_PROBE)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the launcher re-runs the CLI for rank 1 with it
@@ -239,8 +242,8 @@ def test_dali_ddp_ranks_read_disjoint_equal_shards(tmp_path: Path, tiny_imagenet
             "--data.init_args.val_size=2", "--data.init_args.image_size=64", "--data.init_args.eval_resize=72",
             "--data.init_args.test_views=single", "--trainer.max_epochs=2", "--trainer.accelerator=cpu",
             "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.precision=32-true",
-            # EMAWeightAveraging's deepcopy of the module fails under DDP on CPU ('_thread.lock'), DALI or not
-            "--trainer.callbacks=[]", "--trainer.callbacks+=dali_probe.DaliProbe", "--wandb.enabled=false",
+            # the experiment's own callbacks (EMAWeightAveraging's copy of the module under DDP) and the probe
+            "--trainer.callbacks+=dali_probe.DaliProbe", "--wandb.enabled=false",
             "--run_dir", str(tmp_path / "run"), cwd=tmp_path, timeout=600)
     dm = datamodule(tiny_imagenet, val_size=2)
     train_labels = sorted(dm.train_set.dataset.dataset.targets[i] for i in dm.train_set.dataset.indices)
@@ -248,6 +251,7 @@ def test_dali_ddp_ranks_read_disjoint_equal_shards(tmp_path: Path, tiny_imagenet
         ranks = [json.loads((tmp_path / "run" / f"dali{r}-{epoch}.json").read_text()) for r in (0, 1)]
         assert [(r["loader"], r["rank"], r["world_size"], r["batches"]) for r in ranks] == [
             ("DaliTrainLoader", 0, 2, 2), ("DaliTrainLoader", 1, 2, 2)]
+        assert all("EMAWeightAveraging" in r["callbacks"] for r in ranks)  # the recipe's Polyak averaging, under DDP
         assert len(ranks[0]["labels"]) == len(ranks[1]["labels"]) == 8
         assert sorted(ranks[0]["labels"] + ranks[1]["labels"]) == train_labels
 

@@ -1,12 +1,17 @@
-"""The learning-rate schedule, step by step against its formula, built as the LightningModule builds it."""
+"""The learning-rate schedule, step by step against its formula, built as the LightningModule builds it; the
+optimizer and scheduler callables through a copy of the module (EMA)."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
+import threading
 from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from inception_lab.models import Inception
 from inception_lab.module import InceptionClassifier
@@ -67,3 +72,26 @@ def test_epoch_schedulers_are_built_without_a_length() -> None:
     config = model.configure_optimizers()
     assert config["lr_scheduler"]["interval"] == "epoch"
     assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
+
+
+def test_a_copy_of_the_module_shares_its_optimizer_callables() -> None:
+    """EMAWeightAveraging deep-copies the module (torch's AveragedModel). The CLI's optimizer callable holds
+    jsonargparse's instantiator, and through it the trainer, whose DDP launcher holds its child processes (a lock
+    here): the copy shares the callables instead of failing with "cannot pickle '_thread.lock'"."""
+    optimizer = functools.partial(torch.optim.SGD, lr=0.1)
+    optimizer.holds = threading.Lock()  # like jsonargparse's partial: something deepcopy cannot copy
+    with pytest.raises(TypeError, match="_thread.lock"):
+        copy.deepcopy(optimizer)
+    model = InceptionClassifier(Inception(num_classes=10, in_channels=1, image_size=32, stem="cifar",
+                                          width_mult=0.125), optimizer=optimizer)
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999))
+    clone = average.module
+    assert clone.optimizer is optimizer and clone.lr_scheduler is None and clone.heads == model.heads
+    weights = dict(model.named_parameters())
+    assert all(p is not weights[k] and torch.equal(p, weights[k]) for k, p in clone.named_parameters())
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    average.update_parameters(model)
+    assert torch.equal(next(clone.parameters()), next(model.parameters()))  # the first update copies
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.allclose(clone.eval()(x), model.eval()(x))
