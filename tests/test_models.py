@@ -128,6 +128,36 @@ def test_every_axis_value_trains_and_evaluates(stem: str, size: int, axis: str, 
     assert isinstance(out, InceptionOutput) and out.aux == () and torch.isfinite(out.logits).all()
 
 
+@pytest.mark.parametrize("norm", ["lrn", "none"])
+def test_without_batch_norm_activations_keep_their_scale(norm: str) -> None:
+    """The paper's network has no batch norm. At init its activations keep their scale from the stem to 5b (they
+    grew ~500x with the fan-out init batch norm allows: logits' rms 32, and the ImageNet recipe's SGD went to NaN),
+    and the recipe's learning rate (0.01 per 32 images) lowers the loss on a batch instead of diverging."""
+    torch.manual_seed(0)
+    net = Inception(num_classes=1000, norm=norm, aux_positions=("4a", "4d")).eval()
+    rms = {}
+    for name in ("conv1", "inception3a", "inception4a", "inception4e", "inception5b"):
+        getattr(net, name).register_forward_hook(lambda m, i, o, name=name: rms.update({name: o.pow(2).mean().sqrt()}))
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 224, 224), with_aux=True)
+    assert all(0.1 < v < 3 for v in rms.values()), rms
+    assert all(a.pow(2).mean().sqrt() < 1 for a in (out.logits, *out.aux))
+
+    net = Inception(num_classes=10, norm=norm, image_size=96, width_mult=0.25).train()
+    x, y = torch.randn(32, 3, 96, 96), torch.arange(32) % 10
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(10):
+        out = net(x)
+        loss = torch.nn.functional.cross_entropy(out.logits, y) + 0.3 * sum(
+            torch.nn.functional.cross_entropy(a, y) for a in out.aux)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
+
+
 def _cost(**kwargs) -> tuple[int, int]:
     s = summarize(googlenet("paper", aux_positions=(), **kwargs), 224)
     return s["total_params"], s["total_macs"]

@@ -11,6 +11,7 @@ same thing. Child modules carry torchvision's names (``conv1``, ``inception3a.br
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Union
@@ -212,7 +213,8 @@ class Inception(nn.Module):
             into a linear classifier: the paper's comparison, Section 5: GAP gave +0.6% top-1).
         dropout: dropout before the final linear layer (paper: 0.4; torchvision: 0.2).
         norm: ``batch`` (BN after every conv), ``lrn`` (the paper: local response norm in the stem, Figure 3),
-            or ``none``.
+            or ``none``. Without batch norm the convs start as BVLC's reproduction of the paper did (Caffe's
+            "xavier", biases 0.2), so the activations keep their scale through the 22 layers.
         bn_eps: batch-norm epsilon (torchvision: 1e-3).
     """
 
@@ -321,10 +323,14 @@ class Inception(nn.Module):
 
     def _init_weights(self) -> None:
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and m.bias is None:  # batch norm follows (torchvision's init)
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):  # no batch norm (the paper's network): BVLC's reproduction, Caffe's
+                # "xavier" (uniform, variance 1 / fan_in) and biases 0.2. Fan-out init grew the activations ~500x
+                # from the stem to 5b (logits' rms 32 at init), and the recipe's SGD diverged to NaN.
+                bound = math.sqrt(3 / m.weight[0].numel())
+                nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.constant_(m.bias, 0.2)
             elif isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.01, a=-2, b=2)
                 nn.init.zeros_(m.bias)
