@@ -12,10 +12,11 @@ from tests.conftest import QUICKSTART
 
 
 @pytest.mark.slow
-def test_bench_quickstart_config_json(tmp_path: Path, run_cli) -> None:
-    out = run_cli("bench", "--config", str(QUICKSTART), "--model.net.init_args.width_mult=0.125", "--batch-size", "8",
-                  "--warmup", "1", "--steps-per-window", "1", "--windows", "2", "--json", cwd=tmp_path)
-    r = json.loads(out.stdout[out.stdout.index("{"):])
+def test_bench_quickstart_config_json(tmp_path: Path, cli) -> None:
+    code, out, err = cli(["bench", "--config", str(QUICKSTART), "--model.net.init_args.width_mult=0.125",
+                          "--batch-size", "8", "--warmup", "1", "--steps-per-window", "1", "--windows", "2", "--json"])
+    assert code == 0, err[-3000:]
+    r = json.loads(out[out.index("{"):])
     for key in ("fit_img_per_s", "bare_img_per_s", "plain_img_per_s", "torchvision_img_per_s", "data_img_per_s",
                 "flops_fraction_of_peak", "peak_flops", "step_flops"):
         assert isinstance(r[key], int | float) and math.isfinite(r[key]) and r[key] > 0, key

@@ -43,10 +43,10 @@ print(json.dumps(probs.tolist()))
 
 
 @pytest.mark.slow
-def test_quickstart_fit_learns_and_its_checkpoint_stands_alone(tmp_path: Path, run_cli) -> None:
-    """The README's main job: val top-1 >= 97% on the digits and a complete run directory; then test and predict
-    on its checkpoint with no experiment file, and load_from_checkpoint in a fresh process giving the same
-    probabilities as `predict`."""
+def test_quickstart_fit_learns_and_its_checkpoint_stands_alone(tmp_path: Path, run_cli, cli) -> None:
+    """The README's main job (``python -m inception_lab fit``): val top-1 >= 97% on the digits and a complete run
+    directory; then test and predict on its checkpoint with no experiment file (the CLI in this process), and
+    load_from_checkpoint in a fresh process giving the same probabilities as `predict`."""
     run_dir = tmp_path / "run"
     run_cli("fit", "--config", str(QUICKSTART), "--run_dir", str(run_dir), cwd=tmp_path)
     record = read_summary(run_dir)
@@ -66,11 +66,12 @@ def test_quickstart_fit_learns_and_its_checkpoint_stands_alone(tmp_path: Path, r
     assert list((run_dir / "wandb").glob("offline-run-*"))  # synced later with `wandb sync`
 
     last = str(run_dir / "checkpoints/last.ckpt")
-    tested = run_cli("test", "--ckpt_path", last, cwd=tmp_path)  # no --config: the checkpoint says it all
+    code, out, err = cli(["test", "--ckpt_path", last])  # no --config: the checkpoint says it all
     record = read_summary(run_dir)  # test results land in the run the checkpoint came from
-    assert record["status"] == "finished" and record["metrics"]["test/acc"] >= 0.9, tested.stdout[-2000:]
+    assert code == 0 and record["status"] == "finished" and record["metrics"]["test/acc"] >= 0.9, out[-2000:]
 
-    run_cli("predict", "--ckpt_path", last, cwd=tmp_path)
+    code, _, err = cli(["predict", "--ckpt_path", last])
+    assert code == 0, err[-3000:]
     with open(run_dir / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 300 and {"index", "class", "probability", "top5"} <= set(rows[0])
@@ -123,11 +124,12 @@ def test_evaluating_a_run_never_rewrites_what_the_fit_wrote(tmp_path: Path, cli)
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path, run_cli) -> None:
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path, run_cli, cli) -> None:
     base = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=3", "--trainer.limit_train_batches=8",
             "--trainer.limit_val_batches=3"]
     straight = tmp_path / "straight"
-    run_cli(*base, "--run_dir", str(straight), cwd=tmp_path)
+    code, _, err = cli([*base, "--run_dir", str(straight)])  # in this process; the killed run and its resume not
+    assert code == 0, err[-3000:]
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "inception_lab", *base, "--run_dir", str(killed)], cwd=tmp_path,
@@ -156,7 +158,7 @@ def _snapshot(run_dir: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_interrupted_is_not_failed(tmp_path: Path, run_cli) -> None:
+def test_interrupted_is_not_failed(tmp_path: Path, cli) -> None:
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) and SIGTERM (a scheduler, the sweep runner):
     exit 130 and 143, the run recorded "interrupted" with the attempt, and ``--ckpt_path last`` finishes it. The
     attempts add up: every epoch trained once, but for the one in flight at an interruption."""
@@ -179,7 +181,8 @@ def test_interrupted_is_not_failed(tmp_path: Path, run_cli) -> None:
         record = read_summary(run_dir)
         assert record["status"] == "interrupted" and record["error"] == f"interrupted by {signum.name}"
         assert record["attempts"][-1]["status"] == "interrupted" and record["attempts"][-1]["end"]
-    run_cli(*base, "--ckpt_path", "last", cwd=tmp_path)
+    code, _, err = cli([*base, "--ckpt_path", "last"])
+    assert code == 0, err[-3000:]
     record = read_summary(run_dir)
     attempts = record["attempts"]
     assert record["status"] == "finished" and "error" not in record

@@ -449,7 +449,7 @@ def test_real_sweep_compared(tmp_path: Path, run_cli) -> None:
     spec["parameters"]["seed_everything"] = {"values": [0, 1]}
     spec["command"] = [t for t in spec["command"] if not t.startswith("--trainer.max_epochs")]
     i = spec["command"].index("experiments/quickstart.yaml")
-    spec["command"][i:i + 1] = [str(QUICKSTART), "--trainer.max_epochs=2",
+    spec["command"][i:i + 1] = [str(QUICKSTART), "--trainer.max_epochs=1",
                                 "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=3"]
     sweep_file.write_text(yaml.safe_dump(spec))
     out = tmp_path / "sweep"

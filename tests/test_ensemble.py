@@ -122,14 +122,14 @@ def test_bad_input_is_one_line_error(tmp_path: Path, case: str, cli) -> None:
 
 @pytest.mark.slow
 def test_table3_end_to_end(tmp_path: Path, tiny_imagenet: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Three short quickstart runs (3 seeds), then `ensemble` with single and flip views: it runs the `test`s that
-    are missing and reports 1, 2 and 3 models; multi144 is refused for the digits; an ImageNet-format folder at
-    32x32 crops gives the 144 crops. The README's digits table is this test's."""
+    """Two short quickstart runs (2 seeds), then `ensemble` with single and flip views: it runs the `test`s that
+    are missing and reports 1 and 2 models; multi144 is refused for the digits; an ImageNet-format folder at 32x32
+    crops gives the 144 crops. The README's digits table is made the same way, from three full runs."""
     start = time.perf_counter()
     monkeypatch.setenv("WANDB_MODE", "disabled")  # the fits and the ensemble's `test`s log nothing to W&B here
     for name in DIST_ENV:  # the ensemble's `test`s are children of this process: none of its distributed settings
         monkeypatch.delenv(name, raising=False)
-    runs = [tmp_path / "runs" / f"seed{seed}" for seed in range(3)]
+    runs = [tmp_path / "runs" / f"seed{seed}" for seed in range(2)]
     for seed, run in enumerate(runs):
         code, _, err = cli(["fit", "--config", str(QUICKSTART), *SHORT, f"--seed_everything={seed}",
                             "--run_dir", str(run)])
@@ -151,12 +151,12 @@ def test_table3_end_to_end(tmp_path: Path, tiny_imagenet: Path, cli, monkeypatch
 
     code, out, err = cli(["ensemble", *map(str, runs), "--views", "single,flip", "--out", str(tmp_path / "digits")])
     assert code == 0, err[-3000:]
-    print(out)  # the README's table
-    assert out.count("testing") == 5  # 3 runs x 2 protocols, less the one stored above
+    print(out)  # the table, as the README shows it
+    assert out.count("testing") == 3  # 2 runs x 2 protocols, less the one stored above
     assert predictions_path(runs[0], "single").stat().st_mtime_ns == before
     record = json.loads((tmp_path / "digits" / "table3.json").read_text())
     assert [(r["models"], r["crops"], r["cost"]) for r in record["rows"]] == [
-        (1, 1, 1), (1, 2, 2), (2, 1, 2), (2, 2, 4), (3, 1, 3), (3, 2, 6)]
+        (1, 1, 1), (1, 2, 2), (2, 1, 2), (2, 2, 4)]
     for row in record["rows"]:
         files = [predictions_path(run, row["views"]) for run in runs[:row["models"]]]
         probs = np.mean([np.load(f)["probs"].astype(np.float64) for f in files], axis=0)

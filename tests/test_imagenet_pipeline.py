@@ -282,14 +282,15 @@ def test_input_paths_run_and_say_what_is_missing(tiny_imagenet: Path, monkeypatc
 
 
 @pytest.mark.slow
-def test_bench_reports_the_input_paths(tmp_path: Path, run_cli) -> None:
-    run_cli("bench", "--make-imagenet", str(tmp_path / "inet"), "--images", "120", cwd=tmp_path)
-    out = run_cli("bench", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
-                  f"--data.init_args.root={tmp_path / 'inet'}", "--data.init_args.num_classes=10",
-                  "--data.init_args.val_size=10", "--data.init_args.num_workers=0", "--data.init_args.image_size=96",
-                  "--batch-size", "4", "--warmup", "1", "--steps-per-window", "1", "--windows", "1", "--json",
-                  cwd=tmp_path)
-    r = json.loads(out.stdout[out.stdout.index("{"):])
+def test_bench_reports_the_input_paths(tmp_path: Path, cli) -> None:
+    assert cli(["bench", "--make-imagenet", str(tmp_path / "inet"), "--images", "120"])[0] == 0
+    code, out, err = cli(["bench", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
+                          f"--data.init_args.root={tmp_path / 'inet'}", "--data.init_args.num_classes=10",
+                          "--data.init_args.val_size=10", "--data.init_args.num_workers=0",
+                          "--data.init_args.image_size=96", "--batch-size", "4", "--warmup", "1",
+                          "--steps-per-window", "1", "--windows", "1", "--json"])
+    assert code == 0, err[-3000:]
+    r = json.loads(out[out.index("{"):])
     assert set(r["data_paths"]) == {"torchvision_float", "torchvision_uint8", "dali"}
     for name, ips in r["data_paths"].items():
         assert (ips is None) == (name in r["data_paths_missing"]), name

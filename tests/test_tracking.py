@@ -59,10 +59,11 @@ def test_variant_and_its_name() -> None:
 
 
 @pytest.mark.slow
-def test_wandb_run_holds_config_summary_and_grouping(tmp_path: Path, run_cli) -> None:
+def test_wandb_run_holds_config_summary_and_grouping(tmp_path: Path, cli) -> None:
     run_dir = tmp_path / "run"
-    run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), *QUICK, "--model.aux_weight=0.1",
-            "--run_dir", str(run_dir), cwd=tmp_path)
+    code, _, err = cli(["fit", "--config", str(REPO / "experiments/quickstart.yaml"), *QUICK, "--model.aux_weight=0.1",
+                        "--run_dir", str(run_dir)])
+    assert code == 0, err[-3000:]
     info = run_info(run_dir)
     assert info["config"]["model"]["net"]["init_args"]["head"] == "gap"  # model.net.init_args.head
     assert info["config"]["model"]["aux_weight"] == 0.1
@@ -88,7 +89,7 @@ def test_one_process_two_fits_make_two_runs(tmp_path: Path, monkeypatch) -> None
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes(tmp_path: Path, run_cli) -> None:
+def test_ddp_on_two_cpu_processes(tmp_path: Path, run_cli, cli) -> None:
     run_dir = tmp_path / "ddp"
     env_path = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
     os.environ["PYTHONPATH"] = env_path  # the launcher re-runs the CLI for rank 1 with this environment
@@ -108,7 +109,8 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, run_cli) -> None:
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # one W&B run, made on rank 0
     assert len(list((run_dir / "checkpoints").glob("last*.ckpt"))) == 1
     # the synced val accuracy covers the whole val set: the same number a single process gets with those weights
-    run_cli("validate", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.accelerator=cpu",
-            "--ckpt_path", str(run_dir / "checkpoints/last.ckpt"), "--run_dir", str(tmp_path / "single"), cwd=tmp_path)
+    code, _, err = cli(["validate", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.accelerator=cpu",
+                        "--ckpt_path", str(run_dir / "checkpoints/last.ckpt"), "--run_dir", str(tmp_path / "single")])
+    assert code == 0, err[-3000:]
     validated = summary(tmp_path / "single")["metrics"]["validate/acc"]
     assert validated == pytest.approx(record["metrics"]["val/acc"], abs=1e-6)
