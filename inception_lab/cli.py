@@ -34,9 +34,9 @@ from inception_lab.models.cost import smallest_image_size
 from inception_lab.models.inception import PRESETS
 from inception_lab.module import InceptionClassifier
 from inception_lab.predictions import ProbabilityWriter
-from inception_lab.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord, holds_run, read_summary
+from inception_lab.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord
 from inception_lab.rundir import ExactResume, RequeueOnSignal, read_checkpoint, requeued, resolve_run, resume_checkpoint
-from inception_lab.runfiles import flatten, resume_differences, short_value, variant
+from inception_lab.runfiles import flatten, holds_run, read_summary, resume_differences, short_value, variant
 from inception_lab.tracking import WandbOptions, make_wandb_logger
 
 LINKED = ("num_classes", "in_channels", "image_size")  # the DataModule says these; never set them in a config

@@ -21,19 +21,11 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from inception_lab.runfiles import write_atomic
+from inception_lab.runfiles import read_summary, write_atomic
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """A run's summary.json, or {} when there is none (yet) or it cannot be read."""
-    try:
-        return json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 WALL_S_IS = ("the fit's wall time: the sum of its attempts' wall_s, each from the attempt's start to its end (a "
@@ -48,13 +40,6 @@ def interruption(exception: BaseException) -> str | None:
     if isinstance(exception, SIGTERMException):
         return "SIGTERM"
     return None
-
-
-def holds_run(run_dir: Path) -> bool:
-    """Whether a directory holds a run's record (a sweep runner's ``args.json`` and ``trial.log`` alone do not)."""
-    run_dir = Path(run_dir)
-    return any((run_dir / name).is_file() for name in ("config.yaml", "summary.json")) or \
-        any((run_dir / "checkpoints").glob("*.ckpt"))
 
 
 class RunRecord(Callback):

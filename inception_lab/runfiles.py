@@ -1,8 +1,10 @@
-"""What run records are made of, with no torch import (so `compare` starts in a second): dotted config keys,
-what makes a run a variant of its experiment, short value names, atomic writes."""
+"""What run records are made of, with no torch import (so `compare` and a sweep runner start in a second): dotted
+config keys, what makes a run a variant of its experiment, short value names, atomic writes, reading a run's
+record."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -79,3 +81,18 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """A run's summary.json, or {} when there is none (yet) or it cannot be read."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a directory holds a run's record (a sweep runner's ``args.json`` and ``trial.log`` alone do not)."""
+    run_dir = Path(run_dir)
+    return any((run_dir / name).is_file() for name in ("config.yaml", "summary.json")) or \
+        any((run_dir / "checkpoints").glob("*.ckpt"))

@@ -626,6 +626,18 @@ def _executions(out: Path) -> dict[str, list[list[str]]]:
             for d in sorted((out / "runs").iterdir()) if (d / "ran.jsonl").is_file()}
 
 
+def test_a_runner_of_other_programs_imports_no_torch(tmp_path: Path) -> None:
+    """The runner reads and writes run records without torch or Lightning (2 s to start, not 12): only checking
+    trials of the inception_lab CLI imports them."""
+    path, out = _fake_sweep(tmp_path, sleep=0.0), tmp_path / "out"
+    code = ("import sys; import inception_lab.sweep as s; code = s.main([sys.argv[1], '--out', sys.argv[2]]); "
+            "print(code, *(m in sys.modules for m in ('torch', 'lightning')))")
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(out)], cwd=REPO,
+                          env={**clean_env(), "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines()[-1] == "0 False False", proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert [t["status"] for t in _state(out)["trials"]] == ["finished"] * 6
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("runners", [2])  # three: test_three_runners_on_a_real_sweep
 def test_runners_share_a_sweep_directory(tmp_path: Path, runners: int) -> None:

@@ -26,8 +26,7 @@ from typing import Any
 from filelock import FileLock
 from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args
 
-from inception_lab.record import holds_run, read_summary
-from inception_lab.runfiles import flatten, safe_name, variant_name, write_atomic
+from inception_lab.runfiles import flatten, holds_run, read_summary, safe_name, variant_name, write_atomic
 from inception_lab.sweep import spec
 from inception_lab.sweep.spec import Sweep, SweepError, Trial
 
@@ -80,9 +79,8 @@ def cli_args(command: list[str]) -> list[str] | None:
 
 
 def check_trials(sweep: Sweep, directory: Path, trials: list[tuple[int, dict[str, Any]]]) -> list[str]:
-    """Every trial's command line through the CLI's parser (model and data built, nothing written): their names."""
-    from inception_lab import cli
-
+    """Every trial's command line through the CLI's parser (model and data built, nothing written): their names.
+    Only trials of the inception_lab CLI import it (and torch, Lightning)."""
     names = []
     with tempfile.TemporaryDirectory() as tmp:
         for index, values in trials:
@@ -90,6 +88,8 @@ def check_trials(sweep: Sweep, directory: Path, trials: list[tuple[int, dict[str
             args = cli_args(trial_command(sweep, directory / "runs" / f"{index:03d}", values, json_file))
             config = None  # another program than the inception_lab CLI: nothing to check it with
             if args is not None:
+                from inception_lab import cli
+
                 logging.disable(logging.INFO)  # "Seed set to ..." per trial
                 try:
                     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
