@@ -15,7 +15,8 @@ from inception_lab.arguments import check
 from inception_lab.data.views import TestViews, ViewBatch, mirrored
 from inception_lab.sampling import EpochShuffleSampler, ResidentLoader, ResumableDataLoader, trainer_progress
 
-# The paper's training crop (Section 6: 8%-100% of the area, aspect 3/4-4/3), shared by ImageNet's two backends
+# The paper's training crop, shared by ImageNet's two backends. Section 6: "patches of various sizes ... distributed
+# evenly between 8% and 100% of the image area with aspect ratio constrained to the interval [3/4, 4/3]"
 CROP_AREA, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
 

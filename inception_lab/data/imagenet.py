@@ -21,8 +21,6 @@ from inception_lab.data.views import TestViews, ViewMaker
 from inception_lab.sampling import trainer_progress
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# Section 6: "patches of various sizes ... distributed evenly between 8% and 100% of the image area with aspect
-# ratio constrained to the interval [3/4, 4/3]"
 Backend = Literal["torchvision", "dali"]
 
 
