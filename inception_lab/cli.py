@@ -33,10 +33,11 @@ from inception_lab.models import format_table, googlenet, summarize
 from inception_lab.models.cost import smallest_image_size
 from inception_lab.models.inception import PRESETS
 from inception_lab.module import InceptionClassifier
-from inception_lab.predictions import ProbabilityWriter
-from inception_lab.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord
-from inception_lab.rundir import ExactResume, RequeueOnSignal, read_checkpoint, requeued, resolve_run, resume_checkpoint
-from inception_lab.runfiles import flatten, holds_run, read_summary, resume_differences, short_value, variant
+from inception_lab.run.predictions import ProbabilityWriter
+from inception_lab.run.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord
+from inception_lab.run.resume import ExactResume, read_checkpoint, resolve_run, resume_checkpoint
+from inception_lab.run.files import flatten, holds_run, read_summary, resume_differences, short_value, variant
+from inception_lab.slurm import RequeueOnSignal, requeued
 from inception_lab.tracking import WandbOptions, make_wandb_logger
 
 LINKED = ("num_classes", "in_channels", "image_size")  # the DataModule says these; never set them in a config

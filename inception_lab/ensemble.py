@@ -2,7 +2,7 @@
 
     python -m inception_lab ensemble RUN_DIR... [--views single,ten_crop,multi144] [--out DIR] [-- TEST_ARGS...]
 
-Each run's stored predictions (``<run>/predictions/test-<views>.npz``, :mod:`inception_lab.predictions`) are read;
+Each run's stored predictions (``<run>/predictions/test-<views>.npz``, :mod:`inception_lab.run.predictions`) are read;
 where one is missing, or was made from another checkpoint than the run's best (else last), ``test`` computes it
 (``python -m inception_lab test --ckpt_path <run>/checkpoints/<ckpt> --data.init_args.test_views <views>
 TEST_ARGS...``, e.g. ``-- --data.init_args.batch_size 8`` for ``multi144``). Softmax probabilities are averaged over
@@ -25,8 +25,8 @@ import numpy as np
 import yaml
 
 from inception_lab.data.views import VIEW_COUNTS, TestViews
-from inception_lab.predictions import SPLIT, Predictions, checkpoint_name, predictions_path
-from inception_lab.runfiles import write_atomic
+from inception_lab.run.predictions import SPLIT, Predictions, checkpoint_name, predictions_path
+from inception_lab.run.files import write_atomic
 
 DEFAULT_VIEWS = ("single", "ten_crop", "multi144")
 BASE = "single"

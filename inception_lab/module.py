@@ -56,7 +56,7 @@ class InceptionClassifier(LightningModule):
             protocol (256 views at 224: about the activations of an eval batch of 256).
 
     ``test_step`` and ``predict_step`` return each image's class probabilities (averaged over its views), which
-    ``inception_lab.predictions.ProbabilityWriter`` stores.
+    ``inception_lab.run.predictions.ProbabilityWriter`` stores.
     """
 
     def __init__(

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from inception_lab.runfiles import short_value
+from inception_lab.run.files import short_value
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from inception_lab.cli import UserError, parse
-from inception_lab.runfiles import flatten, read_summary
+from inception_lab.run.files import flatten, read_summary
 from tests.conftest import QUICKSTART, REPO, clean_env
 
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))

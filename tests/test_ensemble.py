@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from inception_lab.ensemble import ensemble, top_k_error
-from inception_lab.predictions import Predictions, predictions_path
+from inception_lab.run.predictions import Predictions, predictions_path
 from tests.conftest import DIST_ENV, QUICKSTART, SHORT
 
 CLASSES, IMAGES = 10, 200

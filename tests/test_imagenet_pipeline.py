@@ -28,7 +28,7 @@ from inception_lab.data.imagenet import (
     train_crop,
 )
 from inception_lab.data.views import make_views
-from inception_lab.runfiles import read_summary
+from inception_lab.run.files import read_summary
 from tests.conftest import REPO
 
 F = v2.functional

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inception_lab.runfiles import read_summary
+from inception_lab.run.files import read_summary
 from tests.conftest import QUICKSTART, REPO, clean_env
 
 GOLDEN = Path(__file__).parent / "golden"

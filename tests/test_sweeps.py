@@ -22,7 +22,7 @@ import yaml
 
 import inception_lab.sweep as sweep_command
 from inception_lab import cli
-from inception_lab.runfiles import flatten, variant_name
+from inception_lab.run.files import flatten, variant_name
 from inception_lab.sweep import runner, spec
 from tests.conftest import REPO, SHORT, clean_env
 

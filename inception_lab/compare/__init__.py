@@ -22,7 +22,7 @@ from inception_lab.compare.cells import Cell, group, grouping_keys, pick_baselin
 from inception_lab.compare.report import header, plots, render, tables, tables_markdown, text_table, title
 from inception_lab.compare.runs import CompareError, Run, load, parse_wandb_path, wandb_runs
 from inception_lab.compare.wandb_views import build_report, build_workspace
-from inception_lab.runfiles import write_atomic
+from inception_lab.run.files import write_atomic
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from inception_lab.compare.runs import CompareError, Run
-from inception_lab.runfiles import flatten, short_value
+from inception_lab.run.files import flatten, short_value
 
 PRIMARY = "val/acc_best"  # the metric a cell is judged by
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from inception_lab.runfiles import flatten
+from inception_lab.run.files import flatten
 
 METRIC_PREFIXES = ("val/", "test/", "train/")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from inception_lab.runfiles import write_atomic
+from inception_lab.run.files import write_atomic
 from inception_lab.sweep import runner, spec
 from inception_lab.sweep.runner import State, check_command, check_trials, trial_command
 from inception_lab.sweep.spec import SweepError, Trial, load_sweep

@@ -26,7 +26,7 @@ from typing import Any
 from filelock import FileLock
 from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args
 
-from inception_lab.runfiles import flatten, holds_run, read_summary, safe_name, variant_name, write_atomic
+from inception_lab.run.files import flatten, holds_run, read_summary, safe_name, variant_name, write_atomic
 from inception_lab.sweep import spec
 from inception_lab.sweep.spec import Sweep, SweepError, Trial
 

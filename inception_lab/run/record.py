@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from inception_lab.runfiles import read_summary, write_atomic
+from inception_lab.run.files import read_summary, write_atomic
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

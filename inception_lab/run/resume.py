@@ -1,7 +1,7 @@
 """The run directory: where a run goes, which checkpoint resumes it, and a resume that goes on exactly.
 
 ``runs/<experiment>/<run name>/`` unless ``--run_dir`` says otherwise; ``--ckpt_path last`` resumes a run from its
-newest checkpoint; a SLURM job started again (``--requeue``) resumes its own run. :class:`ExactResume` makes a resumed
+newest checkpoint; a SLURM job started again (``--requeue``, :mod:`inception_lab.slurm`) resumes its own run. :class:`ExactResume` makes a resumed
 fit continue as the uninterrupted one would, from an epoch's end (the RNG seeded from (seed, epoch, rank)) or from
 the middle of an epoch (the loaders' position and every rank's RNG state, saved in the checkpoint).
 """
@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,11 +18,9 @@ from typing import Any
 import torch
 from jsonargparse import Namespace
 from lightning import Callback, LightningModule, Trainer
-from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from inception_lab.errors import UserError
-from inception_lab.runfiles import safe_name, variant_name
+from inception_lab.run.files import safe_name, variant_name
 
 RUNS_ROOT = Path("runs")
 
@@ -102,12 +97,6 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint
 
 
-def requeued() -> bool:
-    """Whether this process is a SLURM job started again (``--requeue``: preempted, or requeued by Lightning on the
-    time limit's signal)."""
-    return "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
-
-
 def resume_checkpoint(run_dir: Path) -> Path:
     """``--ckpt_path last``: the run's ``last.ckpt`` (after every epoch), or the HPC checkpoint saved on SLURM's
     signal before a requeue (``hpc_ckpt_N.ckpt``, mid-epoch) where that is further on; where the chosen one cannot be
@@ -178,56 +167,3 @@ def latest_run(experiment: str) -> Path:
         raise UserError(f"--ckpt_path last: no run of experiment {experiment!r} under {RUNS_ROOT / experiment} has "
                         "checkpoints/last.ckpt; pass --run_dir DIR of the run to resume")
     return candidates[-1].parent.parent
-
-
-class Requeued(SIGTERMException):
-    """The fit stopped for SLURM to start it again (recorded "interrupted", exit 143, as SIGTERM)."""
-
-
-class RequeueOnSignal(Callback):
-    """SLURM's signal before the time limit, handled at a step boundary so that the requeued job resumes exactly.
-
-    Lightning's own handler (``SLURMEnvironment(auto_requeue=True)``; the CLI turns it off) saves inside the signal
-    handler, wherever the step is, and each rank on its own signal. Here the signal only sets a flag; after the next
-    optimizer step the ranks agree (any rank's flag), all save ``hpc_ckpt_N.ckpt`` (with the loaders' position and
-    every rank's RNG state: :class:`ExactResume`), rank 0 runs ``scontrol requeue`` (``<array job>_<task>`` in an
-    array), and the fit stops as interrupted. The resumed fit goes on as the uninterrupted one would (same metrics).
-    """
-
-    def __init__(self) -> None:
-        self.received, self._previous = False, None
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit" and SLURMEnvironment.detect() and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
-
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGUSR1, self._previous)
-            self._previous = None
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.received = True
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        if self._previous is None or not trainer.strategy.reduce_boolean_decision(self.received, all=False):
-            return  # not under SLURM, or no rank has the signal
-        path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
-        trainer.save_checkpoint(path)  # with the loaders' position and the RNG (ExactResume)
-        if trainer.is_global_zero:
-            requeue_job()
-        raise Requeued(f"requeued by SLURM after step {trainer.global_step} ({Path(path).name})")
-
-
-def requeue_job() -> None:
-    """``scontrol requeue`` this job (or this task of an array job), as Lightning's own handler does."""
-    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
-    try:
-        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-        problem = done.stderr.strip() if done.returncode else ""
-    except FileNotFoundError:
-        problem = "no scontrol on PATH"
-    print(f"inception_lab: {'could not requeue' if problem else 'requeued'} SLURM job {job}"
-          f"{': ' + problem if problem else ''}", file=sys.stderr)

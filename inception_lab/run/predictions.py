@@ -23,7 +23,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from inception_lab.runfiles import write_atomic
+from inception_lab.run.files import write_atomic
 
 SPLIT = "test"  # test and predict both read the DataModule's test split
 
