@@ -20,8 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in COMMANDS:
         import importlib
 
+        from inception_lab.run.files import disk_fault
+
         module, function = COMMANDS[args[0]]
-        return getattr(importlib.import_module(module), function)(args[1:]) or 0
+        try:
+            return getattr(importlib.import_module(module), function)(args[1:]) or 0
+        except OSError as error:  # a full or read-only disk: one line, every file as it was (write_atomic)
+            if (fault := disk_fault(error)) is None:
+                raise
+            print(f"inception_lab {args[0]}: error: {fault}", file=sys.stderr)
+            return 1
     from inception_lab.cli import cli_main
 
     return cli_main(argv) or 0  # None: LightningCLI reads sys.argv itself

@@ -33,10 +33,19 @@ from inception_lab.models import format_table, googlenet, summarize
 from inception_lab.models.cost import smallest_image_size
 from inception_lab.models.inception import PRESETS
 from inception_lab.module import InceptionClassifier
+from inception_lab.run.files import (
+    disk_fault,
+    flatten,
+    holds_run,
+    read_summary,
+    resume_differences,
+    short_value,
+    variant,
+    write_atomic,
+)
 from inception_lab.run.predictions import ProbabilityWriter
 from inception_lab.run.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord
 from inception_lab.run.resume import ExactResume, read_checkpoint, resolve_run, resume_checkpoint
-from inception_lab.run.files import flatten, holds_run, read_summary, resume_differences, short_value, variant
 from inception_lab.slurm import RequeueOnSignal, requeued
 from inception_lab.tracking import WandbOptions, make_wandb_logger
 
@@ -46,36 +55,24 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 class RunConfigCallback(SaveConfigCallback):
     """Writes the resolved config into the run directory (``config.yaml`` for fit, ``<stage>-config.yaml`` for
-    validate/test/predict) and into the W&B run config.
+    validate/test/predict: never the fit's), atomically, and into the W&B run config. Lightning's ``setup`` calls
+    this on rank 0 once (``save_to_log_dir=False``: not into the logger's directory, Lightning #11256).
 
-    Overwrites by design: a resumed fit writes the same run directory again (Lightning #11256), the same config but
-    for the length of training (a resume that differs otherwise is refused). ``fit --config <run>/config.yaml``
-    repeats the run: its ``ckpt_path`` is left null.
+    A resumed fit writes config.yaml again: the same config but for the length of training (a resume that differs
+    otherwise is refused). ``fit --config <run>/config.yaml`` repeats the run: its ``ckpt_path`` is left null.
     """
 
-    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        if self.already_saved:
-            return
-        run_dir = Path(self.config.run_dir)
-        stage = TrainerFn(stage).value
-        name = "config.yaml" if stage == "fit" else f"{stage}-config.yaml"  # validate/test/predict: never the fit's
-        if trainer.is_global_zero:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = run_dir / f".{name}.tmp"
-            config = self.config.clone()
-            if stage == "fit":  # what the run is, not where an attempt resumed from (summary.json's attempts say)
-                config.ckpt_path = None
-            self.parser.save(config, tmp, skip_none=False, overwrite=True, multifile=False)
-            os.replace(tmp, run_dir / name)
-            self.save_config(trainer, pl_module, stage)
-            self.already_saved = True
-        self.already_saved = trainer.strategy.broadcast(self.already_saved)
-
     def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        config = self.parser.dump(self.config, skip_none=False, format="yaml")
+        stage = TrainerFn(stage).value
+        config = self.config.clone()
+        if stage == "fit":  # what the run is, not where an attempt resumed from (summary.json's attempts say)
+            config.ckpt_path = None
+        name = "config.yaml" if stage == "fit" else f"{stage}-config.yaml"
+        text = self.parser.dump(config, skip_none=False, format="yaml")
+        write_atomic(Path(self.config.run_dir) / name, text)
         for logger in trainer.loggers:
             if hasattr(logger, "log_config"):
-                logger.log_config(yaml.safe_load(config))
+                logger.log_config(yaml.safe_load(text))
 
 
 class InceptionCLI(LightningCLI):
@@ -86,7 +83,7 @@ class InceptionCLI(LightningCLI):
             *args,
             subclass_mode_data=True,
             save_config_callback=RunConfigCallback,
-            save_config_kwargs={"overwrite": True},
+            save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
             auto_configure_optimizers=False,
             **kwargs,
         )
@@ -108,12 +105,26 @@ class InceptionCLI(LightningCLI):
             check_yaml(path)
         subcommand = argv[0] if argv and argv[0] in SUBCOMMANDS else None
         ckpt = next(iter(_option_values(argv, "--ckpt_path")), None)
+        no_config = not _option_values(argv, "--config", "-c")
         if ckpt and ckpt != "last":
             checkpoint = read_checkpoint(ckpt)
-            if subcommand in ("validate", "test", "predict") and not _option_values(argv, "--config", "-c"):
+            if subcommand in ("validate", "test", "predict") and no_config:
                 argv = [subcommand, *checkpoint_config(checkpoint, Path(ckpt)), *argv[1:]]
+        if subcommand == "fit" and ckpt and no_config:  # a resume with no experiment file: the run's own config
+            run_dir = next(iter(_option_values(argv, "--run_dir")), None)
+            run_dir = Path(run_dir) if run_dir else Path(ckpt).parent.parent if ckpt != "last" else None
+            if run_dir is not None and (run_dir / "config.yaml").is_file():
+                check_yaml(str(run_dir / "config.yaml"))
+                argv = ["fit", "--config", str(run_dir / "config.yaml"), *argv[1:]]
         self.first_config = next(iter(_option_values(argv, "--config", "-c")), None)
         self.config = parser.parse_args(argv)
+
+    def _parse_ckpt_path(self) -> None:
+        """Off: Lightning's merges a checkpoint's hyperparameters over the command line's values, after parsing, so
+        that ``--ckpt_path FILE`` silently dropped ``--model.*`` overrides. Here the checkpoint's hyperparameters are
+        the base config only where no ``--config`` is given (``parse_arguments``), the command line's values win,
+        and a fit's resume is then checked against the run's ``config.yaml`` (``check_fit``), however the
+        checkpoint is named."""
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -327,6 +338,13 @@ def cli_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("inception_lab: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        if (fault := disk_fault(error)) is None:
+            raise
+        fit = (sys.argv[1:] if argv is None else argv)[:1] == ["fit"]
+        hint = "; once the disk allows, --ckpt_path last resumes the run from its newest readable checkpoint"
+        print(f"inception_lab: error: {fault}{hint if fit else ''}", file=sys.stderr)
+        return 1
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, previous)

@@ -141,8 +141,18 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path, run_cli, cli
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert last.exists(), "no checkpoint after the first epoch"
-    assert read_summary(killed)["status"] == "running"  # killed outright: not finished, not failed
+    assert read_summary(killed)["status"] == "killed"  # its process gone without an end: not finished, not failed
     assert len(val_curve(killed)) < 3
+    # an evaluation of the killed run's checkpoint adds its own record and leaves the fit's as it was
+    fit_record = (killed / "summary.json").read_bytes()
+    code, _, err = cli(["test", "--ckpt_path", str(last)])
+    assert code == 0, err[-3000:]
+    record = read_summary(killed)
+    assert record["status"] == "killed" and "test/acc" in record["metrics"]
+    assert (killed / "summary.json").read_bytes() == fit_record
+    fit_wandb = json.loads((killed / "wandb_run.json").read_text())["id"]
+    test_wandb = json.loads((killed / "test-summary.json").read_text())["wandb_run"]
+    assert test_wandb != fit_wandb  # the test logs to a W&B run of its own, never into (and closing) the fit's
 
     run_cli(*base, "--run_dir", str(killed), "--ckpt_path", "last", cwd=tmp_path)
     a, b = read_summary(straight), read_summary(killed)
@@ -235,7 +245,21 @@ def test_a_resume_is_the_same_run(tmp_path: Path, cli) -> None:
     code, _, err = cli([*fit, "--model.net.init_args.head=fc", "--model.optimizer.init_args.lr=0.5",
                         "--ckpt_path", "last", "--run_dir", str(run_dir)])
     assert code == 2 and "model.optimizer.init_args.lr: run 0.004, now 0.5" in err.strip().splitlines()[-1]
-    assert _snapshot(run_dir) == before and not (tmp_path / "runs/quickstart").joinpath("x").exists()
+    # the same, the checkpoint named by its path (with the experiment file, and with none: the run's config.yaml)
+    named = ["--ckpt_path", str(run_dir / "checkpoints/last.ckpt"), "--run_dir", str(run_dir)]
+    for config in (["--config", str(QUICKSTART), "--model.net.init_args.head=fc"], []):
+        code, _, err = cli(["fit", *config, *short, "--model.optimizer.init_args.lr=0.5", *named])
+        assert code == 2 and "model.optimizer.init_args.lr: run 0.004, now 0.5" in err.strip().splitlines()[-1], err
+    # an evaluation of a checkpoint by path takes the command line's model values over the checkpoint's
+    losses = []
+    for smoothing in ([], ["--model.label_smoothing=0.5"]):
+        code, _, err = cli(["test", "--ckpt_path", str(run_dir / "checkpoints/last.ckpt"), *smoothing])
+        assert code == 0, err[-3000:]
+        losses.append(read_summary(run_dir)["metrics"]["test/loss"])
+    assert losses[1] != pytest.approx(losses[0], abs=1e-3)
+    after = _snapshot(run_dir)  # the refusals wrote nothing, the tests only their own files
+    assert {k: after[k] for k in before} == before
+    assert all(k.startswith(("test-", "predictions", "wandb")) for k in set(after) - set(before)), set(after)
 
     last = run_dir / "checkpoints/last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])  # a copy cut short

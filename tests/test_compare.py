@@ -545,3 +545,23 @@ def test_multiply_adds_read_as_people_write_them() -> None:
 
     assert [_tick(v) for v in (32_019_712, 275_564_800, 1.5e9, 250_000, 12)] == ["32M", "276M", "1.5G", "250K", "12"]
     assert _ticks([32_019_712, 32_100_352]) == ["32M", "32.1M"] and _ticks([27e6, 275e6]) == ["27M", "275M"]
+
+
+def test_a_full_disk_under_out_is_one_line_and_keeps_the_old_report(tmp_path: Path, cli) -> None:
+    """``compare --out`` on a disk with no room for the plots: one line naming the file and ENOSPC, exit 1, the
+    previous report as it was, no temporary file."""
+    from tests.test_run_records import small_disk
+
+    for (head, seed), acc in ACCS.items():
+        make_run(tmp_path / "runs", f"{head}-{seed}", head, seed, acc)
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        (disk / "report").mkdir()
+        (disk / "report/report.md").write_text("the previous report\n")
+        (disk / "filler").write_bytes(b"x" * 200_000)  # the plots (tens of kB each) no longer fit
+        code, _, err = cli(["compare", str(tmp_path / "runs"), "--out", str(disk / "report")])
+        assert code == 1 and "Traceback" not in err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith(f"inception_lab compare: error: {disk / 'report'}/") and line.endswith(
+            "No space left on device (ENOSPC)"), line
+        assert sorted(p.name for p in (disk / "report").iterdir()) == ["report.md"]
+        assert (disk / "report/report.md").read_text() == "the previous report\n"

@@ -22,7 +22,7 @@ from inception_lab.compare.cells import Cell, group, grouping_keys, pick_baselin
 from inception_lab.compare.report import header, plots, render, tables, tables_markdown, text_table, title
 from inception_lab.compare.runs import CompareError, Run, load, parse_wandb_path, wandb_runs
 from inception_lab.compare.wandb_views import build_report, build_workspace
-from inception_lab.run.files import write_atomic
+from inception_lab.run.files import write_all_atomic
 
 
 @dataclass
@@ -58,8 +58,8 @@ def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] 
     images = plots(cell_list, keys, base)
     head = header(finished, sweep, [wandb_path] if wandb_path else [str(p) for p in paths])
     markdown, page = render(cell_list, keys, base, excluded, images, title(finished, keys, base, sweep), head)
-    for name, data in [*images.items(), ("report.md", markdown), ("report.html", page)]:
-        write_atomic(out / name, data)
+    write_all_atomic({out / name: data for name, data in [*images.items(), ("report.md", markdown),
+                                                          ("report.html", page)]})
     return Comparison(keys, cell_list, base, excluded, out, text_table(tables(cell_list, keys, base)[0]),
                       "\n".join(tables_markdown(cell_list, keys, base)))
 

@@ -3,8 +3,6 @@ read through ``wandb.Api``, and the keys a sweep file varies."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from inception_lab.run.files import flatten
+from inception_lab.run.files import flatten, read_metrics, read_summary
 
 METRIC_PREFIXES = ("val/", "test/", "train/")
 
@@ -64,22 +62,13 @@ class Run:
 
 def read_curve(path: Path) -> dict[int, float]:
     """epoch -> val/acc from a CSVLogger ``metrics.csv`` (sparse rows; the last value of an epoch wins)."""
-    try:
-        with open(path, newline="") as f:
-            return {int(float(row["epoch"])): float(row["val/acc"]) for row in csv.DictReader(f)
-                    if row.get("val/acc") and row.get("epoch")}
-    except (OSError, ValueError, csv.Error):
-        return {}
+    return {int(row["epoch"]): row["val/acc"] for row in read_metrics(path) if "val/acc" in row and "epoch" in row}
 
 
 def load_run(directory: Path) -> Run:
-    """A run directory as a record; an unreadable summary.json gives a run with status "unreadable"."""
-    try:
-        summary = json.loads((directory / "summary.json").read_text())
-        if not isinstance(summary, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as error:
-        summary = {"status": "unreadable", "error": f"summary.json: {error}"}
+    """A run directory as a record (``read_summary``: the fit's, with its evaluations' metrics; a fit whose process
+    died is "killed"); an unreadable summary.json gives a run with status "unreadable"."""
+    summary = read_summary(directory)
     try:
         config = flatten(yaml.safe_load((directory / "config.yaml").read_text()) or {})
     except (OSError, yaml.YAMLError):

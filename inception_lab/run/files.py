@@ -1,14 +1,34 @@
 """What run records are made of, with no torch import (so `compare` and a sweep runner start in a second): dotted
-config keys, what makes a run a variant of its experiment, short value names, atomic writes, reading a run's
-record."""
+config keys, what makes a run a variant of its experiment, short value names, atomic writes, and the one reader and
+writer of a run's record (:class:`RunSummary`, :func:`read_summary`, :func:`read_metrics`).
+
+Who writes what in a run directory (one writer per file):
+
+| file | writer |
+|---|---|
+| ``summary.json``, ``config.yaml``, ``metrics.csv``, ``checkpoints/``, ``wandb_run.json``, ``.heartbeat`` | the fit
+  (rank 0) |
+| ``<stage>-summary.json``, ``<stage>-config.yaml``, ``<stage>-metrics.csv`` (stage: validate, test, predict);
+  ``predictions.csv``, ``predictions/*.npz`` | that evaluation |
+
+:func:`read_summary` reads them together: the fit's record, each evaluation's metrics added under ``metrics`` (an
+evaluation never changes the fit's status, attempts or metrics), and a fit whose process is gone without ending
+reported as ``killed``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import errno
 import json
 import os
 import re
+import socket
+import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -75,20 +95,204 @@ def short_value(value: Any) -> str:
     return str(value)
 
 
+DISK_FAULTS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EIO}
+
+
+def disk_fault(error: BaseException) -> str | None:
+    """One line for a write the disk refused (full, read-only, over quota): ``<path>: No space left on device
+    (ENOSPC)``; None for any other error."""
+    if not isinstance(error, OSError) or error.errno not in DISK_FAULTS:
+        return None
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{os.strerror(error.errno)} ({errno.errorcode[error.errno]})"
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write through a temporary file and a rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write through a temporary file, fsync and a rename: a reader never sees half a file, a process killed at any
+    instant leaves the old file or the new one. A failed write (a full disk) removes its temporary file and raises
+    OSError naming ``path``, not the temporary."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
+def write_all_atomic(files: dict[Path, str | bytes]) -> None:
+    """Several files written as one: every temporary file first, then the renames (which need no space), so a full
+    disk leaves all the old files and no temporary one, never half of the new set."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.set")
+            write_atomic(tmp, data)
+            written.append((tmp, Path(path)))
+    except OSError:
+        for tmp, _ in written:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    for tmp, path in written:
+        os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+# ---- a run's record ---------------------------------------------------------------------------------------------
+EVALUATIONS = ("validate", "test", "predict")
+Status = Literal["running", "finished", "interrupted", "failed", "killed", "unreadable"]
+HEARTBEAT_S = 30.0  # the fit touches <run dir>/.heartbeat this often
+STALE_S = 600.0  # a fit on another host whose heartbeat is older than this is reported killed
+
+
+def summary_path(run_dir: Path, stage: str = "fit") -> Path:
+    """``summary.json`` (the fit's) or ``<stage>-summary.json`` (an evaluation's)."""
+    return Path(run_dir) / ("summary.json" if stage == "fit" else f"{stage}-summary.json")
+
+
+@dataclass
+class RunSummary:
+    """One stage's record of a run: ``summary.json`` for the fit, ``<stage>-summary.json`` for an evaluation. Read
+    and written only here (:meth:`load`, :meth:`save`); unknown keys (from a newer or older version) are kept.
+
+    ``status`` is the stage's: "running", then "finished", "interrupted" (SIGINT/SIGTERM: resume the fit with
+    ``--ckpt_path last``) or "failed" (with ``error``). ``attempts`` (the fit's) has one entry per start of the fit
+    (the first and each resume): start, end, wall time, epochs, how it ended, and where its process runs (``host``,
+    ``pid``) so that a reader can tell a live fit from a killed one.
+    """
+
+    status: str = "running"
+    run_name: str = ""
+    seed: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    variant: dict[str, Any] | None = None  # the fit's: what makes it differ from its experiment (None: older)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    checkpoint: str | None = None  # an evaluation's: the checkpoint it evaluated
+    extra: dict[str, Any] = field(default_factory=dict)  # cost, throughput, wall time, and keys of other versions
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSummary:
+        names = {f.name for f in fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        if not isinstance(known.get("metrics", {}), dict) or not isinstance(known.get("attempts", []), list):
+            raise ValueError("metrics must be an object and attempts a list")
+        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "extra" and (v is not None or k == "seed")}
+        return {**data, **self.extra}
+
+    @classmethod
+    def load(cls, run_dir: Path, stage: str = "fit") -> RunSummary | None:
+        """The stage's record; None where there is none; ValueError naming the file where it cannot be read."""
+        path = summary_path(run_dir, stage)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not a JSON object")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
+
+    def save(self, run_dir: Path, stage: str = "fit") -> None:
+        write_json(summary_path(run_dir, stage), self.as_dict())
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    """A run's summary.json, or {} when there is none (yet) or it cannot be read."""
+    """A run's record as its readers see it (sweeps, ``compare``, ``ensemble``, the README's one-liners): the fit's
+    ``summary.json``, with each evaluation's metrics added under ``metrics`` (``test/*``, ``validate/*``) and its
+    record under ``evaluations``; a fit whose process is gone without ending has status "killed". {} when there is no
+    summary.json (yet); status "unreadable" (and ``error``) when it cannot be read."""
     try:
-        return json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
+        fit = RunSummary.load(run_dir)
+    except ValueError as error:
+        return {"status": "unreadable", "error": str(error), "metrics": {}}
+    if fit is None:
         return {}
+    record = fit.as_dict()
+    record["metrics"] = dict(fit.metrics)
+    evaluations = {}
+    for stage in EVALUATIONS:
+        try:
+            evaluation = RunSummary.load(run_dir, stage)
+        except ValueError:
+            continue  # an evaluation's record cut short says nothing about the fit
+        if evaluation is not None:
+            evaluations[stage] = evaluation.as_dict()
+            record["metrics"].update(evaluation.metrics)
+    if evaluations:
+        record["evaluations"] = evaluations
+    if fit.status == "running" and (gone := fit_gone(run_dir, fit)):
+        record.update(status="killed", error=gone)
+    return record
+
+
+def fit_gone(run_dir: Path, fit: RunSummary) -> str | None:
+    """Why a fit recorded "running" is not running any more (None: it is, or it cannot be told). On the host it
+    runs on: its process is gone (or the pid is another process now). From another host: its heartbeat is older
+    than ``STALE_S``."""
+    attempt = fit.attempts[-1] if fit.attempts else {}
+    pid, host = attempt.get("pid"), attempt.get("host")
+    if not isinstance(pid, int) or not host:
+        return None  # a record of an older version: no way to tell
+    if host == socket.gethostname():
+        started = process_start(pid)
+        if started is None or attempt.get("pid_start") not in (None, started):
+            return f"killed: its process ({pid} on {host}) ended without recording an end"
+        return None
+    try:
+        age = time.time() - (Path(run_dir) / ".heartbeat").stat().st_mtime
+    except OSError:
+        return None
+    if age > STALE_S:
+        return f"killed: no heartbeat from {host} for {age:.0f} s (more than {STALE_S:.0f} s)"
+    return None
+
+
+def process_start(pid: int) -> int | None:
+    """A live process's start time (clock ticks since boot, /proc), or None when no such process runs: a pid that
+    is reused by another process has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0  # alive, but no /proc to tell its start
+    after_name = stat[stat.rindex(")") + 2:].split()  # the name in parentheses may hold spaces
+    if after_name[0] == "Z":
+        return None  # a zombie: ended, not yet reaped
+    return int(after_name[19])
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of a metrics.csv (CSVLogger's sparse rows: empty cells left out; step and epoch as ints); [] when
+    there is none or it cannot be read."""
+    try:
+        with open(path, newline="") as f:
+            return [{k: int(float(v)) if k in ("step", "epoch") else float(v) for k, v in row.items()
+                     if k and v not in ("", None)} for row in csv.DictReader(f)]
+    except (OSError, ValueError, csv.Error):
+        return []
 
 
 def holds_run(run_dir: Path) -> bool:

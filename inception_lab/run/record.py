@@ -1,13 +1,18 @@
-"""``summary.json``: the record of a run that sweeps and comparisons read (written on rank 0, atomically)."""
+"""The writers of a run's record (rank 0, atomically): ``summary.json`` (the fit's), ``<stage>-summary.json`` (an
+evaluation's), the metrics files, checkpoints and ``predictions.csv``. Who writes what: :mod:`inception_lab.run.files`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-import json
 import math
 import os
+import socket
 import statistics
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,12 +26,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from inception_lab.run.files import read_summary, write_atomic
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
-
+from inception_lab.run.files import HEARTBEAT_S, RunSummary, disk_fault, process_start, read_metrics, write_atomic
 
 WALL_S_IS = ("the fit's wall time: the sum of its attempts' wall_s, each from the attempt's start to its end (a "
              "resumed run's includes the partial epoch an interruption lost)")
@@ -43,98 +43,123 @@ def interruption(exception: BaseException) -> str | None:
 
 
 class RunRecord(Callback):
-    """Keeps ``<run dir>/summary.json`` current: status, metrics, cost, throughput, seed and wall time.
+    """Keeps a stage's record current: ``summary.json`` for ``fit`` (status, metrics, cost, throughput, seed, wall
+    time, attempts), ``<stage>-summary.json`` for validate/test/predict (its status, metrics and checkpoint). An
+    evaluation never writes the fit's file, so it cannot change the fit's status or race a fit still running.
 
-    ``status`` is the fit's: "running", then "finished", "interrupted" (SIGINT/SIGTERM: resume it with
-    ``--ckpt_path last``) or "failed" (with ``error``); a run killed outright stays "running". ``attempts`` holds one
-    entry per fit attempt (the first and each resume): start, end, wall time, epochs trained, how it ended (a killed
-    attempt: "killed", with the time it was last seen). validate/test/predict add their metrics to the record without
-    changing the fit's status (an evaluation that fails says so under ``<stage>_error``).
+    The fit's status: "running", then "finished", "interrupted" (SIGINT/SIGTERM: resume it with ``--ckpt_path
+    last``) or "failed" (with ``error``). Each attempt records its ``host`` and ``pid``, and the fit touches
+    ``.heartbeat`` every ``HEARTBEAT_S``: a fit killed outright stays "running" in the file, and readers
+    (:func:`~inception_lab.run.files.read_summary`) report it "killed"; its next start marks that attempt "killed".
     """
 
     def __init__(self, run_dir: Path, subcommand: str = "fit", seed: int | None = None,
                  variant: dict[str, Any] | None = None) -> None:
-        self.path = Path(run_dir) / "summary.json"
-        self.subcommand = subcommand
+        self.run_dir = Path(run_dir)
+        self.stage = subcommand
         self.seed = seed
         self.variant = variant or {}
-        self.summary: dict[str, Any] = {}
+        self.record = RunSummary()
         self._start = time.perf_counter()
         self._attempt: dict[str, Any] | None = None
         self._epoch_t0: float | None = None
         self._epoch_images = 0
         self._throughputs: list[float] = []
+        self._heartbeat: threading.Event | None = None
+        self._set_up = False
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not trainer.is_global_zero:
             return
-        self.summary = read_summary(self.path.parent)
         self._start = time.perf_counter()
-        self.summary.setdefault("metrics", {})
-        self.summary.update(run_name=self.path.parent.name, seed=self.seed)
-        if self.subcommand == "fit":  # what makes the run differ from its experiment (compare groups by it)
-            self.summary["variant"] = self.variant
-            attempts = self.summary.setdefault("attempts", [])
-            for attempt in attempts:  # an attempt that never wrote its end was killed outright
+        if self.stage == "fit":
+            self.record = self._previous_fit()
+            self.record.variant = self.variant  # what makes the run differ from its experiment (compare groups by)
+            for attempt in self.record.attempts:  # an attempt that never wrote its end was killed outright
                 if attempt.get("status") == "running":
                     attempt.update(status="killed", end=attempt.pop("last_seen", None))
-            self._attempt = {"start": _now(), "end": None, "status": "running", "wall_s": 0.0,
-                             "first_epoch": None, "epochs": 0, "ckpt_path": None}
-            attempts.append(self._attempt)
-        if self.subcommand == "fit" or "status" not in self.summary:
-            self.summary["status"] = "running"
-            self.summary.pop("error", None)
+            self._attempt = {"start": _now(), "end": None, "status": "running", "wall_s": 0.0, "first_epoch": None,
+                             "epochs": 0, "ckpt_path": None, "host": socket.gethostname(), "pid": os.getpid(),
+                             "pid_start": process_start(os.getpid())}
+            self.record.attempts.append(self._attempt)
+            self.record.status, self.record.error = "running", None
+            self._start_heartbeat()
+        else:  # each evaluation's record is its own, from scratch
+            self.record = RunSummary(checkpoint=_ckpt_path(trainer), extra={"start": _now()})
+        self.record.run_name, self.record.seed = self.run_dir.name, self.seed
         if hasattr(pl_module, "cost"):
-            self.summary.update(pl_module.cost())
+            self.record.extra.update(pl_module.cost())
+        self._set_up = True
         self._write(trainer)
+
+    def _previous_fit(self) -> RunSummary:
+        try:
+            return RunSummary.load(self.run_dir) or RunSummary()
+        except ValueError as error:  # cut short by a crash of an older version: the record starts again
+            print(f"inception_lab: warning: {error}; its attempts are lost, a new record starts", file=sys.stderr)
+            return RunSummary()
+
+    def _start_heartbeat(self) -> None:
+        stop = self._heartbeat = threading.Event()
+        beat = self.run_dir / ".heartbeat"
+
+        def run() -> None:
+            while True:
+                with contextlib.suppress(OSError):  # a full disk: the next beat tries again
+                    beat.touch()
+                if stop.wait(HEARTBEAT_S):
+                    return
+
+        threading.Thread(target=run, name="inception_lab-heartbeat", daemon=True).start()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.set()
+            self._heartbeat = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._attempt is not None:
             self._attempt.update(first_epoch=trainer.current_epoch, ckpt_path=_ckpt_path(trainer))  # a resume's
+        cost = self.record.extra
         for logger in trainer.loggers:  # cost in metrics.csv and W&B, at the (restored) step training starts from
-            logger.log_metrics({"cost/params": self.summary.get("params", 0),
-                                "cost/macs": self.summary.get("macs", 0)}, step=trainer.global_step)
+            logger.log_metrics({"cost/params": cost.get("params", 0), "cost/macs": cost.get("macs", 0)},
+                               step=trainer.global_step)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._finish(trainer, "finished")
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._collect(trainer)
-        if self.subcommand != "fit":
-            self._finish(trainer, self.summary.get("status") if self.summary.get("status") != "running" else
-                         "finished")
+        if self.stage == "test":
+            self._finish(trainer, "finished")
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self._collect(trainer)
-        if self.subcommand == "validate":
-            self._finish(trainer, self.summary.get("status") if self.summary.get("status") != "running" else
-                         "finished")
+        if self.stage == "validate":
+            self._finish(trainer, "finished")
         else:
+            self._collect(trainer)
             self._write(trainer)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.subcommand == "predict" and self.summary.get("status") == "running":
+        if self.stage == "predict":
             self._finish(trainer, "finished")
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if not trainer.is_global_zero:
             return
-        if not self.summary:
-            self.summary = read_summary(self.path.parent) or {"metrics": {}}
         signal_name = interruption(exception)
         lines = [ln for ln in str(exception).strip().splitlines() if ln.strip()]
-        error = f"{type(exception).__name__}: {lines[0] if lines else ''}".strip()
+        error = disk_fault(exception) or f"{type(exception).__name__}: {lines[0] if lines else ''}".strip()
         if signal_name:  # a requeue says why (slurm.Requeued)
             error = f"interrupted: {exception}" if str(exception) else f"interrupted by {signal_name}"
-        if self.subcommand != "fit":  # an evaluation going wrong says nothing about the fit
-            self.summary[f"{self.subcommand}_error"] = error
-            self._finish(trainer, self.summary.get("status", "running"))
-            return
-        self.summary["error"] = error
-        self._finish(trainer, "interrupted" if signal_name else "failed")
+        if not self._set_up:  # failed before setup: the fit's record as it was, with how this start ended
+            self.record = self._previous_fit() if self.stage == "fit" else RunSummary(extra={"start": _now()})
+            self.record.run_name, self.record.seed = self.run_dir.name, self.seed
+        self.record.error = error
+        with contextlib.suppress(OSError):  # recorded where the disk allows; the CLI says what happened either way
+            self._finish(trainer, "interrupted" if signal_name else "failed")
 
     # ---- throughput: images per second of the training loop, validation excluded --------------------------------
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -167,46 +192,49 @@ class RunRecord(Callback):
 
     # ---- writing ------------------------------------------------------------------------------------------------
     def _collect(self, trainer: Trainer) -> None:
-        metrics = self.summary.setdefault("metrics", {})
+        prefixes = ("val/", "train/") if self.stage == "fit" else ("val/", "test/")
         for key, value in trainer.callback_metrics.items():
-            if key.startswith(("val/", "test/", "train/")) and key != "train/loss_total":
+            if key.startswith(prefixes) and key != "train/loss_total":
                 value = float(value)
-                if self.subcommand == "validate":  # under its own keys: the fit's val/* stay the fit's
+                if self.stage == "validate":  # under its own keys: the fit's val/* stay the fit's
                     key = "validate/" + key.removeprefix("val/")
                 if math.isfinite(value):
-                    metrics[key] = value
+                    self.record.metrics[key] = value
 
     def _finish(self, trainer: Trainer, status: str) -> None:
         if not trainer.is_global_zero:
             return
+        self.teardown(trainer, trainer.lightning_module, self.stage)
         self._collect(trainer)
-        self.summary["status"] = status
+        self.record.status = status
         if self._attempt is not None:
             self._attempt.update(status=status, end=_now())
             self._attempt.pop("last_seen", None)
+        else:
+            self.record.extra["end"] = _now()
         self._write(trainer)
+        summary = self.record.as_dict()
         for logger in trainer.loggers:
             if hasattr(logger, "log_summary"):
-                logger.log_summary({k: v for k, v in self.summary.items() if k not in ("metrics", "status")}
-                                   | self.summary.get("metrics", {}))
+                logger.log_summary({k: v for k, v in summary.items() if k not in ("metrics", "status")}
+                                   | self.record.metrics)
 
     def _write(self, trainer: Trainer) -> None:
-        if not trainer.is_global_zero or not self.summary:
+        if not trainer.is_global_zero:
             return
         if self._throughputs:  # the first epoch carries warm-up (allocator, cuDNN autotune, compile)
             steady = self._throughputs[1:] or self._throughputs
-            self.summary["throughput_img_per_s"] = round(statistics.median(steady), 2)
+            self.record.extra["throughput_img_per_s"] = round(statistics.median(steady), 2)
         if self._attempt is not None:
             self._attempt["wall_s"] = round(time.perf_counter() - self._start, 2)
             if self._attempt["status"] == "running":
                 self._attempt["last_seen"] = _now()
-            self.summary["wall_s"] = self._wall_s()
-            self.summary["wall_s_is"] = WALL_S_IS
-        write_json(self.path, self.summary)
+            self.record.extra.update(wall_s=self._wall_s(), wall_s_is=WALL_S_IS)
+        self.record.save(self.run_dir, self.stage)
 
     def _wall_s(self) -> float:
         """Wall time of the fit so far: this attempt's and the earlier ones' (see ``WALL_S_IS``)."""
-        earlier = sum(a.get("wall_s") or 0.0 for a in self.summary.get("attempts", []) if a is not self._attempt)
+        earlier = sum(a.get("wall_s") or 0.0 for a in self.record.attempts if a is not self._attempt)
         return round(earlier + time.perf_counter() - self._start, 2)
 
 
@@ -221,14 +249,14 @@ def _ckpt_path(trainer: Trainer) -> str | None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file and renamed into place: a process killed while saving leaves the
-    previous ``last.ckpt`` whole, never a truncated one."""
+    """Checkpoints written through ``write_atomic``: a process killed while saving leaves the previous
+    ``last.ckpt`` whole, never a truncated one; a full disk leaves no temporary file behind and raises OSError
+    naming the checkpoint."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomic(Path(path), buffer.getbuffer())
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -246,14 +274,10 @@ class PredictionWriter(BasePredictionWriter):
             indices = list(range(len(probs)))
         top = probs.topk(min(5, probs.shape[1]), dim=1)
         rank = "" if trainer.world_size == 1 else f".rank{trainer.global_rank}"
-        path = self.path.with_name(f"predictions{rank}.csv")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w") as f:
-            f.write("index,class,probability,top5\n")
-            for i, p, c in zip(indices, top.values, top.indices):
-                f.write(f"{i},{int(c[0])},{float(p[0]):.6f},{' '.join(map(str, c.tolist()))}\n")
-        os.replace(tmp, path)
+        lines = ["index,class,probability,top5\n"]
+        lines += [f"{i},{int(c[0])},{float(p[0]):.6f},{' '.join(map(str, c.tolist()))}\n"
+                  for i, p, c in zip(indices, top.values, top.indices)]
+        write_atomic(self.path.with_name(f"predictions{rank}.csv"), "".join(lines))
 
 
 def _leaves(tree: Any) -> list:
@@ -275,10 +299,8 @@ class _RunMetricsWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:  # Lightning's removes the file here
         self._rows: list[dict[str, Any]] = []
         self._previous: list[dict[str, Any]] | None = None
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self._previous = [{k: int(float(v)) if k in ("step", "epoch") else float(v)
-                                   for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        if Path(self.metrics_file_path).is_file():
+            self._previous = read_metrics(Path(self.metrics_file_path))
 
     def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
         if self._previous is not None and step is not None:

@@ -1,7 +1,8 @@
 """The run directory: where a run goes, which checkpoint resumes it, and a resume that goes on exactly.
 
 ``runs/<experiment>/<run name>/`` unless ``--run_dir`` says otherwise; ``--ckpt_path last`` resumes a run from its
-newest checkpoint; a SLURM job started again (``--requeue``, :mod:`inception_lab.slurm`) resumes its own run. :class:`ExactResume` makes a resumed
+newest checkpoint; a SLURM job started again (``--requeue``, :mod:`inception_lab.slurm`) resumes its own run.
+:class:`ExactResume` makes a resumed
 fit continue as the uninterrupted one would, from an epoch's end (the RNG seeded from (seed, epoch, rank)) or from
 the middle of an epoch (the loaders' position and every rank's RNG state, saved in the checkpoint).
 """
@@ -99,36 +100,38 @@ def read_checkpoint(path: str) -> dict[str, Any]:
 
 def resume_checkpoint(run_dir: Path) -> Path:
     """``--ckpt_path last``: the run's ``last.ckpt`` (after every epoch), or the HPC checkpoint saved on SLURM's
-    signal before a requeue (``hpc_ckpt_N.ckpt``, mid-epoch) where that is further on; where the chosen one cannot be
-    read (a copy cut short), the newest checkpoint of the run that can; a one-line error where there is none."""
+    signal before a requeue (``hpc_ckpt_N.ckpt``, mid-epoch) where that is further on. Where ``last.ckpt`` is missing
+    or cannot be read (a full disk, a copy cut short), the newest readable checkpoint of the run (``best-*.ckpt``);
+    a one-line error where there is none."""
     last = run_dir / "checkpoints" / "last.ckpt"
-    hpc = list(run_dir.glob("hpc_ckpt_*.ckpt"))
-    if not last.is_file() and not hpc:
-        raise UserError(f"--ckpt_path last: {last} does not exist: nothing to resume in {run_dir}; drop --ckpt_path "
-                        "to start a new run in a new --run_dir")
+    preferred = [*([last] if last.is_file() else []), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    others = sorted((p for p in (run_dir / "checkpoints").glob("*.ckpt") if p != last),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    if not preferred and not others:
+        raise UserError(f"--ckpt_path last: {run_dir} has no checkpoint (checkpoints/*.ckpt): the fit stopped "
+                        "before its first epoch ended; drop --ckpt_path and start it again in a new --run_dir")
     steps: dict[Path, int] = {}  # readable checkpoints and their global step; each file loaded once (mmap)
-    problems: list[str] = []
-    for path in [*([last] if last.is_file() else []), *hpc]:
+    problems = [] if last.is_file() else [f"{last} does not exist"]
+    for path in preferred:
         try:
             steps[path] = int(read_checkpoint(str(path)).get("global_step", -1))
         except UserError as error:
             problems.append(str(error))
-    if steps and (last in steps or not last.is_file()):
+    if last in steps:
         return max(steps, key=lambda p: (steps[p], p.stat().st_mtime))
-    for other in sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
-        if other != last and other not in steps:
-            try:
-                read_checkpoint(str(other))
-            except UserError:
-                continue
-            steps[other] = 0
-            break  # the newest readable one: older ones need not be read
+    for other in others:  # the newest readable one: older ones need not be read
+        try:
+            steps[other] = int(read_checkpoint(str(other)).get("global_step", -1))
+            break
+        except UserError:
+            continue
     if not steps:
         raise UserError(f"{problems[0]}; and the run has no other readable checkpoint to resume from")
-    newest = max(steps, key=lambda p: p.stat().st_mtime)
-    print(f"inception_lab: warning: {problems[0]}; resuming from the newest readable checkpoint, {newest}",
-          file=sys.stderr)
-    return newest
+    chosen = max(steps, key=lambda p: (steps[p], p.stat().st_mtime))
+    if chosen.parent.name == "checkpoints":  # not an HPC checkpoint, which stands in for last.ckpt as designed
+        print(f"inception_lab: warning: {problems[0]}; resuming from the newest readable checkpoint, {chosen}",
+              file=sys.stderr)
+    return chosen
 
 
 def resolve_run(config: Namespace, subcommand: str, run_variant: dict[str, Any], first_config: str | None) -> None:

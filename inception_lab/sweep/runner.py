@@ -114,7 +114,7 @@ def describe(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
 
 
-RESUMABLE = ("running", "interrupted")  # a run killed outright stays "running"
+RESUMABLE = ("running", "interrupted", "killed")  # "killed": its process ended without recording an end (read_summary)
 
 
 LEASE_S = float(os.environ.get("INCEPTION_LAB_SWEEP_LEASE_S", 120))  # a claim's life without renewal
@@ -256,7 +256,7 @@ def _die_with_parent(parent: int) -> None:
 def start_trial(sweep: Sweep, state: State, trial: Trial, slot: str, env: dict[str, str],
                 trial_args: list[str] = ()) -> Running:
     run_dir = state.run_dir(trial)
-    resume = read_summary(run_dir).get("status") in RESUMABLE and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    resume = read_summary(run_dir).get("status") in RESUMABLE and any((run_dir / "checkpoints").glob("*.ckpt"))
     if not resume and holds_run(run_dir):  # one run, one directory: an attempt that starts over moves the old aside
         discarded = state.directory / "runs" / ".discarded" / f"{trial.name}.start{trial.starts}"
         discarded.parent.mkdir(parents=True, exist_ok=True)

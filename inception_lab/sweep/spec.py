@@ -6,7 +6,6 @@ order, and for a seed its draws (one uniform draw per parameter and trial throug
 from __future__ import annotations
 
 import contextlib
-import csv
 import itertools
 import json
 import math
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from inception_lab.run.files import read_metrics
 
 METHODS = ("grid", "random", "bayes")
 GRID_TYPES = ("categorical", "constant", "int_uniform", "q_uniform")  # W&B's grid_search_next_runs allows these
@@ -207,10 +208,8 @@ def hyperband_stops(sweep: Sweep, trials: list[tuple[Trial, Path]]) -> set[str]:
 
 
 def _engine_run(sweeps: Any, sweep: Sweep, trial: Trial, run_dir: Path | None = None) -> Any:
-    rows = []
-    if run_dir and (run_dir / "metrics.csv").is_file():  # one row per validation epoch: hyperband's iterations
-        with open(run_dir / "metrics.csv", newline="") as f:
-            rows = [{sweep.metric: float(r[sweep.metric])} for r in csv.DictReader(f) if r.get(sweep.metric)]
+    metrics = read_metrics(run_dir / "metrics.csv") if run_dir else []  # a row per validation: hyperband's iterations
+    rows = [{sweep.metric: r[sweep.metric]} for r in metrics if sweep.metric in r]
     state = {"failed": "crashed", "stopped": "killed", "interrupted": "preempted"}.get(trial.status, trial.status)
     return sweeps.SweepRun(name=trial.name, state=state, config={k: {"value": v} for k, v in trial.values.items()},
                            summary_metrics={k: v for k, v in trial.metrics.items() if k == sweep.metric}, history=rows)
