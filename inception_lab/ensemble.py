@@ -25,8 +25,8 @@ import numpy as np
 import yaml
 
 from inception_lab.data.views import VIEW_COUNTS, TestViews
-from inception_lab.run.predictions import SPLIT, Predictions, checkpoint_name, predictions_path
 from inception_lab.run.files import write_atomic
+from inception_lab.run.predictions import SPLIT, Predictions, checkpoint_name, predictions_path
 
 DEFAULT_VIEWS = ("single", "ten_crop", "multi144")
 BASE = "single"
