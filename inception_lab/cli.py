@@ -199,8 +199,8 @@ class InceptionCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = Path(config.run_dir)
         callbacks = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
-        callbacks.append(RunRecord(run_dir, self.subcommand or "fit", seed=config.get("seed_everything"),
-                                   variant=self.variant))
+        record = RunRecord(run_dir, self.subcommand or "fit", seed=config.get("seed_everything"), variant=self.variant)
+        callbacks.append(record)
         if self.subcommand in (None, "fit"):
             callbacks.append(ModelCheckpoint(
                 dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}-acc{val/acc:.4f}",
@@ -218,9 +218,11 @@ class InceptionCLI(LightningCLI):
         if logger is None or logger is True:  # default: the run directory's metrics.csv, plus W&B
             csv = RunCSVLogger(run_dir, self.subcommand or "fit")
             loggers = [csv]
-            wandb = make_wandb_logger(config, run_dir, self.variant)
+            wandb = make_wandb_logger(config, run_dir, self.variant, self.subcommand or "fit")
             if wandb is not None:
                 loggers.append(wandb)
+                if self.subcommand in ("validate", "test", "predict"):  # its own W&B run, named in its record
+                    record.record_extra["wandb_run"] = wandb.version
             kwargs["logger"] = loggers
         kwargs.setdefault("default_root_dir", str(run_dir))
         if self.subcommand in (None, "fit"):

@@ -1,25 +1,34 @@
 """Weights & Biases beside the run directory: online when a server answers, offline at once when none does.
 
-W&B never blocks a run: with no API key, or a server that does not answer a 2 s probe, the run logs offline into
-``<run dir>/wandb/`` and says so in one line; upload it later with ``wandb sync``. ``WANDB_MODE`` is respected.
+W&B never costs a run: with no API key, a server that does not tell who the key belongs to within a few seconds, or
+an online ``wandb.init`` that fails anyway, the run logs offline into ``<run dir>/wandb/`` and says so in one line;
+upload it later with ``wandb sync``. ``WANDB_MODE`` is respected. Only rank 0 talks to W&B.
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import netrc
 import os
 import secrets
-import socket
+import threading
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from inception_lab.run.files import short_value
+from inception_lab.run.files import short_value, write_atomic
+
+PROBE_TIMEOUT = 5.0  # seconds for the server to say who the API key belongs to
+INIT_TIMEOUT = 30.0  # seconds for an online wandb.init (wandb's default: 90), unless WANDB_INIT_TIMEOUT says
 
 
 @dataclass
@@ -44,26 +53,68 @@ class WandbOptions:
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
 
 
-def _api_key_present(host: str) -> bool:
+def _api_key(host: str) -> str | None:
+    """The API key wandb would use for ``host``: ``WANDB_API_KEY``, else the netrc file's (``NETRC`` or ~/.netrc)."""
     if os.environ.get("WANDB_API_KEY"):
-        return True
+        return os.environ["WANDB_API_KEY"]
     try:
-        return netrc.netrc().authenticators(host) is not None
+        auth = netrc.netrc(os.path.expanduser(os.environ["NETRC"]) if os.environ.get("NETRC") else None)
+        found = auth.authenticators(host)
     except (OSError, netrc.NetrcParseError):
-        return False
+        return None
+    return found[2] if found else None
 
 
-def _server_answers(host: str, port: int, timeout: float = 2.0) -> bool:
+def _ask_viewer(base_url: str, key: str, timeout: float) -> str | None:
+    request = urllib.request.Request(
+        f"{base_url.rstrip('/')}/graphql", data=json.dumps({"query": "{ viewer { id } }"}).encode(),
+        headers={"Content-Type": "application/json",
+                 "Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode()})
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            if response.status != 200:
+                return f"answered HTTP {response.status}"
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return f"answered HTTP {error.code}"
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, TimeoutError):
+            return f"did not answer within {timeout:g} s"
+        return f"is unreachable ({error.reason})"
+    except TimeoutError:
+        return f"did not answer within {timeout:g} s"
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        return f"gave no readable answer ({type(error).__name__})"
+    if not isinstance(body, dict):
+        return "gave no readable answer"
+    if body.get("errors"):
+        error = body["errors"][0]
+        message = error.get("message") if isinstance(error, dict) else None
+        return f"answered an error ({str(message or error)[:100]})"
+    if not (body.get("data") or {}).get("viewer"):
+        return "does not know the API key"
+    return None
+
+
+def _probe(base_url: str, key: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why the W&B server cannot take a run with this key (None: it can), after asking it who the key belongs to.
+    Bounded by ``timeout`` overall, name resolution included (a socket timeout covers neither DNS nor a trickle)."""
+    answer: list[str | None] = []
+    asking = threading.Thread(target=lambda: answer.append(_ask_viewer(base_url, key, timeout)), daemon=True)
+    asking.start()
+    asking.join(timeout)
+    return answer[0] if answer else f"did not answer within {timeout:g} s"
+
+
+def _offline_note(reason: str, run_dir: Path) -> None:
+    print(f"wandb: {reason}: logging offline to {run_dir / 'wandb'}; upload later with "
+          f"`wandb sync {run_dir / 'wandb'}/offline-run-*`", flush=True)
 
 
 def resolve_mode(options: WandbOptions, run_dir: Path) -> str:
     """online / offline / disabled; sets ``WANDB_MODE`` so that DDP ranks and wandb agree without probing again.
-    ``enabled=False`` turns W&B off whatever ``WANDB_MODE`` says; otherwise ``WANDB_MODE`` wins over ``mode``."""
+    ``enabled=False`` turns W&B off whatever ``WANDB_MODE`` says; otherwise ``WANDB_MODE`` wins over ``mode``.
+    Ranks other than 0 never log to W&B and do not probe (``auto`` is offline there)."""
     if not options.enabled:
         return "disabled"
     if os.environ.get("WANDB_MODE"):
@@ -71,28 +122,50 @@ def resolve_mode(options: WandbOptions, run_dir: Path) -> str:
     if options.mode == "disabled":
         return "disabled"
     mode = options.mode
-    if mode == "auto":
-        url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-        host, port = url.hostname or "api.wandb.ai", url.port or (443 if url.scheme == "https" else 80)
-        reason = None
-        if not _api_key_present(host):
+    if mode == "auto" and not _is_rank_zero():
+        mode = "offline"
+    elif mode == "auto":
+        base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        key = _api_key(urlparse(base_url).hostname or "api.wandb.ai")
+        if key is None:
             reason = "no W&B API key (run `wandb login` to log online)"
-        elif not _server_answers(host, port):
-            reason = f"W&B server {host} does not answer"
+        elif failure := _probe(base_url, key):
+            reason = f"W&B server {base_url} {failure}"
+        else:
+            reason = None
         mode = "offline" if reason else "online"
-        if reason and _is_rank_zero():
-            print(f"wandb: {reason}: logging offline to {run_dir / 'wandb'}; upload later with "
-                  f"`wandb sync {run_dir / 'wandb'}/offline-run-*`", flush=True)
+        if reason:
+            _offline_note(reason, run_dir)
     os.environ["WANDB_MODE"] = mode
     return mode
 
 
 def _is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
+    # Lightning's: it reads SLURM_PROCID too (srun sets no RANK/LOCAL_RANK)
+    return rank_zero_only.rank == 0
 
 
 class RunWandbLogger(WandbLogger):
-    """WandbLogger that takes the resolved config and finishes its run, so one process can run two fits."""
+    """WandbLogger that takes the resolved config and finishes its run, so one process can run two fits, and goes
+    on offline when an online ``wandb.init`` fails (a server that died after the probe, a mode forced online)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        try:
+            return super().experiment
+        except Exception as error:
+            if self._wandb_init.get("mode") == "offline":
+                raise
+            import wandb
+
+            first_line = (str(error).strip().splitlines() or [""])[0][:150]
+            _offline_note(f"online wandb.init failed ({type(error).__name__}: {first_line})",
+                          Path(self._wandb_init["dir"]))
+            wandb.teardown()  # wandb-core holds the failed run's id "in use": the offline run gets a fresh one
+            self._wandb_init["mode"] = "offline"
+            os.environ["WANDB_MODE"] = "offline"
+            return super().experiment
 
     @rank_zero_only
     def log_config(self, config: dict[str, Any]) -> None:
@@ -113,23 +186,34 @@ class RunWandbLogger(WandbLogger):
             self._experiment = None
 
 
-def make_wandb_logger(config: Any, run_dir: Path, variant: dict[str, Any]) -> RunWandbLogger | None:
-    """The W&B logger of a run, or None when W&B is disabled. The run id lives in the run directory (resume)."""
+def make_wandb_logger(config: Any, run_dir: Path, variant: dict[str, Any], stage: str = "fit") -> RunWandbLogger | None:
+    """The W&B logger of a run, or None when W&B is disabled. The fit's run id lives in the run directory (a resume
+    or requeue logs into the same W&B run): rank 0 writes it; another rank reads it, or takes an id of its own that it
+    never writes (it logs nothing). validate/test/predict log to a W&B run of their own (job type: the stage, in the
+    fit's group, ``fit_run`` in its config), never into the fit's, which they would otherwise close."""
     options = WandbOptions(**(config.wandb.as_dict() if hasattr(config.wandb, "as_dict") else dict(config.wandb)))
     mode = resolve_mode(options, run_dir)
     if mode == "disabled":
         return None
+    import wandb
+
     run_dir.mkdir(parents=True, exist_ok=True)
     id_file = run_dir / "wandb_run.json"
-    if id_file.is_file():
-        run_id = json.loads(id_file.read_text())["id"]
+    fit_id = json.loads(id_file.read_text())["id"] if id_file.is_file() else None
+    if stage != "fit":
+        run_id = secrets.token_hex(4)
+    elif fit_id is not None:
+        run_id = fit_id
     else:
         run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
         if _is_rank_zero():
-            id_file.write_text(json.dumps({"id": run_id}))
+            write_atomic(id_file, json.dumps({"id": run_id}))
     tags = [config.experiment, *(f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in variant.items()), *options.tags]
     group = options.group or os.environ.get("WANDB_SWEEP_ID") or config.experiment
+    evaluation = {} if stage == "fit" else {"job_type": stage, "config": {"fit_run": fit_id}}
     return RunWandbLogger(
-        name=config.run_name, save_dir=str(run_dir), id=run_id, project=options.project, entity=options.entity,
-        group=group, tags=[t[:64] for t in tags], resume="allow", mode=mode,
+        name=config.run_name if stage == "fit" else f"{config.run_name}-{stage}", save_dir=str(run_dir), id=run_id,
+        project=options.project, entity=options.entity, group=group, tags=[t[:64] for t in tags],
+        resume="allow" if stage == "fit" else None, mode=mode,
+        settings=wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT") or INIT_TIMEOUT)), **evaluation,
     )

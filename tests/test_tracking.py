@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -22,21 +23,21 @@ def test_no_api_key_goes_offline_at_once_without_probing(monkeypatch, tmp_path, 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setattr(tracking, "_api_key_present", lambda host: False)
-    monkeypatch.setattr(tracking, "_server_answers", lambda *a, **k: pytest.fail("probed without an API key"))
+    monkeypatch.setattr(tracking, "_probe", lambda *a, **k: pytest.fail("probed without an API key"))
     assert resolve_mode(WandbOptions(), tmp_path) == "offline"
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "no W&B API key" in out[0] and "wandb sync" in out[0]
     assert os.environ["WANDB_MODE"] == "offline"  # DDP ranks and wandb itself see the same decision
 
 
-def test_unreachable_server_goes_offline_after_a_short_probe(monkeypatch, tmp_path, capsys) -> None:
+def test_a_refused_connection_goes_offline_at_once(monkeypatch, tmp_path, capsys) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setattr(tracking, "_api_key_present", lambda host: True)
-    calls = []
-    monkeypatch.setattr(tracking, "_server_answers", lambda host, port, timeout=2.0: calls.append(timeout) or False)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    with socket.create_server(("127.0.0.1", 0)) as closed:  # a port that nothing listens on once this closes
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
     assert resolve_mode(WandbOptions(), tmp_path) == "offline"
-    assert calls == [2.0] and "does not answer" in capsys.readouterr().out
+    assert f"W&B server http://127.0.0.1:{port} is unreachable (" in capsys.readouterr().out
 
 
 def test_wandb_mode_is_respected(monkeypatch, tmp_path) -> None:

@@ -218,15 +218,14 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     """A run's record as its readers see it (sweeps, ``compare``, ``ensemble``, the README's one-liners): the fit's
     ``summary.json``, with each evaluation's metrics added under ``metrics`` (``test/*``, ``validate/*``) and its
     record under ``evaluations``; a fit whose process is gone without ending has status "killed". {} when there is no
-    summary.json (yet); status "unreadable" (and ``error``) when it cannot be read."""
+    record (yet); no status where only evaluations wrote there; status "unreadable" (and ``error``) when summary.json
+    cannot be read."""
     try:
         fit = RunSummary.load(run_dir)
     except ValueError as error:
         return {"status": "unreadable", "error": str(error), "metrics": {}}
-    if fit is None:
-        return {}
-    record = fit.as_dict()
-    record["metrics"] = dict(fit.metrics)
+    record = {} if fit is None else fit.as_dict()  # a directory of evaluations alone: no status of its own
+    record["metrics"] = {} if fit is None else dict(fit.metrics)
     evaluations = {}
     for stage in EVALUATIONS:
         try:
@@ -238,6 +237,8 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
             record["metrics"].update(evaluation.metrics)
     if evaluations:
         record["evaluations"] = evaluations
+    if fit is None:
+        return record if evaluations else {}
     if fit.status == "running" and (gone := fit_gone(run_dir, fit)):
         record.update(status="killed", error=gone)
     return record

@@ -67,6 +67,7 @@ class RunRecord(Callback):
         self._throughputs: list[float] = []
         self._heartbeat: threading.Event | None = None
         self._set_up = False
+        self.record_extra: dict[str, Any] = {}  # set before setup: what the record says besides (its W&B run)
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -88,6 +89,7 @@ class RunRecord(Callback):
         else:  # each evaluation's record is its own, from scratch
             self.record = RunSummary(checkpoint=_ckpt_path(trainer), extra={"start": _now()})
         self.record.run_name, self.record.seed = self.run_dir.name, self.seed
+        self.record.extra.update(self.record_extra)
         if hasattr(pl_module, "cost"):
             self.record.extra.update(pl_module.cost())
         self._set_up = True
