@@ -11,28 +11,30 @@ COMMANDS = {  # command: (module, function); fit/validate/test/predict go to Lig
     "sweep": ("inception_lab.sweep", "main"),
     "compare": ("inception_lab.compare", "main"),
     "ensemble": ("inception_lab.ensemble", "main"),
-    "slurm": ("inception_lab.slurm", "main"),
+    "slurm": ("inception_lab.cli", "slurm_main"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in COMMANDS:
-        import importlib
+    from inception_lab.run.files import disk_fault
 
-        from inception_lab.run.files import disk_fault
+    try:
+        if args and args[0] in COMMANDS:
+            import importlib
 
-        module, function = COMMANDS[args[0]]
-        try:
+            module, function = COMMANDS[args[0]]
             return getattr(importlib.import_module(module), function)(args[1:]) or 0
-        except OSError as error:  # a full or read-only disk: one line, every file as it was (write_atomic)
-            if (fault := disk_fault(error)) is None:
-                raise
-            print(f"inception_lab {args[0]}: error: {fault}", file=sys.stderr)
-            return 1
-    from inception_lab.cli import cli_main
+        from inception_lab.cli import cli_main
 
-    return cli_main(argv) or 0  # None: LightningCLI reads sys.argv itself
+        return cli_main(argv) or 0  # None: LightningCLI reads sys.argv itself
+    except OSError as error:  # a full or read-only disk, for every command: one line, files as they were
+        if (fault := disk_fault(error)) is None:
+            raise
+        command = f" {args[0]}" if args and args[0] in COMMANDS else ""
+        hint = "; once the disk allows, --ckpt_path last resumes the run from its newest readable checkpoint"
+        print(f"inception_lab{command}: error: {fault}{hint if args[:1] == ['fit'] else ''}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from inception_lab import slurm
 from inception_lab.data import DataError, ImageDataModule
 from inception_lab.errors import UserError, user_message
 from inception_lab.hostmem import keep_freed_memory
@@ -34,7 +35,6 @@ from inception_lab.models.cost import smallest_image_size
 from inception_lab.models.inception import PRESETS
 from inception_lab.module import InceptionClassifier
 from inception_lab.run.files import (
-    disk_fault,
     flatten,
     holds_run,
     read_summary,
@@ -45,8 +45,15 @@ from inception_lab.run.files import (
 )
 from inception_lab.run.predictions import ProbabilityWriter
 from inception_lab.run.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord
-from inception_lab.run.resume import ExactResume, read_checkpoint, resolve_run, resume_checkpoint
-from inception_lab.slurm import RequeueOnSignal, requeued
+from inception_lab.run.resume import (
+    ExactResume,
+    hold_run,
+    read_checkpoint,
+    release_runs,
+    resolve_run,
+    resume_checkpoint,
+)
+from inception_lab.slurm import Requeued, RequeueOnSignal, requeued
 from inception_lab.tracking import WandbOptions, make_wandb_logger
 
 LINKED = ("num_classes", "in_channels", "image_size")  # the DataModule says these; never set them in a config
@@ -198,9 +205,10 @@ class InceptionCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = Path(config.run_dir)
+        if self.subcommand in (None, "fit"):  # model and data built: the first write of the run, after the checks
+            hold_run(run_dir)  # one fit per run directory, until this process ends
         callbacks = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
-        record = RunRecord(run_dir, self.subcommand or "fit", seed=config.get("seed_everything"), variant=self.variant)
-        callbacks.append(record)
+        record_at = len(callbacks)  # the record's callback before the checkpoints (added once its W&B run is known)
         if self.subcommand in (None, "fit"):
             callbacks.append(ModelCheckpoint(
                 dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}-acc{val/acc:.4f}",
@@ -215,15 +223,17 @@ class InceptionCLI(LightningCLI):
         if self.subcommand in ("test", "predict"):  # predictions/<split>-<views>.npz, for `ensemble`
             callbacks.append(ProbabilityWriter(run_dir))
         logger = self._get(self.config_init, "trainer", default={}).get("logger")
+        wandb_run = None
         if logger is None or logger is True:  # default: the run directory's metrics.csv, plus W&B
             csv = RunCSVLogger(run_dir, self.subcommand or "fit")
             loggers = [csv]
             wandb = make_wandb_logger(config, run_dir, self.variant, self.subcommand or "fit")
             if wandb is not None:
                 loggers.append(wandb)
-                if self.subcommand in ("validate", "test", "predict"):  # its own W&B run, named in its record
-                    record.record_extra["wandb_run"] = wandb.version
+                wandb_run = wandb.version if self.subcommand in ("validate", "test", "predict") else None
             kwargs["logger"] = loggers
+        callbacks.insert(record_at, RunRecord(run_dir, self.subcommand or "fit", seed=config.get("seed_everything"),
+                                              variant=self.variant, wandb_run=wandb_run))
         kwargs.setdefault("default_root_dir", str(run_dir))
         if self.subcommand in (None, "fit"):
             callbacks += [ExactResume(), RequeueOnSignal()]  # SLURM's signal: save at a step's end, requeue
@@ -323,6 +333,9 @@ def cli_main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
         InceptionCLI(args=argv, parser_kwargs={"exit_on_error": False})
+    except Requeued as error:
+        print(f"inception_lab: {error}: the job resumes by itself when SLURM starts it again", file=sys.stderr)
+        return 143
     except SIGTERMException as error:
         print(f"inception_lab: interrupted ({str(error) or 'SIGTERM'}); resume with --ckpt_path last", file=sys.stderr)
         return 143
@@ -340,14 +353,8 @@ def cli_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("inception_lab: interrupted", file=sys.stderr)
         return 130
-    except OSError as error:
-        if (fault := disk_fault(error)) is None:
-            raise
-        fit = (sys.argv[1:] if argv is None else argv)[:1] == ["fit"]
-        hint = "; once the disk allows, --ckpt_path last resumes the run from its newest readable checkpoint"
-        print(f"inception_lab: error: {fault}{hint if fit else ''}", file=sys.stderr)
-        return 1
     finally:
+        release_runs()
         if main_thread:
             signal.signal(signal.SIGINT, previous)
     return 0
@@ -384,3 +391,47 @@ def summary_main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0
+
+
+def slurm_main(argv: list[str] | None = None) -> int:
+    """``python -m inception_lab slurm fit ...`` (the job file: :mod:`inception_lab.slurm`): the fit's config is
+    checked and its run directory fixed now, so that every requeue of the job writes the same run."""
+    args, rest = slurm.parse_args(sys.argv[1:] if argv is None else argv)
+    devices = [f"--trainer.devices={args.gpus_per_node}"] if args.gpus_per_node else [
+        "--trainer.accelerator=cpu", "--trainer.devices=1"]  # a CPU job: one rank per node
+    fit = [*rest, f"--trainer.num_nodes={args.nodes}", *devices]
+    try:
+        _, _, config = parse(fit)
+        resolve_run(config, "fit", config.variant, next(iter(_option_values(rest, "--config", "-c")), None))
+    except UserError as error:
+        print(f"inception_lab: error: {error}", file=sys.stderr)
+        return 2
+    run_dir = Path(config.run_dir)
+    if holds_run(run_dir):
+        print(f"inception_lab: error: --run_dir {run_dir}: already holds a run; a job file for it is "
+              f"{run_dir / 'fit.sbatch'}", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", "inception_lab", "fit", *_without(fit, "--run_dir"), "--run_dir",
+               str(run_dir.absolute()),
+               "--experiment", config.experiment]
+    text = slurm.sbatch_text(job_name=slurm.job_name(config.run_name, "fit"), command=command, nodes=args.nodes,
+                             tasks_per_node=max(1, args.gpus_per_node), gpus_per_node=args.gpus_per_node,
+                             cpus_per_task=args.cpus_per_task, time=args.time, partition=args.partition,
+                             account=args.account, output=str(run_dir.absolute() / "slurm-%j.out"),
+                             extra=args.sbatch)
+    path = run_dir / "fit.sbatch"
+    write_atomic(path, text)
+    return slurm.submit(path, args.dry_run)
+
+
+def _without(argv: list[str], option: str) -> list[str]:
+    """A command line without ``option VALUE`` / ``option=VALUE``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(f"{option}="):
+            out.append(arg)
+    return out

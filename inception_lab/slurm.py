@@ -1,4 +1,5 @@
-"""SLURM job files: a fit on N nodes x G GPUs, and a sweep as a job array of runners on one sweep directory.
+"""SLURM job files: a fit on N nodes x G GPUs (the ``slurm fit`` command itself: ``cli.slurm_main``), and a sweep as
+a job array of runners on one sweep directory; a job started again, and the signal before the time limit.
 
     python -m inception_lab slurm fit --config X [--config ...] --nodes N --gpus-per-node G \\
         [--partition P] [--time T] [--account A] [--cpus-per-task C] [--sbatch OPTION ...] [--dry-run] [fit args...]
@@ -29,19 +30,65 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from inception_lab.run.files import write_atomic
-
 REQUEUE_SIGNAL = "USR1@90"  # seconds before the time limit: time for Lightning to save and requeue
+SWEEP_SIGNAL = "B:USR1@120"  # to the array task's runner alone; SIGTERM (scancel) is a cancel
+TIME = re.compile(r"(\d+)(:\d+){0,2}|(\d+)-(\d+)(:\d+){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)  # sbatch --time
+
+
+def time_limit_s(value: str) -> float:
+    """SLURM's ``--time`` in seconds (minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+    days-hours:minutes, days-hours:minutes:seconds; UNLIMITED); ValueError for anything else."""
+    value = value.strip()
+    if not TIME.fullmatch(value):
+        raise ValueError(f"--time {value}: not a SLURM time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS "
+                         "or UNLIMITED)")
+    if value.upper() in ("UNLIMITED", "INFINITE"):
+        return float("inf")
+    days, _, clock = value.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:  # D-HH[:MM[:SS]]
+        parts += [0] * (3 - len(parts))
+        return int(days) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+    scale = {1: (60,), 2: (60, 1), 3: (3600, 60, 1)}[len(parts)]
+    return float(sum(p * k for p, k in zip(parts, scale)))
+
+
+def check_time(value: str | None, lead_s: int) -> None:
+    if value is None:
+        return
+    if time_limit_s(value) <= lead_s + 60:
+        raise ValueError(f"--time {value}: shorter than the warning SLURM sends {lead_s} s before the limit (plus "
+                         "up to a minute's delay): the job would be stopped before it could save")
+
+
+def job_name(name: str, kind: str) -> str:
+    """``<run or sweep name>.<kind>``: what squeue's 8-column NAME shows first is the part people tell jobs by."""
+    return re.sub(r"[^\w.+-]", "_", f"{name}.{kind}")[:64]
+
+
+def sbatch_options(argv: list[str]) -> list[str]:
+    """``--sbatch --qos=high`` as ``--sbatch=--qos=high`` (argparse takes a value starting with '--' for an
+    option of its own)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--sbatch" and i + 1 < len(argv):
+            out.append(f"--sbatch={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def sbatch_text(*, job_name: str, command: list[str], nodes: int = 1, tasks_per_node: int = 1, gpus_per_node: int = 0,
                 cpus_per_task: int | None = None, time: str | None = None, partition: str | None = None,
                 account: str | None = None, array: str | None = None, output: str, extra: list[str] = (),
                 srun: bool = True, workdir: str | None = None, signal: str = REQUEUE_SIGNAL) -> str:
-    """A job file: ``#SBATCH`` lines, then the command (under ``srun``: one task per GPU, ranks from SLURM)."""
+    """A job file: ``#SBATCH`` lines, then the command (under ``srun``: one task per GPU, ranks from SLURM). With no
+    GPUs it is a CPU job: ``--cpus-per-task`` (1 unless given), no GRES."""
     options = [f"--job-name={job_name}", f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}"]
-    options += [f"--gpus-per-node={gpus_per_node}"] if gpus_per_node else []
-    options += [f"--cpus-per-task={cpus_per_task}"] if cpus_per_task else []
+    options += [f"--gpus-per-node={gpus_per_node}"] if gpus_per_node else []  # none on a CPU job: no GRES asked
+    options += [f"--cpus-per-task={cpus_per_task or 1}"] if cpus_per_task or not gpus_per_node else []
     options += [f"--time={time}"] if time else []
     options += [f"--partition={partition}"] if partition else []
     options += [f"--account={account}"] if account else []
@@ -64,8 +111,8 @@ def submit(path: Path, dry_run: bool) -> int:
         return 0
     done = subprocess.run(["sbatch", str(path)], capture_output=True, text=True)
     if done.returncode != 0:
-        print(f"inception_lab: error: sbatch {path}: {done.stderr.strip().splitlines()[-1:] or done.returncode}",
-              file=sys.stderr)
+        said = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        print(f"inception_lab slurm: error: sbatch {path}: {said.removeprefix('sbatch: error: ')}", file=sys.stderr)
         return 2
     job = re.search(r"(\d+)", done.stdout)
     print(f"wrote {path}; submitted job {job.group(1) if job else done.stdout.strip()}")
@@ -77,61 +124,26 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                                      "job file for a fit on N nodes x G GPUs; other arguments go to fit unchanged.")
     parser.add_argument("subcommand", choices=["fit"])
     parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--gpus-per-node", type=int, default=1)
-    parser.add_argument("--cpus-per-task", type=int, default=None)
+    parser.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per node, one rank each (default 1); 0: "
+                                                                      "a CPU job, one rank per node")
+    parser.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per rank (default: SLURM's; 1 on a "
+                                                                        "CPU job)")
     parser.add_argument("--partition")
     parser.add_argument("--time", help="the job's time limit (SLURM's format, e.g. 2-00:00:00)")
     parser.add_argument("--account")
-    parser.add_argument("--sbatch", action="append", default=[], help="another #SBATCH option, e.g. --qos=high")
+    parser.add_argument("--sbatch", action="append", default=[], help="another #SBATCH option, e.g. --sbatch "
+                                                                      "--qos=high")
     parser.add_argument("--dry-run", action="store_true", help="write the job file; submit nothing")
-    args, rest = parser.parse_known_args(argv)
-    for flag in ("nodes", "gpus_per_node"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive integer")
-    return args, rest
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``slurm fit ...``: the fit's config is checked and its run directory fixed now, so that every requeue of the
-    job writes the same run."""
-    from inception_lab import cli
-
-    args, rest = parse_args(sys.argv[1:] if argv is None else argv)
-    fit = [*rest, f"--trainer.num_nodes={args.nodes}", f"--trainer.devices={args.gpus_per_node}"]
+    args, rest = parser.parse_known_args(sbatch_options(argv))
+    if args.nodes < 1:
+        parser.error(f"--nodes {args.nodes}: expected a positive integer")
+    if args.gpus_per_node < 0:
+        parser.error(f"--gpus-per-node {args.gpus_per_node}: expected 0 (a CPU job) or more")
     try:
-        _, _, config = cli.parse(fit)
-        cli.resolve_run(config, "fit", config.variant, next(iter(cli._option_values(rest, "--config", "-c")), None))
-    except cli.UserError as error:
-        print(f"inception_lab: error: {error}", file=sys.stderr)
-        return 2
-    run_dir = Path(config.run_dir)
-    if cli.holds_run(run_dir):
-        print(f"inception_lab: error: --run_dir {run_dir}: already holds a run; a job file for it is "
-              f"{run_dir / 'fit.sbatch'}", file=sys.stderr)
-        return 2
-    command = [sys.executable, "-m", "inception_lab", "fit", *_without(fit, "--run_dir"), "--run_dir",
-               str(run_dir.absolute()),
-               "--experiment", config.experiment]
-    text = sbatch_text(job_name=f"inception_lab-{config.run_name}", command=command, nodes=args.nodes,
-                       tasks_per_node=args.gpus_per_node, gpus_per_node=args.gpus_per_node,
-                       cpus_per_task=args.cpus_per_task, time=args.time, partition=args.partition,
-                       account=args.account, output=str(run_dir.absolute() / "slurm-%j.out"), extra=args.sbatch)
-    path = run_dir / "fit.sbatch"
-    write_atomic(path, text)
-    return submit(path, args.dry_run)
-
-
-def _without(argv: list[str], option: str) -> list[str]:
-    """A command line without ``option VALUE`` / ``option=VALUE``."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(f"{option}="):
-            out.append(arg)
-    return out
+        check_time(args.time, int(REQUEUE_SIGNAL.rpartition("@")[2]))
+    except ValueError as error:
+        parser.error(str(error))
+    return args, rest
 
 
 # ---- a job started again, and the signal before the time limit ------------------------------------------------
@@ -174,8 +186,16 @@ class RequeueOnSignal(Callback):
                            batch_idx: int) -> None:
         if self._previous is None or not trainer.strategy.reduce_boolean_decision(self.received, all=False):
             return  # not under SLURM, or no rank has the signal
+        # the requeue SIGTERMs every task at once: the fit stops anyway, and Lightning's handler would broadcast to
+        # ranks already gone (a gloo traceback, exit 1); ignored to the end (Lightning restores its originals)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        trainer._signal_connector._original_handlers[signal.SIGTERM] = signal.SIG_IGN
         path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
         trainer.save_checkpoint(path)  # with the loaders' position and the RNG (ExactResume)
+        for logger in trainer.loggers:  # before the requeue's SIGTERM reaches W&B's service process too
+            logger.finalize("failed")
+        if (wandb := sys.modules.get("wandb")) is not None:
+            wandb.teardown()  # the service process, closed now rather than at exit, when SLURM has killed it
         if trainer.is_global_zero:
             requeue_job()
         raise Requeued(f"requeued by SLURM after step {trainer.global_step} ({Path(path).name})")

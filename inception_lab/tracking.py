@@ -13,6 +13,7 @@ import json
 import netrc
 import os
 import secrets
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -182,8 +183,13 @@ class RunWandbLogger(WandbLogger):
     def finalize(self, status: str) -> None:
         super().finalize(status)
         if self._experiment is not None:
-            self._experiment.finish(exit_code=0 if status == "success" else 1)
-            self._experiment = None
+            experiment, self._experiment = self._experiment, None
+            try:
+                experiment.finish(exit_code=0 if status == "success" else 1)
+            except Exception as error:  # its service process killed with the job (scancel, a requeue): go on
+                print(f"inception_lab: warning: W&B could not close run {self.version} ({type(error).__name__}: its "
+                      "service process is gone); what it logged is in the run directory's wandb/ (`wandb sync` it)",
+                      file=sys.stderr)
 
 
 def make_wandb_logger(config: Any, run_dir: Path, variant: dict[str, Any], stage: str = "fit") -> RunWandbLogger | None:

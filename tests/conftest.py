@@ -148,3 +148,6 @@ def write_imagenet(root: Path, classes: int = 3, train_per_class: int = 6, val_p
 @pytest.fixture
 def tiny_imagenet(tmp_path: Path) -> Path:
     return write_imagenet(tmp_path / "imagenet")
+
+
+from tests.slurm_cluster import slurm_cluster  # noqa: E402, F401  (a real SLURM for the slow tier)

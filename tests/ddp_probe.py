@@ -45,3 +45,20 @@ class PreemptAt(Callback):
         step = int(os.environ.get("PREEMPT_AT_STEP", -1))
         if trainer.global_step == step and rank in (None, str(trainer.global_rank)):
             os.kill(os.getpid(), signal.SIGUSR1)
+
+
+class PauseAt(Callback):
+    """Waits after the optimizer step ``PAUSE_AT_STEP`` (every rank) until the test removes ``<run>/paused<rank>``,
+    which it wrote: a real ``scancel -s USR1`` arrives at a step of the test's choosing."""
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        import os
+        import time
+
+        if trainer.global_step != int(os.environ.get("PAUSE_AT_STEP", -1)):
+            return
+        marker = Path(trainer.default_root_dir, f"paused{trainer.global_rank}")
+        marker.write_text(str(os.getpid()))
+        deadline = time.monotonic() + 300
+        while marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)

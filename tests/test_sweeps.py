@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -719,3 +720,245 @@ def test_three_runners_on_a_real_sweep(tmp_path: Path) -> None:
         summary = json.loads((out / "runs" / trial["name"] / "summary.json").read_text())
         assert summary["status"] == "finished" and [a["status"] for a in summary["attempts"]] == ["finished"]
         assert trial["metrics"] == summary["metrics"]
+
+
+# ---- fencing: a trial runs once, whatever happens to its runner -------------------------------------------------
+
+def _fake_state(tmp_path: Path) -> tuple[spec.Sweep, Path]:
+    path, out = _fake_sweep(tmp_path, sleep=0.0), tmp_path / "out"
+    sweep = spec.load_sweep(path)
+    state = runner.State(out, sweep, 0)
+    with state.locked():
+        state.trials = [spec.Trial("000-a=1", {"a": 1}), spec.Trial("001-a=2", {"a": 2})]
+    return sweep, out
+
+
+def test_a_claim_taken_while_its_runner_slept_is_never_written_back(tmp_path: Path, monkeypatch) -> None:
+    """Runner A claims a trial, then sleeps past its lease (its fit has ended meanwhile); runner B reclaims it and
+    runs it. A, awake, finds its token gone: it drops the trial, stops its fit, and writes nothing of it over B's
+    claim (it used to write its old claim back)."""
+    sweep, out = _fake_state(tmp_path)
+    a, b = runner.State(out, sweep, 0), runner.State(out, sweep, 0)
+    b.runner = "elsewhere:1"  # another host: only the lease says whether A is alive
+    with a.locked():
+        trial = a.trials[0]
+        assert a.claim(trial)
+        trial.status, trial.starts = "running", 1
+    a.held.pop(trial.name).release()
+    a.starting.clear()  # its fit started and ended: its run directory is free
+    data = json.loads((out / "state.json").read_text())
+    data["trials"][0]["lease_until"] = time.time() - 1  # A slept past its lease
+    (out / "state.json").write_text(json.dumps(data))
+    with b.locked():
+        b.reconcile()
+        taken = runner.next_trial(sweep, b, None)
+        assert taken.name == trial.name and b.claim(taken)
+        taken.status, taken.starts = "running", 2
+    b.held.clear()
+    with a.locked():  # A wakes: renews, and would record its trial
+        a.renew()
+    assert a.lost == [trial.name] and trial.name not in a.mine
+    fit = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    running = [runner.Running(trial, fit, "cpu0", time.monotonic())]
+    free: list[str] = []
+    runner.drop_lost(a, running, free)
+    assert fit.wait(timeout=10) == -signal.SIGTERM and running == [] and free == ["cpu0"]
+    on_disk = json.loads((out / "state.json").read_text())["trials"][0]
+    assert (on_disk["owner"], on_disk["claim"], on_disk["starts"]) == ("elsewhere:1", b.mine[trial.name], 2)
+
+
+def test_a_fit_whose_claim_was_taken_writes_nothing(tmp_path: Path, cli: Any, monkeypatch) -> None:
+    """A trial's fit started by a runner that lost its claim meanwhile checks the claim once it holds its run
+    directory: one line, exit 2, nothing written; and a second fit into a run directory a fit holds is refused."""
+    state, run_dir = tmp_path / "state.json", tmp_path / "run"
+    state.write_text(json.dumps({"trials": [{"name": "000", "values": {}, "claim": "theirs"}]}))
+    fit = ["fit", "--config", str(REPO / "experiments/quickstart.yaml"), *SHORT, "--run_dir", str(run_dir)]
+    monkeypatch.setenv(runner.CLAIM_ENV, json.dumps({"state": str(state), "trial": "000", "claim": "mine"}))
+    code, _, err = cli(fit)
+    assert code == 2 and err.strip().splitlines()[-1] == (f"inception_lab: error: sweep trial 000: another runner "
+                                                          f"holds it now ({state}); this fit stops before writing "
+                                                          "anything"), err
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+    monkeypatch.delenv(runner.CLAIM_ENV)
+    hold = ("import os, sys, time; from inception_lab.run.lock import run_lock; lock = run_lock(sys.argv[1]); "
+            "assert lock.acquire(0); os.ftruncate(lock.fd, 0); "
+            "os.write(lock.fd, f'pid {os.getpid()} on here'.encode()); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run_dir)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        code, _, err = cli(fit)
+        assert code == 2 and err.strip().splitlines()[-1] == (
+            f"inception_lab: error: --run_dir {run_dir}: a fit is running in it (pid {holder.pid} on here); wait for "
+            "it to end, or start a new run in a new --run_dir"), err
+    finally:
+        holder.kill()
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+
+
+_HOLD_STATE = ("import sys, time; from pathlib import Path; from inception_lab.sweep import runner, spec; "
+               "s = runner.State(Path(sys.argv[2]), spec.load_sweep(Path(sys.argv[1])), 0)\n"
+               "with s.locked():\n    print('held', flush=True); time.sleep(float(sys.argv[3]))")
+
+
+def test_the_state_lock_cannot_be_deleted_away(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runner A holds the state's lock; every lock file in the sweep directory is deleted (people delete "stale"
+    lock files), and state.json is replaced as a rewrite does: runner B still waits for A. (With filelock's
+    state.json.lock, deleting it let B in at once.)"""
+    sweep, out = _fake_state(tmp_path)
+    (out / "state.json.lock").write_text("")  # a lock file from an older version: nothing holds it
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_STATE, str(sweep.path), str(out), "4"], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    for lock in out.rglob("*.lock"):
+        lock.unlink()
+    monkeypatch.setattr(runner, "LOCK_WAIT_S", 1.0)
+    b = runner.State(out, sweep, 0, read=False)
+    started = time.monotonic()
+    with pytest.raises(spec.SweepError, match="another runner has held its lock for 1 s"):
+        with b.locked():
+            pass
+    assert time.monotonic() - started >= 0.9
+    monkeypatch.setattr(runner, "LOCK_WAIT_S", 30.0)
+    with b.locked():  # once A is done
+        assert time.monotonic() - started >= 3.5 and [t.name for t in b.trials] == ["000-a=1", "001-a=2"]
+    assert holder.wait(timeout=10) == 0
+
+
+BROKEN_STATES = {
+    "truncated": (b'{"seed": 0, "trials": [{"name": "000-a=1", "val', "not valid JSON"),
+    "binary": (b"\x80\x02}q\x00(X\x04\x00\x00\x00seedq", "not UTF-8 text (a binary file)"),
+    "list": (b"[1, 2]", "not a sweep state (a JSON object with a list of trials)"),
+    "trials-not-a-list": (b'{"trials": {"000": 1}}', "not a sweep state"),
+    "entry-not-an-object": (b'{"trials": ["000-a=1"]}', "trials[0] is not an object"),
+    "unknown-key": (b'{"trials": [{"name": "000-a=1", "values": {"a": 1}, "lease_token": 3}]}',
+                    "trials[0] has key 'lease_token', which this version of inception_lab does not write"),
+    "bad-status": (b'{"trials": [{"name": "000-a=1", "values": {"a": 1}, "status": "done"}]}',
+                   "trials[0]: status 'done'"),
+    "empty": (b"", "empty, but"),
+}
+
+
+@pytest.mark.parametrize("shape", BROKEN_STATES)
+def test_a_broken_state_json_is_one_line_and_repair_brings_it_back(shape: str, tmp_path: Path, capsys) -> None:
+    """A finished sweep, then its state.json broken: one line naming it, the cause and the repair command, exit 2,
+    nothing run; ``--repair`` puts its previous good copy back (every trial finished, none run again)."""
+    path, out = _fake_sweep(tmp_path, sleep=0.0), tmp_path / "out"
+    assert sweep_command.main([str(path), "--out", str(out)]) == 0
+    good = _state(out)
+    raw, why = BROKEN_STATES[shape]
+    (out / "state.json").write_bytes(raw)
+    capsys.readouterr()
+    assert sweep_command.main([str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"inception_lab sweep: error: {out / 'state.json'}: {why}"), err
+    assert err[0].endswith(f"`python -m inception_lab sweep {path} --out {out} --repair` rebuilds it from the "
+                           f"previous good copy, {out / 'state.json.prev'}")
+    assert sweep_command.main([str(path), "--out", str(out), "--repair"]) == 0
+    assert f"repaired {out / 'state.json'} from its previous good copy" in capsys.readouterr().out
+    assert [(t["name"], t["status"], t["starts"]) for t in _state(out)["trials"]] == [
+        (t["name"], "finished", 1) for t in good["trials"]]
+    assert (out / "state.json.broken").read_bytes() == raw
+    assert all(len(runs) == 1 for runs in _executions(out).values())
+
+
+def test_repair_rebuilds_a_lost_state_from_the_run_directories(tmp_path: Path, capsys) -> None:
+    """state.json and its previous copy both gone (after two trials ran, one failed): ``--repair`` rebuilds the state
+    from the runs' args.json, summaries and trial.log; the finished trial is not run again."""
+    path, out = _fake_sweep(tmp_path, sleep=0.0, run_cap=2), tmp_path / "out"
+    assert sweep_command.main([str(path), "--out", str(out)]) == 0
+    failed = out / "runs" / "001-a=2" / "summary.json"
+    failed.write_text(json.dumps({"status": "failed", "error": "CUDA out of memory"}))
+    (out / "state.json").unlink()
+    (out / "state.json.prev").unlink()
+    capsys.readouterr()
+    assert sweep_command.main([str(path), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"rebuilds it from the run directories under {out / 'runs'}")
+    assert sweep_command.main([str(path), "--out", str(out), "--repair"]) == 1  # the failed trial stays failed
+    assert f"repaired {out / 'state.json'} from the run directories" in capsys.readouterr().out
+    trials = _state(out)["trials"]
+    assert [(t["name"], t["status"], t["starts"]) for t in trials] == [("000-a=1", "finished", 1),
+                                                                       ("001-a=2", "failed", 1)]
+    assert trials[0]["metrics"] == {"val/acc_best": 1.0} and trials[1]["error"] == "CUDA out of memory"
+    assert {name: len(runs) for name, runs in _executions(out).items()} == {"000-a=1": 1, "001-a=2": 1}
+
+
+def _held(run_dir: Path) -> bool:
+    from inception_lab.run.lock import run_lock
+
+    if not (run_dir / ".lock").is_file():
+        return False
+    lock = run_lock(run_dir)
+    free = lock.acquire(timeout=0)
+    lock.release()
+    return not free
+
+
+@pytest.mark.slow
+def test_a_runner_stopped_past_its_lease_never_doubles_a_trial(tmp_path: Path) -> None:
+    """Runner A is SIGSTOPped past its lease while its trial's fit runs on (a stuck NFS call does the same); runner B
+    starts: it runs the other trial and leaves A's alone (its fit holds the run directory), never a second fit of it
+    (before: B moved the live run aside and started a second fit with the same --run_dir). A, continued, finishes
+    its trial: one start, one attempt, one set of checkpoints."""
+    path = _tiny_sweep(tmp_path, "stopped", {"trainer.max_epochs": {"values": [40, 1]},
+                                             "trainer.limit_train_batches": {"value": 2}})
+    out = tmp_path / "sweep"
+    env = {**clean_env(), "WANDB_MODE": "disabled", "INCEPTION_LAB_SWEEP_LEASE_S": "3"}
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(out)],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    a = start()
+    deadline = time.monotonic() + 120
+    while not (trials := _state(out)["trials"]) or not _held(first := out / "runs" / trials[0]["name"]):
+        assert a.poll() is None and time.monotonic() < deadline, a.communicate()[0]
+        time.sleep(0.2)
+    a.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(4)  # past A's lease
+        b = start()
+        while b.poll() is None:
+            assert _starts_logged(out, trials[0]["name"]) == 1 and not (out / "runs" / ".discarded").exists()
+            time.sleep(0.2)
+        log_b = b.communicate()[0]
+        assert b.returncode == 0 and f"start {trials[0]['name']}" not in log_b, log_b
+        assert _held(first), "A's fit ended before B had to leave it alone: make its trial longer"
+        mid = _state(out)["trials"]
+        assert (mid[0]["status"], mid[0]["owner"]) == ("running", trials[0]["owner"]) and \
+            (mid[1]["status"], mid[1]["starts"]) == ("finished", 1)
+    finally:
+        a.send_signal(signal.SIGCONT)
+    log_a = a.communicate(timeout=300)[0]
+    assert a.returncode == 0, log_a
+    done = _state(out)["trials"]
+    assert [(t["status"], t["starts"], t["owner"]) for t in done] == [("finished", 1, None)] * 2
+    summary = json.loads((first / "summary.json").read_text())
+    assert [x["status"] for x in summary["attempts"]] == ["finished"] and summary["attempts"][0]["epochs"] == 40
+    assert len(list((first / "checkpoints").glob("best-*.ckpt"))) == 1 and not list(first.rglob("*-v1.ckpt"))
+    assert "another runner holds it now" not in log_a
+
+
+@pytest.mark.parametrize("signum, requeued", [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
+def test_only_the_time_limit_warning_requeues_an_array_task(signum: int, requeued: bool, tmp_path: Path) -> None:
+    """In a SLURM array task, the job file's warning (``--signal=B:USR1@120``) stops the trials and requeues the task
+    (``scontrol requeue <array>_<task>``); a plain ``scancel`` (SIGTERM) stops them the same way and requeues nothing
+    (it used to requeue on every SIGTERM, undoing the cancel). Either way the trial is interrupted, not failed."""
+    path, out = _fake_sweep(tmp_path, sleep=30.0), tmp_path / "out"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.calls'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**clean_env(), "WANDB_MODE": "disabled", "SLURM_ARRAY_JOB_ID": "88", "SLURM_ARRAY_TASK_ID": "1",
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(out)], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not list((out / "runs").glob("*/ran.jsonl")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    log = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 143, log
+    assert [t["status"] for t in _state(out)["trials"]][:1] == ["interrupted"]
+    calls = (tmp_path / "scontrol.calls").read_text().split() if (tmp_path / "scontrol.calls").exists() else []
+    assert calls == (["requeue", "88_1"] if requeued else []), log

@@ -54,7 +54,7 @@ class RunRecord(Callback):
     """
 
     def __init__(self, run_dir: Path, subcommand: str = "fit", seed: int | None = None,
-                 variant: dict[str, Any] | None = None) -> None:
+                 variant: dict[str, Any] | None = None, wandb_run: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.stage = subcommand
         self.seed = seed
@@ -67,15 +67,15 @@ class RunRecord(Callback):
         self._throughputs: list[float] = []
         self._heartbeat: threading.Event | None = None
         self._set_up = False
-        self.record_extra: dict[str, Any] = {}  # set before setup: what the record says besides (its W&B run)
+        self.wandb_run = wandb_run  # an evaluation's own W&B run (the fit's is in wandb_run.json)
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not trainer.is_global_zero:
             return
         self._start = time.perf_counter()
+        self.record = self._begin(trainer)
         if self.stage == "fit":
-            self.record = self._previous_fit()
             self.record.variant = self.variant  # what makes the run differ from its experiment (compare groups by)
             for attempt in self.record.attempts:  # an attempt that never wrote its end was killed outright
                 if attempt.get("status") == "running":
@@ -86,21 +86,25 @@ class RunRecord(Callback):
             self.record.attempts.append(self._attempt)
             self.record.status, self.record.error = "running", None
             self._start_heartbeat()
-        else:  # each evaluation's record is its own, from scratch
-            self.record = RunSummary(checkpoint=_ckpt_path(trainer), extra={"start": _now()})
-        self.record.run_name, self.record.seed = self.run_dir.name, self.seed
-        self.record.extra.update(self.record_extra)
         if hasattr(pl_module, "cost"):
             self.record.extra.update(pl_module.cost())
         self._set_up = True
         self._write(trainer)
 
-    def _previous_fit(self) -> RunSummary:
-        try:
-            return RunSummary.load(self.run_dir) or RunSummary()
-        except ValueError as error:  # cut short by a crash of an older version: the record starts again
-            print(f"inception_lab: warning: {error}; its attempts are lost, a new record starts", file=sys.stderr)
-            return RunSummary()
+    def _begin(self, trainer: Trainer) -> RunSummary:
+        """The record this stage writes: the fit's as it stands (a resume adds an attempt), an evaluation's anew."""
+        if self.stage != "fit":
+            record = RunSummary(checkpoint=_ckpt_path(trainer), extra={"start": _now()})
+            if self.wandb_run:
+                record.extra["wandb_run"] = self.wandb_run
+        else:
+            try:
+                record = RunSummary.load(self.run_dir) or RunSummary()
+            except ValueError as error:  # cut short by a crash of an older version: the record starts again
+                print(f"inception_lab: warning: {error}; its attempts are lost, a new record starts", file=sys.stderr)
+                record = RunSummary()
+        record.run_name, record.seed = self.run_dir.name, self.seed
+        return record
 
     def _start_heartbeat(self) -> None:
         stop = self._heartbeat = threading.Event()
@@ -115,10 +119,13 @@ class RunRecord(Callback):
 
         threading.Thread(target=run, name="inception_lab-heartbeat", daemon=True).start()
 
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def _stop_heartbeat(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.set()
             self._heartbeat = None
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._stop_heartbeat()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._attempt is not None:
@@ -157,8 +164,7 @@ class RunRecord(Callback):
         if signal_name:  # a requeue says why (slurm.Requeued)
             error = f"interrupted: {exception}" if str(exception) else f"interrupted by {signal_name}"
         if not self._set_up:  # failed before setup: the fit's record as it was, with how this start ended
-            self.record = self._previous_fit() if self.stage == "fit" else RunSummary(extra={"start": _now()})
-            self.record.run_name, self.record.seed = self.run_dir.name, self.seed
+            self.record = self._begin(trainer)
         self.record.error = error
         with contextlib.suppress(OSError):  # recorded where the disk allows; the CLI says what happened either way
             self._finish(trainer, "interrupted" if signal_name else "failed")
@@ -206,7 +212,7 @@ class RunRecord(Callback):
     def _finish(self, trainer: Trainer, status: str) -> None:
         if not trainer.is_global_zero:
             return
-        self.teardown(trainer, trainer.lightning_module, self.stage)
+        self._stop_heartbeat()
         self._collect(trainer)
         self.record.status = status
         if self._attempt is not None:

@@ -2,15 +2,18 @@
 
 ``runs/<experiment>/<run name>/`` unless ``--run_dir`` says otherwise; ``--ckpt_path last`` resumes a run from its
 newest checkpoint; a SLURM job started again (``--requeue``, :mod:`inception_lab.slurm`) resumes its own run.
-:class:`ExactResume` makes a resumed
-fit continue as the uninterrupted one would, from an epoch's end (the RNG seeded from (seed, epoch, rank)) or from
-the middle of an epoch (the loaders' position and every rank's RNG state, saved in the checkpoint).
+:class:`ExactResume` makes a resumed fit continue as the uninterrupted one would, from an epoch's end (the RNG seeded
+from (seed, epoch, rank)) or from the middle of an epoch (the loaders' position and every rank's RNG state, saved in
+the checkpoint).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
+import socket
 import sys
 import time
 from pathlib import Path
@@ -22,6 +25,7 @@ from lightning import Callback, LightningModule, Trainer
 
 from inception_lab.errors import UserError
 from inception_lab.run.files import safe_name, variant_name
+from inception_lab.run.lock import CLAIM_ENV, PathLock, claim_holds, run_lock
 
 RUNS_ROOT = Path("runs")
 
@@ -170,3 +174,39 @@ def latest_run(experiment: str) -> Path:
         raise UserError(f"--ckpt_path last: no run of experiment {experiment!r} under {RUNS_ROOT / experiment} has "
                         "checkpoints/last.ckpt; pass --run_dir DIR of the run to resume")
     return candidates[-1].parent.parent
+
+
+HELD: list[PathLock] = []  # this process's run directory locks, held until it ends (release_runs)
+
+
+def hold_run(run_dir: Path) -> None:
+    """A fit's claim on its run directory (rank 0; the other ranks write nothing there of their own), held for as
+    long as the process runs: a second fit into the same directory is refused in one line, and a sweep runner
+    never reclaims a trial whose fit still holds it. A trial started by a sweep runner then checks that its claim in
+    the sweep's ``state.json`` is still its runner's (another runner may have reclaimed it while its runner was
+    stopped) and writes nothing if not."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return
+    claim = json.loads(os.environ[CLAIM_ENV]) if os.environ.get(CLAIM_ENV) else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_lock(run_dir)
+    if not lock.acquire(timeout=60 if claim else 0):  # a reclaimed trial's stale fit holds it for a moment only
+        holder = ""
+        with contextlib.suppress(OSError):
+            holder = lock.path.read_text().strip()
+        raise UserError(f"--run_dir {run_dir}: a fit is running in it{f' ({holder})' if holder else ''}; wait for "
+                        "it to end, or start a new run in a new --run_dir")
+    HELD.append(lock)
+    os.ftruncate(lock.fd, 0)
+    os.pwrite(lock.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    if claim is not None and not claim_holds(Path(claim["state"]), claim["trial"], claim["claim"]):
+        release_runs()
+        raise UserError(f"sweep trial {claim['trial']}: another runner holds it now ({claim['state']}); this fit "
+                        "stops before writing anything")
+
+
+def release_runs() -> None:
+    while HELD:
+        HELD.pop().release()

@@ -8,10 +8,12 @@ interrupted one resumes from its ``checkpoints/last.ckpt`` or restarts. The swee
     runs/sweeps/<sweep file stem>/   (or --out)
         sweep.yaml      the sweep file as run
         state.json      every trial's values, status, starts, metrics or error, and the runner that holds it
-        state.json.lock the lock every runner takes to change state.json: start any number of runners (processes,
-                        nodes, SLURM array tasks) on one sweep directory; each trial runs once
+        state.json.prev its previous good copy (``--repair`` puts it back if state.json is ever broken)
+                        every runner locks state.json itself to change it: start any number of runners (processes,
+                        nodes, SLURM array tasks) on one sweep directory; each trial runs once (runner.State)
         runs/<trial>/   its run directory (summary.json, config.yaml, metrics.csv, checkpoints/), and args.json (its
-                        ${args_json_file}), trial.log (its stdout, after a line per start), trial.stderr.log
+                        ${args_json_file}), trial.log (its stdout, after a line per start), trial.stderr.log, .lock
+                        (held by its fit while it runs)
 """
 
 from __future__ import annotations
@@ -46,13 +48,11 @@ def run(argv: list[str]) -> int:
     if copy.is_file() and yaml.safe_load(copy.read_text()) != sweep.config:  # comments may change; the sweep not
         raise SweepError(f"{directory} holds a different sweep ({copy} differs from {sweep.path}): pass --out DIR "
                          "for a new sweep directory, or delete the old one")
+    if args.repair:
+        runner.repair(State(directory, sweep, args.seed, read=False), planned_values(sweep, run_cap, args.seed))
     state = State(directory, sweep, args.seed)
-    if sweep.method == "grid":
-        planned = spec.grid_values(sweep)[:run_cap]
-    elif sweep.method == "random":
-        planned = spec.random_values(sweep, run_cap, state.seed)
-    else:  # bayes: each draw depends on the results so far; check the next one here, and each before it runs
-        planned = [t.values for t in state.trials]
+    # bayes: each draw depends on the results so far; check the next one here, and each before it runs
+    planned = planned_values(sweep, run_cap, state.seed) or [t.values for t in state.trials]
     for trial, values in zip(state.trials, planned):  # a trial's index says which values it runs
         if trial.values != values:
             raise SweepError(f"{state.path}: trial {trial.name} has other values than the sweep file gives it")
@@ -86,14 +86,22 @@ def run(argv: list[str]) -> int:
     return runner.loop(sweep, state, slots, run_cap, trial_args)
 
 
+def planned_values(sweep: spec.Sweep, run_cap: int | None, seed: int) -> list[dict]:
+    """The values of every trial a grid or random sweep runs, in order (a bayes sweep's are drawn as it goes: [])."""
+    if sweep.method == "grid":
+        return spec.grid_values(sweep)[:run_cap]
+    return spec.random_values(sweep, run_cap, seed) if sweep.method == "random" else []
+
+
 def write_array_job(args: argparse.Namespace, sweep: spec.Sweep, directory: Path) -> int:
     """``--slurm``: ``<sweep dir>/sweep.sbatch``, a job array of ``--array-parallelism`` runners on the one sweep
-    directory (each claims trials under its lock), each task with ``--gpus-per-trial`` GPUs; submitted with sbatch
-    where there is one. SLURM's signal before the time limit reaches the runner as SIGTERM: it stops its trials
-    (recorded interrupted) and requeues its task, whose runner resumes them."""
+    directory (each claims trials under its lock), each task with ``--gpus-per-trial`` GPUs (0: a CPU job);
+    submitted with sbatch where there is one. SLURM's warning before the time limit reaches the runner alone as
+    SIGUSR1: it stops its trials (recorded interrupted) and requeues its task, whose runner resumes them. A plain
+    ``scancel`` (SIGTERM) stops them the same way and requeues nothing."""
     from inception_lab import slurm
 
-    gpus = args.gpus_per_trial or 1
+    gpus = 1 if args.gpus_per_trial is None else args.gpus_per_trial  # 0: CPU jobs
     if args.wandb_sweep:  # a W&B server holds the sweep: each task is an agent that runs --count trials
         command = [sys.executable, "-m", "wandb", "agent", "--count", str(args.count), args.wandb_sweep]
     else:
@@ -102,12 +110,12 @@ def write_array_job(args: argparse.Namespace, sweep: spec.Sweep, directory: Path
                    *(["--gpus-per-trial", str(gpus)] if gpus > 1 else []),
                    *(["--run-cap", str(args.run_cap)] if args.run_cap else []),
                    *(["--retry-failed"] if args.retry_failed else [])]
-    text = slurm.sbatch_text(job_name=f"inception_lab-sweep-{sweep.name}", command=command, nodes=1,
+    text = slurm.sbatch_text(job_name=slurm.job_name(sweep.name, "sweep"), command=command, nodes=1,
                              tasks_per_node=1, gpus_per_node=gpus, cpus_per_task=args.cpus_per_task,
                              time=args.time, partition=args.partition, account=args.account,
                              array=f"0-{args.array_parallelism - 1}",
                              output=str(directory.absolute() / "slurm-%A_%a.out"),
-                             extra=args.sbatch, srun=False, signal="B:TERM@120")
+                             extra=args.sbatch, srun=False, signal=slurm.SWEEP_SIGNAL)
     path = directory / "sweep.sbatch"
     write_atomic(path, text)
     return slurm.submit(path, args.dry_run)
@@ -126,7 +134,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--run-cap", type=int, help="at most N trials (overrides the sweep file's run_cap)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random / bayes draws (kept in state.json)")
     parser.add_argument("--retry-failed", action="store_true", help="run failed and stopped trials again")
-    parser.add_argument("--gpus-per-trial", type=int, help="GPUs for each trial (DDP when more than 1)")
+    parser.add_argument("--gpus-per-trial", type=int, help="GPUs for each trial (DDP when more than 1); with "
+                                                           "--slurm, 0 writes CPU jobs (default 1)")
+    parser.add_argument("--repair", action="store_true", help="a broken state.json: put its previous good copy "
+                                                              "back (or rebuild it from the run directories), then "
+                                                              "go on")
     slurm = parser.add_argument_group("SLURM: --slurm writes <sweep dir>/sweep.sbatch, a job array of runners")
     slurm.add_argument("--slurm", action="store_true", help="write (and submit with sbatch) the job array")
     slurm.add_argument("--array-parallelism", type=int, default=1, help="array tasks: runners at once (default 1)")
@@ -139,11 +151,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                        help="a sweep on a W&B server (`wandb sweep <file>` made it): each array task runs "
                             "`wandb agent --count N` on it instead of the local runner")
     slurm.add_argument("--count", type=int, default=1, help="trials per array task with --wandb-sweep (default 1)")
-    args = parser.parse_args(argv)
-    for flag, value in (("parallel", args.parallel), ("run-cap", args.run_cap), ("gpus-per-trial", args.gpus_per_trial),
+    if "--sbatch" in argv or any(a.startswith("--time") for a in argv):  # (slurm imports Lightning)
+        from inception_lab.slurm import SWEEP_SIGNAL, check_time, sbatch_options
+    else:
+        sbatch_options, check_time, SWEEP_SIGNAL = list, None, ""
+    args = parser.parse_args(sbatch_options(argv))
+    for flag, value in (("parallel", args.parallel), ("run-cap", args.run_cap),
                         ("array-parallelism", args.array_parallelism)):
         if value is not None and value < 1:
             raise SweepError(f"--{flag} {value}: expected a positive integer")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise SweepError(f"--gpus-per-trial {args.gpus_per_trial}: expected 0 (CPU) or more")
+    try:
+        if args.time is not None:
+            check_time(args.time, int(SWEEP_SIGNAL.rpartition("@")[2]))
+    except ValueError as error:
+        raise SweepError(str(error)) from None
     return args
 
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import io
 import json
 import logging
 import os
 import re
+import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -23,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
 from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args
 
 from inception_lab.run.files import flatten, holds_run, read_summary, safe_name, variant_name, write_atomic
+from inception_lab.run.lock import CLAIM_ENV, PathLock, run_lock
 from inception_lab.sweep import spec
 from inception_lab.sweep.spec import Sweep, SweepError, Trial
 
@@ -115,10 +118,12 @@ def describe(values: dict[str, Any]) -> str:
 
 
 RESUMABLE = ("running", "interrupted", "killed")  # "killed": its process ended without recording an end (read_summary)
-
+STATUSES = ("pending", "running", "finished", "failed", "stopped", "interrupted")
+TRIAL_KEYS = tuple(f.name for f in dataclasses.fields(Trial))
 
 LEASE_S = float(os.environ.get("INCEPTION_LAB_SWEEP_LEASE_S", 120))  # a claim's life without renewal
 HEARTBEAT_S = LEASE_S / 6  # how often a runner renews the claims of its trials
+LOCK_WAIT_S = float(os.environ.get("INCEPTION_LAB_SWEEP_LOCK_WAIT_S", 300))  # then a one-line error
 
 
 def pid_alive(pid: int) -> bool:
@@ -134,52 +139,152 @@ def pid_alive(pid: int) -> bool:
 class State:
     """``state.json``, shared by any number of runners (processes, nodes, array tasks) on one sweep directory.
 
-    Every change is a read-modify-write under a lock file (``state.json.lock``, ``filelock``), and the file is
-    rewritten atomically: a kill at any moment leaves a readable file. A runner claims a trial before it starts it
-    (``owner`` = host:pid, ``lease_until``) and renews its claims every ``HEARTBEAT_S``; a trial whose runner died
-    (its lease ran out, or its pid is gone on this host) is claimed again by any runner, and resumes from its
-    ``last.ckpt``. A runner changes only the trials it claimed.
+    Every change is a read-modify-write under a POSIX lock on ``state.json`` itself (:class:`PathLock`: there is no
+    lock file to delete away), and the file is rewritten atomically as the change's last step, the previous good copy
+    kept beside it (``state.json.prev``): a kill at any instant leaves a readable file.
+
+    **Fencing.** A runner claims a trial (``owner`` = host:pid, ``lease_until``, a fresh ``claim`` token) holding
+    the lock of the trial's run directory (``<run>/.lock``), and renews its claims every ``HEARTBEAT_S``. The trial's
+    fit takes that lock for its whole life and, once it holds it, checks that ``state.json`` still gives the trial
+    to its token; it writes nothing if not. A claim changes hands only while the new runner holds both locks, so a
+    trial whose fit runs can never be reclaimed, however long its runner is stopped: a trial is claimed again only
+    when its lease ran out (or its runner's pid is gone on this host) *and* no fit holds its run directory. A runner
+    writes a trial only while ``state.json`` still holds its token; one that finds its claim taken stops that
+    trial's fit and records nothing of it. On NFS the locks are the server's (NLM, NFSv4); a dead node's locks go
+    when the server's lease on them ends.
     """
 
-    def __init__(self, directory: Path, sweep: Sweep, seed: int) -> None:
+    def __init__(self, directory: Path, sweep: Sweep, seed: int, read: bool = True) -> None:
         self.directory, self.path, self.sweep = directory, directory / "state.json", sweep
+        self.prev = self.path.with_name("state.json.prev")
         self.runner = f"{socket.gethostname()}:{os.getpid()}"
         self.seed, self.trials = seed, []
-        self.mine: set[str] = set()  # names of the trials this runner claimed and runs
-        self._lock: FileLock | None = None
-        self.load()
+        self.mine: dict[str, str] = {}  # the trials this runner claimed and runs: their claim tokens
+        self.held: dict[str, PathLock] = {}  # run directory locks this runner holds: claims being written, started
+        self.starting: set[str] = set()  # held until their fit starts (start_trial)
+        self.lost: list[str] = []  # claims of this runner that another runner holds now
+        if read:
+            self.load(self.parse(self.peek()))
 
-    def load(self) -> None:
-        """Reads state.json, keeping this runner's own trials as it has them (the same objects, updated in place)."""
-        data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+    def peek(self) -> bytes:
+        """state.json as it is, read under a shared lock (b"" where there is none)."""
+        lock = PathLock(self.path, shared=True)
+        try:
+            if not lock.acquire(timeout=LOCK_WAIT_S):
+                raise SweepError(self.busy())
+        except FileNotFoundError:
+            return b""
+        try:
+            return lock.read()
+        finally:
+            lock.release()
+
+    def busy(self) -> str:
+        return (f"{self.path}: another runner has held its lock for {LOCK_WAIT_S:.0f} s (a runner stopped while "
+                "changing it, or a stuck filesystem); try again once it goes on")
+
+    def parse(self, raw: bytes, path: Path | None = None) -> dict[str, Any]:
+        """state.json checked: anything but a sweep state this version wrote is one line naming the file and the
+        repair."""
+        path = path or self.path
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            raise SweepError(self.broken(path, "not UTF-8 text (a binary file)")) from None
+        if not text.strip():
+            if (runs := self.trial_runs()) and path == self.path:
+                raise SweepError(self.broken(path, f"{'empty' if self.path.exists() else 'missing'}, but "
+                                                   f"{self.directory / 'runs'} holds {len(runs)} trial run(s)"))
+            return {}
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SweepError(self.broken(path, f"not valid JSON ({error.msg} at line {error.lineno}, column "
+                                               f"{error.colno})")) from None
+        if not isinstance(data, dict) or not isinstance(data.get("trials", []), list):
+            raise SweepError(self.broken(path, "not a sweep state (a JSON object with a list of trials)"))
+        for i, entry in enumerate(data.get("trials", [])):
+            where = f"trials[{i}]"
+            if not isinstance(entry, dict):
+                raise SweepError(self.broken(path, f"{where} is not an object"))
+            if unknown := sorted(set(entry) - set(TRIAL_KEYS)):
+                raise SweepError(self.broken(path, f"{where} has key {unknown[0]!r}, which this version of "
+                                                   f"inception_lab does not write (it writes {', '.join(TRIAL_KEYS)})"))
+            if not isinstance(entry.get("name"), str) or not isinstance(entry.get("values"), dict):
+                raise SweepError(self.broken(path, f"{where} needs a name (text) and values (an object)"))
+            if entry.get("status", "pending") not in STATUSES or not isinstance(entry.get("starts", 0), int):
+                raise SweepError(self.broken(path, f"{where}: status {entry.get('status')!r} / starts "
+                                                   f"{entry.get('starts')!r}; a status is one of "
+                                                   f"{', '.join(STATUSES)}"))
+        return data
+
+    def trial_runs(self) -> list[Path]:
+        return [d for d in (self.directory / "runs").glob("*")
+                if d.is_dir() and ((d / "args.json").is_file() or holds_run(d))]
+
+    def broken(self, path: Path, why: str) -> str:
+        command = f"python -m inception_lab sweep {self.sweep.path} --out {self.directory} --repair"
+        source = (f"the previous good copy, {self.prev}" if path != self.prev and self.prev_good()
+                  else f"the run directories under {self.directory / 'runs'}")
+        return f"{path}: {why}; `{command}` rebuilds it from {source}"
+
+    def prev_good(self) -> bool:
+        try:
+            return bool(self.parse(self.prev.read_bytes(), self.prev))
+        except (OSError, SweepError):
+            return False
+
+    def load(self, data: dict[str, Any]) -> None:
+        """Takes state.json's trials, keeping this runner's own as it has them (the same objects, updated in place);
+        a trial of this runner's whose token is not its own any more is another runner's now (``lost``)."""
         self.seed = data.get("seed", self.seed)
         known = {t.name: t for t in self.trials}
         trials = []
         for entry in data.get("trials", []):
-            trial = known.get(entry["name"])
+            fresh, trial = Trial(**entry), known.get(entry["name"])
             if trial is None:
-                trial = Trial(**entry)
-            elif trial.name not in self.mine:
-                trial.__dict__.update(Trial(**entry).__dict__)
+                trial = fresh
+            elif trial.name not in self.mine or fresh.claim != self.mine[trial.name]:
+                if trial.name in self.mine:
+                    del self.mine[trial.name]
+                    self.lost.append(trial.name)
+                trial.__dict__.update(fresh.__dict__)
             trials.append(trial)
-        self.trials = trials + [t for t in self.trials if t.name not in {e.name for e in trials}]
+        names = {t.name for t in trials}
+        self.trials = trials + [t for t in self.trials if t.name not in names]
 
     @contextlib.contextmanager
     def locked(self) -> Any:
         """Read, change, write, with no other runner in between."""
-        if self._lock is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._lock = FileLock(self.path.with_name("state.json.lock"))
-        with self._lock:
-            self.load()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lock = PathLock(self.path, create=not self.prev.exists() and not self.trial_runs())  # a new sweep
+        try:
+            if not lock.acquire(timeout=LOCK_WAIT_S):
+                raise SweepError(self.busy())
+        except FileNotFoundError:  # deleted: never a new state over the runs of this one
+            raise SweepError(self.broken(self.path, "missing")) from None
+        try:
+            raw = lock.read()
+            self.load(self.parse(raw))
             yield self
-            self.save()
+            self.save(raw)
+        finally:
+            lock.release()
+            for name in [n for n in self.held if n not in self.starting]:
+                self.held.pop(name).release()
 
-    def save(self) -> None:
-        data = {"sweep": self.sweep.name, "sweep_file": str(self.sweep.path), "method": self.sweep.method,
+    def data(self) -> dict[str, Any]:
+        return {"sweep": self.sweep.name, "sweep_file": str(self.sweep.path), "method": self.sweep.method,
                 "metric": {"name": self.sweep.metric, "goal": self.sweep.goal}, "seed": self.seed,
                 "trials": [t.__dict__ for t in self.trials]}
-        write_atomic(self.path, json.dumps(data, indent=2) + "\n")
+
+    def save(self, previous: bytes = b"") -> None:
+        """The previous good state beside it, then state.json replaced: the last step under the lock (a runner
+        waiting on the replaced file locks the new one: PathLock)."""
+        text = json.dumps(self.data(), indent=2) + "\n"
+        if previous.strip() and previous != text.encode():
+            write_atomic(self.prev, previous)
+        write_atomic(self.path, text)
 
     def run_dir(self, trial: Trial) -> Path:
         return self.directory / "runs" / trial.name
@@ -193,13 +298,29 @@ class State:
         host, _, pid = trial.owner.rpartition(":")
         return host != socket.gethostname() or pid_alive(int(pid))
 
-    def claim(self, trial: Trial) -> None:
+    def hold(self, trial: Trial) -> bool:
+        """The lock of a trial's run directory, until the state is written (and its fit starts, for a claim); False
+        where a fit holds it."""
+        if trial.name not in self.held:
+            run_dir = self.run_dir(trial)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = run_lock(run_dir)
+            if not lock.acquire(timeout=0):
+                return False
+            self.held[trial.name] = lock
+        return True
+
+    def claim(self, trial: Trial) -> bool:
+        if not self.hold(trial):
+            return False  # a fit holds its run directory (its runner is stopped, or someone runs it by hand)
+        self.starting.add(trial.name)
         trial.owner, trial.lease_until = self.runner, time.time() + LEASE_S
-        self.mine.add(trial.name)
+        trial.claim = self.mine[trial.name] = secrets.token_hex(8)
+        return True
 
     def release(self, trial: Trial) -> None:
-        trial.owner = trial.lease_until = None
-        self.mine.discard(trial.name)
+        trial.owner = trial.lease_until = trial.claim = None
+        self.mine.pop(trial.name, None)
 
     def renew(self) -> None:
         for trial in self.trials:
@@ -208,17 +329,84 @@ class State:
 
     def reconcile(self, retry_failed: bool = False) -> None:
         """A trial left running or interrupted by a runner that is gone either finished meanwhile (kept) or is pending
-        again (it resumes from its last.ckpt); failed and stopped trials run again with ``retry_failed``."""
+        again (it resumes from its last.ckpt); failed and stopped trials run again with ``retry_failed``. A trial
+        whose fit still holds its run directory stays its runner's."""
         for trial in self.trials:
             if trial.status in RESUMABLE and not self.alive(trial):
+                if not self.hold(trial):
+                    continue  # its fit runs on: its runner is stopped or slow, not gone
                 summary = read_summary(self.run_dir(trial))
                 if summary.get("status") == "finished":
                     trial.status, trial.metrics = "finished", summary.get("metrics", {})
                 else:
                     trial.status = "pending"
-                trial.owner = trial.lease_until = None
+                trial.owner = trial.lease_until = trial.claim = None
             elif retry_failed and trial.status in ("failed", "stopped"):
                 trial.status = "pending"
+
+
+def repair(state: State, planned: list[dict[str, Any]]) -> None:
+    """``--repair``: state.json back from its previous good copy, or rebuilt from the run directories (their
+    ``args.json``, summaries and ``trial.log``), trials without one from the sweep's plan; the broken file kept
+    beside it as ``state.json.broken``."""
+    path = state.path
+    try:
+        state.parse(path.read_bytes() if path.exists() else b"")
+        print(f"sweep {state.sweep.name}: {path} is sound: nothing to repair", flush=True)
+        return
+    except SweepError:
+        pass
+    lock = PathLock(path)
+    if not lock.acquire(timeout=LOCK_WAIT_S):
+        raise SweepError(state.busy())
+    try:
+        if state.prev_good():
+            state.load(state.parse(state.prev.read_bytes(), state.prev))
+            source = f"its previous good copy {state.prev}"
+            for trial in state.trials:  # what happened since that copy: as the runs say, where no fit holds them
+                if trial.status in RESUMABLE and state.hold(trial):
+                    summary = read_summary(state.run_dir(trial))
+                    if summary.get("status") == "finished":
+                        trial.status, trial.metrics = "finished", summary.get("metrics", {})
+                    trial.owner = trial.lease_until = trial.claim = None
+            for held in state.held.values():
+                held.release()
+            state.held.clear()
+            data = state.data()
+        else:
+            data, source = rebuilt(state, planned), f"the run directories under {state.directory / 'runs'}"
+        if path.exists():
+            shutil.copyfile(path, path.with_name("state.json.broken"))
+        write_atomic(path, json.dumps(data, indent=2) + "\n")
+    finally:
+        lock.release()
+    kept = f"; the broken file is kept as {path.with_name('state.json.broken')}" if path.exists() else ""
+    print(f"sweep {state.sweep.name}: repaired {path} from {source} ({len(data.get('trials', []))} trials){kept}",
+          flush=True)
+
+
+def rebuilt(state: State, planned: list[dict[str, Any]]) -> dict[str, Any]:
+    runs = {int(m.group(1)): d for d in (state.directory / "runs").glob("*")
+            if d.is_dir() and (m := re.match(r"(\d+)-", d.name)) and (d / "args.json").is_file()}
+    trials: list[Trial] = []
+    for index in range(max([*runs, len(planned) - 1], default=-1) + 1):
+        run_dir = runs.get(index)
+        if run_dir is None:
+            if index >= len(planned):
+                break  # a bayes draw that never started
+            trials.append(Trial(check_trials(state.sweep, state.directory, [(index, planned[index])])[0],
+                                planned[index]))
+            continue
+        summary = read_summary(run_dir)
+        status = {"finished": "finished", "failed": "failed"}.get(summary.get("status"), "interrupted")
+        starts = 1
+        with contextlib.suppress(OSError):
+            starts = sum(line.startswith("# start ") for line in (run_dir / "trial.log").read_text().splitlines())
+        trials.append(Trial(run_dir.name, json.loads((run_dir / "args.json").read_text()), status=status,
+                            starts=starts, metrics=summary.get("metrics", {}),
+                            error=summary.get("error") if status == "failed" else None))
+    state.trials = trials
+    return state.data()
 
 
 def slots_for(parallel: int, devices: list[str]) -> dict[str, dict[str, str]]:
@@ -239,6 +427,11 @@ class Running:
     proc: subprocess.Popen
     slot: str
     started: float
+    lock: PathLock | None = None  # its run directory's, where the program is not the CLI (whose fit holds it)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def kill(self, sig: int = signal.SIGTERM) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -255,25 +448,36 @@ def _die_with_parent(parent: int) -> None:
 
 def start_trial(sweep: Sweep, state: State, trial: Trial, slot: str, env: dict[str, str],
                 trial_args: list[str] = ()) -> Running:
+    """Starts a claimed trial's fit; the runner holds its run directory's lock until the fit is started (the fit then
+    takes it: :func:`inception_lab.run.resume.hold_run`)."""
     run_dir = state.run_dir(trial)
     resume = read_summary(run_dir).get("status") in RESUMABLE and any((run_dir / "checkpoints").glob("*.ckpt"))
     if not resume and holds_run(run_dir):  # one run, one directory: an attempt that starts over moves the old aside
         discarded = state.directory / "runs" / ".discarded" / f"{trial.name}.start{trial.starts}"
         discarded.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(run_dir, discarded)
+        os.replace(run_dir, discarded)  # its lock goes with it: lock the new directory (no one else can: ours)
+        state.held.pop(trial.name).release()
+        state.hold(trial)
     write_args_json(run_dir / "args.json", trial.values)
     command = [*trial_command(sweep, run_dir, trial.values), *trial_args]
     if resume:
         command += ["--ckpt_path", "last"]  # interrupted or killed: resume from its last checkpoint
+    env = {**env, CLAIM_ENV: json.dumps({"state": str(state.path.absolute()), "trial": trial.name,
+                                         "claim": trial.claim})}
     # the files are closed here once the trial has its own copies of them
     with open(run_dir / "trial.log", "a") as out, open(run_dir / "trial.stderr.log", "a") as err:
         if out.tell() and not (run_dir / "trial.log").read_bytes().endswith(b"\n"):
             out.write("\n")  # an interrupted attempt's last progress-bar line
         print(f"# start {trial.starts} {time.strftime('%Y-%m-%d %H:%M:%S')} slot={slot}: "
               f"{subprocess.list2cmdline(command)}", file=out, flush=True)
+        state.starting.discard(trial.name)
+        lock = state.held.pop(trial.name)
+        if cli_args(command) is not None:
+            lock.release()  # the fit takes it, and checks that the claim is still ours
+            lock = None  # another program: the runner holds it for as long as the trial runs
         proc = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, preexec_fn=lambda parent=os.getpid(): _die_with_parent(parent))
-    return Running(trial, proc, slot, time.monotonic())
+    return Running(trial, proc, slot, time.monotonic(), lock)
 
 
 def finish_trial(state: State, running: Running, returncode: int) -> str:
@@ -305,22 +509,27 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
     running and nothing is left to claim (trials other runners hold stay theirs)."""
     running: list[Running] = []
     free = list(slots)
-    base_env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SWEEP_ID", "WANDB_RUN_ID")}
+    base_env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", CLAIM_ENV)}
     print(f"sweep {sweep.name}: {len(state.trials)} trials, {sum(t.status != 'pending' for t in state.trials)} done "
           f"or under way; slots {', '.join(slots)}; runner {state.runner}; {state.directory}", flush=True)
     renewed = time.monotonic()
-    previous = signal.signal(signal.SIGTERM, _as_interrupt)  # a scheduler's stop: as Ctrl-C, trials resumable
+    received.clear()
+    previous = {s: signal.signal(s, _as_interrupt) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         while True:
             claimed: list[tuple[Trial, str]] = []
             if free:
                 with state.locked():
                     state.reconcile()  # the trials of runners that died are claimable again
-                    while free and (trial := next_trial(sweep, state, run_cap)) is not None:
-                        state.claim(trial)
+                    held: set[str] = set()  # pending, but a fit holds its run directory
+                    while free and (trial := next_trial(sweep, state, run_cap, held)) is not None:
+                        if not state.claim(trial):
+                            held.add(trial.name)
+                            continue
                         trial.status, trial.starts = "running", trial.starts + 1
                         trial.error = trial.returncode = None
                         claimed.append((trial, free.pop(0)))
+                drop_lost(state, running, free)
             for trial, slot in claimed:
                 running.append(start_trial(sweep, state, trial, slot, {**base_env, **slots[slot]}, trial_args))
                 print(f"[{state.trials.index(trial) + 1}/{len(state.trials)}] start {trial.name} ({slot}, start "
@@ -332,6 +541,7 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                 with state.locked():
                     state.renew()
                 renewed = time.monotonic()
+                drop_lost(state, running, free)
             if sweep.config.get("early_terminate"):
                 stops = spec.hyperband_stops(sweep, [(t, state.run_dir(t)) for t in state.trials])
                 for r in running:  # stopped by hyperband: SIGTERM to its group
@@ -341,14 +551,19 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
             ended = [r for r in running if r.proc.poll() is not None]
             if ended:
                 with state.locked():
-                    results = [finish_trial(state, r, r.proc.returncode) for r in ended]
+                    results = {r.trial.name: finish_trial(state, r, r.proc.returncode) for r in ended
+                               if r.trial.name in state.mine}
                     for r in ended:
-                        state.release(r.trial)
-                for r, result in zip(ended, results):
+                        if r.trial.name in results:
+                            state.release(r.trial)
+                for r in ended:
                     running.remove(r)
                     free.append(r.slot)
-                    print(f"[{state.trials.index(r.trial) + 1}/{len(state.trials)}] {r.trial.status} {r.trial.name} "
-                          f"{result}", flush=True)
+                    r.release()
+                    if r.trial.name in results:
+                        print(f"[{state.trials.index(r.trial) + 1}/{len(state.trials)}] {r.trial.status} "
+                              f"{r.trial.name} {results[r.trial.name]}", flush=True)
+                drop_lost(state, running, free)
     except KeyboardInterrupt:
         for r in running:
             r.kill()
@@ -359,40 +574,72 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                 r.kill(signal.SIGKILL)
         with state.locked():
             for r in running:
-                r.trial.status = "interrupted"  # not failed: the next start (in any runner) resumes it
-                r.trial.wall_s = round(time.monotonic() - r.started, 1)
-                state.release(r.trial)
-        print(f"sweep {sweep.name}: interrupted; run the same command again to carry on", file=sys.stderr)
-        requeue_array_task()
-        return 130
+                if r.trial.name in state.mine:
+                    r.trial.status = "interrupted"  # not failed: the next start (in any runner) resumes it
+                    r.trial.wall_s = round(time.monotonic() - r.started, 1)
+                    state.release(r.trial)
+        if received and received[-1] == signal.SIGUSR1:  # SLURM's warning before the time limit
+            print(f"sweep {sweep.name}: stopped before the time limit; its trials resume when SLURM starts this task "
+                  "again", file=sys.stderr)
+            requeue_array_task()
+            return 143
+        how = {signal.SIGTERM: "stopped (SIGTERM: a cancel)"}.get(received[-1] if received else None, "interrupted")
+        print(f"sweep {sweep.name}: {how}; run the same command again to carry on", file=sys.stderr)
+        return 143 if received else 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     with state.locked():
         pass  # the latest state, other runners' results included
     print(table(sweep, state))
-    elsewhere = [t.name for t in state.trials if t.status in RESUMABLE and state.alive(t)]
+    elsewhere = [t.name for t in state.trials if t.status in RESUMABLE]
     if elsewhere:
-        print(f"sweep {sweep.name}: still running in other runners: {', '.join(elsewhere)}")
+        print(f"sweep {sweep.name}: not finished here (another runner has them, or a later run of this command "
+              f"resumes them): {', '.join(elsewhere)}")
     return 1 if any(t.status == "failed" for t in state.trials) else 0
 
 
+def drop_lost(state: State, running: list[Running], free: list[str]) -> None:
+    """The trials whose claim another runner holds now (this runner was stopped past its lease): their fits stop,
+    and nothing of them is recorded here."""
+    for name in state.lost:
+        for r in [r for r in running if r.trial.name == name]:
+            r.kill()
+            try:
+                r.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                r.kill(signal.SIGKILL)
+                r.proc.wait()
+            running.remove(r)
+            free.append(r.slot)
+            r.release()
+        print(f"sweep {state.sweep.name}: {name}: another runner holds it now (this runner was stopped past its "
+              f"lease); this runner records nothing of it", file=sys.stderr, flush=True)
+    state.lost.clear()
+
+
+received: list[int] = []  # the signals that stopped the loop
+
+
 def _as_interrupt(signum: int, frame: Any) -> None:
+    received.append(signum)
     raise KeyboardInterrupt
 
 
 def requeue_array_task() -> None:
-    """In a SLURM array task stopped before its time limit (``--signal=B:TERM@120``): requeue the task, whose runner
-    then resumes the trials this one interrupted (any other runner on the directory may claim them first)."""
+    """In a SLURM array task warned before its time limit (``--signal=B:USR1@120``): requeue the task, whose runner
+    then resumes the trials this one interrupted (any other runner on the directory may claim them first). A plain
+    ``scancel`` (SIGTERM) cancels: nothing is requeued."""
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     if array and task:
         with contextlib.suppress(OSError):
             subprocess.run(["scontrol", "requeue", f"{array}_{task}"], check=False)
 
 
-def next_trial(sweep: Sweep, state: State, run_cap: int | None) -> Trial | None:
-    """The next trial to claim (under the state's lock): a pending one, or a new bayes draw given every result so
-    far, within ``run_cap`` (counted over all runners)."""
-    pending = next((t for t in state.trials if t.status == "pending"), None)
+def next_trial(sweep: Sweep, state: State, run_cap: int | None, skip: set[str] = frozenset()) -> Trial | None:
+    """The next trial to claim (under the state's lock): a pending one (not in ``skip``), or a new bayes draw given
+    every result so far, within ``run_cap`` (counted over all runners)."""
+    pending = next((t for t in state.trials if t.status == "pending" and t.name not in skip), None)
     if pending is not None or sweep.method != "bayes" or len(state.trials) >= (run_cap or 0):
         return pending
     values = spec.bayes_value(sweep, state.trials, state.seed)

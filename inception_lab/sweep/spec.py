@@ -68,6 +68,7 @@ class Trial:
     wall_s: float | None = None
     owner: str | None = None  # the runner (host:pid) that claimed it, while it runs
     lease_until: float | None = None  # the claim holds until then (epoch seconds); its runner renews it
+    claim: str | None = None  # the claim's token: a runner writes only while state.json still holds its token
 
 
 def load_sweep(path: Path) -> Sweep:
