@@ -154,7 +154,12 @@ def requeued() -> bool:
 
 
 class Requeued(SIGTERMException):
-    """The fit stopped for SLURM to start it again (recorded "interrupted", exit 143, as SIGTERM)."""
+    """The fit stopped for SLURM to start it again (recorded "interrupted", exit 143, as SIGTERM); ``requeued``:
+    whether ``scontrol requeue`` took it (None on ranks other than 0)."""
+
+    def __init__(self, message: str, requeued: bool | None = None) -> None:
+        super().__init__(message)
+        self.requeued = requeued
 
 
 class RequeueOnSignal(Callback):
@@ -196,12 +201,11 @@ class RequeueOnSignal(Callback):
             logger.finalize("failed")
         if (wandb := sys.modules.get("wandb")) is not None:
             wandb.teardown()  # the service process, closed now rather than at exit, when SLURM has killed it
-        if trainer.is_global_zero:
-            requeue_job()
-        raise Requeued(f"requeued by SLURM after step {trainer.global_step} ({Path(path).name})")
+        done = requeue_job() if trainer.is_global_zero else None
+        raise Requeued(f"requeued by SLURM after step {trainer.global_step} ({Path(path).name})", done)
 
 
-def requeue_job() -> None:
+def requeue_job() -> bool:
     """``scontrol requeue`` this job (or this task of an array job), as Lightning's own handler does."""
     array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
     job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
@@ -212,3 +216,4 @@ def requeue_job() -> None:
         problem = "no scontrol on PATH"
     print(f"inception_lab: {'could not requeue' if problem else 'requeued'} SLURM job {job}"
           f"{': ' + problem if problem else ''}", file=sys.stderr)
+    return not problem

@@ -177,11 +177,13 @@ class RunWandbLogger(WandbLogger):
 
     @rank_zero_only
     def log_summary(self, values: dict[str, Any]) -> None:
-        self.experiment.summary.update(values)
+        if not getattr(self, "_closed", False):  # closed before a SLURM requeue: never a new W&B run for it
+            self.experiment.summary.update(values)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
         super().finalize(status)
+        self._closed = True
         if self._experiment is not None:
             experiment, self._experiment = self._experiment, None
             try:

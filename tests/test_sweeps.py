@@ -343,6 +343,8 @@ BAD_SWEEPS = {
     "random_no_cap": ("method: random\nparameters: {lr: {min: 0.1, max: 1.0}}\ncommand: [python, t.py, '${args}']\n",
                       "set run_cap"),
     "macro": ("method: grid\nparameters: {a: {values: [1]}}\ncommand: [python, '${arg}']\n", "unknown macro"),
+    "checkpoint": (b"PK\x03\x04\x00\x00\x08\x08\x00\x00\xa5\x8b\x9c\xff", "not UTF-8 text (a binary file"),
+    "directory": (..., "a directory, not a sweep file"),
 }
 
 
@@ -350,8 +352,10 @@ BAD_SWEEPS = {
 def test_bad_sweep_is_one_line_error(case: str, tmp_path: Path, cli: Any) -> None:
     text, message = BAD_SWEEPS[case]
     path = tmp_path / "s.yaml"
-    if text is not None:
-        path.write_text(text)
+    if text is ...:
+        path.mkdir()
+    elif text is not None:
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
     code, _, err = cli(["sweep", str(path), "--out", str(tmp_path / "out")])
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
@@ -962,3 +966,50 @@ def test_only_the_time_limit_warning_requeues_an_array_task(signum: int, requeue
     assert [t["status"] for t in _state(out)["trials"]][:1] == ["interrupted"]
     calls = (tmp_path / "scontrol.calls").read_text().split() if (tmp_path / "scontrol.calls").exists() else []
     assert calls == (["requeue", "88_1"] if requeued else []), log
+
+
+def test_a_filesystem_without_locks_is_one_line(tmp_path: Path, cli: Any, monkeypatch, capsys) -> None:
+    """fcntl locks refused (ENOLCK: an NFS mount with no lock daemon, some FUSE mounts): a fit and a sweep end in one
+    line naming the file, exit 2, not a traceback."""
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    run_dir = tmp_path / "run"
+    code, _, err = cli(["fit", "--config", str(REPO / "experiments/quickstart.yaml"), *SHORT, "--run_dir",
+                        str(run_dir)])
+    assert code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        f"inception_lab: error: --run_dir {run_dir}: No locks available: its filesystem offers no POSIX (fcntl) "
+        "locks"), err
+    path, out = _fake_sweep(tmp_path, sleep=0.0), tmp_path / "out"
+    capsys.readouterr()
+    assert sweep_command.main([str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"inception_lab sweep: error: {out / 'state.json'}: No locks "), err
+
+
+def test_a_deleted_state_json_is_repaired_from_its_copy(tmp_path: Path, capsys) -> None:
+    """state.json deleted with runs/ (to start over) but state.json.prev left: one line, and --repair brings the copy
+    back rather than saying there is nothing to repair."""
+    path, out = _fake_sweep(tmp_path, sleep=0.0, run_cap=2), tmp_path / "out"
+    assert sweep_command.main([str(path), "--out", str(out)]) == 0
+    (out / "state.json").unlink()
+    capsys.readouterr()
+    assert sweep_command.main([str(path), "--out", str(out)]) == 2
+    assert f"{out / 'state.json'}: missing" in capsys.readouterr().err
+    assert sweep_command.main([str(path), "--out", str(out), "--repair"]) == 0
+    assert f"repaired {out / 'state.json'} from its previous good copy" in capsys.readouterr().out
+    assert [t["status"] for t in _state(out)["trials"]] == ["finished"] * 2
+
+
+def test_a_broken_copy_of_the_sweep_file_is_one_line(tmp_path: Path, capsys) -> None:
+    path, out = _fake_sweep(tmp_path, sleep=0.0, run_cap=1), tmp_path / "out"
+    assert sweep_command.main([str(path), "--out", str(out)]) == 0
+    (out / "sweep.yaml").write_text("method: grid\nparameters: {a: [1\n")
+    capsys.readouterr()
+    assert sweep_command.main([str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"inception_lab sweep: error: {out / 'sweep.yaml'}: invalid YAML"), err

@@ -1,10 +1,13 @@
 """Locks that two processes on two nodes agree on: POSIX record locks (``fcntl``), the locks NFS implements (NLM on
-v3, in the protocol on v4) and local filesystems all have. The kernel (or, on NFS, the server once the client's
-lease runs out) drops a dead process's locks, so a kill at any instant leaves nothing to clean up.
+v3, in the protocol on v4) and local filesystems all have. The kernel drops a dead process's locks, so a kill at any
+instant leaves nothing to clean up; on NFS a dead client's locks go when the server's lease on them ends (v4) or the
+client boots again (v3). An NFS mount with ``nolock`` or ``local_lock`` keeps locks on each node: nothing is shared.
 
 A lock is taken on a path, then the path is checked to still name the locked file: a file deleted or replaced
 meanwhile (``state.json`` is rewritten by an atomic rename; people delete "stale" lock files) is let go and the file
-now at the path is locked instead, so deleting a lock file never lets a second process in beside the holder.
+now at the path is locked instead: a waiter never keeps a lock on a file that is gone. (A file deleted *while* held
+is another matter: a newcomer creates and locks a new one. ``state.json`` is never created over a sweep's runs, and
+a sweep runner also asks a trial's own record whether its fit lives before reclaiming it.)
 
 POSIX locks belong to the process: closing any descriptor of a locked file in the holder drops its lock, and a
 second lock of the same file by the same process always succeeds. Read a locked file through :attr:`PathLock.fd`.
@@ -97,15 +100,16 @@ def run_lock(run_dir: Path) -> PathLock:
     return PathLock(Path(run_dir) / ".lock")
 
 
-def claim_holds(state: Path, trial: str, claim: str, timeout: float = 60) -> bool:
-    """Whether a sweep's ``state.json`` still gives ``trial`` to the claim ``claim`` (read under its lock)."""
+def claim_holds(state: Path, trial: str, claim: str, timeout: float = 300) -> bool:
+    """Whether a sweep's ``state.json`` still gives ``trial`` to the claim ``claim`` (read under its lock); OSError
+    where it cannot be read (its lock held ``timeout`` seconds, a broken file)."""
     lock = PathLock(state, shared=True)
     try:
         if not lock.acquire(timeout=timeout):
-            return False
+            raise OSError(errno.EAGAIN, f"its lock was held for {timeout:.0f} s", str(state))
         entries = json.loads(lock.read()).get("trials", [])
-    except (OSError, ValueError, AttributeError):
-        return False
+    except (ValueError, AttributeError) as error:
+        raise OSError(errno.EINVAL, f"not a sweep state ({error})", str(state)) from None
     finally:
         lock.release()
     return any(isinstance(e, dict) and e.get("name") == trial and e.get("claim") == claim for e in entries)

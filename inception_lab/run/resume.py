@@ -24,8 +24,8 @@ from jsonargparse import Namespace
 from lightning import Callback, LightningModule, Trainer
 
 from inception_lab.errors import UserError
-from inception_lab.run.files import safe_name, variant_name
-from inception_lab.run.lock import CLAIM_ENV, PathLock, claim_holds, run_lock
+from inception_lab.run.files import holds_run, safe_name, variant_name
+from inception_lab.run.lock import CLAIM_ENV, NoLocks, PathLock, claim_holds, run_lock
 
 RUNS_ROOT = Path("runs")
 
@@ -179,7 +179,7 @@ def latest_run(experiment: str) -> Path:
 HELD: list[PathLock] = []  # this process's run directory locks, held until it ends (release_runs)
 
 
-def hold_run(run_dir: Path) -> None:
+def hold_run(run_dir: Path, fresh: bool = False) -> None:
     """A fit's claim on its run directory (rank 0; the other ranks write nothing there of their own), held for as
     long as the process runs: a second fit into the same directory is refused in one line, and a sweep runner
     never reclaims a trial whose fit still holds it. A trial started by a sweep runner then checks that its claim in
@@ -192,19 +192,36 @@ def hold_run(run_dir: Path) -> None:
     claim = json.loads(os.environ[CLAIM_ENV]) if os.environ.get(CLAIM_ENV) else None
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_lock(run_dir)
-    if not lock.acquire(timeout=60 if claim else 0):  # a reclaimed trial's stale fit holds it for a moment only
+    # a reclaimed trial's stale fit holds it for a moment; a requeued job's old lock may wait on a dead node's lease
+    wait = 60 if claim else 300 if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 else 0
+    try:
+        held = lock.acquire(timeout=wait)
+    except NoLocks as error:
+        raise UserError(f"--run_dir {run_dir}: {error.strerror}") from None
+    if not held:
         holder = ""
         with contextlib.suppress(OSError):
             holder = lock.path.read_text().strip()
         raise UserError(f"--run_dir {run_dir}: a fit is running in it{f' ({holder})' if holder else ''}; wait for "
                         "it to end, or start a new run in a new --run_dir")
     HELD.append(lock)
+    if fresh and holds_run(run_dir):  # another fit wrote it between our check and our lock
+        release_runs()
+        raise UserError(f"--run_dir {run_dir}: already holds a run; resume it with --ckpt_path last, or start a new "
+                        "run in a new --run_dir")
     os.ftruncate(lock.fd, 0)
     os.pwrite(lock.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-    if claim is not None and not claim_holds(Path(claim["state"]), claim["trial"], claim["claim"]):
-        release_runs()
-        raise UserError(f"sweep trial {claim['trial']}: another runner holds it now ({claim['state']}); this fit "
-                        "stops before writing anything")
+    if claim is not None:
+        try:
+            holds = claim_holds(Path(claim["state"]), claim["trial"], claim["claim"])
+        except OSError as error:
+            release_runs()
+            raise UserError(f"sweep trial {claim['trial']}: cannot check its claim in {error.filename}: "
+                            f"{error.strerror}") from None
+        if not holds:
+            release_runs()
+            raise UserError(f"sweep trial {claim['trial']}: another runner holds it now ({claim['state']}); this "
+                            "fit stops before writing anything")
 
 
 def release_runs() -> None:

@@ -9,12 +9,12 @@ import contextlib
 import ctypes
 import dataclasses
 import io
+import itertools
 import json
 import logging
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import statistics
@@ -29,7 +29,7 @@ from typing import Any
 from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args
 
 from inception_lab.run.files import flatten, holds_run, read_summary, safe_name, variant_name, write_atomic
-from inception_lab.run.lock import CLAIM_ENV, PathLock, run_lock
+from inception_lab.run.lock import CLAIM_ENV, NoLocks, PathLock, run_lock
 from inception_lab.sweep import spec
 from inception_lab.sweep.spec import Sweep, SweepError, Trial
 
@@ -174,6 +174,8 @@ class State:
                 raise SweepError(self.busy())
         except FileNotFoundError:
             return b""
+        except NoLocks as error:
+            raise SweepError(f"{error.filename}: {error.strerror}") from None
         try:
             return lock.read()
         finally:
@@ -223,7 +225,8 @@ class State:
                 if d.is_dir() and ((d / "args.json").is_file() or holds_run(d))]
 
     def broken(self, path: Path, why: str) -> str:
-        command = f"python -m inception_lab sweep {self.sweep.path} --out {self.directory} --repair"
+        seed = f" --seed {self.seed}" if self.seed else ""  # the draws of a random sweep depend on it
+        command = f"python -m inception_lab sweep {self.sweep.path} --out {self.directory}{seed} --repair"
         source = (f"the previous good copy, {self.prev}" if path != self.prev and self.prev_good()
                   else f"the run directories under {self.directory / 'runs'}")
         return f"{path}: {why}; `{command}` rebuilds it from {source}"
@@ -263,6 +266,8 @@ class State:
                 raise SweepError(self.busy())
         except FileNotFoundError:  # deleted: never a new state over the runs of this one
             raise SweepError(self.broken(self.path, "missing")) from None
+        except NoLocks as error:
+            raise SweepError(f"{error.filename}: {error.strerror}") from None
         try:
             raw = lock.read()
             self.load(self.parse(raw))
@@ -298,15 +303,18 @@ class State:
         host, _, pid = trial.owner.rpartition(":")
         return host != socket.gethostname() or pid_alive(int(pid))
 
-    def hold(self, trial: Trial) -> bool:
+    def hold(self, trial: Trial, timeout: float = 0) -> bool:
         """The lock of a trial's run directory, until the state is written (and its fit starts, for a claim); False
         where a fit holds it."""
         if trial.name not in self.held:
             run_dir = self.run_dir(trial)
             run_dir.mkdir(parents=True, exist_ok=True)
             lock = run_lock(run_dir)
-            if not lock.acquire(timeout=0):
-                return False
+            try:
+                if not lock.acquire(timeout=timeout):
+                    return False
+            except NoLocks as error:
+                raise SweepError(f"{error.filename}: {error.strerror}") from None
             self.held[trial.name] = lock
         return True
 
@@ -336,6 +344,9 @@ class State:
                 if not self.hold(trial):
                     continue  # its fit runs on: its runner is stopped or slow, not gone
                 summary = read_summary(self.run_dir(trial))
+                if summary.get("status") == "running" and (summary.get("attempts") or [{}])[-1].get("pid"):
+                    continue  # its record says its fit lives (pid, heartbeat): its lock file was deleted, or unshared
+
                 if summary.get("status") == "finished":
                     trial.status, trial.metrics = "finished", summary.get("metrics", {})
                 else:
@@ -350,16 +361,27 @@ def repair(state: State, planned: list[dict[str, Any]]) -> None:
     ``args.json``, summaries and ``trial.log``), trials without one from the sweep's plan; the broken file kept
     beside it as ``state.json.broken``."""
     path = state.path
-    try:
-        state.parse(path.read_bytes() if path.exists() else b"")
+
+    def sound(raw: bytes | None) -> bool:
+        try:
+            if raw is not None and state.parse(raw):
+                return True
+        except SweepError:
+            return False
+        return not (raw or b"").strip() and not state.prev.exists() and not state.trial_runs()  # a new sweep
+
+    if sound(path.read_bytes() if path.exists() else None):
         print(f"sweep {state.sweep.name}: {path} is sound: nothing to repair", flush=True)
         return
-    except SweepError:
-        pass
-    lock = PathLock(path)
+    existed = path.exists()
+    lock = PathLock(path)  # (created where it is missing: the repair writes it)
     if not lock.acquire(timeout=LOCK_WAIT_S):
         raise SweepError(state.busy())
     try:
+        broken = lock.read()  # through the lock's descriptor: closing another one of this file would drop the lock
+        if existed and sound(broken):  # another --repair was first
+            print(f"sweep {state.sweep.name}: {path} is sound: nothing to repair", flush=True)
+            return
         if state.prev_good():
             state.load(state.parse(state.prev.read_bytes(), state.prev))
             source = f"its previous good copy {state.prev}"
@@ -375,14 +397,14 @@ def repair(state: State, planned: list[dict[str, Any]]) -> None:
             data = state.data()
         else:
             data, source = rebuilt(state, planned), f"the run directories under {state.directory / 'runs'}"
-        if path.exists():
-            shutil.copyfile(path, path.with_name("state.json.broken"))
+        kept = path.with_name("state.json.broken")
+        if existed:
+            write_atomic(kept, broken)
         write_atomic(path, json.dumps(data, indent=2) + "\n")
     finally:
         lock.release()
-    kept = f"; the broken file is kept as {path.with_name('state.json.broken')}" if path.exists() else ""
-    print(f"sweep {state.sweep.name}: repaired {path} from {source} ({len(data.get('trials', []))} trials){kept}",
-          flush=True)
+    print(f"sweep {state.sweep.name}: repaired {path} from {source} ({len(data.get('trials', []))} trials)"
+          f"{f'; the broken file is kept as {kept}' if existed else ''}", flush=True)
 
 
 def rebuilt(state: State, planned: list[dict[str, Any]]) -> dict[str, Any]:
@@ -393,7 +415,7 @@ def rebuilt(state: State, planned: list[dict[str, Any]]) -> dict[str, Any]:
         run_dir = runs.get(index)
         if run_dir is None:
             if index >= len(planned):
-                break  # a bayes draw that never started
+                continue  # a bayes draw that never started
             trials.append(Trial(check_trials(state.sweep, state.directory, [(index, planned[index])])[0],
                                 planned[index]))
             continue
@@ -438,10 +460,16 @@ class Running:
             os.killpg(self.proc.pid, sig)  # its own session: the runner's Ctrl-C does not reach it
 
 
+try:
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: no dlopen in a forked child
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
 def _die_with_parent(parent: int) -> None:
     """preexec_fn: SIGKILL this trial when the runner dies, even by SIGKILL (Linux PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the runner died before prctl took effect
         os._exit(1)
 
@@ -454,10 +482,15 @@ def start_trial(sweep: Sweep, state: State, trial: Trial, slot: str, env: dict[s
     resume = read_summary(run_dir).get("status") in RESUMABLE and any((run_dir / "checkpoints").glob("*.ckpt"))
     if not resume and holds_run(run_dir):  # one run, one directory: an attempt that starts over moves the old aside
         discarded = state.directory / "runs" / ".discarded" / f"{trial.name}.start{trial.starts}"
+        for n in itertools.count(2):
+            if not discarded.exists():
+                break
+            discarded = discarded.with_name(f"{trial.name}.start{trial.starts}-{n}")
         discarded.parent.mkdir(parents=True, exist_ok=True)
         os.replace(run_dir, discarded)  # its lock goes with it: lock the new directory (no one else can: ours)
         state.held.pop(trial.name).release()
-        state.hold(trial)
+        if not state.hold(trial, timeout=LOCK_WAIT_S):  # a stale fit holds it a moment, to find its claim gone
+            raise SweepError(f"{run_dir}: its lock has been held for {LOCK_WAIT_S:.0f} s by a fit of no claim")
     write_args_json(run_dir / "args.json", trial.values)
     command = [*trial_command(sweep, run_dir, trial.values), *trial_args]
     if resume:
@@ -509,7 +542,8 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
     running and nothing is left to claim (trials other runners hold stay theirs)."""
     running: list[Running] = []
     free = list(slots)
-    base_env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", CLAIM_ENV)}
+    base_env = {k: v for k, v in os.environ.items()  # a trial is not the array task's SLURM job step: its DDP
+                if k not in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", CLAIM_ENV) and not k.startswith("SLURM_")}
     print(f"sweep {sweep.name}: {len(state.trials)} trials, {sum(t.status != 'pending' for t in state.trials)} done "
           f"or under way; slots {', '.join(slots)}; runner {state.runner}; {state.directory}", flush=True)
     renewed = time.monotonic()
@@ -565,13 +599,17 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                               f"{r.trial.name} {results[r.trial.name]}", flush=True)
                 drop_lost(state, running, free)
     except KeyboardInterrupt:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):  # a second signal (the requeue's) changes
+            signal.signal(signum, signal.SIG_IGN)  # nothing now: the trials are being stopped and recorded
         for r in running:
             r.kill()
+        deadline = time.monotonic() + 30
         for r in running:
             try:
-                r.proc.wait(timeout=30)
+                r.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 r.kill(signal.SIGKILL)
+                r.proc.wait()
         with state.locked():
             for r in running:
                 if r.trial.name in state.mine:
@@ -579,9 +617,9 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                     r.trial.wall_s = round(time.monotonic() - r.started, 1)
                     state.release(r.trial)
         if received and received[-1] == signal.SIGUSR1:  # SLURM's warning before the time limit
-            print(f"sweep {sweep.name}: stopped before the time limit; its trials resume when SLURM starts this task "
-                  "again", file=sys.stderr)
-            requeue_array_task()
+            again = ("its trials resume when SLURM starts this task again" if requeue_array_task() else
+                     "run the same command again to carry on")
+            print(f"sweep {sweep.name}: stopped before the time limit; {again}", file=sys.stderr)
             return 143
         how = {signal.SIGTERM: "stopped (SIGTERM: a cancel)"}.get(received[-1] if received else None, "interrupted")
         print(f"sweep {sweep.name}: {how}; run the same command again to carry on", file=sys.stderr)
@@ -626,14 +664,20 @@ def _as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def requeue_array_task() -> None:
+def requeue_array_task() -> bool:
     """In a SLURM array task warned before its time limit (``--signal=B:USR1@120``): requeue the task, whose runner
     then resumes the trials this one interrupted (any other runner on the directory may claim them first). A plain
     ``scancel`` (SIGTERM) cancels: nothing is requeued."""
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array and task:
-        with contextlib.suppress(OSError):
-            subprocess.run(["scontrol", "requeue", f"{array}_{task}"], check=False)
+    if not (array and task):
+        return False
+    try:
+        done = subprocess.run(["scontrol", "requeue", f"{array}_{task}"], capture_output=True, text=True)
+    except OSError:
+        return False
+    if done.returncode:
+        print(f"sweep: could not requeue SLURM task {array}_{task}: {done.stderr.strip()}", file=sys.stderr)
+    return done.returncode == 0
 
 
 def next_trial(sweep: Sweep, state: State, run_cap: int | None, skip: set[str] = frozenset()) -> Trial | None:
