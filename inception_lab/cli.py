@@ -206,7 +206,7 @@ class InceptionCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = Path(config.run_dir)
         if self.subcommand in (None, "fit"):  # model and data built: the first write of the run, after the checks
-            hold_run(run_dir)  # one fit per run directory, until this process ends
+            hold_run(run_dir, fresh=config.get("ckpt_path") is None)  # one fit per run directory, to the end
         callbacks = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
         record_at = len(callbacks)  # the record's callback before the checkpoints (added once its W&B run is known)
         if self.subcommand in (None, "fit"):
@@ -259,10 +259,17 @@ def _option_values(argv: list[str], *names: str) -> list[str]:
 
 def check_yaml(path: str) -> None:
     """A config file that is not valid YAML: one line naming the file and the line (jsonargparse names neither)."""
+    if Path(path).is_dir():
+        raise UserError(f"--config {path}: a directory, not a config file (experiments/<x>.yaml)")
     if not Path(path).is_file():
         return  # jsonargparse says so, or takes the value as YAML text
     try:
-        yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_bytes().decode()
+    except UnicodeDecodeError:
+        raise UserError(f"--config {path}: not a YAML config: not UTF-8 text (a binary file, such as a checkpoint? "
+                        "give that as --ckpt_path)") from None
+    try:
+        yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -334,7 +341,9 @@ def cli_main(argv: list[str] | None = None) -> int:
     try:
         InceptionCLI(args=argv, parser_kwargs={"exit_on_error": False})
     except Requeued as error:
-        print(f"inception_lab: {error}: the job resumes by itself when SLURM starts it again", file=sys.stderr)
+        then = {True: "the job resumes by itself when SLURM starts it again", None: "rank 0 requeues the job",
+                False: "it could not be requeued: submit its job file again, which resumes it"}[error.requeued]
+        print(f"inception_lab: {error}: {then}", file=sys.stderr)
         return 143
     except SIGTERMException as error:
         print(f"inception_lab: interrupted ({str(error) or 'SIGTERM'}); resume with --ckpt_path last", file=sys.stderr)

@@ -238,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in views if v not in VIEW_COUNTS]
     if unknown or not views:
         parser.error(f"--views {parsed.views}: expected a comma-separated list of {', '.join(get_args(TestViews))}")
+    seen: dict[Path, Path] = {}
+    for run in parsed.runs:  # one model counted twice would be an ensemble of one at twice the cost
+        if (key := run.resolve()) in seen:
+            print(f"inception_lab: error: {run}: given twice (as {seen[key]}); an ensemble's runs are "
+                  "different models", file=sys.stderr)
+            return 2
+        seen[key] = run
     try:
         _, text = ensemble(parsed.runs, list(dict.fromkeys(views)), parsed.out, test_args)
     except EnsembleError as error:

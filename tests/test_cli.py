@@ -419,6 +419,16 @@ def _truncated_checkpoint(tmp_path: Path) -> tuple[list[str], str]:
     return ["--config", str(QUICKSTART), "--ckpt_path", str(path)], f"--ckpt_path {path}: not a readable checkpoint"
 
 
+def _checkpoint_as_config(tmp_path: Path) -> tuple[list[str], str]:
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(10)}, "epoch": 0}, path)
+    return ["--config", str(path)], f"--config {path}: not a YAML config: not UTF-8 text"
+
+
+def _directory_as_config(tmp_path: Path) -> tuple[list[str], str]:
+    return ["--config", str(tmp_path)], f"--config {tmp_path}: a directory, not a config file"
+
+
 def _gpu(tmp_path: Path) -> tuple[list[str], str]:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -439,6 +449,8 @@ BAD = {
     "invalid yaml": _bad_yaml,
     "text file as checkpoint": _not_a_checkpoint,
     "truncated checkpoint": _truncated_checkpoint,
+    "checkpoint as config": _checkpoint_as_config,
+    "directory as config": _directory_as_config,
     "no gpu": _gpu,
 }
 

@@ -109,6 +109,7 @@ BAD = {
                                        "allows 'single' or 'flip'"),
     "nothing_to_test": lambda tmp: ([str(tmp)], "no checkpoints/best-*.ckpt or last.ckpt"),
     "different_labels": _different_labels,
+    "same_run_twice": lambda tmp: ([str(tmp), f"{tmp}/", "--views", "flip"], f"{tmp}: given twice (as {tmp})"),
 }
 
 

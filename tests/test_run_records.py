@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inception_lab.run.files import STALE_S, RunSummary, process_start, read_summary, write_atomic
+from inception_lab.run.files import STALE_S, RunSummary, process_start, read_summary, safe_name, write_atomic
 from inception_lab.run.resume import resume_checkpoint
 from tests.conftest import QUICKSTART, clean_env
 
@@ -51,6 +51,16 @@ def fit_record(run_dir: Path, pid: int, host: str, status: str = "running") -> N
                "pid_start": process_start(pid)}
     RunSummary(status=status, run_name=run_dir.name, metrics={"val/acc": 0.5}, variant={},
                attempts=[attempt]).save(run_dir)
+
+
+def test_a_long_run_name_is_cut_to_a_directory_name_the_disk_takes(tmp_path: Path) -> None:
+    """A 300-character --run_name (or a long automatic one) used to end in "File name too long": names are cut to 150
+    bytes, ending in a digest of the whole, so that two long names stay two directories."""
+    long = "head=fc-" + "model.net.init_args.stage_widths=" * 9
+    a, b = safe_name(long, "seed0"), safe_name(long, "seed1")
+    assert a != b and len(a.encode()) <= 150 and len(safe_name("ü" * 300).encode()) <= 150
+    assert a.startswith("head=fc-model.net.init_args.stage_widths=") and safe_name("short") == "short"
+    (tmp_path / f"{a}.start3-2").mkdir()  # with room for what a sweep adds to it (.discarded/<name>.start3-2)
 
 
 def test_a_fit_whose_process_is_gone_reads_as_killed(tmp_path: Path) -> None:

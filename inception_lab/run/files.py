@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import json
 import os
 import re
@@ -82,8 +83,17 @@ def variant_name(values: dict[str, Any]) -> str:
 def safe_name(*parts: str) -> str:
     """Non-empty parts joined with "-" into a run, trial or experiment name: one path component. Runs of other
     characters than letters, digits and ``_.=+-`` (spaces, "/", quotes) become "_"; leading and trailing dots and
-    underscores go (no "..", no hidden directory): ``"Grüße run/v2"`` -> ``Grüße_run_v2``, ``"../x"`` -> ``x``."""
-    return re.sub(r"[^\w.=+-]+", "_", "-".join(p for p in parts if p)).strip("._")
+    underscores go (no "..", no hidden directory): ``"Grüße run/v2"`` -> ``Grüße_run_v2``, ``"../x"`` -> ``x``.
+    A name longer than ``MAX_NAME_BYTES`` (filesystems allow 255) is cut and ends in a digest of the whole name, so
+    two long names stay two names."""
+    name = re.sub(r"[^\w.=+-]+", "_", "-".join(p for p in parts if p)).strip("._")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+        name = f"{name.encode()[:MAX_NAME_BYTES - 11].decode(errors='ignore').rstrip('._-')}-{digest}"
+    return name
+
+
+MAX_NAME_BYTES = 150  # a run directory's name, with room for what is added to it (".start3-2", ".tmp")
 
 
 def short_value(value: Any) -> str:

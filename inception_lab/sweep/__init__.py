@@ -23,8 +23,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from inception_lab.run.files import write_atomic
 from inception_lab.sweep import runner, spec
 from inception_lab.sweep.runner import State, check_command, check_trials, trial_command
@@ -45,7 +43,7 @@ def run(argv: list[str]) -> int:
     devices = [d.strip() for d in (args.devices or "").split(",") if d.strip()]
     slots = runner.slots_for(args.parallel or len(devices) or 1, devices)
     copy = directory / "sweep.yaml"
-    if copy.is_file() and yaml.safe_load(copy.read_text()) != sweep.config:  # comments may change; the sweep not
+    if copy.is_file() and spec.read_yaml(copy, "sweep file copy")[1] != sweep.config:  # comments may change
         raise SweepError(f"{directory} holds a different sweep ({copy} differs from {sweep.path}): pass --out DIR "
                          "for a new sweep directory, or delete the old one")
     if args.repair:

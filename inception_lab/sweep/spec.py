@@ -71,15 +71,25 @@ class Trial:
     claim: str | None = None  # the claim's token: a runner writes only while state.json still holds its token
 
 
-def load_sweep(path: Path) -> Sweep:
+def read_yaml(path: Path, what: str = "sweep file") -> tuple[str, Any]:
+    """A YAML file's text and content, or one line naming it: missing, a directory, binary, not UTF-8, not YAML."""
+    if path.is_dir():
+        raise SweepError(f"{path}: a directory, not a {what} (sweeps/<x>.yaml)")
     if not path.is_file():
-        raise SweepError(f"{path}: no such sweep file")
-    text = path.read_text()
+        raise SweepError(f"{path}: no such {what}")
     try:
-        config = yaml.safe_load(text)
+        text = path.read_bytes().decode()
+    except UnicodeDecodeError:
+        raise SweepError(f"{path}: not a {what}: not UTF-8 text (a binary file, such as a checkpoint?)") from None
+    try:
+        return text, yaml.safe_load(text)
     except yaml.YAMLError as error:
         where = f" (line {mark.line + 1})" if (mark := getattr(error, "problem_mark", None)) else ""
         raise SweepError(f"{path}: invalid YAML{where}: {getattr(error, 'problem', None) or error}") from None
+
+
+def load_sweep(path: Path) -> Sweep:
+    text, config = read_yaml(path)
     if not isinstance(config, dict):
         raise SweepError(f"{path}: a sweep file is a mapping with method, metric, parameters and command")
     method = config.get("method")
