@@ -206,6 +206,7 @@ class InceptionCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = Path(config.run_dir)
         if self.subcommand in (None, "fit"):  # model and data built: the first write of the run, after the checks
+            self.model.check_optimization()
             hold_run(run_dir, fresh=config.get("ckpt_path") is None)  # one fit per run directory, to the end
         callbacks = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
         record_at = len(callbacks)  # the record's callback before the checkpoints (added once its W&B run is known)
@@ -309,6 +310,7 @@ class _ParseOnlyCLI(InceptionCLI):
         self.variant = self.compute_variant()
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
+        self.model.check_optimization()
         return None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -211,14 +211,30 @@ class InceptionClassifier(LightningModule):
         optimizer = self.optimizer(self.parameters())
         if self.lr_scheduler is None:
             return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = self._scheduler(optimizer, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_interval}}
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
         args = (optimizer,) if self.lr_interval == "epoch" else (optimizer, total_steps)
         try:
-            scheduler = self.lr_scheduler(*args)
+            return self.lr_scheduler(*args)
         except TypeError as error:  # e.g. WarmupCosineLR (which needs the run's length) stepped per epoch
             raise ValueError(f"model.lr_interval={self.lr_interval!r} does not fit model.lr_scheduler: {error} (a "
                              "scheduler stepped per step is built with the run's length: lr_interval: step)") from None
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_interval}}
+
+    def check_optimization(self) -> None:
+        """The optimizer and its scheduler built once and thrown away, so that a bad argument (``lr: -1``) is one line
+        before a run is written (the CLI calls it before the run directory is touched)."""
+        try:
+            optimizer = self.optimizer(self.parameters())
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"model.optimizer: {error}") from None
+        if self.lr_scheduler is not None:
+            try:
+                self._scheduler(optimizer, 1000)
+            except (ValueError, TypeError, ZeroDivisionError) as error:
+                said = str(error)
+                raise ValueError(said if said.startswith("model.") else f"model.lr_scheduler: {said}") from None
 
     def cost(self) -> dict[str, int]:
         """Trainable params (aux heads included) and inference multiply-adds per image."""

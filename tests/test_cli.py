@@ -446,6 +446,8 @@ BAD = {
     "epochs": (["--config", str(QUICKSTART), "--trainer.max_epochs=many"], "trainer.max_epochs"),
     "interval": (["--config", str(QUICKSTART), "--model.lr_interval=epoch"], "model.lr_interval='epoch' does not fit"),
     "resume of no run": (["--config", str(QUICKSTART), "--ckpt_path", "last"], "--ckpt_path last: "),
+    "negative lr": (["--config", str(QUICKSTART), "--model.optimizer.init_args.lr=-1"],
+                    "model.optimizer: Invalid learning rate: -1"),
     "invalid yaml": _bad_yaml,
     "text file as checkpoint": _not_a_checkpoint,
     "truncated checkpoint": _truncated_checkpoint,
@@ -465,6 +467,8 @@ def test_bad_input_is_one_line_error(tmp_path: Path, case: str, cli) -> None:
     last = err.strip().splitlines()[-1]
     assert last.startswith("inception_lab: error:") and message in last, err[-2000:]
     assert read_summary(run_dir).get("status") in (None, "failed")  # nothing that looks finished
+    if case in ("negative lr", "interval", "checkpoint as config"):  # refused before anything is written: the
+        assert not run_dir.exists()  # corrected command with the same --run_dir is not refused
 
 
 def test_parse_reports_one_line() -> None:
