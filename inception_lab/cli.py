@@ -167,6 +167,10 @@ class InceptionCLI(LightningCLI):
         if not resuming:
             if holds_run(run_dir):
                 status = read_summary(run_dir).get("status", "no summary.json")
+                if not any(run_dir.glob("checkpoints/*.ckpt")) and not any(run_dir.glob("hpc_ckpt_*.ckpt")):
+                    raise UserError(f"--run_dir {run_dir}: already holds a run (status: {status}) that stopped before "
+                                    "its first checkpoint, so nothing resumes it: start a new run in a new --run_dir "
+                                    f"(or delete {run_dir})")
                 raise UserError(f"--run_dir {run_dir}: already holds a run (status: {status}); resume it with "
                                 "--ckpt_path last, or start a new run in a new --run_dir")
             return

@@ -155,6 +155,10 @@ def collect(runs: list[Path], views: list[str], test_args: list[str]) -> dict[st
                                         "checkpoints/best-*.ckpt or last.ckpt to compute it from")
                 check_views_supported(run_dir, v)
                 missing.append((run_dir, checkpoint, v))
+    if test_args and not missing:  # what follows -- is for the test runs, and every protocol is stored
+        print(f"inception_lab ensemble: note: every protocol's predictions are stored: no test runs, so the arguments "
+              f"after -- ({' '.join(test_args)}) are not used; delete a run's predictions/ to compute them again",
+              file=sys.stderr)
     for run_dir, checkpoint, v in missing:
         run_test(run_dir, checkpoint, v, test_args)
     predictions: dict[str, list[Predictions]] = {v: [] for v in views}

@@ -498,3 +498,16 @@ def test_bad_data_is_one_line_error(tmp_path: Path, tiny_cifar: Path, case: str,
     last = err.strip().splitlines()[-1]
     assert last.startswith("inception_lab: error:") and expect in last, err[-2000:]
     assert read_summary(run_dir).get("status") in (None, "failed")
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_refused_with_one_way_out(tmp_path: Path, cli) -> None:
+    """A fit killed before its first checkpoint: with and without --ckpt_path last the refusals used to point at each
+    other; both now say that nothing resumes it and to start a new run in a new --run_dir."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"status": "interrupted", "metrics": {}}))
+    for extra in ([], ["--ckpt_path", "last"]):
+        code, _, err = cli(["fit", "--config", str(QUICKSTART), "--run_dir", str(run_dir), *extra])
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and "nothing resumes it: start a new run in a new --run_dir" in last, err
+        assert "resume it with --ckpt_path last" not in last

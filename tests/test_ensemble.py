@@ -64,8 +64,10 @@ def test_k_copies_of_one_run_are_the_single_model(tmp_path: Path) -> None:
 def test_models_average_probabilities_and_errors_match_the_npz_files(tmp_path: Path, cli) -> None:
     runs = [tmp_path / f"seed{i}" for i in range(3)]
     probs = [fake_run(run, seed=i) for i, run in enumerate(runs)]
-    code, out, err = cli(["ensemble", *map(str, runs), "--views", "flip", "--out", str(tmp_path / "t3")])
+    code, out, err = cli(["ensemble", *map(str, runs), "--views", "flip", "--out", str(tmp_path / "t3"), "--",
+                          "--data.init_args.batch_size=8"])
     assert code == 0, err
+    assert "no test runs, so the arguments after -- (--data.init_args.batch_size=8) are not used" in err  # not silent
     record = json.loads((tmp_path / "t3" / "table3.json").read_text())
     assert record["images"] == IMAGES and record["classes"] == CLASSES and record["runs"] == list(map(str, runs))
     assert (tmp_path / "t3" / "table3.md").read_text() in out

@@ -113,7 +113,8 @@ def resume_checkpoint(run_dir: Path) -> Path:
                     key=lambda p: p.stat().st_mtime, reverse=True)
     if not preferred and not others:
         raise UserError(f"--ckpt_path last: {run_dir} has no checkpoint (checkpoints/*.ckpt): the fit stopped "
-                        "before its first epoch ended; drop --ckpt_path and start it again in a new --run_dir")
+                        f"before its first epoch ended, so nothing resumes it: start a new run in a new --run_dir (or "
+                        f"delete {run_dir})")
     steps: dict[Path, int] = {}  # readable checkpoints and their global step; each file loaded once (mmap)
     problems = [] if last.is_file() else [f"{last} does not exist"]
     for path in preferred:
