@@ -37,6 +37,7 @@ from inception_lab.module import InceptionClassifier
 from inception_lab.run.files import (
     flatten,
     holds_run,
+    load_yaml,
     read_summary,
     resume_differences,
     short_value,
@@ -274,7 +275,7 @@ def check_yaml(path: str) -> None:
         raise UserError(f"--config {path}: not a YAML config: not UTF-8 text (a binary file, such as a checkpoint? "
                         "give that as --ckpt_path)") from None
     try:
-        yaml.safe_load(text)
+        load_yaml(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

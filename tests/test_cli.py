@@ -419,6 +419,13 @@ def _truncated_checkpoint(tmp_path: Path) -> tuple[list[str], str]:
     return ["--config", str(QUICKSTART), "--ckpt_path", str(path)], f"--ckpt_path {path}: not a readable checkpoint"
 
 
+def _duplicate_key(tmp_path: Path) -> tuple[list[str], str]:
+    path = tmp_path / "twice.yaml"
+    path.write_text("model:\n  aux_weight: 0.3\n  label_smoothing: 0.1\n  aux_weight: 1.0\n")
+    return ["--config", str(QUICKSTART), "--config", str(path)], (
+        f"--config {path}: not valid YAML at line 4, column 3: duplicate key 'aux_weight'")
+
+
 def _checkpoint_as_config(tmp_path: Path) -> tuple[list[str], str]:
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(10)}, "epoch": 0}, path)
@@ -452,6 +459,7 @@ BAD = {
     "text file as checkpoint": _not_a_checkpoint,
     "truncated checkpoint": _truncated_checkpoint,
     "checkpoint as config": _checkpoint_as_config,
+    "duplicate key": _duplicate_key,
     "directory as config": _directory_as_config,
     "no gpu": _gpu,
 }

@@ -345,6 +345,8 @@ BAD_SWEEPS = {
     "macro": ("method: grid\nparameters: {a: {values: [1]}}\ncommand: [python, '${arg}']\n", "unknown macro"),
     "checkpoint": (b"PK\x03\x04\x00\x00\x08\x08\x00\x00\xa5\x8b\x9c\xff", "not UTF-8 text (a binary file"),
     "directory": (..., "a directory, not a sweep file"),
+    "duplicate_key": ("method: grid\nparameters: {a: {values: [1]}}\nmethod: random\n",
+                      "invalid YAML (line 3): duplicate key 'method' (the last one would win, silently)"),
 }
 
 

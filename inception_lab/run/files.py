@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts to dotted keys (``{"model": {"aux_weight": 0.3}}`` -> ``{"model.aux_weight": 0.3}``)."""
@@ -78,6 +80,27 @@ def variant(resolved: dict[str, Any], experiment: dict[str, Any]) -> dict[str, A
 def variant_name(values: dict[str, Any]) -> str:
     """A variant as it reads in run names and W&B tags: ``head=fc-filter_sizes=3x3x3`` ("" for none)."""
     return "-".join(f"{key.rsplit('.', 1)[-1]}={short_value(value)}" for key, value in values.items())
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML where a key given twice in one mapping is an error (PyYAML lets the last one win, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (the last one would win, "
+                                                        "silently)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, but a key given twice in a mapping raises (a YAMLError naming its line)."""
+    return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
 
 
 def safe_name(*parts: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from inception_lab.run.files import read_metrics
+from inception_lab.run.files import load_yaml, read_metrics
 
 METHODS = ("grid", "random", "bayes")
 GRID_TYPES = ("categorical", "constant", "int_uniform", "q_uniform")  # W&B's grid_search_next_runs allows these
@@ -82,7 +82,7 @@ def read_yaml(path: Path, what: str = "sweep file") -> tuple[str, Any]:
     except UnicodeDecodeError:
         raise SweepError(f"{path}: not a {what}: not UTF-8 text (a binary file, such as a checkpoint?)") from None
     try:
-        return text, yaml.safe_load(text)
+        return text, load_yaml(text)
     except yaml.YAMLError as error:
         where = f" (line {mark.line + 1})" if (mark := getattr(error, "problem_mark", None)) else ""
         raise SweepError(f"{path}: invalid YAML{where}: {getattr(error, 'problem', None) or error}") from None
