@@ -22,9 +22,13 @@ def _one_line(error: BaseException) -> str:
     reason: str | None = None
     for line in lines:
         key = re.fullmatch(r'Parser key "([^"]+)":?(.*)', line)
+        nested = re.fullmatch(r'.*expects a function or a callable class: Parser key "([^"]+)":?(.*)', line)
         if key:  # a deeper key: the reason is its own
             keys.append(key.group(1))
             reason = key.group(2).strip() or None
+        elif nested:  # an argument of a class given as a callable (model.optimizer: lr)
+            keys += ["init_args", nested.group(1)]
+            reason = nested.group(2).strip() or None
         elif line.lstrip("- ").startswith("Problem with given class_path"):
             keys.append("init_args")
         elif reason is None and not line.startswith(("Given value", "Subclass types expect", "- ", "Does not validate",
@@ -37,7 +41,8 @@ def _one_line(error: BaseException) -> str:
     if reason is None and subtypes and given:  # a Union: name the allowed types once instead of one line per type
         names = re.findall(r"<class '(?:\w+\.)*(\w+)'>|(typing\.Literal\[[^\]]*\])", subtypes)
         allowed = " | ".join((a or b).replace("NoneType", "None") for a, b in names)
-        reason = f"expected {allowed}; got {given.removeprefix('Given value: ')!r}"
+        value = given.removeprefix("Given value: ").split(". Got value: ")[0]
+        reason = f"expected {allowed}; got {value!r}"
     reason = reason or lines[-1].lstrip("- ")
     return f"{'.'.join(keys)}: {reason}" if keys else reason
 

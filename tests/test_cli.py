@@ -455,6 +455,8 @@ BAD = {
     "resume of no run": (["--config", str(QUICKSTART), "--ckpt_path", "last"], "--ckpt_path last: "),
     "negative lr": (["--config", str(QUICKSTART), "--model.optimizer.init_args.lr=-1"],
                     "model.optimizer: Invalid learning rate: -1"),
+    "nan lr": (["--config", str(QUICKSTART), "--model.optimizer.init_args.lr", "nan"],
+               "model.optimizer.init_args.lr: expected float | Tensor; got 'nan'"),
     "invalid yaml": _bad_yaml,
     "text file as checkpoint": _not_a_checkpoint,
     "truncated checkpoint": _truncated_checkpoint,
