@@ -212,7 +212,8 @@ class InceptionCLI(LightningCLI):
         run_dir = Path(config.run_dir)
         if self.subcommand in (None, "fit"):  # model and data built: the first write of the run, after the checks
             self.model.check_optimization()
-            hold_run(run_dir, fresh=config.get("ckpt_path") is None)  # one fit per run directory, to the end
+            fresh = config.get("ckpt_path") is None and not requeued()  # (requeued before a checkpoint: again)
+            hold_run(run_dir, fresh=fresh)  # one fit per run directory, to the end
         callbacks = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
         record_at = len(callbacks)  # the record's callback before the checkpoints (added once its W&B run is known)
         if self.subcommand in (None, "fit"):

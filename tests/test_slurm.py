@@ -202,3 +202,21 @@ def test_wandb_agent_array_job_file(tmp_path: Path, cli) -> None:
     options = _sbatch_options(text)
     assert options["--array"] == "0-7" and options["--partition"] == "gpu" and "--requeue" in options
     assert text.rstrip().splitlines()[-1] == f"exec {sys.executable} -m wandb agent --count 4 lab/inception-lab/abc123"
+
+
+def test_a_job_requeued_before_its_first_checkpoint_starts_again(tmp_path: Path, cli, monkeypatch) -> None:
+    """SLURM started the job again (SLURM_RESTART_COUNT=1) but its first attempt saved no checkpoint: the fit starts
+    again in the same run directory, its attempts say so; not refused as a directory that holds a run."""
+    run_dir = tmp_path / "run"
+    base = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1", "--wandb.enabled=false", "--run_dir", str(run_dir)]
+    code, _, err = cli(base)
+    assert code == 0, err[-2000:]
+    for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+        ckpt.unlink()  # as if it had been stopped before its first epoch ended
+    for key, value in {**_SLURM, "SLURM_RESTART_COUNT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    code, _, err = cli(base)
+    assert code == 0, err[-2000:]
+    assert f"SLURM job requeued: {run_dir} has no checkpoint yet; starting it again" in err
+    assert [a["status"] for a in read_summary(run_dir)["attempts"]] == ["finished", "finished"]
