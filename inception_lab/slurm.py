@@ -53,9 +53,11 @@ def time_limit_s(value: str) -> float:
     return float(sum(p * k for p, k in zip(parts, scale)))
 
 
-def check_time(value: str | None, lead_s: int) -> None:
+def check_time(value: str | None, signal: str) -> None:
+    """A job's ``--time`` against the warning it asks for (``signal``, e.g. ``USR1@90``): ValueError, one line."""
     if value is None:
         return
+    lead_s = int(signal.rpartition("@")[2])
     if time_limit_s(value) <= lead_s + 60:
         raise ValueError(f"--time {value}: shorter than the warning SLURM sends {lead_s} s before the limit (plus "
                          "up to a minute's delay): the job would be stopped before it could save")
@@ -140,7 +142,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if args.gpus_per_node < 0:
         parser.error(f"--gpus-per-node {args.gpus_per_node}: expected 0 (a CPU job) or more")
     try:
-        check_time(args.time, int(REQUEUE_SIGNAL.rpartition("@")[2]))
+        check_time(args.time, REQUEUE_SIGNAL)
     except ValueError as error:
         parser.error(str(error))
     return args, rest

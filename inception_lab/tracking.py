@@ -150,6 +150,8 @@ class RunWandbLogger(WandbLogger):
     """WandbLogger that takes the resolved config and finishes its run, so one process can run two fits, and goes
     on offline when an online ``wandb.init`` fails (a server that died after the probe, a mode forced online)."""
 
+    _closed = False  # finished (finalize): never started again, e.g. by a summary logged after a SLURM requeue
+
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
@@ -177,7 +179,7 @@ class RunWandbLogger(WandbLogger):
 
     @rank_zero_only
     def log_summary(self, values: dict[str, Any]) -> None:
-        if not getattr(self, "_closed", False):  # closed before a SLURM requeue: never a new W&B run for it
+        if not self._closed:
             self.experiment.summary.update(values)
 
     @rank_zero_only

@@ -26,6 +26,7 @@ from lightning import Callback, LightningModule, Trainer
 from inception_lab.errors import UserError
 from inception_lab.run.files import holds_run, safe_name, variant_name
 from inception_lab.run.lock import CLAIM_ENV, NoLocks, PathLock, claim_holds, run_lock
+from inception_lab.slurm import requeued
 
 RUNS_ROOT = Path("runs")
 
@@ -194,7 +195,7 @@ def hold_run(run_dir: Path, fresh: bool = False) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_lock(run_dir)
     # a reclaimed trial's stale fit holds it for a moment; a requeued job's old lock may wait on a dead node's lease
-    wait = 60 if claim else 300 if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 else 0
+    wait = 60 if claim else 300 if requeued() else 0
     try:
         held = lock.acquire(timeout=wait)
     except NoLocks as error:

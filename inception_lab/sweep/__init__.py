@@ -149,11 +149,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                        help="a sweep on a W&B server (`wandb sweep <file>` made it): each array task runs "
                             "`wandb agent --count N` on it instead of the local runner")
     slurm.add_argument("--count", type=int, default=1, help="trials per array task with --wandb-sweep (default 1)")
-    if "--sbatch" in argv or any(a.startswith("--time") for a in argv):  # (slurm imports Lightning)
-        from inception_lab.slurm import SWEEP_SIGNAL, check_time, sbatch_options
-    else:
-        sbatch_options, check_time, SWEEP_SIGNAL = list, None, ""
-    args = parser.parse_args(sbatch_options(argv))
+    jobs = None  # the slurm module, where a job option is given (it imports Lightning: a local sweep never needs it)
+    if "--sbatch" in argv or any(a.startswith("--time") for a in argv):
+        from inception_lab import slurm as jobs
+
+        argv = jobs.sbatch_options(argv)
+    args = parser.parse_args(argv)
     for flag, value in (("parallel", args.parallel), ("run-cap", args.run_cap),
                         ("array-parallelism", args.array_parallelism)):
         if value is not None and value < 1:
@@ -161,8 +162,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise SweepError(f"--gpus-per-trial {args.gpus_per_trial}: expected 0 (CPU) or more")
     try:
-        if args.time is not None:
-            check_time(args.time, int(SWEEP_SIGNAL.rpartition("@")[2]))
+        if jobs is not None:
+            jobs.check_time(args.time, jobs.SWEEP_SIGNAL)
     except ValueError as error:
         raise SweepError(str(error)) from None
     return args

@@ -126,6 +126,14 @@ HEARTBEAT_S = LEASE_S / 6  # how often a runner renews the claims of its trials
 LOCK_WAIT_S = float(os.environ.get("INCEPTION_LAB_SWEEP_LOCK_WAIT_S", 300))  # then a one-line error
 
 
+def take(lock: PathLock, timeout: float) -> bool:
+    """``lock.acquire``, with a filesystem that has no POSIX locks as one line (SweepError)."""
+    try:
+        return lock.acquire(timeout=timeout)
+    except NoLocks as error:
+        raise SweepError(f"{error.filename}: {error.strerror}") from None
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -170,12 +178,10 @@ class State:
         """state.json as it is, read under a shared lock (b"" where there is none)."""
         lock = PathLock(self.path, shared=True)
         try:
-            if not lock.acquire(timeout=LOCK_WAIT_S):
+            if not take(lock, LOCK_WAIT_S):
                 raise SweepError(self.busy())
         except FileNotFoundError:
             return b""
-        except NoLocks as error:
-            raise SweepError(f"{error.filename}: {error.strerror}") from None
         try:
             return lock.read()
         finally:
@@ -260,14 +266,13 @@ class State:
     def locked(self) -> Any:
         """Read, change, write, with no other runner in between."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        lock = PathLock(self.path, create=not self.prev.exists() and not self.trial_runs())  # a new sweep
+        new = not self.path.exists() and not self.prev.exists() and not self.trial_runs()  # a new sweep
+        lock = PathLock(self.path, create=new)
         try:
-            if not lock.acquire(timeout=LOCK_WAIT_S):
+            if not take(lock, LOCK_WAIT_S):
                 raise SweepError(self.busy())
         except FileNotFoundError:  # deleted: never a new state over the runs of this one
             raise SweepError(self.broken(self.path, "missing")) from None
-        except NoLocks as error:
-            raise SweepError(f"{error.filename}: {error.strerror}") from None
         try:
             raw = lock.read()
             self.load(self.parse(raw))
@@ -310,11 +315,8 @@ class State:
             run_dir = self.run_dir(trial)
             run_dir.mkdir(parents=True, exist_ok=True)
             lock = run_lock(run_dir)
-            try:
-                if not lock.acquire(timeout=timeout):
-                    return False
-            except NoLocks as error:
-                raise SweepError(f"{error.filename}: {error.strerror}") from None
+            if not take(lock, timeout):
+                return False
             self.held[trial.name] = lock
         return True
 
@@ -335,12 +337,13 @@ class State:
             if trial.name in self.mine:
                 trial.lease_until = time.time() + LEASE_S
 
-    def reconcile(self, retry_failed: bool = False) -> None:
-        """A trial left running or interrupted by a runner that is gone either finished meanwhile (kept) or is pending
-        again (it resumes from its last.ckpt); failed and stopped trials run again with ``retry_failed``. A trial
-        whose fit still holds its run directory stays its runner's."""
+    def reconcile(self, retry_failed: bool = False, runners_gone: bool = False) -> None:
+        """A trial left running or interrupted by a runner that is gone (``runners_gone``: every runner, as after a
+        repair) either finished meanwhile (kept) or is pending again (it resumes from its last.ckpt); failed and
+        stopped trials run again with ``retry_failed``. A trial whose fit still holds its run directory stays its
+        runner's."""
         for trial in self.trials:
-            if trial.status in RESUMABLE and not self.alive(trial):
+            if trial.status in RESUMABLE and (runners_gone or not self.alive(trial)):
                 if not self.hold(trial):
                     continue  # its fit runs on: its runner is stopped or slow, not gone
                 summary = read_summary(self.run_dir(trial))
@@ -375,7 +378,7 @@ def repair(state: State, planned: list[dict[str, Any]]) -> None:
         return
     existed = path.exists()
     lock = PathLock(path)  # (created where it is missing: the repair writes it)
-    if not lock.acquire(timeout=LOCK_WAIT_S):
+    if not take(lock, LOCK_WAIT_S):
         raise SweepError(state.busy())
     try:
         broken = lock.read()  # through the lock's descriptor: closing another one of this file would drop the lock
@@ -385,12 +388,7 @@ def repair(state: State, planned: list[dict[str, Any]]) -> None:
         if state.prev_good():
             state.load(state.parse(state.prev.read_bytes(), state.prev))
             source = f"its previous good copy {state.prev}"
-            for trial in state.trials:  # what happened since that copy: as the runs say, where no fit holds them
-                if trial.status in RESUMABLE and state.hold(trial):
-                    summary = read_summary(state.run_dir(trial))
-                    if summary.get("status") == "finished":
-                        trial.status, trial.metrics = "finished", summary.get("metrics", {})
-                    trial.owner = trial.lease_until = trial.claim = None
+            state.reconcile(runners_gone=True)  # what happened since that copy: as the runs say
             for held in state.held.values():
                 held.release()
             state.held.clear()
@@ -601,15 +599,7 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
     except KeyboardInterrupt:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):  # a second signal (the requeue's) changes
             signal.signal(signum, signal.SIG_IGN)  # nothing now: the trials are being stopped and recorded
-        for r in running:
-            r.kill()
-        deadline = time.monotonic() + 30
-        for r in running:
-            try:
-                r.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                r.kill(signal.SIGKILL)
-                r.proc.wait()
+        stop(running)
         with state.locked():
             for r in running:
                 if r.trial.name in state.mine:
@@ -641,19 +631,29 @@ def drop_lost(state: State, running: list[Running], free: list[str]) -> None:
     """The trials whose claim another runner holds now (this runner was stopped past its lease): their fits stop,
     and nothing of them is recorded here."""
     for name in state.lost:
-        for r in [r for r in running if r.trial.name == name]:
-            r.kill()
-            try:
-                r.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                r.kill(signal.SIGKILL)
-                r.proc.wait()
+        lost = [r for r in running if r.trial.name == name]
+        stop(lost)
+        for r in lost:
             running.remove(r)
             free.append(r.slot)
             r.release()
         print(f"sweep {state.sweep.name}: {name}: another runner holds it now (this runner was stopped past its "
               f"lease); this runner records nothing of it", file=sys.stderr, flush=True)
     state.lost.clear()
+
+
+def stop(runs: list[Running], grace_s: float = 30) -> None:
+    """SIGTERM to every trial's process group, ``grace_s`` for all of them to end (they save and record), then
+    SIGKILL to the rest."""
+    for r in runs:
+        r.kill()
+    deadline = time.monotonic() + grace_s
+    for r in runs:
+        try:
+            r.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            r.kill(signal.SIGKILL)
+            r.proc.wait()
 
 
 received: list[int] = []  # the signals that stopped the loop
