@@ -1,5 +1,8 @@
 """`python -m inception_lab <command>`: fit, validate, test, predict (LightningCLI), summary, bench, sweep, compare,
-ensemble, slurm."""
+ensemble, slurm.
+
+Every command reports a user error the same way: ``inception_lab <command>: error: <one line>`` on stderr, exit 2,
+no traceback (a :class:`~inception_lab.errors.UserError`); a full or read-only disk is one line and exit 1."""
 
 from __future__ import annotations
 
@@ -13,27 +16,33 @@ COMMANDS = {  # command: (module, function); fit/validate/test/predict go to Lig
     "ensemble": ("inception_lab.ensemble", "main"),
     "slurm": ("inception_lab.cli", "slurm_main"),
 }
+LIGHTNING = ("fit", "validate", "test", "predict")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    from inception_lab.errors import UserError
     from inception_lab.run.files import disk_fault
 
+    command = args[0] if args and args[0] in (*COMMANDS, *LIGHTNING) else None
+    prefix = f"inception_lab {command}" if command else "inception_lab"
     try:
-        if args and args[0] in COMMANDS:
+        if command in COMMANDS:
             import importlib
 
-            module, function = COMMANDS[args[0]]
+            module, function = COMMANDS[command]
             return getattr(importlib.import_module(module), function)(args[1:]) or 0
         from inception_lab.cli import cli_main
 
         return cli_main(argv) or 0  # None: LightningCLI reads sys.argv itself
+    except UserError as error:
+        print(f"{prefix}: error: {error}", file=sys.stderr)
+        return 2
     except OSError as error:  # a full or read-only disk, for every command: one line, files as they were
         if (fault := disk_fault(error)) is None:
             raise
-        command = f" {args[0]}" if args and args[0] in COMMANDS else ""
         hint = "; once the disk allows, --ckpt_path last resumes the run from its newest readable checkpoint"
-        print(f"inception_lab{command}: error: {fault}{hint if args[:1] == ['fit'] else ''}", file=sys.stderr)
+        print(f"{prefix}: error: {fault}{hint if command == 'fit' else ''}", file=sys.stderr)
         return 1
 
 

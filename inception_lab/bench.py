@@ -11,11 +11,9 @@ transform, the default uint8 path and DALI) are timed in the same windows, one w
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +24,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from inception_lab.data.pipelines import PATHS
+from inception_lab.errors import ArgumentParser, UserError
 from inception_lab.hostmem import keep_freed_memory
 from inception_lab.models.inception import PRESETS, googlenet
 
@@ -286,16 +285,16 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _make_imagenet(parser: argparse.ArgumentParser, root: str, images: int) -> int:
+def _make_imagenet(root: str, images: int) -> int:
     from pathlib import Path
 
     from inception_lab.data.pipelines import make_imagenet
 
     classes = 10
     if images < 2 * classes:
-        parser.error(f"--images={images}: at least {2 * classes} (train and val images of {classes} classes)")
+        raise UserError(f"--images {images}: at least {2 * classes} (train and val images of {classes} classes)")
     if Path(root).exists() and any(Path(root).iterdir()):
-        parser.error(f"--make-imagenet {root}: exists and is not empty; name a new directory")
+        raise UserError(f"--make-imagenet {root}: exists and is not empty; name a new directory")
     t = time.perf_counter()
     train, val = make_imagenet(Path(root), images, classes)
     print(f"wrote {train} train and {val} val JPEGs (500x375, quality 90, {classes} classes) into {root} in "
@@ -306,7 +305,7 @@ def _make_imagenet(parser: argparse.ArgumentParser, root: str, images: int) -> i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inception_lab bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m inception_lab bench", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="an experiment file; further arguments override it (--model.x=...)")
     source.add_argument("--preset", choices=sorted(PRESETS), help="a bare googlenet() preset on synthetic batches")
@@ -324,27 +323,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON")
     args, overrides = parser.parse_known_args(argv)
     if args.make_imagenet:
-        return _make_imagenet(parser, args.make_imagenet, args.images)
+        return _make_imagenet(args.make_imagenet, args.images)
     keep_freed_memory()  # as the CLI does: every variant runs with it
     if overrides and not args.config:
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     for name in ("image_size", "batch_size", "warmup", "steps_per_window", "windows"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
-            parser.error(f"--{name.replace('_', '-')}={value}: must be a positive integer")
+            raise UserError(f"--{name.replace('_', '-')} {value}: expected "
+                            f"{'0 or more' if name == 'warmup' else 'a positive integer'}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = None
     if args.config:
-        from inception_lab.cli import UserError, parse
+        from inception_lab.cli import parse
 
         cli_args = ["--config", args.config, *overrides]
         if args.batch_size:
             cli_args.append(f"--data.init_args.batch_size={args.batch_size}")
-        try:
-            model, data, config = parse(cli_args)
-        except UserError as error:
-            print(f"inception_lab bench: error: {error}", file=sys.stderr)
-            return 2
+        model, data, config = parse(cli_args)
         trainer_cfg = config.get("trainer", {})
         if trainer_cfg.get("accelerator") == "cpu":
             device = torch.device("cpu")
@@ -359,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         model = InceptionClassifier(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
         precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
     if device.type == "cpu" and precision in ("16-mixed", "16"):
-        parser.error(f"--precision={precision}: fp16 needs a GPU; on CPU use 32-true or bf16-mixed")
+        raise UserError(f"--precision {precision}: fp16 needs a GPU; on CPU use 32-true or bf16-mixed")
     if args.no_channels_last:
         model.channels_last = False
         model.net.to(memory_format=torch.contiguous_format)
@@ -370,6 +366,3 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

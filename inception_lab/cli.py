@@ -7,7 +7,6 @@ comparisons read run directories; W&B comes on top of them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -27,8 +26,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from inception_lab import slurm
-from inception_lab.data import DataError, ImageDataModule
-from inception_lab.errors import UserError, user_message
+from inception_lab.data import ImageDataModule
+from inception_lab.errors import ArgumentParser, UserError, user_message
 from inception_lab.hostmem import keep_freed_memory
 from inception_lab.models import format_table, googlenet, summarize
 from inception_lab.models.cost import smallest_image_size
@@ -47,6 +46,7 @@ from inception_lab.run.files import (
 from inception_lab.run.predictions import ProbabilityWriter
 from inception_lab.run.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord
 from inception_lab.run.resume import (
+    RUN_NAME_ENV,
     ExactResume,
     hold_run,
     read_checkpoint,
@@ -212,6 +212,7 @@ class InceptionCLI(LightningCLI):
         run_dir = Path(config.run_dir)
         if self.subcommand in (None, "fit"):  # model and data built: the first write of the run, after the checks
             self.model.check_optimization()
+            self.datamodule.check_source()
             fresh = config.get("ckpt_path") is None and not requeued()  # (requeued before a checkpoint: again)
             hold_run(run_dir, fresh=fresh)  # one fit per run directory, to the end
         callbacks = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
@@ -335,8 +336,9 @@ def parse(args: list[str]) -> tuple[InceptionClassifier, ImageDataModule, Namesp
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    """The CLI's exit codes: 0 done, 2 a user error (one line), 130 Ctrl-C (SIGINT), 143 SIGTERM; the run is recorded
-    "interrupted" by either signal and resumes with ``--ckpt_path last``."""
+    """fit / validate / test / predict. Exit codes: 0 done, 130 Ctrl-C (SIGINT), 143 SIGTERM (the run is recorded
+    "interrupted" by either signal and resumes with ``--ckpt_path last``); a user error raises :class:`UserError`
+    (one line: ``__main__`` prints it, exit 2), and a fit refused before it wrote anything leaves no run directory."""
     keep_freed_memory()  # host allocations: a CPU step stops page-faulting its activations in (same maths)
     interrupted: list[int] = []
 
@@ -346,6 +348,7 @@ def cli_main(argv: list[str] | None = None) -> int:
 
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers: only from there
     previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    refused = False
     try:
         InceptionCLI(args=argv, parser_kwargs={"exit_on_error": False})
     except Requeued as error:
@@ -361,17 +364,15 @@ def cli_main(argv: list[str] | None = None) -> int:
             print("inception_lab: interrupted (SIGINT); resume with --ckpt_path last", file=sys.stderr)
             return 130
         raise
-    except UserError as error:
-        print(f"inception_lab: error: {error}", file=sys.stderr)
-        return 2
-    except (ArgumentError, DataError, ValueError, FileNotFoundError, MisconfigurationException) as error:
-        print(f"inception_lab: error: {user_message(error)}", file=sys.stderr)
-        return 2
+    except (UserError, ArgumentError, ValueError, FileNotFoundError, MisconfigurationException) as error:
+        refused = True
+        raise UserError(user_message(error)) from None
     except KeyboardInterrupt:
         print("inception_lab: interrupted", file=sys.stderr)
         return 130
     finally:
-        release_runs()
+        os.environ.pop(RUN_NAME_ENV, None)
+        release_runs(refused=refused)
         if main_thread:
             signal.signal(signal.SIGINT, previous)
     return 0
@@ -379,7 +380,7 @@ def cli_main(argv: list[str] | None = None) -> int:
 
 def summary_main(argv: list[str] | None = None) -> int:
     """``python -m inception_lab summary``: a network as the paper's Table 1 (params and multiply-adds per layer)."""
-    parser = argparse.ArgumentParser(prog="python -m inception_lab summary",
+    parser = ArgumentParser(prog="python -m inception_lab summary",
                                      description="Print a network as the paper's Table 1.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a googlenet() preset (default: paper)")
@@ -388,12 +389,9 @@ def summary_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.image_size is not None and args.image_size < 1:
-        parser.error(f"--image-size={args.image_size}: must be a positive integer")
+        raise UserError(f"--image-size {args.image_size}: expected a positive integer")
     if args.config:
-        try:
-            model, data, _ = parse(["--config", args.config])
-        except UserError as error:
-            parser.error(str(error))
+        model, data, _ = parse(["--config", args.config])
         net, image_size, in_channels = model.net, args.image_size or data.image_size, data.in_channels
     else:
         preset = args.preset or "paper"
@@ -403,9 +401,8 @@ def summary_main(argv: list[str] | None = None) -> int:
         summary = summarize(net, image_size, in_channels)
     except RuntimeError:  # pooling left no pixel: name the size that works instead of torch's shapes
         smallest = smallest_image_size(net, in_channels, too_small=image_size)
-        print(f"inception_lab: error: --image-size {image_size}: too small for this network; the smallest input "
-              f"it runs at is {smallest}", file=sys.stderr)
-        return 2
+        raise UserError(f"--image-size {image_size}: too small for this network; the smallest input it runs at is "
+                        f"{smallest}") from None
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0
 
@@ -417,17 +414,11 @@ def slurm_main(argv: list[str] | None = None) -> int:
     devices = [f"--trainer.devices={args.gpus_per_node}"] if args.gpus_per_node else [
         "--trainer.accelerator=cpu", "--trainer.devices=1"]  # a CPU job: one rank per node
     fit = [*rest, f"--trainer.num_nodes={args.nodes}", *devices]
-    try:
-        _, _, config = parse(fit)
-        resolve_run(config, "fit", config.variant, next(iter(_option_values(rest, "--config", "-c")), None))
-    except UserError as error:
-        print(f"inception_lab: error: {error}", file=sys.stderr)
-        return 2
+    _, _, config = parse(fit)
+    resolve_run(config, "fit", config.variant, next(iter(_option_values(rest, "--config", "-c")), None))
     run_dir = Path(config.run_dir)
     if holds_run(run_dir):
-        print(f"inception_lab: error: --run_dir {run_dir}: already holds a run; a job file for it is "
-              f"{run_dir / 'fit.sbatch'}", file=sys.stderr)
-        return 2
+        raise UserError(f"--run_dir {run_dir}: already holds a run; a job file for it is {run_dir / 'fit.sbatch'}")
     command = [sys.executable, "-m", "inception_lab", "fit", *_without(fit, "--run_dir"), "--run_dir",
                str(run_dir.absolute()),
                "--experiment", config.experiment]

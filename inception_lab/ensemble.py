@@ -3,19 +3,19 @@
     python -m inception_lab ensemble RUN_DIR... [--views single,ten_crop,multi144] [--out DIR] [-- TEST_ARGS...]
 
 Each run's stored predictions (``<run>/predictions/test-<views>.npz``, :mod:`inception_lab.run.predictions`) are read;
-where one is missing, or was made from another checkpoint than the run's best (else last), ``test`` computes it
-(``python -m inception_lab test --ckpt_path <run>/checkpoints/<ckpt> --data.init_args.test_views <views>
-TEST_ARGS...``, e.g. ``-- --data.init_args.batch_size 8`` for ``multi144``). Softmax probabilities are averaged over
+where one is missing, or was made from another checkpoint than the run's best (else last), ``test`` computes it, in
+this process (``test --ckpt_path <run>/checkpoints/<ckpt> --data.init_args.test_views <views> TEST_ARGS...``, e.g.
+``-- --data.init_args.batch_size 8`` for ``multi144``). Softmax probabilities are averaged over
 an image's views (in ``test``), then over models (here: Section 7). For k = 1..N the ensemble is the first k runs;
 cost is models x crops; deltas are against one model at one crop (``single``, always computed: the base).
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import importlib
+import io
 import json
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 from inception_lab.data.views import VIEW_COUNTS, TestViews
+from inception_lab.errors import ArgumentParser, UserError, user_message
 from inception_lab.run.files import write_atomic
 from inception_lab.run.predictions import SPLIT, Predictions, checkpoint_name, predictions_path
 
@@ -32,8 +33,8 @@ DEFAULT_VIEWS = ("single", "ten_crop", "multi144")
 BASE = "single"
 
 
-class EnsembleError(Exception):
-    """Bad input or a failed evaluation: reported as one line, exit 2."""
+class EnsembleError(UserError):
+    """Bad input to ``ensemble``, or a run it could not evaluate."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def check_views_supported(run_dir: Path, views: str) -> None:
         try:
             check(views)
         except ValueError as error:
-            raise EnsembleError(f"{run_dir}: {error}") from None
+            raise EnsembleError(f"{run_dir}: {user_message(error)}") from None
 
 
 def stored(run_dir: Path, views: str, checkpoint: Path | None) -> Predictions | None:
@@ -128,16 +129,20 @@ def stored(run_dir: Path, views: str, checkpoint: Path | None) -> Predictions | 
 
 
 def run_test(run_dir: Path, checkpoint: Path, views: str, test_args: list[str]) -> None:
-    """``python -m inception_lab test`` on the run's checkpoint with these views; it stores the predictions."""
-    command = [sys.executable, "-m", "inception_lab", "test", "--ckpt_path", str(checkpoint),
-               "--data.init_args.test_views", views, *test_args]
+    """``test`` on the run's checkpoint with these views, in this process (one import of torch and Lightning for
+    every run and protocol); it stores the predictions. Its metrics table is not printed: Table 3 is."""
+    from inception_lab.cli import cli_main
+
+    command = ["test", "--ckpt_path", str(checkpoint), "--data.init_args.test_views", views,
+               "--trainer.enable_progress_bar=false", *test_args]
     print(f"{run_dir}: testing {checkpoint.name} with {views} views", flush=True)
-    proc = subprocess.run(command, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        reason = next((ln.removeprefix("inception_lab: error: ") for ln in reversed(lines)
-                       if ln.startswith("inception_lab: error: ")), lines[-1] if lines else "")
-        raise EnsembleError(f"{run_dir}: test with {views} views failed (exit {proc.returncode}): {reason}")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = cli_main(command)
+    except UserError as error:
+        raise EnsembleError(f"{run_dir}: test with {views} views: {error}") from None
+    if code != 0:
+        raise EnsembleError(f"{run_dir}: test with {views} views stopped (exit {code})")
 
 
 def collect(runs: list[Path], views: list[str], test_args: list[str]) -> dict[str, list[Predictions]]:
@@ -217,17 +222,11 @@ def ensemble(runs: list[Path], views: list[str], out: Path, test_args: list[str]
     return rows, text
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, as every command's bad input
-        print(f"inception_lab: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     test_args = args[args.index("--") + 1:] if "--" in args else []
     args = args[:args.index("--")] if "--" in args else args
-    parser = _Parser(prog="python -m inception_lab ensemble", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m inception_lab ensemble", description=__doc__.split("\n\n")[0],
                      usage="%(prog)s RUN_DIR... [--views V,...] [--out DIR] [-- TEST_ARGS...]",
                      epilog="TEST_ARGS go to every `test` the ensemble runs, e.g. -- --data.init_args.batch_size 8 "
                             "--data.init_args.root /data/imagenet")
@@ -241,19 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     views = [v.strip() for v in parsed.views.split(",") if v.strip()]
     unknown = [v for v in views if v not in VIEW_COUNTS]
     if unknown or not views:
-        parser.error(f"--views {parsed.views}: expected a comma-separated list of {', '.join(get_args(TestViews))}")
+        raise EnsembleError(f"--views {parsed.views}: expected a comma-separated list of "
+                            f"{', '.join(get_args(TestViews))}")
     seen: dict[Path, Path] = {}
     for run in parsed.runs:  # one model counted twice would be an ensemble of one at twice the cost
         if (key := run.resolve()) in seen:
-            print(f"inception_lab: error: {run}: given twice (as {seen[key]}); an ensemble's runs are "
-                  "different models", file=sys.stderr)
-            return 2
+            raise EnsembleError(f"{run}: given twice (as {seen[key]}); an ensemble's runs are different models")
         seen[key] = run
-    try:
-        _, text = ensemble(parsed.runs, list(dict.fromkeys(views)), parsed.out, test_args)
-    except EnsembleError as error:
-        print(f"inception_lab: error: {error}", file=sys.stderr)
-        return 2
+    _, text = ensemble(parsed.runs, list(dict.fromkeys(views)), parsed.out, test_args)
     print(text, end="")
     print(f"wrote {parsed.out / 'table3.md'}, {parsed.out / 'table3.json'}")
     return 0

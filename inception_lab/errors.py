@@ -1,15 +1,62 @@
-"""Errors the user caused, as one line naming the key or file and what is allowed: exit 2, no traceback."""
+"""Errors the user caused: one convention for every command.
+
+Each command's errors subclass :class:`UserError`; ``python -m inception_lab`` prints one as one line,
+``inception_lab <command>: error: <line>``, and exits 2, without a traceback (``__main__``). Argparse's usage errors
+are one such line too (:class:`ArgumentParser`). A constructor refuses an argument with
+:class:`ArgumentValueError`, ``name=value: reason``, and this module alone knows where each constructor's arguments
+sit in a config (``CONFIG_KEYS``), so the CLI names the full key (``model.net.init_args.dropout=1.5: ...``).
+
+Torch-free: the sweep runner imports it.
+"""
 
 from __future__ import annotations
 
-import inspect
+import argparse
 import re
+from typing import Any, NoReturn
 
-from inception_lab.models import Inception
+# Where a constructor's arguments sit in a config, by the class that declares them (a subclass finds its base here).
+CONFIG_KEYS = {
+    "inception_lab.models.inception.Inception": "model.net.init_args.",
+    "inception_lab.module.InceptionClassifier": "model.",
+    "inception_lab.data.base.ImageDataModule": "data.init_args.",
+    "inception_lab.schedules.WarmupCosineLR": "model.lr_scheduler.init_args.",
+}
 
 
 class UserError(Exception):
-    """A mistake in the user's input: reported as one line, without a traceback."""
+    """A mistake in the user's input: reported as one line naming the file or key and what is allowed."""
+
+
+class ArgumentValueError(UserError, ValueError):
+    """A constructor's argument refused: ``name=value: reason`` (a value of ``...``: the name alone). ``owner`` is the
+    class (or function) whose argument it is; :func:`user_message` puts the argument's config key in front."""
+
+    def __init__(self, owner: Any, reason: str, **arguments: Any) -> None:
+        self.owner, self.reason, self.arguments = owner, reason, arguments
+        super().__init__(self.describe())
+
+    def describe(self, prefix: str = "") -> str:
+        named = ", ".join(f"{prefix}{name}" if value is ... else f"{prefix}{name}={value!r}"
+                          for name, value in self.arguments.items())
+        return f"{named}: {self.reason}" if named else self.reason
+
+
+def config_prefix(owner: Any) -> str:
+    """The config key in front of ``owner``'s arguments (``""``: not a class the CLI builds)."""
+    for cls in getattr(owner, "__mro__", (owner,)):
+        key = CONFIG_KEYS.get(f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', '')}")
+        if key is not None:
+            return key
+    return ""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse under the convention: a bad command line raises :class:`UserError` (one line, exit 2), instead of
+    printing the usage and exiting from inside the parser."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (options: {self.prog} --help)")
 
 
 def _one_line(error: BaseException) -> str:
@@ -48,15 +95,13 @@ def _one_line(error: BaseException) -> str:
 
 
 def user_message(error: BaseException) -> str:
-    """One line for the user; the network's own checks name their argument, here given its full config key."""
+    """One line for the user. A constructor's own refusal (:class:`ArgumentValueError`, perhaps inside
+    jsonargparse's wrapping) is given its full config key; jsonargparse's nested explanation is folded into one."""
     inner: BaseException | None = error
-    while inner is not None and (inner.__cause__ or not inner.__suppress_context__) and (
-            inner.__cause__ or inner.__context__):  # down to a constructor's own check, if any
-        inner = inner.__cause__ or inner.__context__
-    if inner is not error and isinstance(inner, ValueError) and re.match(r"[\w.]+=", str(inner)):
-        error = inner  # not jsonargparse's wrapping ("Does not validate against any of the Union subtypes")
-    message = _one_line(error)
-    name = re.match(r"(\w+)=", message)
-    if name and name.group(1) in inspect.signature(Inception).parameters:
-        message = f"model.net.init_args.{message}"
-    return message
+    while inner is not None:
+        if isinstance(inner, ArgumentValueError):
+            return inner.describe(config_prefix(inner.owner))
+        inner = inner.__cause__ or (None if inner.__suppress_context__ else inner.__context__)
+    if isinstance(error, UserError):
+        return str(error)
+    return _one_line(error)

@@ -18,7 +18,9 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from inception_lab.arguments import UnitInterval, check_arguments
 from inception_lab.data.views import ViewBatch
+from inception_lab.errors import ArgumentValueError
 from inception_lab.models.cost import summarize
 from inception_lab.models.inception import Inception
 
@@ -32,6 +34,25 @@ def _accuracy(num_classes: int) -> MetricCollection:
         "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False),
         "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro", validate_args=False),
     })
+
+
+ALIASES = {"lr": "learning rate", "eps": "epsilon"}  # how torch's optimizers name their arguments in errors
+
+
+def _refused(name: str, built: Any, error: Exception) -> ArgumentValueError:
+    """torch's refusal of an optimizer's (or scheduler's) argument ("Invalid learning rate: -1.0"), naming the
+    argument it was about (``optimizer.init_args.lr=-1.0``) where the callable's arguments show which."""
+    said = str(error)
+    value = said.rpartition(": ")[2].strip()
+    words = said.lower().replace("_", " ")
+    named = [k for k, v in getattr(built, "keywords", {}).items() if value and value in (str(v), repr(v))] or [
+        k for k in getattr(built, "keywords", {}) if ALIASES.get(k, k.replace("_", " ").rstrip("s")) in words]
+    if len(named) > 1:
+        named = [k for k in named if ALIASES.get(k, k.replace("_", " ").rstrip("s")) in words] or named
+    if not named:
+        return ArgumentValueError(InceptionClassifier, said, **{name: ...})
+    key = named[0]
+    return ArgumentValueError(InceptionClassifier, said, **{f"{name}.init_args.{key}": built.keywords[key]})
 
 
 class InceptionClassifier(LightningModule):
@@ -63,7 +84,7 @@ class InceptionClassifier(LightningModule):
         self,
         net: nn.Module,
         aux_weight: NonNegativeFloat = 0.3,
-        label_smoothing: NonNegativeFloat = 0.0,
+        label_smoothing: UnitInterval = 0.0,
         optimizer: OptimizerCallable = torch.optim.SGD,
         lr_scheduler: LRSchedulerCallable | Callable[[Optimizer, int], LRScheduler] | None = None,
         lr_interval: Literal["epoch", "step"] = "epoch",
@@ -71,11 +92,8 @@ class InceptionClassifier(LightningModule):
         compile: bool = False,
         views_per_forward: PositiveInt = 256,
     ) -> None:
+        check_arguments(InceptionClassifier, locals())
         super().__init__()
-        if not aux_weight >= 0:  # typed NonNegativeFloat for the CLI; this is for Python callers
-            raise ValueError(f"model.aux_weight={aux_weight!r}: must be a number >= 0 (paper: 0.3)")
-        if not 0 <= label_smoothing < 1:
-            raise ValueError(f"model.label_smoothing={label_smoothing!r}: must be in [0, 1)")
         # Under LightningCLI the hyperparameters are the parsed config (the network's class_path and init_args), so a
         # checkpoint rebuilds its model alone (load_from_checkpoint, `test --ckpt_path X`); built in Python, the
         # network and the callables are objects, not hyperparameters.
@@ -219,8 +237,9 @@ class InceptionClassifier(LightningModule):
         try:
             return self.lr_scheduler(*args)
         except TypeError as error:  # e.g. WarmupCosineLR (which needs the run's length) stepped per epoch
-            raise ValueError(f"model.lr_interval={self.lr_interval!r} does not fit model.lr_scheduler: {error} (a "
-                             "scheduler stepped per step is built with the run's length: lr_interval: step)") from None
+            raise ArgumentValueError(InceptionClassifier, f"does not fit lr_scheduler: {error} (a scheduler stepped "
+                                     "per step is built with the run's length: lr_interval: step)",
+                                     lr_interval=self.lr_interval) from None
 
     def check_optimization(self) -> None:
         """The optimizer and its scheduler built once and thrown away, so that a bad argument (``lr: -1``) is one line
@@ -228,13 +247,14 @@ class InceptionClassifier(LightningModule):
         try:
             optimizer = self.optimizer(self.parameters())
         except (ValueError, TypeError) as error:
-            raise ValueError(f"model.optimizer: {error}") from None
+            raise _refused("optimizer", self.optimizer, error) from None
         if self.lr_scheduler is not None:
             try:
                 self._scheduler(optimizer, 1000)
+            except ArgumentValueError:
+                raise
             except (ValueError, TypeError, ZeroDivisionError) as error:
-                said = str(error)
-                raise ValueError(said if said.startswith("model.") else f"model.lr_scheduler: {said}") from None
+                raise _refused("lr_scheduler", self.lr_scheduler, error) from None
 
     def cost(self) -> dict[str, int]:
         """Trainable params (aux heads included) and inference multiply-adds per image."""

@@ -9,6 +9,8 @@ from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from inception_lab.arguments import UnitInterval, check_arguments
+
 
 class WarmupCosineLR(LambdaLR):
     """Linear warm-up over the first ``W = warmup_fraction x total_steps`` steps (step ``s`` runs at
@@ -18,10 +20,9 @@ class WarmupCosineLR(LambdaLR):
     With ``warmup_fraction=0.3`` and ``final_lr_ratio=0`` this is the learning-rate half of a one-cycle schedule.
     """
 
-    def __init__(self, optimizer: Optimizer, total_steps: PositiveInt, warmup_fraction: NonNegativeFloat = 0.05,
+    def __init__(self, optimizer: Optimizer, total_steps: PositiveInt, warmup_fraction: UnitInterval = 0.05,
                  final_lr_ratio: NonNegativeFloat = 0.0) -> None:
-        if not warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction={warmup_fraction!r}: must be in [0, 1)")
+        check_arguments(WarmupCosineLR, locals())
         # plain numbers: the scheduler's attributes go into checkpoints, which load with weights_only=True
         self.total_steps, self.warmup_steps = int(total_steps), float(warmup_fraction * total_steps)
         self.final_lr_ratio = float(final_lr_ratio)

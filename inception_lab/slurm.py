@@ -14,7 +14,6 @@ run (its id is kept in the run directory), exactly where it stopped. Nothing her
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shlex
@@ -29,6 +28,8 @@ from typing import Any
 from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from inception_lab.errors import ArgumentParser, UserError
 
 REQUEUE_SIGNAL = "USR1@90"  # seconds before the time limit: time for Lightning to save and requeue
 SWEEP_SIGNAL = "B:USR1@120"  # to the array task's runner alone; SIGTERM (scancel) is a cancel
@@ -114,15 +115,14 @@ def submit(path: Path, dry_run: bool) -> int:
     done = subprocess.run(["sbatch", str(path)], capture_output=True, text=True)
     if done.returncode != 0:
         said = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        print(f"inception_lab slurm: error: sbatch {path}: {said.removeprefix('sbatch: error: ')}", file=sys.stderr)
-        return 2
+        raise UserError(f"sbatch {path}: {said.removeprefix('sbatch: error: ')}")
     job = re.search(r"(\d+)", done.stdout)
     print(f"wrote {path}; submitted job {job.group(1) if job else done.stdout.strip()}")
     return 0
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m inception_lab slurm", description="Write (and submit) a SLURM "
+def parse_args(argv: list[str]) -> tuple[Any, list[str]]:
+    parser = ArgumentParser(prog="python -m inception_lab slurm", description="Write (and submit) a SLURM "
                                      "job file for a fit on N nodes x G GPUs; other arguments go to fit unchanged.")
     parser.add_argument("subcommand", choices=["fit"])
     parser.add_argument("--nodes", type=int, default=1)
@@ -138,13 +138,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--dry-run", action="store_true", help="write the job file; submit nothing")
     args, rest = parser.parse_known_args(sbatch_options(argv))
     if args.nodes < 1:
-        parser.error(f"--nodes {args.nodes}: expected a positive integer")
+        raise UserError(f"--nodes {args.nodes}: expected a positive integer")
     if args.gpus_per_node < 0:
-        parser.error(f"--gpus-per-node {args.gpus_per_node}: expected 0 (a CPU job) or more")
+        raise UserError(f"--gpus-per-node {args.gpus_per_node}: expected 0 (a CPU job) or more")
     try:
         check_time(args.time, REQUEUE_SIGNAL)
     except ValueError as error:
-        parser.error(str(error))
+        raise UserError(str(error)) from None
     return args, rest
 
 

@@ -35,7 +35,7 @@ def test_bench_quickstart_config_json(tmp_path: Path, cli) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--preset", "vgg"], "invalid choice: 'vgg'"),
-    (["--preset", "cifar", "--batch-size", "0"], "--batch-size=0: must be a positive integer"),
+    (["--preset", "cifar", "--batch-size", "0"], "--batch-size 0: expected a positive integer"),
     (["--config", str(QUICKSTART), "--model.net.init_args.head=x"], "model.net.init_args.head"),
 ])
 def test_bench_bad_flags(args: list[str], message: str, cli) -> None:

@@ -22,6 +22,7 @@ from inception_lab.data import (
 )
 from inception_lab.data.base import split_indices
 from inception_lab.data.views import ViewBatch
+from inception_lab.errors import ArgumentValueError, user_message
 
 
 def stage(dm: ImageDataModule, name: str) -> None:
@@ -135,14 +136,18 @@ def test_flip_test_views_and_crops_rejected(digits: DigitsDataModule, views: str
     assert torch.equal(next(x.chunks(32)), torch.stack([plain[:16], plain[:16].flip(-1)], 1).flatten(0, 1))
     x, _ = first_batch(dm, "val")
     assert x.shape == (16, 1, 32, 32)  # views only at test time: validation picks models on single views
-    with pytest.raises(ValueError, match=rf"^data.init_args.test_views='{views}': .* allows 'single' or 'flip'$"):
+    with pytest.raises(ArgumentValueError, match=rf"^test_views='{views}': .* allows 'single' or 'flip'$") as error:
         DigitsDataModule(test_views=views)
+    assert user_message(error.value).startswith(f"data.init_args.test_views='{views}': ")  # the CLI's key
 
 
 def test_split_sizes_that_leave_nothing_name_the_key() -> None:
-    dm = DigitsDataModule(val_size=1000, test_size=900)
-    with pytest.raises(DataError, match="val_size=1000"):
-        dm.setup("fit")
+    """Refused in the constructor (the digits are 1,797), before a fit writes anything; and by the split itself."""
+    with pytest.raises(ArgumentValueError, match="^test_size=900, val_size=1000: leaves no training images out of "
+                                                 "the 1797"):
+        DigitsDataModule(val_size=1000, test_size=900)
+    with pytest.raises(ArgumentValueError, match="^val_size=10: leaves no training images out of the 10"):
+        split_indices(10, {"val_size": 10}, seed=0)
 
 
 # ---- CIFAR --------------------------------------------------------------------------------------------------------
@@ -185,11 +190,13 @@ def test_cifar_download_extracts_present_archive(tiny_cifar: Path, no_network: N
 
 def test_cifar_missing_names_path_and_download(tmp_path: Path, no_network: None) -> None:
     dm = CIFARDataModule(root=str(tmp_path / "nowhere"))
-    with pytest.raises(DataError) as error:
-        dm.prepare_data()
-    message = str(error.value)
-    assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in message and "download=true" in message
-    assert "\n" not in message
+    for check in (dm.check_source, dm.prepare_data):  # the CLI's check before a run is written, and the fit's own
+        with pytest.raises(ArgumentValueError) as error:
+            check()
+        message = str(error.value)
+        assert message.startswith(f"root={str(tmp_path / 'nowhere')!r}: CIFAR-10 not found there")
+        assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in message and "set download to true" in message
+        assert "\n" not in message
 
 
 def test_cifar_corrupt_batch_names_file(tiny_cifar: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,13 +258,13 @@ def test_imagenet_test_views(tiny_imagenet: Path, views: str, count: int) -> Non
 
 
 def test_imagenet_class_count_mismatch(tiny_imagenet: Path) -> None:
-    with pytest.raises(DataError, match="found 3 class folders but data.init_args.num_classes=1000"):
+    with pytest.raises(ArgumentValueError, match="^num_classes=1000: .* holds 3 class folders; set it to 3"):
         imagenet(tiny_imagenet, num_classes=1000)
 
 
 def test_imagenet_missing_directory(tmp_path: Path, tiny_imagenet: Path) -> None:
-    with pytest.raises(DataError, match=str(tmp_path / "nowhere" / "train")):
+    with pytest.raises(ArgumentValueError, match=str(tmp_path / "nowhere" / "train")):
         imagenet(tmp_path / "nowhere")
     shutil.rmtree(tiny_imagenet / "val")
-    with pytest.raises(DataError, match=r"val directory not found: .*<wnid>/\*\.JPEG"):
+    with pytest.raises(ArgumentValueError, match=r"^root=.*: no ImageNet val directory .*<wnid>/\*\.JPEG"):
         imagenet(tiny_imagenet)

@@ -107,8 +107,8 @@ BAD = {
     "no_run_dir": lambda tmp: ([str(tmp / "nowhere")], "nowhere: no such run directory"),
     "unknown_view": lambda tmp: ([str(tmp), "--views", "single,twelve"], "--views single,twelve: expected"),
     "multi144_on_digits": lambda tmp: ([str(_digits_run(tmp / "digits")), "--views", "single,multi144"],
-                                       "test_views='multi144': only for ImageNet-sized inputs; DigitsDataModule "
-                                       "allows 'single' or 'flip'"),
+                                       "data.init_args.test_views='multi144': only for ImageNet-sized inputs; "
+                                       "DigitsDataModule allows 'single' or 'flip'"),
     "nothing_to_test": lambda tmp: ([str(tmp)], "no checkpoints/best-*.ckpt or last.ckpt"),
     "different_labels": _different_labels,
     "same_run_twice": lambda tmp: ([str(tmp), f"{tmp}/", "--views", "flip"], f"{tmp}: given twice (as {tmp})"),
@@ -119,7 +119,7 @@ BAD = {
 def test_bad_input_is_one_line_error(tmp_path: Path, case: str, cli) -> None:
     args, message = BAD[case](tmp_path)
     code, out, err = cli(["ensemble", *args, "--out", str(tmp_path / "t3")])
-    assert code == 2 and err.startswith("inception_lab: error: ") and message in err, err
+    assert code == 2 and err.startswith("inception_lab ensemble: error: ") and message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "t3").exists() and not list(tmp_path.rglob("test-config.yaml"))  # no test was run
 

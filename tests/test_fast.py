@@ -112,12 +112,13 @@ def test_resident_tensors_live_on_the_trainer_device_and_are_copied_once() -> No
 @pytest.mark.parametrize("arg, message", [
     ("--data.init_args.num_workers=2", "data.init_args.num_workers=2: a resident dataset is gathered on the device"),
     ("--data.init_args.batch_size=0", "data.init_args.batch_size: Not of type PositiveInt: 0 does not conform"),
+    ("--data.init_args.val_size=1797", "data.init_args.test_size=300, data.init_args.val_size=1797: leaves no "),
 ])
 def test_data_constructor_errors_are_one_line(arg: str, message: str, tmp_path: Path, cli) -> None:
     """A DataModule's own check reaches the user as its one line (not jsonargparse's Union wrapping)."""
     code, _, err = cli(["fit", "--config", str(QUICKSTART), arg])
     err = err.strip().splitlines()
-    assert code == 2 and err[-1].startswith(f"inception_lab: error: {message}") and "Traceback" not in "".join(err)
+    assert code == 2 and err[-1].startswith(f"inception_lab fit: error: {message}") and "Traceback" not in "".join(err)
     assert not (tmp_path / "runs").exists()
 
 

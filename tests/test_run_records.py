@@ -146,7 +146,7 @@ def test_a_fit_on_a_full_disk_says_so_and_resumes_once_freed(tmp_path: Path, cli
         code, _, err = cli(fit)
         assert code == 1 and "Traceback" not in err, err[-3000:]
         line = err.strip().splitlines()[-1]
-        assert f"inception_lab: error: {run_dir}/checkpoints/last.ckpt: No space left on device (ENOSPC)" in line
+        assert f"inception_lab fit: error: {run_dir}/checkpoints/last.ckpt: No space left on device (ENOSPC)" in line
         record = read_summary(run_dir)
         assert record["status"] == "failed" and "No space left on device (ENOSPC)" in record["error"]
         assert not [p for p in run_dir.rglob("*.tmp")]

@@ -188,7 +188,7 @@ def test_nodes_that_disagree_with_the_allocation_are_one_line(tmp_path: Path, cl
                         "--trainer.num_nodes=1", "--trainer.devices=1", "--run_dir", str(tmp_path / "run")])
     line = err.strip().splitlines()[-1]
     assert code == 2 and "Traceback" not in err, err[-2000:]
-    assert line.startswith("inception_lab: error: ") and "num_nodes" in line and "2" in line, line
+    assert line.startswith("inception_lab fit: error: ") and "num_nodes" in line and "2" in line, line
 
 
 def test_wandb_agent_array_job_file(tmp_path: Path, cli) -> None:

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-import inception_lab.sweep as sweep_command
 from inception_lab import cli
+from inception_lab.__main__ import main as lab_main
 from inception_lab.run.files import flatten, variant_name
 from inception_lab.sweep import runner, spec
 from tests.conftest import REPO, SHORT, clean_env
@@ -431,7 +431,7 @@ def test_interrupted_trial_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     (out / "state.json").write_text(json.dumps({"seed": 0, "trials": [
         {"name": names[0], "values": {"a": 1}, "status": "running", "starts": 1},
         {"name": names[1], "values": {"a": 2}, "status": "running", "starts": 1}]}))
-    assert sweep_command.main([str(path), "--out", str(out)]) == 0
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
     state = json.loads((out / "state.json").read_text())
     assert [(t["status"], t["starts"]) for t in state["trials"]] == [("finished", 1), ("finished", 2),
                                                                      ("finished", 1)]
@@ -463,9 +463,9 @@ def test_bayes_draws_are_seeded_and_hyperband_is_asked(tmp_path: Path, engine: A
     real = spec.hyperband_stops
     with pytest.MonkeyPatch.context() as m:
         m.setattr(spec, "hyperband_stops", lambda s, t: calls.append(len(t)) or real(s, t))
-        assert sweep_command.main([str(path), "--out", str(tmp_path / "a"), "--seed", "5"]) == 0
+        assert lab_main(["sweep", str(path), "--out", str(tmp_path / "a"), "--seed", "5"]) == 0
     assert calls  # asked after every poll
-    assert sweep_command.main([str(path), "--out", str(tmp_path / "b"), "--seed", "5"]) == 0
+    assert lab_main(["sweep", str(path), "--out", str(tmp_path / "b"), "--seed", "5"]) == 0
     runs = [_state(tmp_path / d)["trials"] for d in "ab"]
     assert [t["values"] for t in runs[0]] == [t["values"] for t in runs[1]] and len(runs[0]) == 3
     assert all(t["status"] == "finished" and t["name"].startswith(f"{i:03d}-lr=") for i, t in enumerate(runs[0]))
@@ -786,7 +786,7 @@ def test_a_fit_whose_claim_was_taken_writes_nothing(tmp_path: Path, cli: Any, mo
     fit = ["fit", "--config", str(REPO / "experiments/quickstart.yaml"), *SHORT, "--run_dir", str(run_dir)]
     monkeypatch.setenv(runner.CLAIM_ENV, json.dumps({"state": str(state), "trial": "000", "claim": "mine"}))
     code, _, err = cli(fit)
-    assert code == 2 and err.strip().splitlines()[-1] == (f"inception_lab: error: sweep trial 000: another runner "
+    assert code == 2 and err.strip().splitlines()[-1] == (f"inception_lab fit: error: sweep trial 000: another runner "
                                                           f"holds it now ({state}); this fit stops before writing "
                                                           "anything"), err
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
@@ -799,8 +799,8 @@ def test_a_fit_whose_claim_was_taken_writes_nothing(tmp_path: Path, cli: Any, mo
         assert holder.stdout.readline() == "held\n"
         code, _, err = cli(fit)
         assert code == 2 and err.strip().splitlines()[-1] == (
-            f"inception_lab: error: --run_dir {run_dir}: a fit is running in it (pid {holder.pid} on here); wait for "
-            "it to end, or start a new run in a new --run_dir"), err
+            f"inception_lab fit: error: --run_dir {run_dir}: a fit is running in it (pid {holder.pid} on here); wait "
+            "for it to end, or start a new run in a new --run_dir"), err
     finally:
         holder.kill()
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
@@ -854,17 +854,17 @@ def test_a_broken_state_json_is_one_line_and_repair_brings_it_back(shape: str, t
     """A finished sweep, then its state.json broken: one line naming it, the cause and the repair command, exit 2,
     nothing run; ``--repair`` puts its previous good copy back (every trial finished, none run again)."""
     path, out = _fake_sweep(tmp_path, sleep=0.0), tmp_path / "out"
-    assert sweep_command.main([str(path), "--out", str(out)]) == 0
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
     good = _state(out)
     raw, why = BROKEN_STATES[shape]
     (out / "state.json").write_bytes(raw)
     capsys.readouterr()
-    assert sweep_command.main([str(path), "--out", str(out)]) == 2
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"inception_lab sweep: error: {out / 'state.json'}: {why}"), err
     assert err[0].endswith(f"`python -m inception_lab sweep {path} --out {out} --repair` rebuilds it from the "
                            f"previous good copy, {out / 'state.json.prev'}")
-    assert sweep_command.main([str(path), "--out", str(out), "--repair"]) == 0
+    assert lab_main(["sweep", str(path), "--out", str(out), "--repair"]) == 0
     assert f"repaired {out / 'state.json'} from its previous good copy" in capsys.readouterr().out
     assert [(t["name"], t["status"], t["starts"]) for t in _state(out)["trials"]] == [
         (t["name"], "finished", 1) for t in good["trials"]]
@@ -876,15 +876,15 @@ def test_repair_rebuilds_a_lost_state_from_the_run_directories(tmp_path: Path, c
     """state.json and its previous copy both gone (after two trials ran, one failed): ``--repair`` rebuilds the state
     from the runs' args.json, summaries and trial.log; the finished trial is not run again."""
     path, out = _fake_sweep(tmp_path, sleep=0.0, run_cap=2), tmp_path / "out"
-    assert sweep_command.main([str(path), "--out", str(out)]) == 0
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
     failed = out / "runs" / "001-a=2" / "summary.json"
     failed.write_text(json.dumps({"status": "failed", "error": "CUDA out of memory"}))
     (out / "state.json").unlink()
     (out / "state.json.prev").unlink()
     capsys.readouterr()
-    assert sweep_command.main([str(path), "--out", str(out)]) == 2
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().endswith(f"rebuilds it from the run directories under {out / 'runs'}")
-    assert sweep_command.main([str(path), "--out", str(out), "--repair"]) == 1  # the failed trial stays failed
+    assert lab_main(["sweep", str(path), "--out", str(out), "--repair"]) == 1  # the failed trial stays failed
     assert f"repaired {out / 'state.json'} from the run directories" in capsys.readouterr().out
     trials = _state(out)["trials"]
     assert [(t["name"], t["status"], t["starts"]) for t in trials] == [("000-a=1", "finished", 1),
@@ -989,11 +989,11 @@ def test_a_filesystem_without_locks_is_one_line(tmp_path: Path, cli: Any, monkey
     code, _, err = cli(["fit", "--config", str(REPO / "experiments/quickstart.yaml"), *SHORT, "--run_dir",
                         str(run_dir)])
     assert code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith(
-        f"inception_lab: error: --run_dir {run_dir}: No locks available: its filesystem offers no POSIX (fcntl) "
+        f"inception_lab fit: error: --run_dir {run_dir}: No locks available: its filesystem offers no POSIX (fcntl) "
         "locks"), err
     path, out = _fake_sweep(tmp_path, sleep=0.0), tmp_path / "out"
     capsys.readouterr()
-    assert sweep_command.main([str(path), "--out", str(out)]) == 2
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"inception_lab sweep: error: {out / 'state.json'}: No locks "), err
 
@@ -1002,21 +1002,21 @@ def test_a_deleted_state_json_is_repaired_from_its_copy(tmp_path: Path, capsys) 
     """state.json deleted with runs/ (to start over) but state.json.prev left: one line, and --repair brings the copy
     back rather than saying there is nothing to repair."""
     path, out = _fake_sweep(tmp_path, sleep=0.0, run_cap=2), tmp_path / "out"
-    assert sweep_command.main([str(path), "--out", str(out)]) == 0
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
     (out / "state.json").unlink()
     capsys.readouterr()
-    assert sweep_command.main([str(path), "--out", str(out)]) == 2
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 2
     assert f"{out / 'state.json'}: missing" in capsys.readouterr().err
-    assert sweep_command.main([str(path), "--out", str(out), "--repair"]) == 0
+    assert lab_main(["sweep", str(path), "--out", str(out), "--repair"]) == 0
     assert f"repaired {out / 'state.json'} from its previous good copy" in capsys.readouterr().out
     assert [t["status"] for t in _state(out)["trials"]] == ["finished"] * 2
 
 
 def test_a_broken_copy_of_the_sweep_file_is_one_line(tmp_path: Path, capsys) -> None:
     path, out = _fake_sweep(tmp_path, sleep=0.0, run_cap=1), tmp_path / "out"
-    assert sweep_command.main([str(path), "--out", str(out)]) == 0
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
     (out / "sweep.yaml").write_text("method: grid\nparameters: {a: [1\n")
     capsys.readouterr()
-    assert sweep_command.main([str(path), "--out", str(out)]) == 2
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"inception_lab sweep: error: {out / 'sweep.yaml'}: invalid YAML"), err

@@ -12,7 +12,6 @@ and can save a W&B workspace or report grouped by the same keys. The cells are w
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from inception_lab.compare.cells import Cell, group, grouping_keys, pick_baselin
 from inception_lab.compare.report import header, plots, render, tables, tables_markdown, text_table, title
 from inception_lab.compare.runs import CompareError, Run, load, parse_wandb_path, wandb_runs
 from inception_lab.compare.wandb_views import build_report, build_workspace
+from inception_lab.errors import ArgumentParser
 from inception_lab.run.files import write_all_atomic
 
 
@@ -65,7 +65,7 @@ def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inception_lab compare", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m inception_lab compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", type=Path, help="a sweep directory, or run directories")
     parser.add_argument("--by", action="append", metavar="KEY",
                         help="group by this config key, e.g. model.net.init_args.head or head (repeatable); default: "
@@ -80,27 +80,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="also save a W&B report: this table above the grouped panels (needs --wandb)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if bool(args.paths) == bool(args.wandb):
-        parser.error("give a sweep directory or run directories, or --wandb ENTITY/PROJECT/SWEEP_ID (not both)")
-    try:
-        if (args.wandb_workspace or args.wandb_report) and not args.wandb:
-            raise CompareError("--wandb-workspace and --wandb-report need --wandb ENTITY/PROJECT/SWEEP_ID")
-        result = compare(args.paths, args.by, args.baseline, args.out, args.wandb)
-        print(result.table)
-        for run in result.excluded:
-            print(f"not averaged in: {run.name} ({run.status}{': ' + run.error_tail if run.error_tail else ''})")
-        print(f"report: {result.out / 'report.md'}, {result.out / 'report.html'}")
-        if args.wandb_workspace or args.wandb_report:
-            where = (*parse_wandb_path(args.wandb), result.by)  # entity, project, sweep id, grouping keys
-            views = [("workspace", build_workspace(*where))] if args.wandb_workspace else []
-            if args.wandb_report:
-                views.append(("report", build_report(*where, result.tables_markdown)))
-            for kind, view in views:
-                try:
-                    print(f"W&B {kind}: {view.save().url}")
-                except Exception as error:  # the server refused or cannot be reached
-                    first = (str(error).strip().splitlines() or [""])[0]
-                    raise CompareError(f"saving the W&B {kind} failed: {type(error).__name__}: {first}") from None
-    except CompareError as error:
-        print(f"inception_lab compare: error: {error}", file=sys.stderr)
-        return 2
+        raise CompareError("give a sweep directory or run directories, or --wandb ENTITY/PROJECT/SWEEP_ID (not both)")
+    if (args.wandb_workspace or args.wandb_report) and not args.wandb:
+        raise CompareError("--wandb-workspace and --wandb-report need --wandb ENTITY/PROJECT/SWEEP_ID")
+    result = compare(args.paths, args.by, args.baseline, args.out, args.wandb)
+    print(result.table)
+    for run in result.excluded:
+        print(f"not averaged in: {run.name} ({run.status}{': ' + run.error_tail if run.error_tail else ''})")
+    print(f"report: {result.out / 'report.md'}, {result.out / 'report.html'}")
+    if args.wandb_workspace or args.wandb_report:
+        where = (*parse_wandb_path(args.wandb), result.by)  # entity, project, sweep id, grouping keys
+        views = [("workspace", build_workspace(*where))] if args.wandb_workspace else []
+        if args.wandb_report:
+            views.append(("report", build_report(*where, result.tables_markdown)))
+        for kind, view in views:
+            try:
+                print(f"W&B {kind}: {view.save().url}")
+            except Exception as error:  # the server refused or cannot be reached
+                first = (str(error).strip().splitlines() or [""])[0]
+                raise CompareError(f"saving the W&B {kind} failed: {type(error).__name__}: {first}") from None
     return 0

@@ -11,13 +11,14 @@ from typing import Any
 
 import yaml
 
+from inception_lab.errors import UserError
 from inception_lab.run.files import flatten, read_metrics, read_summary
 
 METRIC_PREFIXES = ("val/", "test/", "train/")
 
 
-class CompareError(Exception):
-    """Bad input: reported as one line on stderr, exit 2."""
+class CompareError(UserError):
+    """Bad input to ``compare``: runs, keys or a W&B path."""
 
 
 @dataclass

@@ -11,8 +11,9 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from inception_lab.arguments import check
+from inception_lab.arguments import check_arguments
 from inception_lab.data.views import TestViews, ViewBatch, mirrored
+from inception_lab.errors import ArgumentValueError, UserError
 from inception_lab.sampling import EpochShuffleSampler, ResidentLoader, ResumableDataLoader, trainer_progress
 
 # The paper's training crop, shared by ImageNet's two backends. Section 6: "patches of various sizes ... distributed
@@ -20,7 +21,7 @@ from inception_lab.sampling import EpochShuffleSampler, ResidentLoader, Resumabl
 CROP_AREA, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Data missing or unreadable: reported to the user as one line naming the file or directory."""
 
 
@@ -85,13 +86,11 @@ class ImageDataModule(LightningDataModule):
     def __init__(self, batch_size: PositiveInt = 128, num_workers: NonNegativeInt = 0,
                  test_views: TestViews = "single", resident: bool = False) -> None:
         super().__init__()
-        for name, value, allowed in (("batch_size", batch_size, PositiveInt), ("num_workers", num_workers,
-                                     NonNegativeInt), ("test_views", test_views, TestViews)):
-            check(f"data.init_args.{name}", value, allowed)
+        check_arguments(ImageDataModule, locals())
         self.check_test_views(test_views)
         if resident and num_workers:
-            raise ValueError(f"data.init_args.num_workers={num_workers}: a resident dataset is gathered on the device "
-                             "and needs no workers; set num_workers to 0, or resident to false")
+            raise ArgumentValueError(type(self), "a resident dataset is gathered on the device and needs no workers; "
+                                     "set num_workers to 0, or resident to false", num_workers=num_workers)
         self.batch_size, self.num_workers, self.test_views = batch_size, num_workers, test_views
         self.resident = resident
         self._on_device: dict[int, tuple[Tensor, ...]] = {}  # resident splits, by id of their host dataset
@@ -100,13 +99,17 @@ class ImageDataModule(LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
+    def check_source(self) -> None:
+        """Where the data is to come from exists (cheap: no download, no scan). The CLI calls it before a fit's run
+        directory is written, so that a wrong ``root`` leaves nothing behind; ``prepare_data`` checks again."""
+
     @classmethod
     def check_test_views(cls, test_views: str) -> None:
-        """ValueError, in one line naming the key, when this data cannot cut ``test_views``."""
+        """ArgumentValueError, in one line naming the argument, when this data cannot cut ``test_views``."""
         if test_views not in cls.views_supported:
             allowed = " or ".join(repr(v) for v in cls.views_supported)
-            raise ValueError(f"data.init_args.test_views={test_views!r}: only for ImageNet-sized inputs; "
-                             f"{cls.__name__} allows {allowed}")
+            raise ArgumentValueError(cls, f"only for ImageNet-sized inputs; {cls.__name__} allows {allowed}",
+                                     test_views=test_views)
 
     # ---- loaders ------------------------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset | None, train: bool,
@@ -182,14 +185,17 @@ class ImageDataModule(LightningDataModule):
         return (images - mean) / std
 
 
-def split_indices(n: int, sizes: dict[str, int], seed: int) -> list[Tensor]:
-    """A seeded permutation of ``range(n)`` cut into ``sizes`` (named by their config keys) and the rest (last)."""
-    for key, size in sizes.items():
-        if size < 1:
-            raise DataError(f"data.init_args.{key}={size}: must be a positive integer")
+def check_split(n: int, sizes: dict[str, int]) -> None:
+    """ArgumentValueError naming the arguments when ``sizes`` (held-out splits, by argument name) leave none of ``n``
+    images to train on; a DataModule whose size is known calls it in its constructor."""
     if sum(sizes.values()) >= n:
-        given = ", ".join(f"data.init_args.{key}={size}" for key, size in sizes.items())
-        raise DataError(f"{given}: leaves no training images out of the {n} available; lower it")
+        raise ArgumentValueError(ImageDataModule, f"leaves no training images out of the {n} available; lower it",
+                                 **sizes)
+
+
+def split_indices(n: int, sizes: dict[str, int], seed: int) -> list[Tensor]:
+    """A seeded permutation of ``range(n)`` cut into ``sizes`` (named by their argument names) and the rest (last)."""
+    check_split(n, sizes)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     parts, start = [], 0
     for size in sizes.values():

@@ -12,9 +12,11 @@ from torch.utils.data import TensorDataset
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-from inception_lab.arguments import check
-from inception_lab.data.base import DataError, ImageDataModule, TestViews, split_indices
+from inception_lab.arguments import check_arguments
+from inception_lab.data.base import DataError, ImageDataModule, TestViews, check_split, split_indices
+from inception_lab.errors import ArgumentValueError
 
+TRAIN_IMAGES = 50000  # in either CIFAR's training batches
 DATASETS = {"cifar10": (CIFAR10, "CIFAR-10", 10), "cifar100": (CIFAR100, "CIFAR-100", 100)}
 
 
@@ -39,8 +41,9 @@ class CIFARDataModule(ImageDataModule):
     def __init__(self, dataset: Literal["cifar10", "cifar100"] = "cifar10", root: str = "data", download: bool = False,
                  batch_size: PositiveInt = 128, num_workers: NonNegativeInt = 0, val_size: PositiveInt = 5000,
                  split_seed: int = 0, test_views: TestViews = "single", resident: bool = True) -> None:
+        check_arguments(CIFARDataModule, locals())
+        check_split(TRAIN_IMAGES, {"val_size": val_size})
         super().__init__(batch_size, num_workers, test_views, resident)
-        check("data.init_args.dataset", dataset, Literal["cifar10", "cifar100"])
         self.save_hyperparameters()
         self.dataset, self.root, self.download = dataset, root, download
         self.val_size, self.split_seed = val_size, split_seed
@@ -56,11 +59,19 @@ class CIFARDataModule(ImageDataModule):
             try:  # skips the fetch (not the extraction) when root holds the archive with the right md5
                 download_and_extract_archive(cls.url, self.root, filename=cls.filename, md5=cls.tgz_md5)
             except (OSError, RuntimeError) as error:
-                raise DataError(f"{name}: download of {cls.url} into {self.root} failed ({error}); fetch it by hand "
-                                f"and point data.init_args.root at it") from None
-        elif not self.folder.is_dir():
-            raise DataError(f"{name} not found under {self.folder}: set data.init_args.download=true to fetch it "
-                            f"(about 170 MB) into {self.root}, or point data.init_args.root at an existing copy")
+                raise ArgumentValueError(type(self), f"the download of {name} from {cls.url} failed ({error}); fetch "
+                                         f"{cls.filename} by hand into root", root=self.root) from None
+        self.check_source()
+
+    def check_source(self) -> None:
+        """The dataset's files are in ``root`` (or are to be downloaded): checked before a run is written."""
+        if self.download and not self._intact():
+            return  # prepare_data fetches them
+        name = DATASETS[self.dataset][1]
+        if not self.folder.is_dir():
+            raise ArgumentValueError(type(self), f"{name} not found there ({self.folder} is missing): set download "
+                                     "to true to fetch it (about 170 MB), or point root at an existing copy",
+                                     root=self.root)
         self._check_files()
 
     def _files(self) -> list[tuple[Path, str]]:
@@ -75,7 +86,7 @@ class CIFARDataModule(ImageDataModule):
         name = DATASETS[self.dataset][1]
         for path, md5 in self._files():
             if not path.is_file():
-                raise DataError(f"{path}: missing {name} file; set data.init_args.download=true to fetch the dataset")
+                raise DataError(f"{path}: missing {name} file; set download to true to fetch the dataset again")
             if not check_integrity(str(path), md5):
                 raise DataError(f"{path}: corrupt or incomplete {name} file (md5 mismatch); delete "
                                 f"{self.folder} and download again")

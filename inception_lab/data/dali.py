@@ -22,20 +22,21 @@ import torch
 from torch import Tensor
 
 from inception_lab.data.base import CROP_AREA, CROP_RATIO
+from inception_lab.errors import ArgumentValueError
 from inception_lab.sampling import EpochShuffleSampler, Progress
 
 EXTRA = "pip install inception_lab[dali]"
 PREFETCH = 2  # batches DALI prepares ahead, in its own threads
 
 
-def require_dali() -> None:
-    """ValueError in one line, naming the key and the extra, when DALI is not installed."""
+def require_dali(owner: type) -> None:
+    """ArgumentValueError in one line, naming ``owner``'s backend argument and the extra, when DALI is not installed."""
     try:
         import nvidia.dali  # noqa: F401
         import nvidia.dali.plugin.pytorch  # noqa: F401
     except ImportError as error:
-        raise ValueError(f"data.init_args.backend='dali': NVIDIA DALI is not installed ({error}); {EXTRA}, or set "
-                         "data.init_args.backend to 'torchvision'") from None
+        raise ArgumentValueError(owner, f"NVIDIA DALI is not installed ({error}); {EXTRA}, or set backend to "
+                                 "'torchvision'", backend="dali") from None
 
 
 def _pipeline(files: list[str], labels: list[int], shard_id: int, num_shards: int, size: int, batch_size: int,

@@ -6,7 +6,10 @@ import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch.utils.data import TensorDataset
 
-from inception_lab.data.base import ImageDataModule, TestViews, split_indices
+from inception_lab.arguments import check_arguments
+from inception_lab.data.base import ImageDataModule, TestViews, check_split, split_indices
+
+DIGITS = 1797  # images in load_digits()
 
 
 class DigitsDataModule(ImageDataModule):
@@ -20,6 +23,8 @@ class DigitsDataModule(ImageDataModule):
     def __init__(self, batch_size: PositiveInt = 64, num_workers: NonNegativeInt = 0, image_size: PositiveInt = 32,
                  val_size: PositiveInt = 300, test_size: PositiveInt = 300, pad: NonNegativeInt = 2,
                  split_seed: int = 0, test_views: TestViews = "single", resident: bool = True) -> None:
+        check_arguments(DigitsDataModule, locals())
+        check_split(DIGITS, {"test_size": test_size, "val_size": val_size})
         super().__init__(batch_size, num_workers, test_views, resident)
         self.save_hyperparameters()
         # plain ints: linked into the network's hyperparameters, which checkpoints load with weights_only=True

@@ -15,9 +15,10 @@ from torchvision.datasets import ImageFolder, ImageNet
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
-from inception_lab.arguments import check
+from inception_lab.arguments import check_arguments
 from inception_lab.data.base import CROP_AREA, CROP_RATIO, DataError, ImageDataModule, split_indices
 from inception_lab.data.views import TestViews, ViewMaker
+from inception_lab.errors import ArgumentValueError
 from inception_lab.sampling import trainer_progress
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -120,12 +121,12 @@ class ImageNetDataModule(ImageDataModule):
                  pin_memory: bool = True, persistent_workers: bool = True, val_size: PositiveInt = 10000,
                  split_seed: int = 0, color_jitter: NonNegativeFloat = 0.4, test_views: TestViews = "single",
                  backend: Backend = "torchvision") -> None:
+        check_arguments(ImageNetDataModule, locals())
         super().__init__(batch_size, num_workers, test_views)
-        check("data.init_args.backend", backend, Backend)
         if backend == "dali":
             from inception_lab.data.dali import require_dali
 
-            require_dali()
+            require_dali(type(self))
         self.save_hyperparameters()
         self.backend = backend
         self.root, self.eval_resize, self.val_size, self.split_seed = root, eval_resize, val_size, split_seed
@@ -153,9 +154,9 @@ class ImageNetDataModule(ImageDataModule):
             return
         for split in ("train", "val"):
             if not (root / split).is_dir():
-                raise DataError(f"ImageNet {split} directory not found: {root / split} (expected "
-                                f"{root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG, or torchvision's "
-                                "ImageNet layout with its devkit); set data.init_args.root")
+                raise ArgumentValueError(type(self), f"no ImageNet {split} directory {root / split} (expected "
+                                         f"{root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG, or torchvision's "
+                                         "ImageNet layout with its devkit)", root=self.root)
 
     def _folders(self) -> tuple[Dataset, Dataset, int]:
         root = Path(self.root)
@@ -179,13 +180,16 @@ class ImageNetDataModule(ImageDataModule):
     def prepare_data(self) -> None:
         self._check_layout()  # cheap: the directory scan (1.3M files) happens once, in setup
 
+    def check_source(self) -> None:
+        self._check_layout()
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         train, test, classes = self._folders()
         if classes != self.num_classes:
-            raise DataError(f"{self.root}: found {classes} class folders but data.init_args.num_classes="
-                            f"{self.num_classes}; set it to {classes}")
+            raise ArgumentValueError(type(self), f"{self.root} holds {classes} class folders; set it to {classes}",
+                                     num_classes=self.num_classes)
         transforms = self._transforms()
         val, fit = split_indices(len(train), {"val_size": self.val_size}, self.split_seed)
         self.train_set = _Transformed(Subset(train, fit.tolist()), transforms["train"])

@@ -83,7 +83,7 @@ def input_paths(data: ImageNetDataModule, images: int, device: torch.device
     try:
         from inception_lab.data.dali import PREFETCH, DaliTrainLoader, require_dali
 
-        require_dali()
+        require_dali(type(data))
     except ValueError as error:
         missing["dali"] = str(error)
     else:

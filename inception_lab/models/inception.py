@@ -20,7 +20,8 @@ import torch
 from jsonargparse.typing import PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
-from inception_lab.arguments import DropoutRate, check
+from inception_lab.arguments import UnitInterval, check_arguments
+from inception_lab.errors import ArgumentValueError
 
 
 @dataclass(frozen=True)
@@ -179,14 +180,11 @@ class GlobalAvgPool(nn.Module):
 
 
 def _kernel_stacks(filter_sizes: Sequence[KernelStack]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    if isinstance(filter_sizes, (str, int)) or len(filter_sizes) != 2:
-        raise ValueError(f"filter_sizes={filter_sizes!r}: expected two entries, one per spatial branch, "
-                         "e.g. [3, 5] (paper), [3, 3] (torchvision) or [3, [3, 3]] (5x5 factorized)")
     stacks = tuple((k,) if isinstance(k, int) else tuple(k) for k in filter_sizes)
     for stack in stacks:
         if not stack or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in stack):
-            raise ValueError(f"filter_sizes={list(filter_sizes)!r}: kernel sizes must be odd positive integers "
-                             "(1, 3, 5, 7, ...) so that 'same' padding keeps the branches aligned")
+            raise ArgumentValueError(Inception, "kernel sizes must be odd positive integers (1, 3, 5, 7, ...) so that "
+                                     "'same' padding keeps the branches aligned", filter_sizes=list(filter_sizes))
     return stacks  # type: ignore[return-value]
 
 
@@ -230,29 +228,22 @@ class Inception(nn.Module):
         pool_proj_mult: PositiveFloat = 1.0,
         width_mult: PositiveFloat = 1.0,
         aux_positions: tuple[str, ...] = ("4a", "4d"),
-        aux_dropout: DropoutRate = 0.7,
+        aux_dropout: UnitInterval = 0.7,
         head: Head = "gap",
-        dropout: DropoutRate = 0.4,
+        dropout: UnitInterval = 0.4,
         norm: Norm = "batch",
         bn_eps: PositiveFloat = 1e-3,
     ) -> None:
         super().__init__()
+        check_arguments(Inception, locals())
         kernels = _kernel_stacks(filter_sizes)
-        for name, allowed in (("num_classes", PositiveInt), ("in_channels", PositiveInt), ("image_size", PositiveInt),
-                              ("stem", Stem), ("pool_proj_mult", PositiveFloat), ("width_mult", PositiveFloat),
-                              ("aux_dropout", DropoutRate), ("head", Head), ("dropout", DropoutRate), ("norm", Norm),
-                              ("bn_eps", PositiveFloat)):
-            check(name, locals()[name], allowed)
-        if reduce_width_mult != "naive":
-            check("reduce_width_mult", reduce_width_mult, PositiveFloat)
         if isinstance(stages, str):
-            check("stages", stages, Stages)
             stages = STAGE_TABLES[stages]
         block_names = [s.name for s in stages if isinstance(s, InceptionSpec)]
         for pos in aux_positions:
             if pos not in block_names:
-                raise ValueError(f"aux_positions contains {pos!r}: allowed positions are the inception blocks "
-                                 f"{', '.join(block_names)}")
+                raise ArgumentValueError(Inception, f"{pos!r} is not an inception block; allowed: "
+                                         f"{', '.join(block_names)}", aux_positions=list(aux_positions))
 
         def width(channels: float) -> int:
             return make_divisible(channels * width_mult)
@@ -365,5 +356,5 @@ PRESETS: dict[str, dict] = {
 
 def googlenet(preset: Preset = "paper", **overrides) -> Inception:
     """A GoogLeNet preset with aux heads on (as in the paper); keyword arguments override any ``Inception`` arg."""
-    check("preset", preset, Preset)
+    check_arguments(googlenet, locals())
     return Inception(**{**PRESETS[preset], **overrides})

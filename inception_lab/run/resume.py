@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import sys
 import time
@@ -29,6 +30,9 @@ from inception_lab.run.lock import CLAIM_ENV, NoLocks, PathLock, claim_holds, ru
 from inception_lab.slurm import requeued
 
 RUNS_ROOT = Path("runs")
+# A fit's default run name, for the ranks Lightning starts as child processes of rank 0 (they parse the same command
+# line again, at another time): set by rank 0 for the fit's length (cli_main removes it).
+RUN_NAME_ENV = "INCEPTION_LAB_RUN_NAME"
 
 
 class ExactResume(Callback):
@@ -163,7 +167,9 @@ def resolve_run(config: Namespace, subcommand: str, run_variant: dict[str, Any],
         if not config.run_name:
             parts = [variant_name(run_variant), f"seed{config.get('seed_everything')}",
                      os.environ.get("WANDB_RUN_ID") or time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)]
-            config.run_name = safe_name(*parts)
+            config.run_name = os.environ.get(RUN_NAME_ENV) or safe_name(*parts)
+            if subcommand == "fit":
+                os.environ[RUN_NAME_ENV] = config.run_name
         config.run_dir = str(RUNS_ROOT / config.experiment / config.run_name)
     if not config.run_name:
         config.run_name = Path(config.run_dir).name
@@ -178,7 +184,8 @@ def latest_run(experiment: str) -> Path:
     return candidates[-1].parent.parent
 
 
-HELD: list[PathLock] = []  # this process's run directory locks, held until it ends (release_runs)
+HELD: list[tuple[PathLock, Path | None]] = []  # this process's run locks, held until it ends (release_runs), and the
+# topmost directory hold_run made for each (None: the run directory was there before)
 
 
 def hold_run(run_dir: Path, fresh: bool = False) -> None:
@@ -192,6 +199,7 @@ def hold_run(run_dir: Path, fresh: bool = False) -> None:
     if getattr(rank_zero_only, "rank", 0) != 0:
         return
     claim = json.loads(os.environ[CLAIM_ENV]) if os.environ.get(CLAIM_ENV) else None
+    made = next((p for p in reversed([run_dir.absolute(), *run_dir.absolute().parents]) if not p.exists()), None)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_lock(run_dir)
     # a reclaimed trial's stale fit holds it for a moment; a requeued job's old lock may wait on a dead node's lease
@@ -206,7 +214,7 @@ def hold_run(run_dir: Path, fresh: bool = False) -> None:
             holder = lock.path.read_text().strip()
         raise UserError(f"--run_dir {run_dir}: a fit is running in it{f' ({holder})' if holder else ''}; wait for "
                         "it to end, or start a new run in a new --run_dir")
-    HELD.append(lock)
+    HELD.append((lock, made))
     if fresh and holds_run(run_dir):  # another fit wrote it between our check and our lock
         release_runs()
         raise UserError(f"--run_dir {run_dir}: already holds a run; resume it with --ckpt_path last, or start a new "
@@ -226,6 +234,19 @@ def hold_run(run_dir: Path, fresh: bool = False) -> None:
                             "fit stops before writing anything")
 
 
-def release_runs() -> None:
+def release_runs(refused: bool = False) -> None:
+    """Lets go of this process's run directories. ``refused``: the command stopped on a user error; a run directory
+    this process made that holds nothing but its lock is removed (with the parents made for it), so that a refused
+    fit leaves no run behind and the corrected command can use the same ``--run_dir``. One whose fit started (its
+    ``summary.json`` written) stays: the record of a failed run."""
     while HELD:
-        HELD.pop().release()
+        lock, made = HELD.pop()
+        run_dir = lock.path.parent
+        if refused and made is not None and not holds_run(run_dir):  # made here, and its fit never started
+            with contextlib.suppress(OSError):
+                shutil.rmtree(run_dir)  # the lock and the W&B run id picked for it: nothing else was written
+                for directory in run_dir.absolute().parents:
+                    if not directory.is_relative_to(made):
+                        break
+                    directory.rmdir()
+        lock.release()

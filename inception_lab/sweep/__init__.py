@@ -23,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from inception_lab.errors import ArgumentParser
 from inception_lab.run.files import write_atomic
 from inception_lab.sweep import runner, spec
 from inception_lab.sweep.runner import State, check_command, check_trials, trial_command
@@ -120,7 +121,7 @@ def write_array_job(args: argparse.Namespace, sweep: spec.Sweep, directory: Path
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m inception_lab sweep", description="Run a W&B sweep file locally, "
+    parser = ArgumentParser(prog="python -m inception_lab sweep", description="Run a W&B sweep file locally, "
                                      "no W&B server: every trial is the command line the W&B agent would run; state "
                                      "survives kills (run the same command again to carry on).")
     parser.add_argument("sweep_file", help="a W&B sweep file (sweeps/<x>.yaml)")
@@ -170,8 +171,4 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(sys.argv[1:] if argv is None else argv)
-    except SweepError as error:
-        print(f"inception_lab sweep: error: {error}", file=sys.stderr)
-        return 2
+    return run(sys.argv[1:] if argv is None else argv)

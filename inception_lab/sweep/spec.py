@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from inception_lab.errors import UserError
 from inception_lab.run.files import load_yaml, read_metrics
 
 METHODS = ("grid", "random", "bayes")
@@ -30,9 +31,8 @@ RANDOM_TYPES = ("constant", "categorical", "int_uniform", "uniform", "q_uniform"
                 "log_uniform_values", "q_log_uniform_values")  # what the fallback draws
 ENGINE_HINT = "W&B's sweeps engine: pip install 'inception-lab[sweeps]'"
 
-
-class SweepError(Exception):
-    """A mistake in the sweep file or the command line: one line on stderr, exit 2."""
+class SweepError(UserError):
+    """A mistake in the sweep file, its directory or the command line."""
 
 
 @dataclass
