@@ -179,9 +179,10 @@ class InceptionCLI(LightningCLI):
             return  # a checkpoint copied without its run: nothing to compare with
         try:
             run = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()))
-        except (OSError, yaml.YAMLError) as error:
-            raise UserError(f"{run_dir / 'config.yaml'}: unreadable ({error}); cannot check that the resume is "
-                            "the same run") from None
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UserError(f"{run_dir / 'config.yaml'}: unreadable ({reason}); cannot check that the resume is the "
+                            "same run") from None
         differences = resume_differences(run, self._flat(self.config))
         if differences:
             shown = "; ".join(f"{key}: run {short_value(was)}, now {short_value(now)}"
@@ -270,19 +271,25 @@ def check_yaml(path: str) -> None:
     if Path(path).is_dir():
         raise UserError(f"--config {path}: a directory, not a config file (experiments/<x>.yaml)")
     if not Path(path).is_file():
-        return  # jsonargparse says so, or takes the value as YAML text
+        if path.endswith((".yaml", ".yml", ".json")) or os.sep in path:
+            raise UserError(f"--config {path}: no such file")
+        return  # jsonargparse takes the value as YAML text
     try:
         text = Path(path).read_bytes().decode()
     except UnicodeDecodeError:
         raise UserError(f"--config {path}: not a YAML config: not UTF-8 text (a binary file, such as a checkpoint? "
                         "give that as --ckpt_path)") from None
     try:
-        load_yaml(text)
+        loaded = load_yaml(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise UserError(f"--config {path}: not valid YAML{where}: {problem}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        kind = "a list" if isinstance(loaded, list) else f"a single {type(loaded).__name__}"
+        raise UserError(f"--config {path}: YAML holding {kind}, where a config is a mapping of keys (trainer:, "
+                        "model:, data:, ...)")
 
 
 def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> list[str]:

@@ -151,7 +151,8 @@ def collect(runs: list[Path], views: list[str], test_args: list[str]) -> dict[st
     missing = []
     for run_dir in runs:
         if not run_dir.is_dir():
-            raise EnsembleError(f"{run_dir}: no such run directory")
+            what = "a file, not a run directory" if run_dir.exists() else "no such run directory"
+            raise EnsembleError(f"{run_dir}: {what}")
         checkpoint = run_checkpoint(run_dir)
         for v in views:
             if stored(run_dir, v, checkpoint) is None:

@@ -72,7 +72,7 @@ def load_run(directory: Path) -> Run:
     summary = read_summary(directory)
     try:
         config = flatten(yaml.safe_load((directory / "config.yaml").read_text()) or {})
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # missing, not UTF-8, not YAML: grouped by nothing it holds
         config = {}
     return Run(str(summary.get("run_name") or directory.name), str(summary.get("status", "unknown")), config,
                summary, read_curve(directory / "metrics.csv"), str(directory))
@@ -113,7 +113,7 @@ def load(paths: list[Path]) -> tuple[list[Run], list[str], dict[str, Any] | None
             p.parent for p in path.rglob("summary.json")  # not a sweep's runs/.discarded/ attempts
             if not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not found:
-            missing = "" if path.is_dir() else ": no such directory"
+            missing = "" if path.is_dir() else ": not a directory" if path.exists() else ": no such directory"
             raise CompareError(f"no run directories (with summary.json) found under {path}{missing}")
         # the sweep.yaml of a sweep directory, or of the sweep a runs/ directory belongs to
         specs = [path / "sweep.yaml", *([path.parent / "sweep.yaml"] if path.name == "runs" else [])]
@@ -121,8 +121,9 @@ def load(paths: list[Path]) -> tuple[list[Run], list[str], dict[str, Any] | None
             try:
                 config = yaml.safe_load(spec.read_text()) or {}
                 keys = sweep_keys(config)
-            except (yaml.YAMLError, AttributeError, TypeError) as error:
-                raise CompareError(f"{spec}: not a W&B sweep file ({type(error).__name__})") from None
+            except (yaml.YAMLError, AttributeError, TypeError, ValueError, OSError) as error:
+                what = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else type(error).__name__
+                raise CompareError(f"{spec}: not a W&B sweep file ({what})") from None
             swept += [k for k in keys if k not in swept]
             sweep_file = sweep_file or {**config, "name": config.get("name") or spec.parent.name}
         for directory in found:

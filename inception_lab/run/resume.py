@@ -17,6 +17,7 @@ import shutil
 import socket
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +94,25 @@ class ExactResume(Callback):
         self._rng = state.get("rng")
 
 
+def _is_text(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def read_checkpoint(path: str) -> dict[str, Any]:
     """A checkpoint's contents, or a one-line error naming the file."""
+    if Path(path).is_dir():
+        raise UserError(f"--ckpt_path {path}: a directory, not a checkpoint (<run>/checkpoints/<name>.ckpt, or last)")
     if not Path(path).is_file():
         raise UserError(f"--ckpt_path {path}: no such file")
+    if not zipfile.is_zipfile(path):  # what torch.save writes; torch's own message talks of mmap and zipfiles
+        with open(path, "rb") as f:
+            start = f.read(512)
+        kind = "a text file" if start and _is_text(start) else "empty" if not start else "not a torch.save archive"
+        raise UserError(f"--ckpt_path {path}: not a checkpoint ({kind}; a fit writes <run>/checkpoints/*.ckpt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch's messages talk of pickles and weights_only; the user needs the file named

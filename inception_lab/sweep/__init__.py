@@ -44,6 +44,10 @@ def run(argv: list[str]) -> int:
     devices = [d.strip() for d in (args.devices or "").split(",") if d.strip()]
     slots = runner.slots_for(args.parallel or len(devices) or 1, devices)
     copy = directory / "sweep.yaml"
+    if directory.exists() and not directory.is_dir():
+        raise SweepError(f"--out {directory}: a file, not a sweep directory")
+    if copy.exists() and not copy.is_file():
+        raise SweepError(f"{copy}: not a file: a sweep directory keeps the copy of its sweep file there (delete it)")
     if copy.is_file() and spec.read_yaml(copy, "sweep file copy")[1] != sweep.config:  # comments may change
         raise SweepError(f"{directory} holds a different sweep ({copy} differs from {sweep.path}): pass --out DIR "
                          "for a new sweep directory, or delete the old one")

@@ -422,7 +422,13 @@ def rebuilt(state: State, planned: list[dict[str, Any]]) -> dict[str, Any]:
         starts = 1
         with contextlib.suppress(OSError):
             starts = sum(line.startswith("# start ") for line in (run_dir / "trial.log").read_text().splitlines())
-        trials.append(Trial(run_dir.name, json.loads((run_dir / "args.json").read_text()), status=status,
+        try:
+            values = json.loads((run_dir / "args.json").read_text())
+        except (OSError, ValueError):  # cut short by a kill: the trial's values are the plan's
+            if index >= len(planned):
+                continue
+            values = planned[index]
+        trials.append(Trial(run_dir.name, values, status=status,
                             starts=starts, metrics=summary.get("metrics", {}),
                             error=summary.get("error") if status == "failed" else None))
     state.trials = trials

@@ -1,0 +1,231 @@
+"""One convention for every command: a user error is one line, ``inception_lab <command>: error: <line>``, exit 2,
+no traceback, nothing written; and a constructor refuses what the command line refuses (its type hints, checked once).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from jsonargparse import ArgumentParser as JsonArgumentParser
+
+from inception_lab.__main__ import COMMANDS, LIGHTNING
+from inception_lab.arguments import refusal
+from inception_lab.data import CIFARDataModule, DigitsDataModule, ImageNetDataModule
+from inception_lab.errors import ArgumentValueError, user_message
+from inception_lab.models import Inception
+from inception_lab.module import InceptionClassifier
+from inception_lab.schedules import WarmupCosineLR
+from tests.conftest import QUICKSTART
+
+
+def _one_error_line(code: int, err: str, command: str) -> str:
+    """The command's error line, checked to be the only one, after exit 2 and no traceback."""
+    lines = [ln for ln in err.strip().splitlines() if ": error: " in ln]
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert len(lines) == 1 and lines[0] == err.strip().splitlines()[-1], err[-3000:]
+    assert lines[0].startswith(f"inception_lab {command}: error: "), lines[0]
+    return lines[0]
+
+
+# ---- every file a command reads ------------------------------------------------------------------------------------
+def _checkpoint(path: Path) -> None:
+    torch.save({"state_dict": {"w": torch.zeros(3)}, "epoch": 0}, path)
+
+
+BAD_FILES = {  # kind: how it is made (None: not made at all)
+    "missing": None,
+    "directory": lambda p: p.mkdir(),
+    "binary": lambda p: p.write_bytes(b"\x80\x02}q\x00(X\x04\x00\x00\x00seedq\x00\xff\xfe"),
+    "not-utf8": lambda p: p.write_bytes("name: caf\xe9\n".encode("latin-1")),
+    "not-yaml": lambda p: p.write_text("trainer:\n  max_epochs: [1\n"),
+    "wrong-shape": lambda p: p.write_text("- trainer\n- model\n"),
+    "checkpoint": _checkpoint,
+}
+CONFIG_SAYS = {"missing": "no such file", "directory": "a directory, not a config file", "binary": "not UTF-8 text",
+               "not-utf8": "not UTF-8 text", "not-yaml": "not valid YAML at line 3",
+               "wrong-shape": "YAML holding a list",
+               "checkpoint": "not UTF-8 text (a binary file, such as a checkpoint? give that as --ckpt_path)"}
+SWEEP_SAYS = {"missing": "no such sweep file", "directory": "a directory, not a sweep file", "binary": "not UTF-8",
+              "not-utf8": "not UTF-8", "not-yaml": "invalid YAML (line 3)", "wrong-shape": "a sweep file is a mapping",
+              "checkpoint": "not UTF-8"}
+CHECKPOINT_SAYS = {"missing": "no such file", "directory": "a directory, not a checkpoint",
+                   "binary": "not a checkpoint (not a torch.save archive", "not-utf8": "not a checkpoint (",
+                   "not-yaml": "not a checkpoint (a text file", "wrong-shape": "not a checkpoint (a text file"}
+READERS = {  # command: (its command line reading FILE, what it says of each kind)
+    "fit": (["fit", "--config", "FILE", "--run_dir", "RUN"], CONFIG_SAYS),
+    "summary": (["summary", "--config", "FILE"], CONFIG_SAYS),
+    "bench": (["bench", "--config", "FILE"], CONFIG_SAYS),
+    "slurm": (["slurm", "fit", "--dry-run", "--config", "FILE", "--run_dir", "RUN"], CONFIG_SAYS),
+    "sweep": (["sweep", "FILE", "--out", "RUN"], SWEEP_SAYS),
+    "test": (["test", "--ckpt_path", "FILE", "--run_dir", "RUN"], CHECKPOINT_SAYS),
+    "validate": (["validate", "--config", str(QUICKSTART), "--ckpt_path", "FILE", "--run_dir", "RUN"],
+                 CHECKPOINT_SAYS),
+}
+CASES = [(command, kind) for command, (_, says) in READERS.items() for kind in BAD_FILES if kind in says]
+
+
+@pytest.mark.parametrize(("command", "kind"), CASES, ids=[f"{c}-{k}" for c, k in CASES])
+def test_a_bad_file_is_one_line_naming_it(command: str, kind: str, tmp_path: Path, cli) -> None:
+    """Every command that reads a file, and every way a file can be wrong: one line naming the file and what is
+    wrong with it, and nothing written."""
+    path = tmp_path / ("given.ckpt" if command in ("test", "validate") else "given.yaml")
+    if BAD_FILES[kind] is not None:
+        BAD_FILES[kind](path)
+    args, says = READERS[command]
+    args = [str(path) if a == "FILE" else str(tmp_path / "run") if a == "RUN" else a for a in args]
+    code, _, err = cli(args)
+    line = _one_error_line(code, err, command)
+    assert str(path) in line and says[kind] in line, line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("kind", [k for k in BAD_FILES if k != "missing"])
+def test_a_bad_copy_in_a_sweep_directory_is_one_line(kind: str, tmp_path: Path, cli) -> None:
+    """A sweep directory's own copy of its sweep file (``<out>/sweep.yaml``), broken: one line naming it."""
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "s", "method": "grid", "parameters": {"a": {"values": [1]}},
+                                     "command": ["python", "-c", "print(1)", "${args}"]}))
+    out = tmp_path / "out"
+    out.mkdir()
+    BAD_FILES[kind](out / "sweep.yaml")
+    code, _, err = cli(["sweep", str(sweep), "--out", str(out)])
+    line = _one_error_line(code, err, "sweep")
+    assert str(out / "sweep.yaml") in line, line
+    assert [p.name for p in out.iterdir()] == ["sweep.yaml"]  # nothing run, nothing written
+
+
+@pytest.mark.parametrize(("command", "kind"), [(c, k) for c in ("ensemble", "compare") for k in ("missing", "file")])
+def test_a_run_directory_that_is_not_one_is_one_line(command: str, kind: str, tmp_path: Path, cli) -> None:
+    path = tmp_path / "run"
+    if kind == "file":
+        path.write_text("not a directory\n")
+    code, _, err = cli([command, str(path), "--out", str(tmp_path / "report")])
+    line = _one_error_line(code, err, command)
+    assert str(path) in line and ("no such" if kind == "missing" else "not a directory" if command == "compare"
+                                  else "a file, not a run directory") in line, line
+    assert not (tmp_path / "report").exists()
+
+
+# ---- the command lines themselves --------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", [*LIGHTNING, *COMMANDS])
+def test_an_unknown_option_is_one_line_for_every_command(command: str, tmp_path: Path, cli) -> None:
+    """argparse's usage-and-error (two lines and more) is one line under the convention, for every command."""
+    args = {"slurm": ["slurm", "fit"], "sweep": ["sweep", "x.yaml"], "ensemble": ["ensemble", "run"],
+            "compare": ["compare", "run"], "bench": ["bench", "--preset", "cifar"]}.get(command, [command])
+    code, _, err = cli([*args, "--no-such-option", "3"])
+    line = _one_error_line(code, err, command)
+    assert "--no-such-option" in line, line
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_command_line_with_no_command_is_one_line(cli) -> None:
+    code, _, err = cli([])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("inception_lab: error: ") and "fit" in lines[0]
+
+
+# ---- the constructors refuse what the CLI refuses ------------------------------------------------------------------
+CANDIDATES: list[Any] = [-1, 0, 0.5, 1, 1.0, 1.5, 3, 1e-3, float("nan"), True, False, None, "bogus", "naive",
+                         [3, 5], [3, [3, 3]], [3], [], ["4a"], ["4a", "9z"], {"a": 1}]
+CLASSES = [Inception, InceptionClassifier, DigitsDataModule, CIFARDataModule, ImageNetDataModule, WarmupCosineLR]
+NOT_FROM_TEXT = {"net", "optimizer", "lr_scheduler"}  # objects and callables: no command-line text of their own
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return ".nan"
+    return value if isinstance(value, str) else json.dumps(value)  # JSON is YAML: what a config or a command line holds
+
+
+RULES = {  # (class, argument): what its constructor checks beyond the type, where one value alone cannot say
+    ("Inception", "filter_sizes"): ("kernel sizes must be odd",),
+    ("Inception", "aux_positions"): ("is not an inception block",),
+    ("DigitsDataModule", "num_workers"): ("a resident dataset",),
+    ("CIFARDataModule", "num_workers"): ("a resident dataset",),
+    ("DigitsDataModule", "val_size"): ("leaves no training images",),
+    ("DigitsDataModule", "test_size"): ("leaves no training images",),
+    ("CIFARDataModule", "val_size"): ("leaves no training images",),
+    ("ImageNetDataModule", "backend"): ("NVIDIA DALI is not installed",),
+}
+
+
+def _build(cls: type, name: str, value: Any) -> Any:
+    if cls is InceptionClassifier:
+        return cls(Inception(num_classes=10, aux_positions=()), **{name: value})
+    if cls is WarmupCosineLR:
+        return cls(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), 10, **{name: value})
+    return cls(**{name: value})
+
+
+def _typed_arguments() -> list[tuple[type, str]]:
+    return [(cls, name) for cls in CLASSES for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name not in ("self", "optimizer", *NOT_FROM_TEXT) and p.annotation is not inspect.Parameter.empty
+            and name != "total_steps"]
+
+
+@pytest.mark.parametrize(("cls", "name"), _typed_arguments(), ids=[f"{c.__name__}.{n}" for c, n in _typed_arguments()])
+def test_a_constructor_refuses_what_the_command_line_refuses(cls: type, name: str) -> None:
+    """For every typed argument: jsonargparse (the CLI, from the signature) and the constructor's own check (the
+    same type hints) agree on each candidate value; where the CLI turns the text into another value, the
+    constructor takes that value."""
+    from typing import get_type_hints
+
+    hint = get_type_hints(cls.__init__)[name]
+    parser = JsonArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "x", skip={"net", "optimizer", "lr_scheduler", "total_steps"}, sub_configs=True)
+    default = inspect.signature(cls.__init__).parameters[name].default
+    for value in [*CANDIDATES, default]:
+        try:
+            parsed = parser.parse_args([f"--x.{name}={_text(value)}"]).x[name]
+        except Exception:  # noqa: BLE001 (jsonargparse's refusal)
+            parsed = refused = None
+            refused = True
+        else:
+            refused = False
+        said = refusal(value, hint)
+        if said is not None:  # and the constructor itself refuses it, naming the argument
+            with pytest.raises(ArgumentValueError) as error:
+                _build(cls, name, value)
+            assert name in error.value.arguments and str(error.value).endswith(said), str(error.value)
+        if refused:
+            assert said is not None, f"{cls.__name__}({name}={value!r}): the CLI refuses it, the constructor takes it"
+            continue
+        same = parsed == value or (isinstance(value, float) and math.isnan(value) and isinstance(parsed, float)
+                                   and math.isnan(parsed))
+        if isinstance(value, (list, tuple)) and isinstance(parsed, (list, tuple)):
+            same = json.dumps(list(parsed)) == json.dumps(list(value))
+        if same and type(parsed) is type(value) or same and isinstance(parsed, float) and isinstance(value, int):
+            assert said is None, f"{cls.__name__}({name}={value!r}): the CLI takes it, the constructor says {said}"
+        else:  # the CLI made another value of the text: the constructor takes that one
+            assert refusal(parsed, hint) is None, f"{cls.__name__}({name}={parsed!r}): {refusal(parsed, hint)}"
+        try:  # and builds with it, unless a rule beyond the type (another argument, what is installed) says no
+            _build(cls, name, parsed)
+        except ArgumentValueError as error:  # (one naming another argument: that one's rule, as stages=() and 4a)
+            rules = RULES.get((cls.__name__, name), ()) if name in error.arguments else ("",)
+            assert any(rule in error.reason for rule in rules), f"{cls.__name__}({name}={parsed!r}): {error}"
+
+
+@pytest.mark.parametrize(("build", "prefix", "message"), [
+    (lambda: Inception(dropout=1.0), "model.net.init_args.", "dropout=1.0: must be in [0, 1)"),
+    (lambda: InceptionClassifier(Inception(num_classes=10), label_smoothing=1.5), "model.",
+     "label_smoothing=1.5: must be in [0, 1)"),
+    (lambda: DigitsDataModule(batch_size=0), "data.init_args.", "batch_size=0: must be > 0"),
+    (lambda: CIFARDataModule(dataset="cifar1000"), "data.init_args.",
+     "dataset='cifar1000': allowed values are 'cifar10', 'cifar100'"),
+    (lambda: WarmupCosineLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), 10, warmup_fraction=1.0),
+     "model.lr_scheduler.init_args.", "warmup_fraction=1.0: must be in [0, 1)"),
+])
+def test_a_constructor_says_name_value_reason_and_the_cli_adds_the_key(build, prefix: str, message: str) -> None:
+    """Python callers read ``name=value: reason``; the CLI's one place (``errors.CONFIG_KEYS``) puts the key in
+    front."""
+    with pytest.raises(ArgumentValueError) as error:
+        build()
+    assert str(error.value) == message
+    assert user_message(error.value) == prefix + message
