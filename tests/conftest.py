@@ -22,8 +22,17 @@ os.environ.setdefault("WANDB_MODE", "offline")  # tests never reach for a W&B se
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
-# one small epoch of the quickstart: the same network and data, fewer batches
-SHORT = ["--trainer.limit_train_batches=6", "--trainer.limit_val_batches=2", "--trainer.max_epochs=1"]
+
+
+def short(epochs: int | None = 1, batches: int = 6, val_batches: int = 2, wandb: bool = True) -> list[str]:
+    """The one set of short-run settings for a test's fit: the quickstart's network and data, ``epochs`` epochs of
+    ``batches`` training and ``val_batches`` validation batches (``epochs=None``: the test gives them);
+    ``wandb=False`` starts no W&B run (else offline)."""
+    return [*([] if epochs is None else [f"--trainer.max_epochs={epochs}"]), f"--trainer.limit_train_batches={batches}",
+            f"--trainer.limit_val_batches={val_batches}", *([] if wandb else ["--wandb.enabled=false"])]
+
+
+SHORT = short()  # one small epoch of the quickstart
 # set by in-process runs: the ddp.yaml smoke test binds MASTER_PORT in this process, and a W&B run started here
 # exports its service's address (a child would share this process's wandb-core, where a killed child's run stays
 # "in use"); a child picks its own

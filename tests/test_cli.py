@@ -18,7 +18,7 @@ import yaml
 
 from inception_lab.cli import UserError, parse
 from inception_lab.run.files import flatten, read_summary
-from tests.conftest import QUICKSTART, REPO, clean_env
+from tests.conftest import QUICKSTART, REPO, clean_env, short
 
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
 
@@ -91,8 +91,7 @@ def test_evaluating_a_run_never_rewrites_what_the_fit_wrote(tmp_path: Path, cli)
     metrics.csv, config.yaml, hparams.yaml, checkpoints and val metrics stay byte for byte. A resume of the finished
     run, which trains and logs nothing, leaves metrics.csv as it was (the CSV logger used to delete it)."""
     run_dir = tmp_path / "run"
-    fit = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=2", "--trainer.limit_train_batches=4",
-           "--trainer.limit_val_batches=2", "--wandb.enabled=false", "--run_dir", str(run_dir)]
+    fit = ["fit", "--config", str(QUICKSTART), *short(epochs=2, batches=4, wandb=False), "--run_dir", str(run_dir)]
     assert cli(fit)[0] == 0
     files = ["metrics.csv", "config.yaml", "hparams.yaml",
              *(f"checkpoints/{p.name}" for p in (run_dir / "checkpoints").iterdir())]
@@ -124,8 +123,7 @@ def test_evaluating_a_run_never_rewrites_what_the_fit_wrote(tmp_path: Path, cli)
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path, run_cli, cli) -> None:
-    base = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=3", "--trainer.limit_train_batches=8",
-            "--trainer.limit_val_batches=3"]
+    base = ["fit", "--config", str(QUICKSTART), *short(epochs=3, batches=8, val_batches=3)]
     straight = tmp_path / "straight"
     code, _, err = cli([*base, "--run_dir", str(straight)])  # in this process; the killed run and its resume not
     assert code == 0, err[-3000:]
@@ -172,8 +170,7 @@ def test_interrupted_is_not_failed(tmp_path: Path, cli) -> None:
     exit 130 and 143, the run recorded "interrupted" with the attempt, and ``--ckpt_path last`` finishes it. The
     attempts add up: every epoch trained once, but for the one in flight at an interruption."""
     run_dir = tmp_path / "run"
-    base = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=3", "--trainer.limit_train_batches=4",
-            "--trainer.limit_val_batches=2", "--wandb.enabled=false", "--run_dir", str(run_dir)]
+    base = ["fit", "--config", str(QUICKSTART), *short(epochs=3, batches=4, wandb=False), "--run_dir", str(run_dir)]
     last = run_dir / "checkpoints/last.ckpt"
     for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         seen = last.stat().st_mtime_ns if last.exists() else None
@@ -232,8 +229,7 @@ def test_a_resume_is_the_same_run(tmp_path: Path, cli) -> None:
     """``--ckpt_path last`` on a run trained otherwise is refused, naming the keys, the run left byte for byte; a
     longer training is allowed; an unreadable last.ckpt falls back to the newest readable checkpoint, and with none
     left the resume fails in one line, the record as it was."""
-    short = ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--wandb.enabled=false"]
-    fit = ["fit", "--config", str(QUICKSTART), *short]
+    fit = ["fit", "--config", str(QUICKSTART), *short(epochs=None, batches=3, wandb=False)]
     assert cli([*fit, "--trainer.max_epochs=1", "--model.net.init_args.head=fc"])[0] == 0
     (run_dir,) = (tmp_path / "runs/quickstart").iterdir()
     before = _snapshot(run_dir)
@@ -248,7 +244,8 @@ def test_a_resume_is_the_same_run(tmp_path: Path, cli) -> None:
     # the same, the checkpoint named by its path (with the experiment file, and with none: the run's config.yaml)
     named = ["--ckpt_path", str(run_dir / "checkpoints/last.ckpt"), "--run_dir", str(run_dir)]
     for config in (["--config", str(QUICKSTART), "--model.net.init_args.head=fc"], []):
-        code, _, err = cli(["fit", *config, *short, "--model.optimizer.init_args.lr=0.5", *named])
+        code, _, err = cli(["fit", *config, *short(epochs=None, batches=3, wandb=False),
+                            "--model.optimizer.init_args.lr=0.5", *named])
         assert code == 2 and "model.optimizer.init_args.lr: run 0.004, now 0.5" in err.strip().splitlines()[-1], err
     # an evaluation of a checkpoint by path takes the command line's model values over the checkpoint's
     losses = []
@@ -313,8 +310,8 @@ def test_summary_names_the_smallest_input(cli) -> None:
 def test_last_checkpoint_is_the_last_epoch_when_val_acc_stalls(tmp_path: Path, cli) -> None:
     """With lr=0 val/acc never improves after epoch 0; last.ckpt must still be the last epoch (Lightning 2.6's
     save_last=True alone would leave it at the best one), and a resume goes on from there, keeping the best."""
-    base = ["fit", "--config", str(QUICKSTART), "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
-            "--model.optimizer.init_args.lr=0", "--wandb.enabled=false", "--run_dir", str(tmp_path / "run")]
+    base = ["fit", "--config", str(QUICKSTART), *short(epochs=None, batches=2, wandb=False),
+            "--model.optimizer.init_args.lr=0", "--run_dir", str(tmp_path / "run")]
     assert cli([*base, "--trainer.max_epochs=3"])[0] == 0
     checkpoints = tmp_path / "run/checkpoints"
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
@@ -327,8 +324,7 @@ def test_last_checkpoint_is_the_last_epoch_when_val_acc_stalls(tmp_path: Path, c
     assert len(val_curve(tmp_path / "run")) == 4  # the earlier epochs kept, one more appended
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])  # fast tier: 12 s for all
 def test_every_experiment_runs(experiment: Path, tmp_path: Path, tiny_cifar: Path, tiny_imagenet: Path, cli) -> None:
     """fast_dev_run of each experiment file on tiny data in the real on-disk formats."""
     args = ["fit", "--config", str(experiment)]
@@ -409,14 +405,15 @@ def _bad_yaml(tmp_path: Path) -> tuple[list[str], str]:
 def _not_a_checkpoint(tmp_path: Path) -> tuple[list[str], str]:
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint\n")
-    return ["--config", str(QUICKSTART), "--ckpt_path", str(text)], f"--ckpt_path {text}: not a readable checkpoint"
+    return ["--config", str(QUICKSTART), "--ckpt_path", str(text)], f"--ckpt_path {text}: not a checkpoint (a text file"
 
 
 def _truncated_checkpoint(tmp_path: Path) -> tuple[list[str], str]:
     path = tmp_path / "cut.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1000)}, "epoch": 0}, path)
     path.write_bytes(path.read_bytes()[:-200])
-    return ["--config", str(QUICKSTART), "--ckpt_path", str(path)], f"--ckpt_path {path}: not a readable checkpoint"
+    return ["--config", str(QUICKSTART), "--ckpt_path", str(path)], (
+        f"--ckpt_path {path}: not a checkpoint (a torch.save archive cut short")
 
 
 def _duplicate_key(tmp_path: Path) -> tuple[list[str], str]:
@@ -476,8 +473,7 @@ BAD = {
 def test_bad_input_is_one_line_error(tmp_path: Path, case: str, cli) -> None:
     args, message = BAD[case](tmp_path) if callable(BAD[case]) else BAD[case]
     run_dir = tmp_path / "run"
-    code, _, err = cli(["fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
-                        "--wandb.enabled=false", "--run_dir", str(run_dir)])
+    code, _, err = cli(["fit", *args, *short(batches=1, val_batches=1, wandb=False), "--run_dir", str(run_dir)])
     assert code == 2 and "Traceback" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("inception_lab fit: error:") and message in last, err[-2000:]

@@ -21,7 +21,7 @@ from inception_lab.compare import compare
 from inception_lab.compare.cells import Cell, paired_difference
 from inception_lab.compare.runs import Run, sweep_keys, wandb_runs
 from inception_lab.compare.wandb_views import build_report, build_workspace
-from tests.conftest import QUICKSTART, REPO, clean_env
+from tests.conftest import QUICKSTART, REPO, clean_env, short
 
 PNG = b"\x89PNG\r\n\x1a\n"
 HEAD = "model.net.init_args.head"
@@ -354,11 +354,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, sweep_dir: Path, cli, 
     assert not (tmp_path / "out" / "report.md").exists()  # nothing half-written
 
 
-def test_bad_input_through_the_real_command(tmp_path: Path, run_cli) -> None:
-    proc = run_cli("compare", str(tmp_path / "nothing"), cwd=REPO, timeout=60, check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == ("inception_lab compare: error: no run directories (with summary.json) found "
-                                   f"under {tmp_path / 'nothing'}: no such directory")
+def test_bad_input_through_the_real_command(tmp_path: Path, cli) -> None:
+    code, _, err = cli(["compare", str(tmp_path / "nothing")], cwd=REPO)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == ("inception_lab compare: error: no run directories (with summary.json) found under "
+                           f"{tmp_path / 'nothing'}: no such directory")
 
 
 class FakeApi:
@@ -449,8 +449,7 @@ def test_real_sweep_compared(tmp_path: Path, run_cli) -> None:
     spec["parameters"]["seed_everything"] = {"values": [0, 1]}
     spec["command"] = [t for t in spec["command"] if not t.startswith("--trainer.max_epochs")]
     i = spec["command"].index("experiments/quickstart.yaml")
-    spec["command"][i:i + 1] = [str(QUICKSTART), "--trainer.max_epochs=1",
-                                "--trainer.limit_train_batches=6", "--trainer.limit_val_batches=3"]
+    spec["command"][i:i + 1] = [str(QUICKSTART), *short(val_batches=3)]
     sweep_file.write_text(yaml.safe_dump(spec))
     out = tmp_path / "sweep"
     run_cli("sweep", str(sweep_file), "--out", str(out), "--parallel", "2", cwd=REPO, timeout=900)  # asserts exit 0

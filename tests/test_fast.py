@@ -16,7 +16,7 @@ from inception_lab.data import CIFARDataModule, DigitsDataModule
 from inception_lab.data.base import ImageDataModule
 from inception_lab.models import Inception
 from inception_lab.sampling import EpochShuffleSampler, ResidentLoader
-from tests.conftest import QUICKSTART
+from tests.conftest import QUICKSTART, short
 from tests.sync_probe import ProgressBarLoss, SyncProbe
 
 
@@ -148,7 +148,7 @@ def test_training_steps_never_wait_on_the_device(tmp_path: Path, cli) -> None:
     makes an output whose size depends on the data, or copies Python data to the device. Loggers read values every
     ``log_every_n_steps`` (kept outside the probe's window here) and at epoch ends, by design."""
     run_dir = tmp_path / "run"
-    code, _, err = cli(["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", "--trainer.limit_train_batches=6",
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), *short(),
                         "--trainer.log_every_n_steps=50", "--trainer.callbacks+=tests.sync_probe.SyncProbe",
                         "--run_dir", str(run_dir)])
     assert code == 0, err[-2000:]

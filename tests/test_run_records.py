@@ -19,7 +19,7 @@ import torch
 
 from inception_lab.run.files import STALE_S, RunSummary, process_start, read_summary, safe_name, write_atomic
 from inception_lab.run.resume import resume_checkpoint
-from tests.conftest import QUICKSTART, clean_env
+from tests.conftest import QUICKSTART, clean_env, short
 
 
 @contextlib.contextmanager
@@ -131,7 +131,7 @@ def test_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> Non
         assert sorted(p.name for p in disk.iterdir()) == ["summary.json"]
 
 
-SHORT = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+SHORT = short(epochs=None, batches=2, val_batches=1)
 
 
 @pytest.mark.slow
@@ -177,8 +177,7 @@ def test_test_during_the_fit_adds_its_metrics_and_changes_nothing_of_the_fits(tm
     in one attempt, and the run's record has the test's metrics beside the fit's (each process its own file)."""
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "inception_lab", "fit", "--config", str(QUICKSTART),
-                             "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
-                             "--trainer.max_epochs=3", "--run_dir", str(run_dir)],
+                             *short(epochs=3, batches=4), "--run_dir", str(run_dir)],
                             cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from inception_lab.run.files import read_summary
-from tests.conftest import QUICKSTART, REPO, clean_env
+from tests.conftest import QUICKSTART, REPO, clean_env, short
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -143,8 +143,7 @@ def test_two_slurm_tasks_train_one_fit(tmp_path: Path) -> None:
     def job(run_dir: Path, **env: str) -> tuple[list[int], list[str]]:
         command = [sys.executable, "-m", "inception_lab", "fit", "--config", str(QUICKSTART),
                    "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.num_nodes=2",
-                   "--trainer.devices=1", "--trainer.max_epochs=2", "--trainer.limit_train_batches=4",
-                   "--trainer.limit_val_batches=2", "--trainer.callbacks+=ddp_probe.RankProbe",
+                   "--trainer.devices=1", *short(epochs=2, batches=4), "--trainer.callbacks+=ddp_probe.RankProbe",
                    "--trainer.callbacks+=ddp_probe.PreemptAt", "--run_dir", str(run_dir)]
         variables = {**_SLURM, "SLURM_JOB_ID": "777", "SLURM_NTASKS": "2", "SLURM_NNODES": "2",
                      "SLURM_NODELIST": "node[1-2]", "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1",
@@ -208,8 +207,8 @@ def test_a_job_requeued_before_its_first_checkpoint_starts_again(tmp_path: Path,
     """SLURM started the job again (SLURM_RESTART_COUNT=1) but its first attempt saved no checkpoint: the fit starts
     again in the same run directory, its attempts say so; not refused as a directory that holds a run."""
     run_dir = tmp_path / "run"
-    base = ["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-            "--trainer.limit_val_batches=1", "--wandb.enabled=false", "--run_dir", str(run_dir)]
+    base = ["fit", "--config", str(QUICKSTART), *short(batches=2, val_batches=1, wandb=False), "--run_dir",
+            str(run_dir)]
     code, _, err = cli(base)
     assert code == 0, err[-2000:]
     for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):

@@ -18,12 +18,11 @@ import torch
 import yaml
 
 from inception_lab.run.files import read_summary
-from tests.conftest import QUICKSTART, REPO, clean_env
+from tests.conftest import QUICKSTART, REPO, clean_env, short
 
 pytestmark = pytest.mark.slow
 
-FIT = ["--config", str(QUICKSTART), "--trainer.max_epochs=2", "--trainer.limit_train_batches=6",
-       "--trainer.limit_val_batches=2", "--gpus-per-node", "0"]
+FIT = ["--config", str(QUICKSTART), *short(epochs=2), "--gpus-per-node", "0"]
 
 
 def _env(cluster: Any, **extra: str) -> dict[str, str]:

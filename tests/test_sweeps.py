@@ -234,13 +234,14 @@ def test_none_and_strings_reach_the_cli_intact(tmp_path: Path, parsed: list[Any]
     assert names[0].startswith("000-") and "reduce_width_mult=naive" in names[0] and "filter_sizes=3x3x3" in names[0]
 
 
-def test_no_aux_heads_cell_prints_as_merged_config(tmp_path: Path, run_cli: Any) -> None:
+def test_no_aux_heads_cell_prints_as_merged_config(tmp_path: Path, cli: Any) -> None:
     """The nested ``model`` value through the real CLI (``--print_config``) and the network it builds."""
     values = {"model": {"aux_weight": 0.0, "net": {"init_args": {"aux_positions": []}}}, "seed_everything": 2}
     runner.write_args_json(tmp_path / "args.json", values)
-    out = run_cli("fit", "--config", "experiments/quickstart.yaml", "--config", str(tmp_path / "args.json"),
-                  "--print_config", cwd=REPO, timeout=120)  # asserts exit 0
-    config = yaml.safe_load(out.stdout)
+    code, stdout, err = cli(["fit", "--config", "experiments/quickstart.yaml", "--config", str(tmp_path / "args.json"),
+                             "--print_config"], cwd=REPO)
+    assert code == 0, err[-2000:]
+    config = yaml.safe_load(stdout)
     assert config["seed_everything"] == 2 and config["model"]["aux_weight"] == 0.0
     net = config["model"]["net"]["init_args"]
     assert net["aux_positions"] == [] and net["stem"] == "cifar" and net["width_mult"] == 0.125
@@ -364,7 +365,7 @@ def test_bad_sweep_is_one_line_error(case: str, tmp_path: Path, cli: Any) -> Non
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_trial_config_aborts_before_anything_runs(tmp_path: Path, cli: Any, run_cli: Any) -> None:
+def test_bad_trial_config_aborts_before_anything_runs(tmp_path: Path, cli: Any) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"name": "bad", "method": "grid", "parameters": {
         "model.net.init_args.head": {"values": ["gap", "gapp"]}, "seed_everything": {"values": [0]}},
@@ -373,9 +374,9 @@ def test_bad_trial_config_aborts_before_anything_runs(tmp_path: Path, cli: Any, 
     code, _, err = cli(["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run"], cwd=REPO)
     assert code == 2
     dry = err.strip().splitlines()
-    out = run_cli("sweep", str(path), "--out", str(tmp_path / "out"), cwd=REPO, timeout=120, check=False)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    for error in (dry, out.stderr.strip().splitlines()):
+    code, _, err = cli(["sweep", str(path), "--out", str(tmp_path / "out")], cwd=REPO)
+    assert code == 2 and "Traceback" not in err
+    for error in (dry, err.strip().splitlines()):
         assert len(error) == 1, error
         assert "trial 001-head=gapp-seed0" in error[0] and "model.net.init_args.head" in error[0], error
     assert not (tmp_path / "out").exists()
@@ -853,7 +854,7 @@ BROKEN_STATES = {
 def test_a_broken_state_json_is_one_line_and_repair_brings_it_back(shape: str, tmp_path: Path, capsys) -> None:
     """A finished sweep, then its state.json broken: one line naming it, the cause and the repair command, exit 2,
     nothing run; ``--repair`` puts its previous good copy back (every trial finished, none run again)."""
-    path, out = _fake_sweep(tmp_path, sleep=0.0), tmp_path / "out"
+    path, out = _fake_sweep(tmp_path, sleep=0.0, run_cap=2), tmp_path / "out"
     assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
     good = _state(out)
     raw, why = BROKEN_STATES[shape]

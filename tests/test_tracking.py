@@ -13,10 +13,10 @@ from inception_lab import tracking
 from inception_lab.run.files import flatten, variant, variant_name
 from inception_lab.run.files import read_summary as summary
 from inception_lab.tracking import WandbOptions, resolve_mode
-from tests.conftest import REPO
+from tests.conftest import REPO, short
 from tests.wandb_records import run_info
 
-QUICK = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2"]
+QUICK = short(batches=4)
 
 
 def test_no_api_key_goes_offline_at_once_without_probing(monkeypatch, tmp_path, capsys) -> None:
@@ -83,8 +83,8 @@ def test_one_process_two_fits_make_two_runs(tmp_path: Path, monkeypatch) -> None
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     for name in ("a", "b"):
-        assert cli_main(["fit", "--config", str(REPO / "experiments/quickstart.yaml"), *QUICK,
-                         "--trainer.limit_train_batches=2", "--run_dir", str(tmp_path / name)]) == 0
+        assert cli_main(["fit", "--config", str(REPO / "experiments/quickstart.yaml"), *short(batches=2),
+                         "--run_dir", str(tmp_path / name)]) == 0
     ids = {run_info(tmp_path / name)["id"] for name in ("a", "b")}
     assert len(ids) == 2
 

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from inception_lab import tracking
 from inception_lab.run.files import read_summary
 from inception_lab.tracking import INIT_TIMEOUT, PROBE_TIMEOUT, WandbOptions, make_wandb_logger, resolve_mode
-from tests.conftest import DIST_ENV, QUICKSTART, REPO
+from tests.conftest import DIST_ENV, QUICKSTART, REPO, short
 from tests.wandb_records import run_info
 
 KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 characters, as a W&B API key
@@ -241,8 +241,8 @@ def test_a_fit_beside_a_silent_wandb_server_finishes_offline(tmp_path, mode) -> 
         env.update(WANDB_BASE_URL=url, WANDB_API_KEY=KEY, NETRC=str(tmp_path / "netrc"), PYTHONUNBUFFERED="1")
         start = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "inception_lab", "fit", "--config", str(QUICKSTART), "--trainer.max_epochs=1",
-             "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", f"--wandb.mode={mode}",
+            [sys.executable, "-m", "inception_lab", "fit", "--config", str(QUICKSTART),
+             *short(batches=2, val_batches=1), f"--wandb.mode={mode}",
              "--run_dir", str(run_dir)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         elapsed = time.monotonic() - start
     print(f"fit beside a silent W&B server, mode {mode}: {elapsed:.1f} s")

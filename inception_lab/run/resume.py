@@ -111,7 +111,9 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):  # what torch.save writes; torch's own message talks of mmap and zipfiles
         with open(path, "rb") as f:
             start = f.read(512)
-        kind = "a text file" if start and _is_text(start) else "empty" if not start else "not a torch.save archive"
+        kind = ("empty" if not start else "a torch.save archive cut short (an interrupted copy?)"
+                if start.startswith(b"PK\x03\x04") else "a text file" if _is_text(start)
+                else "not a torch.save archive")
         raise UserError(f"--ckpt_path {path}: not a checkpoint ({kind}; a fit writes <run>/checkpoints/*.ckpt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
