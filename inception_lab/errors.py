@@ -91,7 +91,23 @@ def _one_line(error: BaseException) -> str:
         value = given.removeprefix("Given value: ").split(". Got value: ")[0]
         reason = f"expected {allowed}; got {value!r}"
     reason = reason or lines[-1].lstrip("- ")
+    restricted = re.fullmatch(r"Not of type \w+: (.+) does not conform to restriction (.+)", reason)
+    if keys and restricted:  # PositiveInt, UnitInterval, ...: as the constructor says it (name=value: must be ...)
+        return f"{'.'.join(keys)}={restricted.group(1)}: must be {_restriction(restricted.group(2))}"
     return f"{'.'.join(keys)}: {reason}" if keys else reason
+
+
+def _restriction(rule: str) -> str:
+    """jsonargparse's ``v>=0 and v<1`` as ``in [0, 1)``; ``v>0`` as ``> 0``."""
+    parts = [re.fullmatch(r"v\s*([<>]=?)\s*(\S+)", p.strip()) for p in rule.split(" and ")]
+    if not all(parts):
+        return f"such that {rule}"
+    bounds = {m.group(1): m.group(2) for m in parts if m}
+    low = next(((op, bounds[op]) for op in (">=", ">") if op in bounds), None)
+    high = next(((op, bounds[op]) for op in ("<=", "<") if op in bounds), None)
+    if low and high:
+        return f"in {'[' if low[0] == '>=' else '('}{low[1]}, {high[1]}{']' if high[0] == '<=' else ')'}"
+    return " and ".join(f"{op} {bound}" for op, bound in bounds.items())
 
 
 def user_message(error: BaseException) -> str:

@@ -240,3 +240,27 @@ def test_the_convention_holds_in_a_real_process(tmp_path: Path, run_cli) -> None
     proc = run_cli("sweep", str(tmp_path / "none.yaml"), cwd=tmp_path, timeout=120, check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"inception_lab sweep: error: {tmp_path / 'none.yaml'}: no such sweep file\n"
+
+
+@pytest.mark.parametrize(("override", "build"), [
+    ("model.net.init_args.dropout=1.5", lambda: Inception(dropout=1.5)),
+    ("model.net.init_args.width_mult=0", lambda: Inception(width_mult=0)),
+    ("model.net.init_args.filter_sizes=[3, 4]", lambda: Inception(filter_sizes=[3, 4])),
+    ("model.label_smoothing=1.5", lambda: InceptionClassifier(Inception(num_classes=10), label_smoothing=1.5)),
+    ("model.aux_weight=-0.5", lambda: InceptionClassifier(Inception(num_classes=10), aux_weight=-0.5)),
+    ("data.init_args.batch_size=0", lambda: DigitsDataModule(batch_size=0)),
+    ("data.init_args.val_size=1700", lambda: DigitsDataModule(val_size=1700)),
+])
+def test_the_command_line_and_the_constructor_say_the_same(override: str, build) -> None:
+    """jsonargparse's refusal (from the type) and the constructor's (the same type, or its own rule) read alike:
+    ``key=value: reason``, the key in full on the command line."""
+    from inception_lab.cli import UserError, parse
+
+    key, value = override.split("=", 1)
+    with pytest.raises(UserError) as cli_error:
+        parse(["fit", "--config", str(QUICKSTART), f"--{key}={value}"])
+    with pytest.raises(ArgumentValueError) as python_error:
+        build()
+    assert str(cli_error.value) == user_message(python_error.value)  # the constructor's line, its keys in full
+    assert override.replace(" ", "") in str(cli_error.value).replace(" ", "")
+    assert not str(python_error.value).startswith(("model.", "data."))

@@ -111,7 +111,7 @@ def test_resident_tensors_live_on_the_trainer_device_and_are_copied_once() -> No
 
 @pytest.mark.parametrize("arg, message", [
     ("--data.init_args.num_workers=2", "data.init_args.num_workers=2: a resident dataset is gathered on the device"),
-    ("--data.init_args.batch_size=0", "data.init_args.batch_size: Not of type PositiveInt: 0 does not conform"),
+    ("--data.init_args.batch_size=0", "data.init_args.batch_size=0: must be > 0"),
     ("--data.init_args.val_size=1797", "data.init_args.test_size=300, data.init_args.val_size=1797: leaves no "),
 ])
 def test_data_constructor_errors_are_one_line(arg: str, message: str, tmp_path: Path, cli) -> None:
