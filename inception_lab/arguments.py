@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections.abc
 import functools
+import numbers
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -73,8 +74,9 @@ def refusal(value: Any, hint: Any) -> str | None:
     if issubclass(hint, bool):
         return None if isinstance(value, bool) else "expected true or false"
     if issubclass(hint, (int, float)):
-        base = int if issubclass(hint, int) else float
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or base is int and not isinstance(value, int):
+        # numbers' ABCs: numpy's scalars (np.float32, np.int64) are numbers as Python's own are; bools are not
+        kind = numbers.Integral if issubclass(hint, int) else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind):
             return f"expected {_name(hint)}"
         try:
             hint(value)
@@ -95,7 +97,7 @@ def _same_kind(value: Any, hint: Any) -> bool:
     if origin in (tuple, list, collections.abc.Sequence):
         return isinstance(value, (tuple, list))
     if isinstance(hint, type) and issubclass(hint, (int, float)) and not issubclass(hint, bool):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
     return isinstance(hint, type) and isinstance(value, hint)
 
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 import yaml
 from jsonargparse import ArgumentParser as JsonArgumentParser
+from jsonargparse.typing import PositiveInt
 
 from inception_lab.__main__ import COMMANDS, LIGHTNING
-from inception_lab.arguments import refusal
+from inception_lab.arguments import UnitInterval, refusal
 from inception_lab.data import CIFARDataModule, DigitsDataModule, ImageNetDataModule
 from inception_lab.errors import ArgumentValueError, user_message
 from inception_lab.models import Inception
@@ -233,6 +234,21 @@ def test_a_constructor_says_name_value_reason_and_the_cli_adds_the_key(build, pr
         build()
     assert str(error.value) == message
     assert user_message(error.value) == prefix + message
+
+
+def test_numpy_scalars_are_numbers_as_python_s_are() -> None:
+    """A sweep grid built with numpy hands the constructors np.float32 / np.int64: taken where the Python number
+    would be, refused with the same reason where it would not."""
+    import numpy as np
+
+    assert refusal(np.float32(0.5), UnitInterval) is None and refusal(np.int64(10), PositiveInt) is None
+    assert refusal(np.float64(1.5), UnitInterval) == "must be in [0, 1)"
+    assert refusal(np.float32(0.5), PositiveInt) == "expected an integer > 0"  # an int is wanted: 0.5 is not one
+    assert refusal(np.bool_(True), UnitInterval) == "expected a number in [0, 1)"
+    net = Inception(num_classes=np.int64(10), dropout=np.float32(0.5), width_mult=np.float64(0.125), aux_positions=())
+    assert net.fc.out_features == 10
+    with pytest.raises(ArgumentValueError, match=r"^dropout=np.float32\(1.5\): must be in \[0, 1\)$"):
+        Inception(dropout=np.float32(1.5))
 
 
 def test_the_convention_holds_in_a_real_process(tmp_path: Path, run_cli) -> None:
