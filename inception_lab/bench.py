@@ -218,6 +218,7 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
 
     model.hparams.pop("lr_scheduler", None)
     model.lr_scheduler = None  # the schedule's length is irrelevant here
+    model.lr_reference_batch = None  # and so is the LR: the loop feeds its batches without a DataModule
     trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision, max_steps=10_000, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[_Timing()])

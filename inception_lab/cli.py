@@ -77,10 +77,17 @@ class RunConfigCallback(SaveConfigCallback):
             config.ckpt_path = None
         name = "config.yaml" if stage == "fit" else f"{stage}-config.yaml"
         text = self.parser.dump(config, skip_none=False, format="yaml")
+        resolved = pl_module.optimization() if hasattr(pl_module, "optimization") else {}
+        if "global_batch" in resolved:  # the LR as this run trains at it (the config says it per reference batch)
+            text += (f"# resolved for this run: global batch {resolved['global_batch']} ({resolved['devices']} "
+                     f"devices x {resolved['nodes']} nodes x batch {resolved['batch_size']} x accumulation "
+                     f"{resolved['accumulate_grad_batches']}): the optimizer's lr x {resolved['lr_scale']:g} "
+                     f"(lr_reference_batch {resolved['lr_reference_batch']})"
+                     + (f" = {resolved['lr']:g}" if "lr" in resolved else "") + "\n")
         write_atomic(Path(self.config.run_dir) / name, text)
         for logger in trainer.loggers:
             if hasattr(logger, "log_config"):
-                logger.log_config(yaml.safe_load(text))
+                logger.log_config({**yaml.safe_load(text), **({"optimization": resolved} if len(resolved) > 1 else {})})
 
 
 class InceptionCLI(LightningCLI):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from jsonargparse.typing import NonNegativeFloat, PositiveInt
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
 from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
@@ -70,6 +70,13 @@ class InceptionClassifier(LightningModule):
             0.96 every 8 epochs); with ``lr_interval: step``, one built as ``lr_scheduler(optimizer, total_steps)``
             (the run's optimizer steps) and stepped after every step, e.g. ``inception_lab.schedules.WarmupCosineLR``.
         lr_interval: when the scheduler steps, and so how it is built (above).
+        lr_reference_batch: the optimizer's ``lr`` is given per this many images (BVLC: "0.01 per 32"); the run
+            trains at ``lr x global batch / lr_reference_batch`` (linear scaling), the global batch being
+            devices x nodes x ``data.batch_size`` x gradient accumulation (:meth:`global_batch`); the run's
+            ``config.yaml`` and ``summary.json`` (``optimization``) record what it resolved to. None: ``lr`` as given.
+        bias_lr_mult, bias_decay_mult: the biases' learning rate and weight decay as multiples of the others'
+            (Caffe's ``lr_mult`` / ``decay_mult`` of a layer's second blob; BVLC's GoogLeNet: 2 and 0). With both 1,
+            one parameter group.
         channels_last: keep weights and activations in NHWC (faster convolutions and pooling; same maths).
         compile: ``torch.compile`` the network in place (state_dict keys unchanged); pays off on GPUs.
         views_per_forward: test-time views (``data.init_args.test_views``) evaluated per forward pass: an image's
@@ -88,6 +95,9 @@ class InceptionClassifier(LightningModule):
         optimizer: OptimizerCallable = torch.optim.SGD,
         lr_scheduler: LRSchedulerCallable | Callable[[Optimizer, int], LRScheduler] | None = None,
         lr_interval: Literal["epoch", "step"] = "epoch",
+        lr_reference_batch: PositiveInt | None = None,
+        bias_lr_mult: PositiveFloat = 1.0,
+        bias_decay_mult: NonNegativeFloat = 1.0,
         channels_last: bool = True,
         compile: bool = False,
         views_per_forward: PositiveInt = 256,
@@ -104,6 +114,8 @@ class InceptionClassifier(LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.lr_interval = lr_interval
+        self.lr_reference_batch = lr_reference_batch
+        self.bias_lr_mult, self.bias_decay_mult = float(bias_lr_mult), float(bias_decay_mult)
         self.channels_last = channels_last
         num_classes = net.num_classes
         heads = ["main", *(f"aux{i + 1}" for i in range(len(getattr(net, "aux_positions", ()))))]
@@ -226,11 +238,50 @@ class InceptionClassifier(LightningModule):
 
     # ---- optimization -------------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
+        optimizer = self.optimizer(self._param_groups())
+        scale = self.optimization()["lr_scale"]
+        for group in optimizer.param_groups:  # the run's LR, and the biases' own multipliers (Caffe's lr_mult)
+            bias = group.get("name") == "biases"
+            group["lr"] = group["lr"] * scale * (self.bias_lr_mult if bias else 1.0)
+            if bias and "weight_decay" in group:
+                group["weight_decay"] = group["weight_decay"] * self.bias_decay_mult
         if self.lr_scheduler is None:
             return optimizer
         scheduler = self._scheduler(optimizer, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.lr_interval}}
+
+    def _param_groups(self) -> Any:
+        """All parameters in one group, or, where the biases have their own multipliers, two: ``weights`` and
+        ``biases`` (every conv's and linear layer's bias, and batch norm's shift)."""
+        if self.bias_lr_mult == 1.0 and self.bias_decay_mult == 1.0:
+            return self.parameters()
+        named = list(self.named_parameters())
+        biases = [p for name, p in named if name.endswith(".bias")]
+        weights = [p for name, p in named if not name.endswith(".bias")]
+        return [{"params": weights, "name": "weights"}, {"params": biases, "name": "biases"}]
+
+    def global_batch(self) -> int:
+        """Images per optimizer step across the run: devices x nodes x the DataModule's batch x accumulation."""
+        trainer = self.trainer
+        batch = getattr(trainer.datamodule, "batch_size", None) if trainer.datamodule is not None else None
+        if batch is None:
+            raise ArgumentValueError(InceptionClassifier, "needs a DataModule with a batch_size to scale the LR to "
+                                     "the global batch", lr_reference_batch=self.lr_reference_batch)
+        return int(trainer.world_size * batch * trainer.accumulate_grad_batches)
+
+    def optimization(self) -> dict[str, Any]:
+        """What the run's LR resolves to (the one place it is scaled): ``lr_scale`` (global batch /
+        ``lr_reference_batch``, 1 without one), and the figures behind it, for the run's record."""
+        if self.lr_reference_batch is None:
+            return {"lr_scale": 1.0}
+        trainer = self.trainer
+        batch = self.global_batch()
+        given = getattr(self.optimizer, "keywords", {}).get("lr")  # jsonargparse's callable: its init_args
+        lr = {"lr_given": given, "lr": given * batch / self.lr_reference_batch} if isinstance(given, float) else {}
+        return {**lr, "lr_scale": batch / self.lr_reference_batch, "lr_reference_batch": self.lr_reference_batch,
+                "global_batch": batch, "devices": trainer.num_devices, "nodes": trainer.num_nodes,
+                "batch_size": batch // (trainer.world_size * trainer.accumulate_grad_batches),
+                "accumulate_grad_batches": trainer.accumulate_grad_batches}
 
     def _scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
         args = (optimizer,) if self.lr_interval == "epoch" else (optimizer, total_steps)

@@ -22,6 +22,7 @@ class RankProbe(Callback):
                                                                                "process_group_backend") else ""),
             "sampler": type(sampler).__name__, "train_indices": list(iter(sampler)),
             "config_sha": hashlib.sha256(config.encode()).hexdigest(),
+            "lrs": [group.get("initial_lr", group["lr"]) for group in trainer.optimizers[0].param_groups],  # the base
         }
         Path(trainer.default_root_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 

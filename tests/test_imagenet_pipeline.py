@@ -151,12 +151,16 @@ def test_missing_dali_is_one_line(tiny_imagenet: Path, monkeypatch: pytest.Monke
         ImageNetDataModule(backend="dali")
     assert "\n" not in str(error.value)
     code, _, err = cli(["fit", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
-                        f"--data.init_args.root={tiny_imagenet}", "--data.init_args.backend=dali"])
+                        f"--data.init_args.root={tiny_imagenet}", "--data.init_args.backend=dali",
+                        "--data.init_args.interpolation=bilinear"])
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("inception_lab fit: error: data.init_args.backend='dali': NVIDIA "
                                                    "DALI is not installed") and "pip install inception_lab[dali]" in err
     with pytest.raises(ValueError, match="^backend='pil': allowed values are 'torchvision', 'dali'"):
         ImageNetDataModule(backend="pil")
+    with pytest.raises(ValueError, match="^interpolation='random': the DALI pipeline resizes bilinearly .* set "
+                                         "interpolation to 'bilinear'$"):
+        ImageNetDataModule(backend="dali", interpolation="random")
 
 
 def dali_loader(root: Path, rank: int = 0, world_size: int = 1, epoch: int = 0, seed: int = 0):
@@ -193,6 +197,7 @@ def test_one_epoch_fit_on_jpeg_folders(backend: str, tmp_path: Path, tiny_imagen
         pytest.importorskip("nvidia.dali")
     code, _, err = cli(["fit", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
                         f"--data.init_args.root={tiny_imagenet}", f"--data.init_args.backend={backend}",
+                        f"--data.init_args.interpolation={'bilinear' if backend == 'dali' else 'random'}",
                         "--data.init_args.batch_size=4", "--data.init_args.num_workers=1",
                         "--data.init_args.num_classes=3", "--data.init_args.val_size=2",
                         "--data.init_args.image_size=96", "--data.init_args.eval_resize=110",
@@ -240,7 +245,8 @@ def test_dali_ddp_ranks_read_disjoint_equal_shards(tmp_path: Path, tiny_imagenet
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the launcher re-runs the CLI for rank 1 with it
     run_cli("fit", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
             f"--data.init_args.root={tiny_imagenet}", "--data.init_args.backend=dali",
-            "--data.init_args.batch_size=4", "--data.init_args.num_workers=1", "--data.init_args.num_classes=3",
+            "--data.init_args.interpolation=bilinear", "--data.init_args.batch_size=4",
+            "--data.init_args.num_workers=1", "--data.init_args.num_classes=3",
             "--data.init_args.val_size=2", "--data.init_args.image_size=64", "--data.init_args.eval_resize=72",
             "--data.init_args.test_views=single", "--trainer.max_epochs=2", "--trainer.accelerator=cpu",
             "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.precision=32-true",

@@ -95,9 +95,11 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, run_cli, cli) -> None:
     env_path = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
     os.environ["PYTHONPATH"] = env_path  # the launcher re-runs the CLI for rank 1 with this environment
     try:
+        # the LR given per 128 images: 2 ranks x 64 train at the config's (quickstart's) LR
         run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.max_epochs=1",
                 "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-                "--trainer.callbacks+=ddp_probe.RankProbe", "--run_dir", str(run_dir), cwd=tmp_path, timeout=600)
+                "--model.lr_reference_batch=128", "--trainer.callbacks+=ddp_probe.RankProbe", "--run_dir",
+                str(run_dir), cwd=tmp_path, timeout=600)
     finally:
         os.environ["PYTHONPATH"] = env_path.split(os.pathsep, 1)[1]
     ranks = [json.loads((run_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -115,3 +117,18 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, run_cli, cli) -> None:
     assert code == 0, err[-3000:]
     validated = summary(tmp_path / "single")["metrics"]["validate/acc"]
     assert validated == pytest.approx(record["metrics"]["val/acc"], abs=1e-6)
+    # the same experiment on one process resolves to the LR in the ratio of the global batches (64 / 128), and
+    # both ranks step at the LR rank 0 recorded
+    code, _, err = cli(["fit", "--config", str(REPO / "experiments/quickstart.yaml"), *short(batches=1, val_batches=1),
+                        "--trainer.accelerator=cpu", "--model.lr_reference_batch=128", "--run_dir",
+                        str(tmp_path / "one")])
+    assert code == 0, err[-3000:]
+    one, two = summary(tmp_path / "one")["optimization"], record["optimization"]
+    assert (one["global_batch"], two["global_batch"]) == (64, 128) and two["devices"] == 2
+    assert one["lr"] / two["lr"] == pytest.approx(64 / 128) and two["lr"] == pytest.approx(two["lr_given"])
+    assert [r["lrs"] for r in ranks] == [[two["lr"]]] * 2
+    for run, resolved in ((tmp_path / "one", one), (run_dir, two)):  # the config as the run resolved it
+        assert (run / "config.yaml").read_text().splitlines()[-1] == (
+            f"# resolved for this run: global batch {resolved['global_batch']} ({resolved['devices']} devices x 1 "
+            f"nodes x batch 64 x accumulation 1): the optimizer's lr x {resolved['lr_scale']:g} (lr_reference_batch "
+            f"128) = {resolved['lr']:g}")

@@ -11,6 +11,7 @@ from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
+from torchvision import tv_tensors
 from torchvision.datasets import ImageFolder, ImageNet
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
@@ -22,7 +23,20 @@ from inception_lab.errors import ArgumentValueError
 from inception_lab.sampling import trainer_progress
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# BVLC's transform_param: mean_value 104, 117, 123 (BGR) subtracted from 0-255 pixels, nothing divided
+CAFFE_MEAN_RGB = (123.0, 117.0, 104.0)
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (MEAN, STD),  # torchvision's: [0, 1] pixels less the mean, over the std (input rms about 1.4)
+    # 0-255 less BVLC's mean (rms about 83 on photographs): the scale LRN's alpha was set for. In the units of
+    # normalize() ([0, 1] pixels): mean / 255, std 1 / 255.
+    "caffe": (tuple(m / 255 for m in CAFFE_MEAN_RGB), (1 / 255,) * 3),
+}
 Backend = Literal["torchvision", "dali"]
+Normalization = Literal["imagenet", "caffe"]
+Interpolation = Literal["bilinear", "random"]
+# Section 6: "we used ... random interpolation methods (bilinear, area, nearest neighbor and cubic, with equal
+# probability) for resizing"
+PAPER_INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic")
 
 
 def load_image(path: str) -> Tensor:
@@ -39,11 +53,43 @@ def load_image(path: str) -> Tensor:
         return v2.functional.pil_to_tensor(image.convert("RGB"))
 
 
-def train_crop(size: int) -> v2.Compose:
+class RandomInterpolationResizedCrop(v2.RandomResizedCrop):
+    """``v2.RandomResizedCrop`` whose resize draws its interpolation per image, each of ``modes`` with equal
+    probability (the paper's bilinear, area, nearest and bicubic). ``area`` is ``torch.nn.functional.interpolate``'s
+    (a box filter when shrinking: OpenCV's INTER_AREA), which torchvision's resize has no mode for."""
+
+    MODES = {"bilinear": v2.InterpolationMode.BILINEAR, "nearest": v2.InterpolationMode.NEAREST,
+             "bicubic": v2.InterpolationMode.BICUBIC}
+
+    def __init__(self, size: int, modes: tuple[str, ...] = PAPER_INTERPOLATIONS, **kwargs: Any) -> None:
+        super().__init__(size, antialias=True, **kwargs)
+        self.modes = modes
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        params = super().make_params(flat_inputs)
+        params["mode"] = self.modes[int(torch.randint(len(self.modes), ()))]
+        return params
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        mode = params["mode"]
+        if mode != "area":
+            return v2.functional.resized_crop(inpt, params["top"], params["left"], params["height"], params["width"],
+                                              self.size, interpolation=self.MODES[mode], antialias=True)
+        patch = v2.functional.crop(inpt, params["top"], params["left"], params["height"], params["width"])
+        out = torch.nn.functional.interpolate(patch[None].float(), size=self.size, mode="area")[0]
+        out = out.round_().clamp_(0, 255).to(inpt.dtype)
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+
+def train_crop(size: int, interpolation: Interpolation = "bilinear") -> v2.Compose:
     """The loader worker's half of the paper's training augmentation, on a uint8 image: a random crop (area and
-    aspect as Section 6) resized to ``size`` x ``size``, and a horizontal flip. uint8 ``(3, size, size)`` out."""
-    return v2.Compose([v2.RandomResizedCrop(size, scale=CROP_AREA, ratio=CROP_RATIO, antialias=True),
-                       v2.RandomHorizontalFlip()])
+    aspect as Section 6) resized to ``size`` x ``size`` (bilinear, or ``random``: the paper's four interpolations
+    with equal probability), and a horizontal flip. uint8 ``(3, size, size)`` out."""
+    if interpolation == "random":
+        resize: v2.Transform = RandomInterpolationResizedCrop(size, scale=CROP_AREA, ratio=CROP_RATIO)
+    else:
+        resize = v2.RandomResizedCrop(size, scale=CROP_AREA, ratio=CROP_RATIO, antialias=True)
+    return v2.Compose([resize, v2.RandomHorizontalFlip()])
 
 
 def jitter_params(n: int, strength: float, device: torch.device | str = "cpu",
@@ -106,6 +152,11 @@ class ImageNetDataModule(ImageDataModule):
     paper's 144 crops (Section 7; ``inception_lab.data.views``). 144 views are 21.7 MB per image at 224 as uint8:
     a test batch of 256 images is 5.5 GB, so lower ``batch_size`` for ``multi144`` (it counts images, not views).
 
+    ``normalization``: ``imagenet`` (torchvision's mean and std, the batch-norm presets') or ``caffe`` (BVLC's:
+    0-255 pixels less the mean, not divided: the scale the paper network's LRN was set for; channels stay RGB).
+    ``interpolation``: the training crop's resize: ``bilinear`` or ``random`` (the paper's Section 6: bilinear,
+    area, nearest and bicubic with equal probability, drawn per image; torchvision backend).
+
     ``backend``: who decodes and crops the training images. ``torchvision`` (the default: loader workers, as
     above) or ``dali`` (NVIDIA DALI, ``pip install inception_lab[dali]``: decodes on the GPU with the random crop
     fused into the decode, or on the CPU where there is no GPU; ``num_workers`` is its CPU thread count; sharded by
@@ -114,19 +165,25 @@ class ImageNetDataModule(ImageDataModule):
     """
 
     views_supported = get_args(TestViews)
-    mean, std = MEAN, STD
 
     def __init__(self, root: str = "data/imagenet", image_size: PositiveInt = 224, eval_resize: PositiveInt = 256,
                  num_classes: PositiveInt = 1000, batch_size: PositiveInt = 256, num_workers: NonNegativeInt = 8,
                  pin_memory: bool = True, persistent_workers: bool = True, val_size: PositiveInt = 10000,
                  split_seed: int = 0, color_jitter: NonNegativeFloat = 0.4, test_views: TestViews = "single",
-                 backend: Backend = "torchvision") -> None:
+                 backend: Backend = "torchvision", normalization: Normalization = "imagenet",
+                 interpolation: Interpolation = "bilinear") -> None:
         check_arguments(ImageNetDataModule, locals())
         super().__init__(batch_size, num_workers, test_views)
         if backend == "dali":
+            if interpolation != "bilinear":
+                raise ArgumentValueError(type(self), "the DALI pipeline resizes bilinearly (DALI has no area "
+                                         "filter); random interpolation is the torchvision backend's: with backend "
+                                         "dali, set interpolation to 'bilinear'", interpolation=interpolation)
             from inception_lab.data.dali import require_dali
 
             require_dali(type(self))
+        self.mean, self.std = NORMALIZATIONS[normalization]
+        self.normalization, self.interpolation = normalization, interpolation
         self.save_hyperparameters()
         self.backend = backend
         self.root, self.eval_resize, self.val_size, self.split_seed = root, eval_resize, val_size, split_seed
@@ -136,7 +193,7 @@ class ImageNetDataModule(ImageDataModule):
 
     def _transforms(self) -> dict[str, Any]:
         center = ViewMaker("single", self.image_size, self.eval_resize)
-        return {"train": train_crop(self.image_size), "eval": center,
+        return {"train": train_crop(self.image_size, self.interpolation), "eval": center,
                 "test": ViewMaker(self.test_views, self.image_size, self.eval_resize)}
 
     def augment(self, images: Tensor) -> Tensor:

@@ -54,7 +54,8 @@ def input_paths(data: ImageNetDataModule, images: int, device: torch.device
     subset = data.train_set.dataset  # Subset of the folder: the training images
     samples = [subset.dataset.samples[i] for i in subset.indices]
     batches = max(1, -(-images // data.batch_size))
-    reference, crop = float_reference(data.image_size, data.color_jitter), train_crop(data.image_size)
+    reference = float_reference(data.image_size, data.color_jitter)
+    crop = train_crop(data.image_size, data.interpolation)  # the recipe's own crop
     order = _cycle(len(samples))
 
     def worker(load: Callable[[str], object], transform: Callable) -> Callable[[], int]:

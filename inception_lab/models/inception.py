@@ -73,6 +73,7 @@ Norm = Literal["batch", "lrn", "none"]
 Stem = Literal["imagenet", "cifar"]
 Head = Literal["gap", "fc"]
 Stages = Literal["table1", "torchvision"]
+AuxPool = Literal["adaptive", "caffe"]
 KernelStack = Union[int, tuple[int, ...]]
 
 
@@ -143,22 +144,42 @@ class InceptionBlock(nn.Module):
 class InceptionAux(nn.Module):
     """The paper's auxiliary classifier (Section 5): 5x5/3 average pool, 1x1 conv 128, FC 1024, dropout 0.7.
 
-    The pool is adaptive to 4x4, which equals the paper's 5x5/3 pool on the 14x14 maps of a 224 input and keeps
-    the head valid at other input sizes (torchvision does the same).
+    ``pool``: ``caffe`` is the paper's and BVLC's pool (``loss{1,2}/ave_pool``: 5x5, stride 3, Caffe's ceil
+    rounding; on a 14x14 map its windows start at 0, 3, 6, 9), whose output side, and so fc1's width, follows the
+    input size (``side``: the side of the map it pools). ``adaptive`` pools to 4x4 whatever the input (torchvision's
+    head, and every batch-norm preset's): on a 14x14 map its windows start at 0, 3, 7, 10 and are 4 wide, so it is
+    *not* the paper's pool there; it keeps torchvision's state_dict parity and a 4x4 map at any input size.
     """
 
     def __init__(self, in_channels: int, num_classes: int, conv_channels: int = 128, hidden: int = 1024,
-                 dropout: float = 0.7, norm: Norm = "batch", bn_eps: float = 1e-3) -> None:
+                 dropout: float = 0.7, norm: Norm = "batch", bn_eps: float = 1e-3, pool: AuxPool = "adaptive",
+                 side: int = 14) -> None:
         super().__init__()
+        self.pool = pool
+        pooled = math.ceil(max(side - 5, 0) / 3) + 1 if pool == "caffe" else 4
         self.conv = BasicConv2d(in_channels, conv_channels, 1, norm=norm, bn_eps=bn_eps)
-        self.fc1 = nn.Linear(conv_channels * 4 * 4, hidden)
+        self.fc1 = nn.Linear(conv_channels * pooled * pooled, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
         self.dropout = nn.Dropout(p=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv(_avg_pool_to(x, 4))  # N x 128 x 4 x 4
+        if self.pool == "caffe":  # a side under 5 makes one window of all of it, as Caffe clips its windows
+            x = nn.functional.avg_pool2d(x, (min(5, x.shape[-2]), min(5, x.shape[-1])), 3, ceil_mode=True)  # 4x4 at 14
+        else:
+            x = _avg_pool_to(x, 4)  # N x C x 4 x 4
+        x = self.conv(x)  # N x 128 x 4 x 4
         x = nn.functional.relu(self.fc1(torch.flatten(x, 1)), inplace=True)  # N x 1024
         return self.fc2(self.dropout(x))
+
+
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """Caffe's across-channel LRN (``b = a / (k + alpha / n * sum of a^2 over n channels)^beta``), computed in fp32
+    under autocast: in bf16 the denominator's ``1 + 1e-4 / 5 * sum`` rounds to 1 unless the inputs are at Caffe's
+    scale (0-255 pixels less the mean), and even then loses most of its digits."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float()).to(x.dtype)
 
 
 def _avg_pool_to(x: Tensor, size: int) -> Tensor:
@@ -207,12 +228,16 @@ class Inception(nn.Module):
         width_mult: multiplier on every width, rounded to a multiple of 8.
         aux_positions: blocks after which an auxiliary classifier attaches (paper: 4a and 4d); ``[]`` for none.
         aux_dropout: dropout in the aux heads (paper: 0.7).
+        aux_pool: the aux heads' first pool: ``caffe`` (the paper's and BVLC's 5x5/3 average pool, ceil rounding) or
+            ``adaptive`` (to 4x4, torchvision's; not the paper's windows on a 14x14 map: :class:`InceptionAux`).
         head: ``gap`` (global average pool, dropout, linear: the paper) or ``fc`` (flatten the last feature map
             into a linear classifier: the paper's comparison, Section 5: GAP gave +0.6% top-1).
         dropout: dropout before the final linear layer (paper: 0.4; torchvision: 0.2).
         norm: ``batch`` (BN after every conv), ``lrn`` (the paper: local response norm in the stem, Figure 3),
-            or ``none``. Without batch norm the convs start as BVLC's reproduction of the paper did (Caffe's
-            "xavier", biases 0.2), so the activations keep their scale through the 22 layers.
+            or ``none``. Without batch norm every layer starts as in BVLC's reproduction of the paper (Caffe's
+            "xavier": uniform, variance 1 / fan-in; biases 0.2 on the convs and the aux heads' fc1, 0 on the
+            classifiers), so the activations keep their scale through the 22 layers; LRN's alpha (1e-4) is set for
+            Caffe's input scale, 0-255 pixels less the mean (``ImageNetDataModule(normalization="caffe")``).
         bn_eps: batch-norm epsilon (torchvision: 1e-3).
     """
 
@@ -229,6 +254,7 @@ class Inception(nn.Module):
         width_mult: PositiveFloat = 1.0,
         aux_positions: tuple[str, ...] = ("4a", "4d"),
         aux_dropout: UnitInterval = 0.7,
+        aux_pool: AuxPool = "adaptive",
         head: Head = "gap",
         dropout: UnitInterval = 0.4,
         norm: Norm = "batch",
@@ -274,8 +300,9 @@ class Inception(nn.Module):
             if stage.name in aux_positions:
                 aux_name = f"aux{len(self._aux_after) + 1}"
                 self._aux_after[f"inception{stage.name}"] = aux_name
+                side = self._side(image_size) if aux_pool == "caffe" else 14
                 self.add_module(aux_name, InceptionAux(channels, num_classes, width(128), width(1024),
-                                                       aux_dropout, norm, bn_eps))
+                                                       aux_dropout, norm, bn_eps, aux_pool, side))
         self.out_channels = channels
 
         self.avgpool = GlobalAvgPool() if head == "gap" else nn.Identity()
@@ -284,17 +311,21 @@ class Inception(nn.Module):
         if head == "gap":
             features = channels
         else:  # the size of the last feature map, from a dry run of the trunk
-            with torch.no_grad():
-                x = torch.zeros(1, in_channels, image_size, image_size)
-                for name in self._order:
-                    x = getattr(self, name)(x)
-            features = x[0].numel()
+            features = channels * self._side(image_size) ** 2
         self.fc = nn.Linear(features, num_classes)
         self._init_weights()
 
     def _add(self, name: str, module: nn.Module) -> None:
         self.add_module(name, module)
         self._order.append(name)
+
+    def _side(self, image_size: int) -> int:
+        """The side of the feature map the trunk built so far makes of an ``image_size`` input (a dry run)."""
+        with torch.no_grad():
+            x = torch.zeros(1, self.in_channels, image_size, image_size)
+            for name in self._order:
+                x = getattr(self, name)(x)
+        return x.shape[-1]
 
     def _stem(self, stem: Stem, in_channels: int, width, norm: Norm, bn_eps: float) -> int:
         if stem == "cifar":  # 32x32 stays 32x32 into 3a; widths of Table 1's conv3 row
@@ -304,25 +335,28 @@ class Inception(nn.Module):
         self._add("conv1", BasicConv2d(in_channels, width(64), 7, stride=2, norm=norm, bn_eps=bn_eps))  # 112x112
         self._add("maxpool1", nn.MaxPool2d(3, stride=2, ceil_mode=True))  # N x 64 x 56 x 56
         if lrn:
-            self._add("lrn1", nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0))
+            self._add("lrn1", LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0))
         self._add("conv2", BasicConv2d(width(64), width(64), 1, norm=norm, bn_eps=bn_eps))
         self._add("conv3", BasicConv2d(width(64), width(192), 3, norm=norm, bn_eps=bn_eps))  # N x 192 x 56 x 56
         if lrn:
-            self._add("lrn2", nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0))
+            self._add("lrn2", LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0))
         self._add("maxpool2", nn.MaxPool2d(3, stride=2, ceil_mode=True))  # N x 192 x 28 x 28
         return width(192)
 
     def _init_weights(self) -> None:
+        batch_norm = any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
+        aux_fc1 = {id(m.fc1) for m in self.modules() if isinstance(m, InceptionAux)}
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.bias is None:  # batch norm follows (torchvision's init)
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Conv2d):  # no batch norm (the paper's network): BVLC's reproduction, Caffe's
-                # "xavier" (uniform, variance 1 / fan_in) and biases 0.2. Fan-out init grew the activations ~500x
-                # from the stem to 5b (logits' rms 32 at init), and the recipe's SGD diverged to NaN.
+            elif isinstance(m, (nn.Conv2d, nn.Linear)) and not batch_norm:  # the paper's network: BVLC's
+                # reproduction, Caffe's "xavier" (uniform, variance 1 / fan_in) and biases 0.2 but on the
+                # classifiers (loss{1,2,3}/classifier: 0). Fan-out init grew the activations ~500x from the stem to
+                # 5b (logits' rms 32 at init), and the recipe's SGD diverged to NaN.
                 bound = math.sqrt(3 / m.weight[0].numel())
                 nn.init.uniform_(m.weight, -bound, bound)
-                nn.init.constant_(m.bias, 0.2)
-            elif isinstance(m, nn.Linear):
+                nn.init.constant_(m.bias, 0.2 if isinstance(m, nn.Conv2d) or id(m) in aux_fc1 else 0.0)
+            elif isinstance(m, nn.Linear):  # with batch norm: torchvision's
                 nn.init.trunc_normal_(m.weight, std=0.01, a=-2, b=2)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
@@ -344,8 +378,9 @@ class Inception(nn.Module):
 Preset = Literal["paper", "torchvision", "cifar"]
 
 PRESETS: dict[str, dict] = {
-    # The paper as it specifies it: true 5x5 branches, LRN in the stem, no batch norm, dropout 0.4.
-    "paper": dict(norm="lrn", filter_sizes=(3, 5)),
+    # The paper as it specifies it (and BVLC's reproduction builds it): true 5x5 branches, LRN in the stem, no batch
+    # norm, dropout 0.4, the aux heads' 5x5/3 pool.
+    "paper": dict(norm="lrn", filter_sizes=(3, 5), aux_pool="caffe"),
     # torchvision.models.googlenet(aux_logits=True): 3x3 in its "5x5" branch (vision#906), BN eps 1e-3,
     # dropout 0.2 and a 2x2 pool before 5a.
     "torchvision": dict(norm="batch", bn_eps=1e-3, filter_sizes=(3, 3), dropout=0.2, stages="torchvision"),

@@ -88,6 +88,10 @@ class RunRecord(Callback):
             self._start_heartbeat()
         if hasattr(pl_module, "cost"):
             self.record.extra.update(pl_module.cost())
+        if self.stage == "fit" and hasattr(pl_module, "optimization"):  # the LR the run trains at, and why
+            resolved = pl_module.optimization()
+            if len(resolved) > 1:
+                self.record.extra["optimization"] = resolved
         self._set_up = True
         self._write(trainer)
 
