@@ -501,25 +501,28 @@ def test_a_verdict_per_cell_in_words(sweep_dir: Path, tmp_path: Path) -> None:
 
     compare([sweep_dir], out=tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
-    verdicts = md.split("## Verdicts (against the baseline, 95% confidence)\n\n")[1].split("\n\n")[0].splitlines()
+    heading = "## Verdicts (against the baseline, 95% confidence, ±0.5 points)\n\n"
+    verdicts = md.split(heading)[1].split("\n\n")[0].splitlines()
     assert len(verdicts) == 1 and verdicts[0].startswith(
-        "- head=fc vs head=gap: -4.50 points [-10.85, +1.85], paired over n = 2. "
-        "The interval includes 0: cannot tell it from the baseline")
-    # seeds for a 0.5-point difference at 95% with 80% power, at the spread of fc - gap (-0.05, -0.04)
+        "- head=fc vs head=gap: -4.50 points [-10.85, +1.85], paired over n = 2. **cannot tell** at n = 2: the "
+        "interval includes 0 and is wider than ±0.5.")
+    # seeds for a ±0.5-point 95% interval at the spread of fc - gap (-0.05, -0.04): resolved whatever the truth
     sd = statistics.stdev([-0.05, -0.04])
     need = int(verdicts[0].split("needs about ")[1].split(" seeds")[0])
     def enough(n: int) -> bool:
-        return (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n) <= 0.005
+        return stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) <= 0.005
     assert enough(need) and not enough(need - 1)
-    assert f"sd of the differences {100 * sd:.2f} points" in verdicts[0]
+    assert f"sd of the differences {100 * sd:.2f} points" in verdicts[0] and f"({need - 2} more)" in verdicts[0]
 
-    # an interval that excludes 0, in words
+    # an interval that excludes 0, and one within ±δ, in words
     base = Cell(("a",), [run(0, 0.90), run(1, 0.92), run(2, 0.91)])
     lower = Cell(("b",), [run(0, 0.85), run(1, 0.88), run(2, 0.86)])
+    same = Cell(("c",), [run(0, 0.9005), run(1, 0.9198), run(2, 0.9101)])
     from inception_lab.compare.report import verdicts as say
-    line = say([base, lower], ["model.net.init_args.head"], base)[0]
-    assert line.startswith("- head=b vs head=a: -4.67 points [") and line.endswith(
-        "The interval excludes 0: lower than the baseline at the 95% level.")
+    lines = say([base, lower, same], ["model.net.init_args.head"], base)
+    assert lines[0].startswith("- head=b vs head=a: -4.67 points [") and lines[0].endswith(
+        "**lower**: the interval excludes 0 (lower than the baseline at the 95% level).")
+    assert "**equal within ±0.5 points**: the interval includes 0 and its half-width" in lines[1]
 
 
 def test_cells_follow_the_sweep_files_order() -> None:

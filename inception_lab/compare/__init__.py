@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from inception_lab.compare.cells import Cell, group, grouping_keys, pick_baseline, sweep_order
-from inception_lab.compare.report import header, plots, render, tables, tables_markdown, text_table, title
+from inception_lab.compare.report import EFFECT, header, plots, render, tables, tables_markdown, text_table, title
 from inception_lab.compare.runs import CompareError, Run, load, parse_wandb_path, wandb_runs
 from inception_lab.compare.wandb_views import build_report, build_workspace
 from inception_lab.errors import ArgumentParser
@@ -39,8 +39,10 @@ class Comparison:
 
 
 def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] | None = None,
-            out: Path | None = None, wandb_path: str | None = None, api: Any = None) -> Comparison:
-    """Load, group, compute, plot and write the report; raises CompareError on bad input."""
+            out: Path | None = None, wandb_path: str | None = None, api: Any = None, half_width: float = EFFECT,
+            alpha: float = 0.05) -> Comparison:
+    """Load, group, compute, plot and write the report; raises CompareError on bad input. ``half_width`` (δ, a
+    fraction) and ``alpha``: the verdicts' rule (``cells.verdict``) and Holm's family level."""
     runs, swept, sweep = wandb_runs(wandb_path, api) if wandb_path else load(paths)
     finished = [r for r in runs if r.status == "finished"]
     excluded = [r for r in runs if r.status != "finished"]
@@ -57,7 +59,8 @@ def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] 
         out = paths[0] / "report" if one_sweep else Path("report")
     images = plots(cell_list, keys, base)
     head = header(finished, sweep, [wandb_path] if wandb_path else [str(p) for p in paths])
-    markdown, page = render(cell_list, keys, base, excluded, images, title(finished, keys, base, sweep), head)
+    markdown, page = render(cell_list, keys, base, excluded, images, title(finished, keys, base, sweep), head,
+                            half_width, alpha)
     write_all_atomic({out / name: data for name, data in [*images.items(), ("report.md", markdown),
                                                           ("report.html", page)]})
     return Comparison(keys, cell_list, base, excluded, out, text_table(tables(cell_list, keys, base)[0]),
@@ -74,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the baseline cell (repeatable); default: the experiment as written, else the first cell")
     parser.add_argument("--out", type=Path, help="report directory (default: <sweep dir>/report, else ./report)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT/SWEEP_ID", help="read a W&B sweep instead of directories")
+    parser.add_argument("--half-width", type=float, default=100 * EFFECT, metavar="POINTS",
+                        help="δ of the verdict 'equal within ±δ' (an interval that includes 0 and is no wider than "
+                             "±δ), in points of top-1 (default 0.5)")
+    parser.add_argument("--alpha", type=float, default=0.05,
+                        help="1 - the intervals' confidence, and Holm's family level (default 0.05)")
     parser.add_argument("--wandb-workspace", action="store_true",
                         help="also save a W&B workspace of the sweep grouped by the same keys (needs --wandb)")
     parser.add_argument("--wandb-report", action="store_true",
@@ -83,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         raise CompareError("give a sweep directory or run directories, or --wandb ENTITY/PROJECT/SWEEP_ID (not both)")
     if (args.wandb_workspace or args.wandb_report) and not args.wandb:
         raise CompareError("--wandb-workspace and --wandb-report need --wandb ENTITY/PROJECT/SWEEP_ID")
-    result = compare(args.paths, args.by, args.baseline, args.out, args.wandb)
+    if not args.half_width > 0:
+        raise CompareError(f"--half-width {args.half_width}: expected points of top-1 > 0, e.g. 0.5")
+    if not 0 < args.alpha < 1:
+        raise CompareError(f"--alpha {args.alpha}: expected a level in (0, 1), e.g. 0.05")
+    result = compare(args.paths, args.by, args.baseline, args.out, args.wandb, half_width=args.half_width / 100,
+                     alpha=args.alpha)
     print(result.table)
     for run in result.excluded:
         print(f"not averaged in: {run.name} ({run.status}{': ' + run.error_tail if run.error_tail else ''})")

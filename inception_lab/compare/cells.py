@@ -54,6 +54,12 @@ class Difference:
     method: str  # "paired" or "welch"
     note: str = ""
     sd: float | None = None  # of the paired differences; Welch: sqrt(var cell + var baseline), as if unpaired
+    p: float | None = None  # two-sided p of the t test (None: the differences did not vary)
+    confidence: float = 0.95
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
 
     @property
     def excludes_zero(self) -> bool:
@@ -184,9 +190,11 @@ def _by_seed(runs: list[Run], metric: str) -> dict[Any, float]:
     return {} if None in seeds or len(set(map(repr, seeds))) < len(seeds) else dict(pairs)
 
 
-def paired_difference(cell: Cell, baseline: Cell, metric: str = PRIMARY) -> Difference | None:
-    """Mean of cell - baseline with a 95% t interval: paired by seed when >= 2 seeds pair, else Welch's (unequal
-    variances); None when a side has fewer than 2 values."""
+def paired_difference(cell: Cell, baseline: Cell, metric: str = PRIMARY,
+                      confidence: float = 0.95) -> Difference | None:
+    """Mean of cell - baseline with a ``confidence`` t interval: paired by seed when >= 2 seeds pair, else Welch's
+    (unequal variances); None when a side has fewer than 2 values. The one implementation ``compare``'s tables and
+    verdicts and ``sweep --until-resolved``'s stopping rule share."""
     a, b = _by_seed(cell.runs, metric), _by_seed(baseline.runs, metric)
     common = [s for s in a if s in b]
     if paired := len(common) >= 2:
@@ -202,9 +210,65 @@ def paired_difference(cell: Cell, baseline: Cell, metric: str = PRIMARY) -> Diff
     with warnings.catch_warnings():  # equal values: scipy warns of precision loss, the interval has zero width
         warnings.simplefilter("ignore", RuntimeWarning)
         test = stats.ttest_rel(x, y) if paired else stats.ttest_ind(x, y, equal_var=False)
-        interval = test.confidence_interval(0.95)
+        interval = test.confidence_interval(confidence)
     diff = statistics.fmean(u - v for u, v in zip(x, y)) if paired else statistics.fmean(x) - statistics.fmean(y)
     sd = (statistics.stdev(u - v for u, v in zip(x, y)) if paired
           else math.sqrt(statistics.variance(x) + statistics.variance(y)))
+    p = float(test.pvalue) if math.isfinite(test.pvalue) else None
     return Difference(diff, float(interval.low), float(interval.high), min(len(x), len(y)), float(test.df),
-                      "paired" if paired else "welch", note, sd)
+                      "paired" if paired else "welch", note, sd, p, confidence)
+
+
+VERDICTS = ("higher", "lower", "equal", "cannot tell")
+
+
+@dataclass
+class Verdict:
+    """What one cell's interval against the baseline says: ``higher`` or ``lower`` (it excludes 0), ``equal``
+    (within ±``half_width``: it includes 0 and is no wider than that either side), or ``cannot tell``."""
+
+    word: str
+    diff: Difference | None
+    half_width: float  # δ, a fraction (0.005: half a point of top-1)
+
+    @property
+    def resolved(self) -> bool:
+        return self.word != "cannot tell"
+
+    def text(self) -> str:
+        delta = f"{100 * self.half_width:g}"
+        return f"equal within ±{delta}" if self.word == "equal" else self.word
+
+
+def verdict(diff: Difference | None, half_width: float) -> Verdict:
+    """The rule ``compare`` reports and ``sweep --until-resolved`` stops by: resolved when the interval excludes 0
+    (higher / lower) or its half-width is at most ``half_width`` (equal within ±δ)."""
+    if diff is None or diff.low != diff.low:  # no interval, or one of NaNs
+        return Verdict("cannot tell", diff, half_width)
+    if diff.excludes_zero:
+        return Verdict("higher" if diff.diff > 0 else "lower", diff, half_width)
+    if diff.half_width <= half_width:
+        return Verdict("equal", diff, half_width)
+    return Verdict("cannot tell", diff, half_width)
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values of a family (None stays None and is not counted): the i-th smallest of m
+    is max over j <= i of min(1, (m - j + 1) p_(j)). (scipy.stats has Benjamini-Hochberg, not Holm.)"""
+    order = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m, adjusted, running = len(order), list(p_values), 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def holm_levels(p_values: list[float | None], alpha: float = 0.05) -> list[float | None]:
+    """Each comparison's confidence level in Holm's step-down procedure: 1 - alpha / (m - i + 1) for the i-th
+    smallest p (an interval at that level excludes 0 exactly when Holm rejects at ``alpha``, the steps before it
+    having rejected)."""
+    order = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    levels: list[float | None] = [None] * len(p_values)
+    for rank, (_, i) in enumerate(order):
+        levels[i] = 1 - alpha / (len(order) - rank)
+    return levels

@@ -12,7 +12,17 @@ from html import escape as esc
 from pathlib import Path
 from typing import Any
 
-from inception_lab.compare.cells import PRIMARY, Cell, Difference, Stat, describe, paired_difference
+from inception_lab.compare.cells import (
+    PRIMARY,
+    Cell,
+    Difference,
+    Stat,
+    describe,
+    holm,
+    holm_levels,
+    paired_difference,
+    verdict,
+)
 from inception_lab.compare.runs import Run
 
 ACCURACIES = (("val/acc_best", "val top-1"), ("val/acc_top5", "val top-5"), ("test/acc", "test top-1"),
@@ -104,7 +114,10 @@ def tables_markdown(cell_list: list[Cell], by: list[str], base: Cell) -> list[st
     return lines
 
 
-EFFECT = 0.005  # the difference a verdict asks about: 0.5 points of top-1, the size of the paper's claims
+EFFECT = 0.005  # δ of a verdict's "equal within ±δ" (compare --half-width): 0.5 points, the size of the paper's claims
+HOLM_NOTE = ("The verdicts above judge each comparison alone. Across the family, Holm's step-down procedure keeps the "
+             "chance of any false \"higher\" or \"lower\" at alpha: the Holm p is the adjusted p-value, the Holm "
+             "interval each cell's interval at its step's level.")
 METRIC_WORDS = {"val/acc_best": "val top-1 (`val/acc_best`: the best validation top-1 over a run's epochs)"}
 
 
@@ -162,30 +175,77 @@ def header(runs: list[Run], sweep: dict[str, Any] | None, paths: list[str]) -> l
     return lines
 
 
-def verdicts(cell_list: list[Cell], by: list[str], base: Cell) -> list[str]:
-    """One line per cell against the baseline: does the 95% interval exclude 0, in words; and, when it does not,
-    how many seeds the observed spread would need to show a 0.5-point difference."""
+def seeds_for_half_width(diff: Difference, half_width: float) -> int | None:
+    """Seeds per cell (pairs) for the interval of ``diff``'s confidence to be at most ±``half_width`` wide at the
+    spread its differences had: the smallest n with t((1 + confidence) / 2, n - 1) * sd / sqrt(n) <= half_width.
+    Such an interval resolves the cell whatever the true difference (it excludes 0, or says equal within ±δ)."""
+    if diff.sd is None:
+        return None
+    if diff.sd == 0:
+        return 2
+    from scipy import stats
+
+    for n in range(2, 100_001):
+        if stats.t.ppf((1 + diff.confidence) / 2, n - 1) * diff.sd / math.sqrt(n) <= half_width:
+            return n
+    return None
+
+
+def verdicts(cell_list: list[Cell], by: list[str], base: Cell, half_width: float = EFFECT,
+             alpha: float = 0.05) -> list[str]:
+    """One line per cell against the baseline, the verdict of ``cells.verdict`` (the rule ``sweep
+    --until-resolved`` stops by): higher / lower (the interval excludes 0), equal within ±δ (it includes 0 and is no
+    wider than ±δ), or cannot tell (n, and the seeds per cell a ±δ interval would need at this spread)."""
     lines = []
     for cell in cell_list:
         if cell is base:
             continue
-        name, diff = f"{describe(cell, by)} vs {describe(base, by)}", paired_difference(cell, base)
+        name, diff = f"{describe(cell, by)} vs {describe(base, by)}", paired_difference(cell, base,
+                                                                                         confidence=1 - alpha)
         if diff is None:
-            lines.append(f"- {name}: no interval (a cell with fewer than 2 runs).")
+            lines.append(f"- {name}: no interval (a cell with fewer than 2 runs): cannot tell.")
             continue
+        said = verdict(diff, half_width)
         interval = (f"{100 * diff.diff:+.2f} points [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}], "
                     f"{'paired over' if diff.method == 'paired' else 'Welch, unpaired,'} n = {diff.n}")
-        if diff.excludes_zero:
-            side = "higher" if diff.diff > 0 else "lower"
-            lines.append(f"- {name}: {interval}. The interval excludes 0: {side} than the baseline at the 95% level.")
-            continue
-        need = diff.seeds_needed(EFFECT)
-        spread = (f" With this spread (sd of the differences {100 * diff.sd:.2f} points), showing a "
-                  f"{100 * EFFECT:.1f}-point difference at 95% with 80% power needs about "
-                  f"{need if need is not None else 'more than 100,000'} seeds per cell." if diff.sd else "")
-        lines.append(f"- {name}: {interval}. The interval includes 0: cannot tell it from the baseline at this n."
-                     + spread)
+        level = f"{100 * (1 - alpha):g}%"
+        if said.word in ("higher", "lower"):
+            lines.append(f"- {name}: {interval}. **{said.word}**: the interval excludes 0 ({said.word} than the "
+                         f"baseline at the {level} level).")
+        elif said.word == "equal":
+            lines.append(f"- {name}: {interval}. **{said.text()} points**: the interval includes 0 and its "
+                         f"half-width ({100 * diff.half_width:.2f}) is at most {100 * half_width:g}.")
+        else:
+            need = seeds_for_half_width(diff, half_width)
+            spread = (f" At this spread (sd of the differences {100 * diff.sd:.2f} points) a ±{100 * half_width:g}"
+                      f"-point interval needs about {need if need is not None else 'more than 100,000'} seeds per "
+                      f"cell ({max(0, need - diff.n) if need is not None else 'many'} more)." if diff.sd else "")
+            lines.append(f"- {name}: {interval}. **cannot tell** at n = {diff.n}: the interval includes 0 and is "
+                         f"wider than ±{100 * half_width:g}." + spread)
     return lines
+
+
+def holm_table(cell_list: list[Cell], by: list[str], base: Cell, half_width: float = EFFECT,
+               alpha: float = 0.05) -> Table | None:
+    """Holm's correction over the family of the sweep's comparisons with the baseline: each cell's raw p and
+    interval, its Holm-adjusted p, and its interval at Holm's step-down level (1 - alpha / (m - i + 1) for the i-th
+    smallest p), with the verdict each gives. None for fewer than two comparisons."""
+    others = [c for c in cell_list if c is not base]
+    diffs = [paired_difference(c, base, confidence=1 - alpha) for c in others]
+    if sum(d is not None and d.p is not None for d in diffs) < 2:
+        return None
+    ps = [d.p if d is not None else None for d in diffs]
+    adjusted, levels = holm(ps), holm_levels(ps, alpha)
+    rows = []
+    for cell, diff, p, level in zip(others, diffs, adjusted, levels):
+        wide = paired_difference(cell, base, confidence=level) if level is not None else None
+        rows.append([describe(cell, by), format_difference(diff), "—" if diff is None or diff.p is None else
+                     f"{diff.p:.3g}", "—" if p is None else f"{p:.3g}",
+                     "—" if wide is None else f"[{100 * wide.low:+.2f}, {100 * wide.high:+.2f}] at "
+                     f"{100 * level:.2f}%", verdict(diff, half_width).text(), verdict(wide, half_width).text()])
+    header = ["cell", f"Δ val top-1 [{100 * (1 - alpha):g}% CI]", "p", "Holm p", "Holm interval",
+              "verdict", "verdict (Holm)"]
+    return (f"Holm's correction over the {len(others)} comparisons with the baseline", header, rows)
 
 
 def _png(fig: Any) -> bytes:
@@ -274,16 +334,22 @@ def plots(cell_list: list[Cell], by: list[str], base: Cell) -> dict[str, bytes]:
 
 
 def render(cell_list: list[Cell], by: list[str], base: Cell, excluded: list[Run], images: dict[str, bytes],
-           title: str, head: list[str] | None = None) -> tuple[str, str]:
+           title: str, head: list[str] | None = None, half_width: float = EFFECT,
+           alpha: float = 0.05) -> tuple[str, str]:
     """``report.md`` (images linked) and a self-contained ``report.html`` (images as data URIs): the title, the
     ``head`` lines (sweep, metric, protocol, when), the tables, a verdict per cell, the plots."""
     members = [f"{describe(c, by)}: {', '.join(r.name for r in c.runs)}" for c in cell_list]
     left_out = [f"{r.name}: {r.status}" + (f" ({r.error_tail})" if r.error_tail else "") for r in excluded]
-    head, said = head or [], verdicts(cell_list, by, base)
+    head, said = head or [], verdicts(cell_list, by, base, half_width, alpha)
+    family = holm_table(cell_list, by, base, half_width, alpha)
+    level = f"{100 * (1 - alpha):g}% confidence, ±{100 * half_width:g} points"
 
     md = [f"# {title}", "", *(f"- {line}" for line in head), *([""] if head else []),
           *tables_markdown(cell_list, by, base), ""]
-    md += ["## Verdicts (against the baseline, 95% confidence)", "", *said, ""] if said else []
+    md += [f"## Verdicts (against the baseline, {level})", "", *said, ""] if said else []
+    if family is not None:
+        md += [f"## {family[0]}", "", HOLM_NOTE, "", "| " + " | ".join(family[1]) + " |", "|" + "---|" * len(family[1]),
+               *("| " + " | ".join(r) + " |" for r in family[2]), ""]
     md += ["## Runs not averaged in", "", *(f"- `{x}`" for x in left_out), ""] if left_out else []
     md += ["## Plots", "", *(f"![{Path(n).stem}]({n})\n" for n in images), "## Runs per cell", "",
            *(f"- {m}" for m in members), ""]
@@ -295,8 +361,12 @@ def render(cell_list: list[Cell], by: list[str], base: Cell, excluded: list[Run]
         body.append("<table>" + "".join("<tr>" + "".join(f"<{tag}>{esc(c)}</{tag}>" for c in row) + "</tr>"
                                         for tag, row in [("th", columns), *(("td", r) for r in rows)]) + "</table>")
     if said:
-        body += ["<h2>Verdicts (against the baseline, 95% confidence)</h2><ul>",
-                 *(f"<li>{esc(line[2:])}</li>" for line in said), "</ul>"]
+        body += [f"<h2>Verdicts (against the baseline, {esc(level)})</h2><ul>",
+                 *(f"<li>{esc(line[2:]).replace('**', '')}</li>" for line in said), "</ul>"]
+    if family is not None:
+        body += [f"<h2>{esc(family[0])}</h2>", f"<p>{esc(HOLM_NOTE)}</p>", "<table>" + "".join(
+            "<tr>" + "".join(f"<{tag}>{esc(c)}</{tag}>" for c in row) + "</tr>"
+            for tag, row in [("th", family[1]), *(("td", r) for r in family[2])]) + "</table>"]
     if left_out:
         body += ["<h2>Runs not averaged in</h2><ul>", *(f"<li>{esc(x)}</li>" for x in left_out), "</ul>"]
     body += ["<h2>Plots</h2>", *(f'<p><img alt="{esc(Path(n).stem)}" src="data:image/png;base64,'

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from inception_lab.errors import ArgumentParser
 from inception_lab.run.files import write_atomic
-from inception_lab.sweep import runner, spec
+from inception_lab.sweep import resolve, runner, spec
 from inception_lab.sweep.runner import State, check_command, check_trials, trial_command
 from inception_lab.sweep.spec import SweepError, Trial, load_sweep
 
@@ -34,6 +34,14 @@ def run(argv: list[str]) -> int:
     args = parse_args(argv)
     sweep = load_sweep(Path(args.sweep_file))
     check_command(sweep)
+    rule = None
+    if args.until_resolved:
+        rule = resolve.Rule(args.half_width / 100, args.max_seeds, args.alpha, args.seeds_per_round)
+        resolve.check(sweep, rule)
+        if args.emit_followup:
+            return emit_followup(args, sweep, rule)
+    elif args.emit_followup:
+        raise SweepError("--emit-followup needs --until-resolved (its rule says which cells need seeds)")
     run_cap = args.run_cap or sweep.run_cap
     if sweep.method in ("random", "bayes") and not run_cap:
         raise SweepError(f"{sweep.path}: method {sweep.method} draws without end: set run_cap in the sweep file "
@@ -54,9 +62,14 @@ def run(argv: list[str]) -> int:
     if args.repair:
         runner.repair(State(directory, sweep, args.seed, read=False), planned_values(sweep, run_cap, args.seed))
     state = State(directory, sweep, args.seed)
+    if rule is not None and state.rule is not None and state.rule != rule:
+        raise SweepError(f"{state.path}: this sweep runs until resolved with {_options(state.rule)}; pass the same "
+                         f"options (not {_options(rule)}), or --out DIR for a new sweep directory")
+    state.rule = state.rule or rule
     # bayes: each draw depends on the results so far; check the next one here, and each before it runs
     planned = planned_values(sweep, run_cap, state.seed) or [t.values for t in state.trials]
-    for trial, values in zip(state.trials, planned):  # a trial's index says which values it runs
+    for trial, values in zip(state.trials, planned):  # a trial's index says which values it runs (the grid's; an
+        # --until-resolved sweep's follow-ups come after them)
         if trial.values != values:
             raise SweepError(f"{state.path}: trial {trial.name} has other values than the sweep file gives it")
     check = [(i, v) for i, v in enumerate(planned) if i >= len(state.trials) or state.trials[i].status != "finished"]
@@ -89,6 +102,38 @@ def run(argv: list[str]) -> int:
     return runner.loop(sweep, state, slots, run_cap, trial_args)
 
 
+def _options(rule: resolve.Rule) -> str:
+    return (f"--half-width {100 * rule.half_width:g} --max-seeds {rule.max_seeds} --alpha {rule.alpha:g} "
+            f"--seeds-per-round {rule.step}")
+
+
+def emit_followup(args: argparse.Namespace, sweep: spec.Sweep, rule: resolve.Rule) -> int:
+    """``--emit-followup OUT.yaml``: the next round's W&B sweep file, from a finished sweep directory (``--out``, or
+    the default one) or from a W&B sweep's runs (``--wandb-sweep ENTITY/PROJECT/ID``, read as ``compare`` reads it)."""
+    out = Path(args.emit_followup)
+    if args.wandb_sweep:
+        from inception_lab.compare.runs import wandb_runs
+
+        records = wandb_runs(args.wandb_sweep)[0]
+        trials = resolve.trials_of_runs(sweep, records)
+        judged = resolve.judge_runs(sweep, trials, {r.name: r for r in records}, rule)
+        source = f"W&B sweep {args.wandb_sweep}"
+    else:
+        directory = Path(args.out or f"runs/sweeps/{sweep.path.stem}")
+        if not (directory / "state.json").is_file():
+            raise SweepError(f"{directory}: no sweep state (state.json) to follow up; run the sweep first, or pass "
+                             "--wandb-sweep ENTITY/PROJECT/ID")
+        state = State(directory, sweep, args.seed)
+        trials, source = state.trials, str(directory)
+        judged = resolve.judge(sweep, trials, state.run_dir, rule)
+    text = resolve.emit_followup(sweep.config, judged, rule, out)
+    if out.is_dir():
+        raise SweepError(f"--emit-followup {out}: a directory; give the path of the sweep file to write")
+    write_atomic(out, text)
+    print(f"sweep {sweep.name}: follow-up of {source} written to {out}: `wandb sweep {out}`")
+    return 0
+
+
 def planned_values(sweep: spec.Sweep, run_cap: int | None, seed: int) -> list[dict]:
     """The values of every trial a grid or random sweep runs, in order (a bayes sweep's are drawn as it goes: [])."""
     if sweep.method == "grid":
@@ -112,7 +157,10 @@ def write_array_job(args: argparse.Namespace, sweep: spec.Sweep, directory: Path
                    str(directory.absolute()), "--seed", str(args.seed),
                    *(["--gpus-per-trial", str(gpus)] if gpus > 1 else []),
                    *(["--run-cap", str(args.run_cap)] if args.run_cap else []),
-                   *(["--retry-failed"] if args.retry_failed else [])]
+                   *(["--retry-failed"] if args.retry_failed else []),
+                   *(["--until-resolved", *_options(resolve.Rule(args.half_width / 100, args.max_seeds, args.alpha,
+                                                                 args.seeds_per_round)).split()]
+                     if args.until_resolved else [])]
     text = slurm.sbatch_text(job_name=slurm.job_name(sweep.name, "sweep"), command=command, nodes=1,
                              tasks_per_node=1, gpus_per_node=gpus, cpus_per_task=args.cpus_per_task,
                              time=args.time, partition=args.partition, account=args.account,
@@ -139,6 +187,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--retry-failed", action="store_true", help="run failed and stopped trials again")
     parser.add_argument("--gpus-per-trial", type=int, help="GPUs for each trial (DDP when more than 1); with "
                                                            "--slurm, 0 writes CPU jobs (default 1)")
+    until = parser.add_argument_group("until resolved: after the file's seeds, more seeds where a comparison with the "
+                                      "baseline is not answered yet")
+    until.add_argument("--until-resolved", action="store_true",
+                       help="add seeds, a few at a time, to the cells (and the baseline) whose paired interval "
+                            "includes 0 and is wider than ±--half-width, until each is resolved or at --max-seeds")
+    until.add_argument("--half-width", type=float, default=0.5, metavar="POINTS",
+                       help="δ: an interval that includes 0 and is no wider than ±δ says 'equal within ±δ' "
+                            "(points of top-1; default 0.5)")
+    until.add_argument("--max-seeds", type=int, default=20, help="seeds per cell at most (default 20)")
+    until.add_argument("--alpha", type=float, default=0.05, help="1 - the intervals' confidence (default 0.05)")
+    until.add_argument("--seeds-per-round", type=int, default=2, help="seeds added to a cell per round (default 2)")
+    until.add_argument("--emit-followup", metavar="OUT.yaml",
+                       help="write the next round as a W&B sweep file (the unresolved cells x new seeds) from the "
+                            "finished sweep directory, or from --wandb-sweep ENTITY/PROJECT/ID; run nothing")
     parser.add_argument("--repair", action="store_true", help="a broken state.json: put its previous good copy "
                                                               "back (or rebuild it from the run directories), then "
                                                               "go on")
@@ -161,9 +223,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         argv = jobs.sbatch_options(argv)
     args = parser.parse_args(argv)
     for flag, value in (("parallel", args.parallel), ("run-cap", args.run_cap),
-                        ("array-parallelism", args.array_parallelism)):
+                        ("array-parallelism", args.array_parallelism), ("max-seeds", args.max_seeds),
+                        ("seeds-per-round", args.seeds_per_round)):
         if value is not None and value < 1:
             raise SweepError(f"--{flag} {value}: expected a positive integer")
+    if not args.half_width > 0:
+        raise SweepError(f"--half-width {args.half_width}: expected points of top-1 > 0, e.g. 0.5")
+    if not 0 < args.alpha < 1:
+        raise SweepError(f"--alpha {args.alpha}: expected a level in (0, 1), e.g. 0.05")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise SweepError(f"--gpus-per-trial {args.gpus_per_trial}: expected 0 (CPU) or more")
     try:

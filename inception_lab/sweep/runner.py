@@ -167,6 +167,7 @@ class State:
         self.prev = self.path.with_name("state.json.prev")
         self.runner = f"{socket.gethostname()}:{os.getpid()}"
         self.seed, self.trials = seed, []
+        self.rule: Any = None  # resolve.Rule of an --until-resolved sweep (kept in state.json)
         self.mine: dict[str, str] = {}  # the trials this runner claimed and runs: their claim tokens
         self.held: dict[str, PathLock] = {}  # run directory locks this runner holds: claims being written, started
         self.starting: set[str] = set()  # held until their fit starts (start_trial)
@@ -247,6 +248,10 @@ class State:
         """Takes state.json's trials, keeping this runner's own as it has them (the same objects, updated in place);
         a trial of this runner's whose token is not its own any more is another runner's now (``lost``)."""
         self.seed = data.get("seed", self.seed)
+        if data.get("until_resolved") is not None and self.rule is None:
+            from inception_lab.sweep.resolve import Rule
+
+            self.rule = Rule(**data["until_resolved"])
         known = {t.name: t for t in self.trials}
         trials = []
         for entry in data.get("trials", []):
@@ -286,6 +291,7 @@ class State:
     def data(self) -> dict[str, Any]:
         return {"sweep": self.sweep.name, "sweep_file": str(self.sweep.path), "method": self.sweep.method,
                 "metric": {"name": self.sweep.metric, "goal": self.sweep.goal}, "seed": self.seed,
+                **({"until_resolved": self.rule.as_json()} if self.rule is not None else {}),
                 "trials": [t.__dict__ for t in self.trials]}
 
     def save(self, previous: bytes = b"") -> None:
@@ -573,7 +579,10 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                 print(f"[{state.trials.index(trial) + 1}/{len(state.trials)}] start {trial.name} ({slot}, start "
                       f"{trial.starts})", flush=True)
             if not running:
-                break
+                if state.rule is None or not any(t.status in RESUMABLE for t in state.trials):
+                    break
+                time.sleep(2)  # until resolved: another runner's trials end a round this runner may follow up
+                continue
             time.sleep(0.5)
             if time.monotonic() - renewed > HEARTBEAT_S:
                 with state.locked():
@@ -626,6 +635,10 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
     with state.locked():
         pass  # the latest state, other runners' results included
     print(table(sweep, state))
+    if state.rule is not None:
+        from inception_lab.sweep.resolve import summary_lines
+
+        print("\n".join(summary_lines(sweep, state.trials, state.run_dir, state.rule)))
     elsewhere = [t.name for t in state.trials if t.status in RESUMABLE]
     if elsewhere:
         print(f"sweep {sweep.name}: not finished here (another runner has them, or a later run of this command "
@@ -690,6 +703,17 @@ def next_trial(sweep: Sweep, state: State, run_cap: int | None, skip: set[str] =
     """The next trial to claim (under the state's lock): a pending one (not in ``skip``), or a new bayes draw given
     every result so far, within ``run_cap`` (counted over all runners)."""
     pending = next((t for t in state.trials if t.status == "pending" and t.name not in skip), None)
+    if pending is None and state.rule is not None:  # a round ended: seeds where a comparison is not answered yet
+        from inception_lab.sweep.resolve import follow_ups
+
+        more = follow_ups(sweep, state.trials, state.run_dir, state.rule)
+        if more:
+            start = len(state.trials)
+            names = check_trials(sweep, state.directory, list(enumerate(more, start)))
+            state.trials += [Trial(name, values) for name, values in zip(names, more)]
+            print(f"sweep {sweep.name}: until resolved: {len(more)} trial(s) added "
+                  f"({', '.join(names)})", flush=True)
+            return state.trials[start]
     if pending is not None or sweep.method != "bayes" or len(state.trials) >= (run_cap or 0):
         return pending
     values = spec.bayes_value(sweep, state.trials, state.seed)

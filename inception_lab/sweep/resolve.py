@@ -1,0 +1,255 @@
+"""``sweep --until-resolved``: seeds added where a comparison is not yet answered.
+
+After the sweep file's own seeds, every cell (the values other than the seed) is compared with the baseline cell by
+``compare``'s own code (its run directories grouped into cells, ``cells.pick_baseline``, ``cells.paired_difference``
+and ``cells.verdict``: one implementation). A cell is *resolved* when its interval excludes 0 (higher or lower) or
+is no wider than ±``half_width`` (equal within ±δ); an unresolved cell below ``max_seeds`` gets the next ``step``
+seeds, and the baseline gets every seed a cell gets (the comparison is paired by seed). A cell is judged only when
+all of its trials and the baseline's have ended, so a decision never rests on half a round.
+
+The decision is made under the sweep directory's lock (``runner.next_trial``), from the trials ``state.json``
+holds (pending and running ones count as planned): any number of runners share the sweep, each seed is added once,
+and a restart continues where the last runner stopped. The rule is kept in ``state.json`` (``until_resolved``).
+
+Each look at the data is an interval at ``1 - alpha``, not corrected for the looks before it: a cell stopped as
+"higher" after several rounds has a somewhat larger chance of a false "higher" than ``alpha`` (``compare`` reports
+Holm's correction across the cells, not across the looks).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from inception_lab.sweep.spec import Sweep, SweepError, Trial
+
+SEED = "seed_everything"
+DONE = ("finished", "failed", "stopped")  # a trial that will not change any more
+
+
+@dataclass(frozen=True)
+class Rule:
+    half_width: float = 0.005  # δ, a fraction of top-1 (0.005: half a point)
+    max_seeds: int = 20  # per cell
+    alpha: float = 0.05
+    step: int = 2  # seeds added to a cell per round
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check(sweep: Sweep, rule: Rule) -> list[int]:
+    """The sweep file's seeds; SweepError (one line) where the file or the rule cannot be resolved by seeds."""
+    where = f"{sweep.path}: --until-resolved"
+    if sweep.method != "grid":
+        raise SweepError(f"{where} needs method: grid (cells x seeds), not {sweep.method}")
+    seed = next((p for p in sweep.params if p.name == SEED), None)
+    if seed is None or seed.kind != "categorical":
+        raise SweepError(f"{where} needs the seeds as a parameter: {SEED}: {{values: [0, 1, 2]}}")
+    seeds = seed.spec["values"]
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise SweepError(f"{where}: {SEED} values must be integers, got {seeds}")
+    if len(sweep.params) < 2:
+        raise SweepError(f"{where}: the sweep has one cell (no parameter besides {SEED}): nothing to compare")
+    if len(seeds) < 2:
+        raise SweepError(f"{where}: {SEED} has {len(seeds)} value; an interval needs at least 2 seeds per cell")
+    if rule.max_seeds < len(seeds):
+        raise SweepError(f"--max-seeds {rule.max_seeds}: fewer than the sweep file's {len(seeds)} seeds")
+    if not rule.half_width > 0 or not 0 < rule.alpha < 1 or rule.step < 1:
+        raise SweepError("--half-width must be > 0, --alpha in (0, 1) and --seeds-per-round >= 1")
+    return seeds
+
+
+def cell_of(values: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in values.items() if k != SEED}, sort_keys=True)
+
+
+@dataclass
+class Judged:
+    """One cell as the rule sees it: its verdict (None while undecided), its seeds planned and finished."""
+
+    cell: str
+    values: dict[str, Any]
+    seeds: list[int]
+    done: bool
+    verdict: Any = None  # cells.Verdict
+    baseline: bool = False
+
+
+def judge(sweep: Sweep, trials: list[Trial], run_dir: Any, rule: Rule) -> list[Judged]:
+    """Every cell of the sweep with its verdict against the baseline, as ``compare`` would give it now (from the
+    finished trials' run directories); cells with unfinished trials (or whose baseline has some) stay undecided."""
+    from inception_lab.compare.runs import load_run
+
+    return judge_runs(sweep, trials, {t.name: load_run(run_dir(t)) for t in trials if t.status == "finished"}, rule)
+
+
+def judge_runs(sweep: Sweep, trials: list[Trial], records: dict[str, Any], rule: Rule) -> list[Judged]:
+    """:func:`judge` from run records (``compare``'s ``Run``) by trial name: a sweep directory's or a W&B sweep's."""
+    from inception_lab.compare.cells import group, grouping_keys, paired_difference, pick_baseline, verdict
+    from inception_lab.compare.runs import sweep_keys
+
+    cells: dict[str, Judged] = {}
+    for trial in trials:
+        key = cell_of(trial.values)
+        entry = cells.setdefault(key, Judged(key, {k: v for k, v in trial.values.items() if k != SEED}, [], True))
+        entry.seeds.append(trial.values.get(SEED))
+        entry.done &= trial.status in DONE
+    runs = [records[t.name] for t in trials if t.status == "finished" and t.name in records]
+    runs = [r for r in runs if r.status == "finished"]
+    names = {id(r): t.name for t in trials if (r := records.get(t.name)) is not None}
+    if not runs:
+        return list(cells.values())
+    trial_cell = {t.name: cell_of(t.values) for t in trials}
+    keys = grouping_keys(runs, None, sweep_keys(sweep.config))
+    groups = group(runs, keys)
+    base = pick_baseline(groups, keys)
+    of = {id(g): trial_cell.get(names[id(g.runs[0])]) for g in groups}
+    base_key = of[id(base)]
+    if base_key in cells:
+        cells[base_key].baseline = True
+    for g in groups:
+        entry = cells.get(of[id(g)])
+        if entry is None or entry.baseline or not entry.done or not cells[base_key].done:
+            continue
+        diff = paired_difference(g, base, sweep.metric, confidence=1 - rule.alpha)
+        entry.verdict = verdict(diff, rule.half_width)
+    return list(cells.values())
+
+
+def follow_ups(sweep: Sweep, trials: list[Trial], run_dir: Any, rule: Rule) -> list[dict[str, Any]]:
+    """The trials to add now (values, in order: the baseline's new seeds, then each cell's), [] when nothing is to
+    be added yet (a round under way) or ever (every cell resolved or at ``max_seeds``)."""
+    judged = judge(sweep, trials, run_dir, rule)
+    base = next((j for j in judged if j.baseline), None)
+    if base is None:
+        return []
+    all_seeds = {s for j in judged for s in j.seeds}
+    added: dict[str, list[int]] = {}
+    for entry in judged:
+        if entry.baseline or entry.verdict is None or entry.verdict.resolved or len(entry.seeds) >= rule.max_seeds:
+            continue
+        have = set(entry.seeds)
+        # the baseline's seeds this cell lacks first (pairs at half the cost), then new ones
+        candidates = sorted(set(base.seeds) - have) + list(range(max(all_seeds) + 1, max(all_seeds) + 1 + rule.step))
+        take = min(rule.step, rule.max_seeds - len(entry.seeds))
+        added[entry.cell] = candidates[:take]
+    if not added:
+        return []
+    new_base = sorted({s for seeds in added.values() for s in seeds} - set(base.seeds))
+    values = [{**base.values, SEED: s} for s in new_base]
+    for entry in judged:
+        values += [{**entry.values, SEED: s} for s in added.get(entry.cell, [])]
+    return [_ordered(sweep, v) for v in values]
+
+
+def _ordered(sweep: Sweep, values: dict[str, Any]) -> dict[str, Any]:
+    """The values in the sweep's parameter order, as the grid's trials have them."""
+    return {p.name: values[p.name] for p in sweep.params if p.name in values}
+
+
+def finished(sweep: Sweep, trials: list[Trial], run_dir: Any, rule: Rule) -> bool:
+    """Every cell resolved or at ``max_seeds``, and no trial left to run."""
+    if any(t.status not in DONE for t in trials):
+        return False
+    return not follow_ups(sweep, trials, run_dir, rule)
+
+
+def summary_lines(sweep: Sweep, trials: list[Trial], run_dir: Any, rule: Rule) -> list[str]:
+    """Per cell: its verdict, or why it has none, for the runner's closing table."""
+    lines = [f"until resolved (±{100 * rule.half_width:g} points, alpha {rule.alpha:g}, at most {rule.max_seeds} "
+             "seeds per cell):"]
+    for entry in judge(sweep, trials, run_dir, rule):
+        what = ", ".join(f"{k}={json.dumps(v)}" for k, v in entry.values.items()) or "(all)"
+        if entry.baseline:
+            lines.append(f"  baseline   n={len(entry.seeds):<3} {what}")
+            continue
+        said = entry.verdict.text() if entry.verdict is not None else "undecided (a round under way)"
+        if entry.verdict is not None and not entry.verdict.resolved and len(entry.seeds) >= rule.max_seeds:
+            said += f" at the cap ({rule.max_seeds} seeds)"
+        lines.append(f"  {said:<24} n={len(entry.seeds):<3} {what}")
+    return lines
+
+
+def emit_followup(sweep_config: dict[str, Any], judged: list[Judged], rule: Rule, path: Path) -> str:
+    """A W&B sweep file for the next round of a finished sweep: the unresolved cells below the cap and the baseline
+    x the next ``step`` seeds (a W&B server fixes a sweep's grid, so the next round is a sweep of its own). Returns
+    the file's text; SweepError where every cell is resolved or the cells to rerun are not a grid."""
+    import yaml
+
+    base = next((j for j in judged if j.baseline), None)
+    open_cells = [j for j in judged if not j.baseline and j.verdict is not None and not j.verdict.resolved
+                  and len(j.seeds) < rule.max_seeds]
+    undecided = [j for j in judged if not j.baseline and j.verdict is None]
+    if base is None or (not open_cells and not undecided):
+        raise SweepError("every cell is resolved (or at --max-seeds): no follow-up sweep to write")
+    if undecided:
+        names = "; ".join(", ".join(f"{k}={json.dumps(v)}" for k, v in j.values.items()) for j in undecided)
+        raise SweepError(f"cells without a verdict yet (unfinished runs, or fewer than 2 seeds): {names}; finish "
+                         "the sweep first")
+    wanted = [base, *open_cells]
+    given = sweep_config.get("parameters") or {}
+    varied = [k for k in base.values if isinstance(given.get(k), dict) and "values" in given[k]]  # not constants
+    axes = {k: list({json.dumps(j.values[k]): j.values[k] for j in wanted}.values()) for k in varied}
+    grid = 1
+    for values in axes.values():
+        grid *= len(values)
+    if grid != len(wanted):
+        raise SweepError(f"the {len(wanted)} cells to rerun (the baseline and the unresolved) are not a grid of "
+                         f"the sweep's parameters ({grid} combinations); run them with `sweep --until-resolved` "
+                         "instead")
+    all_seeds = {s for j in judged for s in j.seeds}
+    seeds = list(range(max(all_seeds) + 1, max(all_seeds) + 1 + rule.step))
+    config = {k: v for k, v in sweep_config.items() if k not in ("parameters", "run_cap")}
+    name = str(sweep_config.get("name") or path.stem)
+    config["name"] = f"{name}.followup"
+    config["description"] = (f"follow-up of {name}: the cells not resolved at ±{100 * rule.half_width:g} points "
+                             f"(alpha {rule.alpha:g}) and the baseline, x seeds {seeds[0]}-{seeds[-1]}")
+    parameters = {k: spec for k, spec in (sweep_config.get("parameters") or {}).items()
+                  if k not in axes and k != SEED}  # constants and the like, as they were
+    parameters.update({k: {"values": v} for k, v in axes.items()})
+    parameters[SEED] = {"values": seeds}
+    config["parameters"] = dict(sorted(parameters.items()))
+    config["method"] = "grid"
+    cells = "\n".join(f"#   {'baseline' if j.baseline else j.verdict.text()} at n={len(j.seeds)}: "
+                      + ", ".join(f"{k}={json.dumps(v)}" for k, v in j.values.items()) for j in wanted)
+    return (f"# Written by `python -m inception_lab sweep --until-resolved --emit-followup`: the next round of {name}"
+            f"\n# ({len(wanted)} cells x {len(seeds)} seeds). Run it with `wandb sweep {path.name}`, then compare "
+            f"both sweeps' runs together.\n{cells}\n" + yaml.safe_dump(config, sort_keys=False))
+
+
+def _matches(run: Any, name: str, value: Any) -> int | None:
+    """How many config keys of a sweep value ``value`` of parameter ``name`` the run has as given (None: not all)."""
+    from inception_lab.compare.cells import freeze
+    from inception_lab.run.files import flatten
+
+    flat = flatten(value, name) if isinstance(value, dict) else {name: value}
+    if all(freeze(run.value(k)) == freeze(v) for k, v in flat.items()):
+        return len(flat)
+    return None
+
+
+def trials_of_runs(sweep: Sweep, runs: list[Any]) -> list[Trial]:
+    """A W&B sweep's runs as the trials they ran: each run's value of every parameter (the sweep value it matches
+    most specifically: ``{aux_weight: 0.0, net: ...}`` over ``{aux_weight: 0.0}``) and its seed."""
+    trials = []
+    for run in runs:
+        values: dict[str, Any] = {}
+        for param in sweep.params:
+            if param.name == SEED:
+                values[SEED] = run.seed
+                continue
+            if param.kind == "constant":  # the same in every run
+                values[param.name] = param.spec["value"]
+                continue
+            options = param.spec.get("values", [param.spec.get("value")])
+            scored = [(m, i) for i, v in enumerate(options) if (m := _matches(run, param.name, v)) is not None]
+            if not scored:
+                raise SweepError(f"W&B run {run.name}: its config has none of {param.name}'s values {options}")
+            values[param.name] = options[max(scored)[1]]
+        status = {"finished": "finished", "crashed": "failed", "failed": "failed", "killed": "stopped"}.get(
+            run.status, "running")
+        trials.append(Trial(run.name, values, status=status))
+    return trials

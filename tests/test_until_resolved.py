@@ -1,0 +1,234 @@
+"""``sweep --until-resolved``: the stopping rule on synthetic run records, runners sharing it, the follow-up sweep
+file for a W&B server, and Holm's correction in ``compare``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from inception_lab.__main__ import main as lab_main
+from inception_lab.compare import compare
+from inception_lab.compare.cells import Difference, holm, holm_levels, verdict
+from inception_lab.compare.runs import Run
+from inception_lab.sweep import resolve, spec
+from tests.conftest import REPO, clean_env
+
+# A fake trial: reads --x and --seed_everything, writes its run record (the experiment as written is x=0, so x=0 is
+# the baseline compare picks) with val/acc_best = 0.90 + effect + a per-seed term shared by every cell (what pairing
+# by seed removes) + its own noise. x=1: a clear +2 points; x=2: +0.3 points under 5 points of noise; x=3: equal.
+TRIAL = """
+import json, pathlib, random, sys, time
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+d = pathlib.Path(sys.argv[sys.argv.index("--run_dir") + 1])
+open(d / "ran.jsonl", "a").write(json.dumps(sys.argv) + "\\n")
+time.sleep(float(args.get("sleep", 0)))
+x, seed = int(args["x"]), int(args["seed_everything"])
+common = random.Random(f"c{seed}").gauss(0, 0.02)
+own = random.Random(f"{x}-{seed}").gauss(0, {0: 0.0005, 1: 0.001, 2: 0.05, 3: 0.0005}[x])
+acc = 0.90 + {0: 0.0, 1: 0.02, 2: 0.003, 3: 0.0}[x] + common + own
+(d / "config.yaml").write_text(f"x: {x}\\nseed_everything: {seed}\\n")
+(d / "summary.json").write_text(json.dumps({"status": "finished", "run_name": d.name, "seed": seed, "variant":
+    {} if x == 0 else {"x": x}, "metrics": {"val/acc_best": acc}}))
+"""
+
+
+def _sweep(tmp_path: Path, sleep: float = 0.0, cells: tuple[int, ...] = (0, 1, 2, 3)) -> Path:
+    (tmp_path / "trial.py").write_text(TRIAL)
+    path = tmp_path / "synth.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "synth", "method": "grid", "metric": {"name": "val/acc_best", "goal": "maximize"},
+        "parameters": {"x": {"values": list(cells)}, "seed_everything": {"values": [0, 1, 2]},
+                       "sleep": {"value": sleep}},
+        "command": ["python", str(tmp_path / "trial.py"), "${args}"]}))
+    return path
+
+
+def _state(out: Path) -> dict[str, Any]:
+    return json.loads((out / "state.json").read_text())
+
+
+def _seeds(out: Path) -> dict[int, list[int]]:
+    seeds: dict[int, list[int]] = {}
+    for t in _state(out)["trials"]:
+        seeds.setdefault(t["values"]["x"], []).append(t["values"]["seed_everything"])
+    return seeds
+
+
+UNTIL = ["--until-resolved", "--half-width", "0.5", "--max-seeds", "7", "--seeds-per-round", "2"]
+
+
+def test_the_stopping_rule_on_synthetic_run_records(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A clear difference stops at the file's 3 seeds; the noisy cell gets 2 seeds a round until the cap of 7; an
+    equivalent one stops at 3 with "equal within ±0.5". The baseline gets every seed a cell gets (paired), and the
+    closing table says each cell's verdict."""
+    path, out = _sweep(tmp_path), tmp_path / "out"
+    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 0
+    seeds = _seeds(out)
+    assert seeds == {0: [0, 1, 2, 3, 4, 5, 6], 1: [0, 1, 2], 2: [0, 1, 2, 3, 4, 5, 6], 3: [0, 1, 2]}
+    state = _state(out)
+    assert state["until_resolved"] == {"half_width": 0.005, "max_seeds": 7, "alpha": 0.05, "step": 2}
+    assert all(t["status"] == "finished" for t in state["trials"]) and len(state["trials"]) == 20
+    printed = capsys.readouterr().out
+    assert "until resolved (±0.5 points, alpha 0.05, at most 7 seeds per cell):" in printed
+    lines = {line.split()[-1]: line for line in printed.splitlines() if line.startswith("  ") and "x=" in line}
+    assert lines["x=1"].split()[0] == "higher" and "n=3" in lines["x=1"]
+    assert "cannot tell at the cap (7 seeds)" in lines["x=2"] and "n=7" in lines["x=2"]
+    assert "equal within ±0.5" in lines["x=3"] and "n=3" in lines["x=3"]
+    # what compare says of the same runs: the same verdicts, by the same code
+    result = compare([out], out=tmp_path / "report", half_width=0.005)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "- x=1 vs x=0: " in md and "**higher**" in md.split("- x=1 vs x=0: ")[1].splitlines()[0]
+    assert "**cannot tell** at n = 7" in md.split("- x=2 vs x=0: ")[1].splitlines()[0]
+    assert "**equal within ±0.5 points**" in md.split("- x=3 vs x=0: ")[1].splitlines()[0]
+    assert len(result.cells) == 4
+    # a rerun finds nothing to add; another rule on this directory is one line
+    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 0
+    assert len(_state(out)["trials"]) == 20
+    code = lab_main(["sweep", str(path), "--out", str(out), "--until-resolved", "--half-width", "1.0"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"inception_lab sweep: error: {out / 'state.json'}: this sweep runs until resolved with --half-width 0.5 "
+        "--max-seeds 7 --alpha 0.05 --seeds-per-round 2; pass the same options (not --half-width 1 --max-seeds 20 "
+        "--alpha 0.05 --seeds-per-round 2), or --out DIR for a new sweep directory")
+
+
+def test_a_plain_sweep_continues_until_resolved(tmp_path: Path) -> None:
+    """The file's grid run first (no rule), then the same directory with --until-resolved: it adds the follow-ups
+    to what is there, each trial run once."""
+    path, out = _sweep(tmp_path, cells=(0, 2)), tmp_path / "out"
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
+    assert _seeds(out) == {0: [0, 1, 2], 2: [0, 1, 2]} and "until_resolved" not in _state(out)
+    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 0
+    assert _seeds(out) == {0: [0, 1, 2, 3, 4, 5, 6], 2: [0, 1, 2, 3, 4, 5, 6]}
+    ran = [len((out / "runs" / t["name"] / "ran.jsonl").read_text().splitlines()) for t in _state(out)["trials"]]
+    assert ran == [1] * 14
+
+
+def test_two_runners_add_each_seed_once(tmp_path: Path) -> None:
+    """Two runner processes started at once on one --until-resolved sweep: the decisions are made under the
+    directory's lock, so every (cell, seed) is one trial and every trial ran once, in one of them."""
+    path, out = _sweep(tmp_path, sleep=0.3), tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(out), *UNTIL],
+                              cwd=REPO, env={**clean_env(), "WANDB_MODE": "disabled"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    trials = _state(out)["trials"]
+    pairs = [(t["values"]["x"], t["values"]["seed_everything"]) for t in trials]
+    assert len(pairs) == len(set(pairs)) == 20 and _seeds(out)[2] == [0, 1, 2, 3, 4, 5, 6]
+    assert all(len((out / "runs" / t["name"] / "ran.jsonl").read_text().splitlines()) == 1 for t in trials)
+    assert all(t["status"] == "finished" for t in trials)
+    starts = [line for o in outputs for line in o.splitlines() if "] start " in line]
+    assert len(starts) == 20 and all(any("] start " in line for line in o.splitlines()) for o in outputs)
+
+
+def _schema_validate(config: dict[str, Any]) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    try:
+        files = importlib.metadata.files("sweeps") or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("W&B's sweeps package is not installed (pip install 'inception-lab[sweeps]')")
+    schema_file = next(f for f in files if str(f).endswith("config/schema.json"))
+    jsonschema.Draft7Validator(json.loads(Path(schema_file.locate()).read_text())).validate(config)
+
+
+def test_the_follow_up_is_a_valid_wandb_sweep(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """From a finished sweep directory: the unresolved cell and the baseline x the next seeds, as a grid the W&B
+    server takes (the engine's own schema, and this project's sweep loader), with nothing run."""
+    path, out = _sweep(tmp_path), tmp_path / "out"
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 0  # the file's seeds only
+    followup = tmp_path / "next.yaml"
+    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL, "--emit-followup", str(followup)]) == 0
+    config = yaml.safe_load(followup.read_text())
+    assert config["method"] == "grid" and config["name"] == "synth.followup"
+    assert config["parameters"] == {"seed_everything": {"values": [3, 4]}, "sleep": {"value": 0.0},
+                                    "x": {"values": [0, 2]}}
+    assert config["command"] == yaml.safe_load(path.read_text())["command"]
+    _schema_validate(config)
+    loaded = spec.load_sweep(followup)
+    assert [v for v in spec.grid_values(loaded)] == [
+        {"seed_everything": s, "sleep": 0.0, "x": x} for s in (3, 4) for x in (0, 2)]
+    assert len(_state(out)["trials"]) == 12  # nothing added, nothing run
+    # from a W&B sweep's runs, as compare reads them: the same file
+    runs = [Run(t["name"], "finished", {"x": t["values"]["x"], "seed_everything": t["values"]["seed_everything"]},
+                json.loads((out / "runs" / t["name"] / "summary.json").read_text())) for t in _state(out)["trials"]]
+    sweep = spec.load_sweep(path)
+    trials = resolve.trials_of_runs(sweep, runs)
+    judged = resolve.judge_runs(sweep, trials, {r.name: r for r in runs}, resolve.Rule(max_seeds=7))
+    text = resolve.emit_followup(sweep.config, judged, resolve.Rule(max_seeds=7), followup)
+    assert yaml.safe_load(text) == config
+    # every cell resolved: one line, nothing written
+    capsys.readouterr()
+    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL[:-4], "--max-seeds", "3", "--emit-followup",
+                     str(tmp_path / "none.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == ("inception_lab sweep: error: every cell is resolved (or at "
+                                               "--max-seeds): no follow-up sweep to write")
+    assert not (tmp_path / "none.yaml").exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--until-resolved", "--max-seeds", "2"], "--max-seeds 2: fewer than the sweep file's 3 seeds"),
+    (["--until-resolved", "--half-width", "0"], "--half-width 0.0: expected points of top-1 > 0, e.g. 0.5"),
+    (["--until-resolved", "--alpha", "1.5"], "--alpha 1.5: expected a level in (0, 1), e.g. 0.05"),
+    (["--emit-followup", "x.yaml"], "--emit-followup needs --until-resolved (its rule says which cells need seeds)"),
+])
+def test_bad_options_are_one_line(tmp_path: Path, argv: list[str], message: str,
+                                  capsys: pytest.CaptureFixture) -> None:
+    path = _sweep(tmp_path)
+    assert lab_main(["sweep", str(path), "--out", str(tmp_path / "out"), *argv]) == 2
+    assert capsys.readouterr().err.strip() == f"inception_lab sweep: error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_without_seeds_cannot_run_until_resolved(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"method": "random", "run_cap": 2, "parameters": {"x": {"values": [1, 2]}},
+                                    "command": ["python", "t.py", "${args}"]}))
+    assert lab_main(["sweep", str(path), "--until-resolved"]) == 2
+    assert capsys.readouterr().err.strip() == (f"inception_lab sweep: error: {path}: --until-resolved needs method: "
+                                               "grid (cells x seeds), not random")
+
+
+def _diff(low: float, high: float) -> Difference:
+    return Difference((low + high) / 2, low, high, 5, 4.0, "paired", sd=0.01, p=0.5)
+
+
+def test_the_verdicts() -> None:
+    """Excludes 0: higher / lower; includes 0 and no wider than ±δ: equal within ±δ; else cannot tell."""
+    assert verdict(_diff(0.001, 0.02), 0.005).word == "higher"
+    assert verdict(_diff(-0.02, -0.001), 0.005).word == "lower"
+    said = verdict(_diff(-0.004, 0.005), 0.005)
+    assert said.word == "equal" and said.resolved and said.text() == "equal within ±0.5"
+    assert not verdict(_diff(-0.004, 0.007), 0.005).resolved
+    assert verdict(None, 0.005).word == "cannot tell"
+
+
+def test_holm_against_a_hand_computed_family() -> None:
+    """p = 0.01, 0.04, 0.03, 0.005 (m = 4): sorted 0.005, 0.01, 0.03, 0.04 -> 4 x 0.005 = 0.02, 3 x 0.01 = 0.03,
+    2 x 0.03 = 0.06, max(0.06, 1 x 0.04) = 0.06; the levels 1 - 0.05 / 4, / 3, / 2, / 1 in that order."""
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, None, 0.9]) == pytest.approx([1.0, None, 1.0])  # m = 2: 2 x 0.5 = 1, then max(1, 0.9)
+    assert holm([0.04, 0.5]) == pytest.approx([0.08, 0.5])
+    assert holm_levels([0.01, 0.04, 0.03, 0.005]) == pytest.approx([1 - 0.05 / 3, 1 - 0.05, 1 - 0.05 / 2,
+                                                                     1 - 0.05 / 4])
+
+
+def test_compare_reports_holm_beside_the_raw_intervals(tmp_path: Path) -> None:
+    """compare's Holm table: every cell's raw interval and p, its Holm p and its interval at its step's level."""
+    path, out = _sweep(tmp_path), tmp_path / "out"
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
+    compare([out], out=tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    table = md.split("## Holm's correction over the 3 comparisons with the baseline\n\n")[1].split("\n\n")[1]
+    rows = [r.split(" | ") for r in table.splitlines()[2:]]
+    raw = [float(r[2]) for r in rows]
+    assert [float(r[3]) for r in rows] == pytest.approx([float(f"{p:.3g}") for p in holm(raw)], rel=1e-2)
+    levels = holm_levels(raw)
+    assert [r[4].split(" at ")[1] for r in rows] == [f"{100 * lv:.2f}%" for lv in levels]
