@@ -96,6 +96,7 @@ class _Interleave:
         self.results: dict[str, list[float]] = {"fit": [], **{k: [] for k in others}}
         self.images = 0
         self.t0: float | None = None
+        self.started, self.warmup_s = time.perf_counter(), None  # the warm-up steps: torch.compile's time is there
 
     def on_batch_end(self, batch_size: int, step: int) -> bool:
         """Called after each fit step; returns True when the benchmark has enough windows."""
@@ -105,6 +106,7 @@ class _Interleave:
                     run()
                 _sync(self.device)
                 self.t0, self.images = time.perf_counter(), 0
+                self.warmup_s = round(self.t0 - self.started, 2)
             return False
         self.images += batch_size
         if (step - self.warmup + 1) % self.steps:
@@ -138,7 +140,7 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
     # bare PyTorch: our network, same batch, precision, memory format and optimizer type
     bare_net = copy.deepcopy(net).to(device, memory_format=fmt).train()
     if getattr(model, "compile_net", False):  # same model: compiled too
-        bare_net.compile()
+        bare_net.compile(mode=getattr(model, "compile_mode", "default"))
     bare_opt = model.optimizer(bare_net.parameters())
     bare_x = x.contiguous(memory_format=fmt)
 
@@ -233,7 +235,8 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
         "threads": torch.get_num_threads(), "image_size": image_size, "batch_size": batch_size,
         "precision": precision, "channels_last": channels_last, "windows": windows, "steps_per_window": steps,
         **{f"{k}_img_per_s": round(statistics.median(v), 2) for k, v in timer.results.items()},
-        "step_flops": flops, "peak_flops": peak,
+        "step_flops": flops, "peak_flops": peak, "warmup_s": timer.warmup_s,
+        "compile": getattr(model, "compile_mode", "default") if getattr(model, "compile_net", False) else None,
     }
     for name in paths:
         result.pop(f"path_{name}_img_per_s")
@@ -316,13 +319,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, help="input side (--preset; default: the preset's)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: the config's, or 16)")
     parser.add_argument("--precision", help="e.g. 32-true, bf16-mixed (default: the config's, or bf16-mixed on GPU)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (its time: warmup_s)")
+    parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
+                        help="torch.compile's mode (reduce-overhead: CUDA graphs)")
+    source.add_argument("--suite", choices=("gpu", "cpu"), help="every figure of docs/performance.md in one call: "
+                        "each step a bench of its own with its own time limit (going on past a failing one), its "
+                        "JSON and summary.md in --out; on a machine without CUDA the GPU-only steps are reported "
+                        "missing with the reason")
+    parser.add_argument("--out", help="--suite: the directory for summary.md and each step's JSON")
     parser.add_argument("--no-channels-last", action="store_true", help="keep NCHW (to see what channels_last gains)")
     parser.add_argument("--warmup", type=int, default=2, help="fit steps before timing")
     parser.add_argument("--steps-per-window", type=int, default=3)
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print JSON")
     args, overrides = parser.parse_known_args(argv)
+    if args.suite:
+        from inception_lab.bench_suite import run_suite
+
+        if overrides:
+            parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+        return run_suite(args.suite, args.out or f"bench-{args.suite}")
     if args.make_imagenet:
         return _make_imagenet(args.make_imagenet, args.images)
     keep_freed_memory()  # as the CLI does: every variant runs with it
@@ -361,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         model.channels_last = False
         model.net.to(memory_format=torch.contiguous_format)
     if args.compile:
-        model.compile_net = True
+        model.compile_net, model.compile_mode = True, args.compile_mode
     result = bench(model, data, image_size, batch_size, precision, device, args.warmup, args.steps_per_window,
                    args.windows, getattr(model, "aux_weight", 0.3))
     print(json.dumps(result, indent=2) if args.json else format_table(result))

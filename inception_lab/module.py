@@ -78,7 +78,10 @@ class InceptionClassifier(LightningModule):
             (Caffe's ``lr_mult`` / ``decay_mult`` of a layer's second blob; BVLC's GoogLeNet: 2 and 0). With both 1,
             one parameter group.
         channels_last: keep weights and activations in NHWC (faster convolutions and pooling; same maths).
-        compile: ``torch.compile`` the network in place (state_dict keys unchanged); pays off on GPUs.
+        compile: ``torch.compile`` the network in place (``nn.Module.compile``: state_dict keys unchanged, so
+            checkpoints load into an eager model); pays off on GPUs.
+        compile_mode: torch.compile's mode: ``default``, ``reduce-overhead`` (CUDA graphs: the launches of a step
+            replayed as one) or ``max-autotune`` (autotuned kernels, and CUDA graphs).
         views_per_forward: test-time views (``data.init_args.test_views``) evaluated per forward pass: an image's
             144 views and a batch's images are cut into chunks of this many, so memory is bounded whatever the
             protocol (256 views at 224: about the activations of an eval batch of 256).
@@ -100,6 +103,7 @@ class InceptionClassifier(LightningModule):
         bias_decay_mult: NonNegativeFloat = 1.0,
         channels_last: bool = True,
         compile: bool = False,
+        compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default",
         views_per_forward: PositiveInt = 256,
     ) -> None:
         check_arguments(InceptionClassifier, locals())
@@ -130,7 +134,7 @@ class InceptionClassifier(LightningModule):
         self.val_acc_best.persistent(True)  # survives a resume from checkpoint
         self.losses["train_loss"].persistent(True)  # and the epoch's running train metrics a mid-epoch resume
         self.metrics["train_acc"].apply(lambda m: m.persistent(True) if hasattr(m, "persistent") else None)
-        self.compile_net = compile
+        self.compile_net, self.compile_mode = compile, compile_mode
         self.views_per_forward = int(views_per_forward)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -145,7 +149,7 @@ class InceptionClassifier(LightningModule):
 
     def configure_model(self) -> None:
         if self.compile_net and not getattr(self, "_compiled", False):
-            self.net.compile()
+            self.net.compile(mode=self.compile_mode)
             self._compiled = True
 
     # ---- forward and losses -------------------------------------------------------------------------------------

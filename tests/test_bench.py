@@ -41,3 +41,32 @@ def test_bench_quickstart_config_json(tmp_path: Path, cli) -> None:
 def test_bench_bad_flags(args: list[str], message: str, cli) -> None:
     code, _, err = cli(["bench", *args])
     assert code == 2 and message in err and "Traceback" not in err, err[-2000:]
+
+
+@pytest.mark.slow
+def test_the_suite_runs_each_step_apart_and_says_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """``bench --suite gpu`` on a machine without CUDA: each step a process of its own with its own time limit, its
+    JSON in --out, a step that fails or runs out of time reported and passed, the GPU-only ones missing with the
+    reason, and summary.md saying that none of it is a GPU figure."""
+    from inception_lab import bench_suite
+    from inception_lab.bench import main as bench_main
+    from inception_lab.bench_suite import Step
+
+    tiny = ["--preset", "cifar", "--batch-size", "2", "--warmup", "1", "--steps-per-window", "1", "--windows", "1"]
+    monkeypatch.setattr(bench_suite, "steps", lambda gpu, imagenet: [
+        Step("cifar_eager", tiny, 300, what="CIFAR preset"),
+        Step("graphs", [*tiny, "--compile", "--compile-mode", "reduce-overhead"], 300,
+             "CUDA graphs need a CUDA device", "compile reduce-overhead"),
+        Step("too_slow", ["--preset", "paper", "--image-size", "224", "--batch-size", "64"], 3, what="cut short"),
+        Step("broken", [*tiny, "--windows", "0"], 300, what="a bad flag")])
+    assert bench_main(["--suite", "gpu", "--out", str(tmp_path / "suite")]) == 0
+    results = {name: json.loads((tmp_path / "suite" / f"{name}.json").read_text())
+               for name in ("cifar_eager", "graphs", "too_slow", "broken")}
+    assert results["cifar_eager"]["fit_img_per_s"] > 0 and results["cifar_eager"]["warmup_s"] > 0
+    assert results["graphs"] == {"missing": "CUDA graphs need a CUDA device"}
+    assert results["too_slow"]["failed"] == "timed out after 3 s"
+    assert results["broken"]["failed"].startswith("exit 2: inception_lab bench: error: --windows 0: expected")
+    summary = (tmp_path / "suite" / "summary.md").read_text()
+    assert "No CUDA device here" in summary and "| graphs | compile reduce-overhead | missing: CUDA graphs" in summary
+    assert summary.count("\n| ") == 5  # the header and a row a step

@@ -284,7 +284,8 @@ def test_input_paths_run_and_say_what_is_missing(tiny_imagenet: Path, monkeypatc
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     dm = datamodule(tiny_imagenet)
     runs, missing = input_paths(dm, 10, torch.device("cpu"))
-    assert set(runs) == {"torchvision_float", "torchvision_uint8", "device"} and set(missing) == {"dali"}
+    assert set(runs) == {"torchvision_float", "torchvision_uint8", "torchvision_device", "device"}
+    assert set(missing) == {"dali"}
     assert "pip install inception_lab[dali]" in missing["dali"] and set(PATHS) == set(runs) - {"device"} | {"dali"}
     assert all(run() == 12 for run in runs.values())  # 10 images in batches of 4
 
@@ -299,8 +300,41 @@ def test_bench_reports_the_input_paths(tmp_path: Path, cli) -> None:
                           "--steps-per-window", "1", "--windows", "1", "--json"])
     assert code == 0, err[-3000:]
     r = json.loads(out[out.index("{"):])
-    assert set(r["data_paths"]) == {"torchvision_float", "torchvision_uint8", "dali"}
+    assert set(r["data_paths"]) == {"torchvision_float", "torchvision_uint8", "torchvision_device", "dali"}
     for name, ips in r["data_paths"].items():
         assert (ips is None) == (name in r["data_paths_missing"]), name
         assert ips is None or (math.isfinite(ips) and ips > 0), name
     assert r["data_paths"]["torchvision_uint8"] > 0 and r["data_img_per_s"] > 0
+
+
+# ---- backend: torchvision_device (the GPU JPEG path, as far as a CPU shows it) ---------------------------------------
+def test_the_device_decode_path_makes_the_worker_path_s_crops(tiny_imagenet: Path) -> None:
+    """``backend: torchvision_device``: the workers hand over file bytes (a PNG and a CMYK JPEG decoded there), the
+    batch is decoded in one ``decode_jpeg`` call onto the device and cropped and flipped there by the worker path's
+    own transform, drawn image by image: with the same seed, exactly the worker path's uint8 batch (on a CPU the
+    device is the host; on a GPU the decoder is nvJPEG)."""
+    from PIL import Image
+    from torch.utils.data import default_collate
+
+    from inception_lab.data.imagenet import collate_bytes, read_bytes
+
+    folder = tiny_imagenet / "train" / "n00000000"
+    Image.open(next(folder.glob("*.JPEG"))).save(folder / "as_png.JPEG", format="PNG")  # ImageNet has a few
+    Image.open(next(folder.glob("*.JPEG"))).convert("CMYK").save(folder / "cmyk.JPEG", format="JPEG")
+    batches = {}
+    for backend in ("torchvision", "torchvision_device"):
+        dm = datamodule(tiny_imagenet, backend=backend, val_size=2, batch_size=18)
+        loader = dm.train_dataloader()
+        assert loader.collate_fn is (collate_bytes if backend == "torchvision_device" else default_collate)
+        torch.manual_seed(7)
+        batch = next(iter(loader))
+        if backend == "torchvision_device":
+            kinds = sorted({(x.dtype, x.ndim) for x in batch[0]})
+            assert kinds == [(torch.uint8, 1), (torch.uint8, 3)]  # bytes, and the two decoded by the worker
+            torch.manual_seed(7)
+        batches[backend] = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    (a, ya), (b, yb) = batches["torchvision"], batches["torchvision_device"]
+    assert a.shape == b.shape == (18, 3, 32, 32) and b.dtype == torch.uint8
+    assert torch.equal(ya, yb) and torch.equal(a, b)
+    assert read_bytes(str(folder / "cmyk.JPEG")).ndim == 3 and read_bytes(str(folder / "as_png.JPEG")).ndim == 3
+    assert read_bytes(str(next(folder.glob("n*.JPEG")))).ndim == 1

@@ -484,9 +484,12 @@ def _tiny_sweep(tmp_path: Path, name: str, parameters: dict[str, Any]) -> Path:
 
 
 def _runner(path: Path, out: Path, *flags: str, wandb: str = "offline") -> subprocess.Popen:
+    # SIGINT as in a terminal's foreground job: a test suite started in the background (`cmd &` in a script)
+    # inherits SIGINT ignored, and Python keeps it so in the child, where Ctrl-C would then do nothing
     return subprocess.Popen([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(out), *flags],
                             cwd=REPO, env={**clean_env(), "WANDB_MODE": wandb}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _state(out: Path) -> dict[str, Any]:

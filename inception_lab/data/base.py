@@ -126,7 +126,7 @@ class ImageDataModule(LightningDataModule):
             return ResidentLoader(lambda: self._resident_tensors(dataset), self.batch_size, sampler)
         return (ResumableDataLoader if train else DataLoader)(
             dataset, batch_size=self.batch_size, num_workers=workers, drop_last=False,
-            sampler=sampler if train else None,
+            sampler=sampler if train else None, collate_fn=self.collate(train),
             generator=torch.Generator().manual_seed(seed),  # worker seeds: not drawn from the global RNG
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and workers > 0,
@@ -140,6 +140,21 @@ class ImageDataModule(LightningDataModule):
         if tensors is None or tensors[0].device != device:
             tensors = self._on_device[id(dataset)] = tuple(t.to(device) for t in dataset.tensors)
         return tensors
+
+    def collate(self, train: bool) -> Any:
+        """The DataLoader's ``collate_fn`` (None: PyTorch's default)."""
+        return None
+
+    def decode(self, items: list[Tensor], device: torch.device) -> Tensor:
+        """A batch that arrived as a list of undecoded items (file bytes, on the host), as uint8 images
+        ``(N, C, H, W)`` on ``device``: for DataModules whose workers hand over bytes."""
+        raise DataError(f"{type(self).__name__}: its loaders hand over images, not bytes")
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        x, *rest = batch if isinstance(batch, (tuple, list)) else (batch,)
+        if isinstance(x, (list, tuple)):  # file bytes from the workers: decoded straight onto the device
+            return [self.decode(list(x), device), *super().transfer_batch_to_device(rest, device, dataloader_idx)]
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self) -> DataLoader | ResidentLoader:
         return self._loader(self.train_set, train=True)

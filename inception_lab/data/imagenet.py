@@ -31,7 +31,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     # normalize() ([0, 1] pixels): mean / 255, std 1 / 255.
     "caffe": (tuple(m / 255 for m in CAFFE_MEAN_RGB), (1 / 255,) * 3),
 }
-Backend = Literal["torchvision", "dali"]
+Backend = Literal["torchvision", "dali", "torchvision_device"]
 Normalization = Literal["imagenet", "caffe"]
 Interpolation = Literal["bilinear", "random"]
 # Section 6: "we used ... random interpolation methods (bilinear, area, nearest neighbor and cubic, with equal
@@ -39,12 +39,64 @@ Interpolation = Literal["bilinear", "random"]
 PAPER_INTERPOLATIONS = ("bilinear", "area", "nearest", "bicubic")
 
 
+def is_jpeg(data: Tensor) -> bool:
+    return len(data) > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8  # the JPEG start-of-image marker
+
+
+def read_bytes(path: str) -> Tensor:
+    """For ``backend: torchvision_device``: a JPEG's bytes as a uint8 tensor ``(L,)``, decoded later on the training
+    device; anything else (ImageNet's few PNG and CMYK files) decoded here, ``(3, H, W)``."""
+    data = read_file(path)
+    if is_jpeg(data):
+        try:
+            torchvision_jpeg_header(data)
+            return data
+        except RuntimeError:
+            pass
+    return load_image(path)
+
+
+def torchvision_jpeg_header(data: Tensor) -> None:
+    """Raises RuntimeError for JPEGs the device decoder cannot take (CMYK): libjpeg's colour space, from the SOF
+    marker's component count (3: YCbCr or RGB, 1: gray; 4: CMYK/YCCK)."""
+    raw = data.numpy().tobytes()
+    i = 2
+    while i + 9 < len(raw):
+        if raw[i] != 0xFF:
+            return
+        marker, length = raw[i + 1], int.from_bytes(raw[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame
+            if raw[i + 9] == 4:
+                raise RuntimeError("a 4-component (CMYK) JPEG")
+            return
+        i += 2 + length
+
+
+class _FileBytes(Dataset):
+    """Training images as their files' bytes (``read_bytes``) and labels: ``backend: torchvision_device``."""
+
+    def __init__(self, samples: list[tuple[str, int]]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path, label = self.samples[index]
+        return read_bytes(path), label
+
+
+def collate_bytes(batch: list[tuple[Tensor, int]]) -> tuple[list[Tensor], Tensor]:
+    """A batch of file bytes (of different lengths) as a list, the labels as a tensor."""
+    return [x for x, _ in batch], torch.tensor([y for _, y in batch])
+
+
 def load_image(path: str) -> Tensor:
     """A file as a uint8 RGB tensor ``(3, H, W)``: JPEGs by ``torchvision.io.decode_jpeg`` (libjpeg-turbo straight
     into a tensor: faster than PIL's decode and copy), anything it refuses by PIL (ImageNet's few PNG and CMYK
     files saved as .JPEG)."""
     data = read_file(path)
-    if len(data) > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8:  # the JPEG start-of-image marker
+    if is_jpeg(data):
         try:
             return decode_jpeg(data, mode=ImageReadMode.RGB)
         except RuntimeError:
@@ -161,7 +213,10 @@ class ImageNetDataModule(ImageDataModule):
     above) or ``dali`` (NVIDIA DALI, ``pip install inception_lab[dali]``: decodes on the GPU with the random crop
     fused into the decode, or on the CPU where there is no GPU; ``num_workers`` is its CPU thread count; sharded by
     global rank, reshuffled per epoch from (seed, epoch): :mod:`inception_lab.data.dali`). Both hand uint8 crops of
-    the same area and aspect ranges to the same on-device distortions; evaluation always runs on torchvision.
+    the same area and aspect ranges to the same on-device distortions; or ``torchvision_device`` (the workers read
+    the JPEGs' bytes; ``torchvision.io.decode_jpeg`` decodes the batch on the training device, nvJPEG on a GPU, and
+    the random crop and flip run there, per image, with the worker path's own transform and draws:
+    :meth:`decode`). Evaluation always runs on torchvision in the workers.
     """
 
     views_supported = get_args(TestViews)
@@ -195,6 +250,29 @@ class ImageNetDataModule(ImageDataModule):
         center = ViewMaker("single", self.image_size, self.eval_resize)
         return {"train": train_crop(self.image_size, self.interpolation), "eval": center,
                 "test": ViewMaker(self.test_views, self.image_size, self.eval_resize)}
+
+    def collate(self, train: bool) -> Any:
+        return collate_bytes if train and self.backend == "torchvision_device" else None
+
+    def decode(self, items: list[Tensor], device: torch.device) -> Tensor:
+        """``backend: torchvision_device``: the batch's JPEG bytes decoded on their device (one batched
+        ``decode_jpeg``), then each image's random crop (Section 6's area and aspect, resized to ``image_size``) and
+        flip by the worker path's own transform (:func:`train_crop`), drawn image by image in the same order: uint8
+        ``(N, 3, S, S)``. Items already decoded by a worker (PNG, CMYK) join the batch as they are."""
+        jpegs = [i for i, x in enumerate(items) if x.ndim == 1]
+        decoded = [x.to(device, non_blocking=True) if x.ndim == 3 else x for x in items]
+        if jpegs:  # the bytes stay on the host; the decoder writes the images onto the device
+            images = decode_jpeg([items[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            for i, image in zip(jpegs, images):
+                decoded[i] = image
+        crop = self._device_crop
+        return torch.stack([crop(image) for image in decoded])
+
+    @property
+    def _device_crop(self) -> v2.Compose:
+        if getattr(self, "_crop", None) is None:
+            self._crop = train_crop(self.image_size, self.interpolation)
+        return self._crop
 
     def augment(self, images: Tensor) -> Tensor:
         """On the device, per image: the photometric distortions on the uint8 crops, as float in [0, 1]."""
@@ -249,12 +327,15 @@ class ImageNetDataModule(ImageDataModule):
                                      num_classes=self.num_classes)
         transforms = self._transforms()
         val, fit = split_indices(len(train), {"val_size": self.val_size}, self.split_seed)
-        self.train_set = _Transformed(Subset(train, fit.tolist()), transforms["train"])
+        if self.backend == "torchvision_device":  # bytes: decoded, cropped and flipped on the device (decode)
+            self.train_set = _FileBytes([train.samples[i] for i in fit.tolist()])
+        else:
+            self.train_set = _Transformed(Subset(train, fit.tolist()), transforms["train"])
         self.val_set = _Transformed(Subset(train, val.tolist()), transforms["eval"])
         self.test_set = _Transformed(test, transforms["test"])
 
     def train_dataloader(self) -> Any:
-        if self.backend == "torchvision":
+        if self.backend != "dali":
             return super().train_dataloader()
         from inception_lab.data.dali import DaliTrainLoader
 

@@ -5,6 +5,9 @@ ImageNet-sized JPEGs to time them on (``python -m inception_lab bench --make-ima
   flip, ColorJitter, float conversion and normalization, all in the worker.
 - ``torchvision_uint8``: the default path: the worker decodes (``torchvision.io``), crops and flips and hands over
   uint8; the distortions, conversion and normalization run on the training device (timed apart: ``device``).
+- ``torchvision_device``: ``backend: torchvision_device``: the worker reads the files' bytes; the batch is decoded
+  (one batched ``decode_jpeg`` on the device: nvJPEG on a GPU), cropped and flipped on the device (timed with the
+  worker's half: on a CPU both run on the host).
 - ``dali``: the DALI pipeline of ``backend: dali`` with one CPU thread (on a GPU: its mixed decode).
 Each makes the same crops (Section 6's area and aspect) and the same distortions.
 
@@ -25,9 +28,20 @@ import torch
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
-from inception_lab.data.imagenet import CROP_AREA, CROP_RATIO, MEAN, STD, ImageNetDataModule, load_image, train_crop
+from inception_lab.data.imagenet import (
+    CROP_AREA,
+    CROP_RATIO,
+    MEAN,
+    STD,
+    ImageNetDataModule,
+    _FileBytes,
+    collate_bytes,
+    load_image,
+    read_bytes,
+    train_crop,
+)
 
-PATHS = ("torchvision_float", "torchvision_uint8", "dali")
+PATHS = ("torchvision_float", "torchvision_uint8", "torchvision_device", "dali")
 IMAGENET_SIZE = (500, 375)  # ImageNet's typical JPEG: 500 x 375 (width x height), quality about 90
 
 
@@ -51,8 +65,11 @@ def input_paths(data: ImageNetDataModule, images: int, device: torch.device
     half (distortions, conversion, normalization on ``device``). ``data`` has been set up for fit."""
     from PIL import Image
 
-    subset = data.train_set.dataset  # Subset of the folder: the training images
-    samples = [subset.dataset.samples[i] for i in subset.indices]
+    if isinstance(data.train_set, _FileBytes):
+        samples = data.train_set.samples
+    else:
+        subset = data.train_set.dataset  # Subset of the folder: the training images
+        samples = [subset.dataset.samples[i] for i in subset.indices]
     batches = max(1, -(-images // data.batch_size))
     reference = float_reference(data.image_size, data.color_jitter)
     crop = train_crop(data.image_size, data.interpolation)  # the recipe's own crop
@@ -78,8 +95,15 @@ def input_paths(data: ImageNetDataModule, images: int, device: torch.device
             data.normalize(data.augment(uint8_batch))
         return batches * data.batch_size
 
+    def device_decode() -> int:  # the worker's half (bytes) and the device's (decode, crop, flip) in one
+        for _ in range(batches):
+            items, _ = collate_bytes([(read_bytes(samples[i][0]), samples[i][1])
+                                      for i in (next(order) for _ in range(data.batch_size))])
+            data.decode(items, device)
+        return batches * data.batch_size
+
     runs = {"torchvision_float": worker(pil_load, reference), "torchvision_uint8": worker(load_image, crop),
-            "device": on_device}
+            "torchvision_device": device_decode, "device": on_device}
     missing: dict[str, str] = {}
     try:
         from inception_lab.data.dali import PREFETCH, DaliTrainLoader, require_dali
