@@ -154,6 +154,20 @@ def write_imagenet(root: Path, classes: int = 3, train_per_class: int = 6, val_p
     return root
 
 
+def validate_wandb_schema(config: dict) -> None:
+    """A sweep config against the ``sweeps`` engine's own JSON schema (config/schema.json), where it is installed."""
+    import importlib.metadata
+    import json
+
+    jsonschema = pytest.importorskip("jsonschema")
+    try:
+        files = importlib.metadata.files("sweeps") or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("W&B's sweeps package is not installed (pip install 'inception-lab[sweeps]')")
+    schema_file = next(f for f in files if str(f).endswith("config/schema.json"))
+    jsonschema.Draft7Validator(json.loads(Path(schema_file.locate()).read_text())).validate(config)
+
+
 @pytest.fixture
 def tiny_imagenet(tmp_path: Path) -> Path:
     return write_imagenet(tmp_path / "imagenet")

@@ -8,7 +8,6 @@ others finish.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import signal
@@ -25,7 +24,7 @@ from inception_lab import cli
 from inception_lab.__main__ import main as lab_main
 from inception_lab.run.files import flatten, variant_name
 from inception_lab.sweep import runner, spec
-from tests.conftest import REPO, SHORT, clean_env
+from tests.conftest import REPO, SHORT, clean_env, validate_wandb_schema
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 FULL_FILES = [p for p in SWEEP_FILES if not p.name.endswith(".digits.yaml")]
@@ -109,14 +108,7 @@ def test_sweep_file_follows_wandb_schema(path: Path) -> None:
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=_id)
 def test_sweep_file_validates_with_wandb_schema_json(path: Path) -> None:
     """The engine's own JSON schema, when the optional ``sweeps`` package is installed (it pins numpy<2)."""
-    jsonschema = pytest.importorskip("jsonschema")
-    try:
-        files = importlib.metadata.files("sweeps") or []
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("W&B's sweeps package is not installed (pip install 'inception-lab[sweeps]')")
-    schema_file = next(f for f in files if str(f).endswith("config/schema.json"))
-    schema = json.loads(Path(schema_file.locate()).read_text())
-    jsonschema.Draft7Validator(schema).validate(yaml.safe_load(path.read_text()))
+    validate_wandb_schema(yaml.safe_load(path.read_text()))
 
 
 @pytest.mark.parametrize("stem", (*ABLATIONS, "lr_wd_bayes"))

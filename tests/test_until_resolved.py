@@ -3,7 +3,6 @@ file for a W&B server, and Holm's correction in ``compare``."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from inception_lab.compare import compare
 from inception_lab.compare.cells import Difference, holm, holm_levels, verdict
 from inception_lab.compare.runs import Run
 from inception_lab.sweep import resolve, spec
-from tests.conftest import REPO, clean_env
+from tests.conftest import REPO, clean_env, validate_wandb_schema
 
 # A fake trial: reads --x and --seed_everything, writes its run record (the experiment as written is x=0, so x=0 is
 # the baseline compare picks) with val/acc_best = 0.90 + effect + a per-seed term shared by every cell (what pairing
@@ -129,16 +128,6 @@ def test_two_runners_add_each_seed_once(tmp_path: Path) -> None:
     assert len(starts) == 20 and all(any("] start " in line for line in o.splitlines()) for o in outputs)
 
 
-def _schema_validate(config: dict[str, Any]) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
-    try:
-        files = importlib.metadata.files("sweeps") or []
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("W&B's sweeps package is not installed (pip install 'inception-lab[sweeps]')")
-    schema_file = next(f for f in files if str(f).endswith("config/schema.json"))
-    jsonschema.Draft7Validator(json.loads(Path(schema_file.locate()).read_text())).validate(config)
-
-
 def test_the_follow_up_is_a_valid_wandb_sweep(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """From a finished sweep directory: the unresolved cell and the baseline x the next seeds, as a grid the W&B
     server takes (the engine's own schema, and this project's sweep loader), with nothing run."""
@@ -151,7 +140,7 @@ def test_the_follow_up_is_a_valid_wandb_sweep(tmp_path: Path, capsys: pytest.Cap
     assert config["parameters"] == {"seed_everything": {"values": [3, 4]}, "sleep": {"value": 0.0},
                                     "x": {"values": [0, 2]}}
     assert config["command"] == yaml.safe_load(path.read_text())["command"]
-    _schema_validate(config)
+    validate_wandb_schema(config)
     loaded = spec.load_sweep(followup)
     assert [v for v in spec.grid_values(loaded)] == [
         {"seed_everything": s, "sleep": 0.0, "x": x} for s in (3, 4) for x in (0, 2)]

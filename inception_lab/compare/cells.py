@@ -65,10 +65,11 @@ class Difference:
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
 
-    def seeds_needed(self, effect: float, power: float = 0.8) -> int | None:
-        """Seeds per cell for a paired 95% interval to exclude 0 with probability ``power`` when the true difference
-        is ``effect`` (a fraction) and the differences spread as these did: the smallest n with
-        (t(0.975, n-1) + t(power, n-1)) * sd / sqrt(n) <= effect. None without a spread; 2 when they did not vary."""
+    def seeds_needed(self, half_width: float) -> int | None:
+        """Seeds per cell (pairs) for an interval of this one's confidence to be at most ±``half_width`` wide at the
+        spread these differences had: the smallest n with t((1 + confidence) / 2, n - 1) * sd / sqrt(n) <=
+        half_width. Such an interval resolves the cell whatever the true difference (it excludes 0, or says equal
+        within ±δ). None without a spread; 2 when the differences did not vary."""
         if self.sd is None:
             return None
         if self.sd == 0:
@@ -76,7 +77,7 @@ class Difference:
         from scipy import stats
 
         for n in range(2, 100_001):
-            if (stats.t.ppf(0.975, n - 1) + stats.t.ppf(power, n - 1)) * self.sd / math.sqrt(n) <= effect:
+            if stats.t.ppf((1 + self.confidence) / 2, n - 1) * self.sd / math.sqrt(n) <= half_width:
                 return n
         return None
 
@@ -217,9 +218,6 @@ def paired_difference(cell: Cell, baseline: Cell, metric: str = PRIMARY,
     p = float(test.pvalue) if math.isfinite(test.pvalue) else None
     return Difference(diff, float(interval.low), float(interval.high), min(len(x), len(y)), float(test.df),
                       "paired" if paired else "welch", note, sd, p, confidence)
-
-
-VERDICTS = ("higher", "lower", "equal", "cannot tell")
 
 
 @dataclass

@@ -175,22 +175,6 @@ def header(runs: list[Run], sweep: dict[str, Any] | None, paths: list[str]) -> l
     return lines
 
 
-def seeds_for_half_width(diff: Difference, half_width: float) -> int | None:
-    """Seeds per cell (pairs) for the interval of ``diff``'s confidence to be at most ±``half_width`` wide at the
-    spread its differences had: the smallest n with t((1 + confidence) / 2, n - 1) * sd / sqrt(n) <= half_width.
-    Such an interval resolves the cell whatever the true difference (it excludes 0, or says equal within ±δ)."""
-    if diff.sd is None:
-        return None
-    if diff.sd == 0:
-        return 2
-    from scipy import stats
-
-    for n in range(2, 100_001):
-        if stats.t.ppf((1 + diff.confidence) / 2, n - 1) * diff.sd / math.sqrt(n) <= half_width:
-            return n
-    return None
-
-
 def verdicts(cell_list: list[Cell], by: list[str], base: Cell, half_width: float = EFFECT,
              alpha: float = 0.05) -> list[str]:
     """One line per cell against the baseline, the verdict of ``cells.verdict`` (the rule ``sweep
@@ -216,7 +200,7 @@ def verdicts(cell_list: list[Cell], by: list[str], base: Cell, half_width: float
             lines.append(f"- {name}: {interval}. **{said.text()} points**: the interval includes 0 and its "
                          f"half-width ({100 * diff.half_width:.2f}) is at most {100 * half_width:g}.")
         else:
-            need = seeds_for_half_width(diff, half_width)
+            need = diff.seeds_needed(half_width)
             spread = (f" At this spread (sd of the differences {100 * diff.sd:.2f} points) a ±{100 * half_width:g}"
                       f"-point interval needs about {need if need is not None else 'more than 100,000'} seeds per "
                       f"cell ({max(0, need - diff.n) if need is not None else 'many'} more)." if diff.sd else "")

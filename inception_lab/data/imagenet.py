@@ -265,14 +265,7 @@ class ImageNetDataModule(ImageDataModule):
             images = decode_jpeg([items[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
             for i, image in zip(jpegs, images):
                 decoded[i] = image
-        crop = self._device_crop
-        return torch.stack([crop(image) for image in decoded])
-
-    @property
-    def _device_crop(self) -> v2.Compose:
-        if getattr(self, "_crop", None) is None:
-            self._crop = train_crop(self.image_size, self.interpolation)
-        return self._crop
+        return torch.stack([self._train_crop(image) for image in decoded])
 
     def augment(self, images: Tensor) -> Tensor:
         """On the device, per image: the photometric distortions on the uint8 crops, as float in [0, 1]."""
@@ -327,6 +320,7 @@ class ImageNetDataModule(ImageDataModule):
                                      num_classes=self.num_classes)
         transforms = self._transforms()
         val, fit = split_indices(len(train), {"val_size": self.val_size}, self.split_seed)
+        self._train_crop = transforms["train"]  # the workers' crop, or the device's (decode)
         if self.backend == "torchvision_device":  # bytes: decoded, cropped and flipped on the device (decode)
             self.train_set = _FileBytes([train.samples[i] for i in fit.tolist()])
         else:

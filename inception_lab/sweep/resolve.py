@@ -150,13 +150,6 @@ def _ordered(sweep: Sweep, values: dict[str, Any]) -> dict[str, Any]:
     return {p.name: values[p.name] for p in sweep.params if p.name in values}
 
 
-def finished(sweep: Sweep, trials: list[Trial], run_dir: Any, rule: Rule) -> bool:
-    """Every cell resolved or at ``max_seeds``, and no trial left to run."""
-    if any(t.status not in DONE for t in trials):
-        return False
-    return not follow_ups(sweep, trials, run_dir, rule)
-
-
 def summary_lines(sweep: Sweep, trials: list[Trial], run_dir: Any, rule: Rule) -> list[str]:
     """Per cell: its verdict, or why it has none, for the runner's closing table."""
     lines = [f"until resolved (±{100 * rule.half_width:g} points, alpha {rule.alpha:g}, at most {rule.max_seeds} "
