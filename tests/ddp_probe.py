@@ -31,6 +31,11 @@ class RankProbe(Callback):
         for name, tensor in sorted(pl_module.state_dict().items()):
             digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
         Path(trainer.default_root_dir, f"weights{trainer.global_rank}.sha").write_text(digest.hexdigest())
+        from torch._dynamo.utils import counters  # what torch.compile did on this rank (empty when eager)
+
+        compiled = {"compiled": getattr(pl_module.net, "_compiled_call_impl", None) is not None,
+                    "graph_breaks": sum(counters["graph_break"].values()), "stats": dict(counters["stats"])}
+        Path(trainer.default_root_dir, f"dynamo{trainer.global_rank}.json").write_text(json.dumps(compiled))
 
 
 class PreemptAt(Callback):

@@ -3,6 +3,8 @@ its checkpoints keep plain keys and load into an eager model, EMA averages it, a
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from inception_lab.models import Inception
 from inception_lab.models.inception import InceptionSpec, PoolSpec
 from inception_lab.module import InceptionClassifier
+from inception_lab.run.files import read_summary as summary
+from tests.conftest import REPO
 
 # Two inception blocks of the CIFAR preset and one aux head, at an eighth of the widths: every kind of layer the
 # quickstart has, in a graph inductor compiles in a minute on two cores (the whole quickstart takes several)
@@ -84,3 +88,61 @@ def test_the_network_compiles_without_graph_breaks() -> None:
         net.train(training)
         explained = torch._dynamo.explain(net)(x)
         assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+
+
+# the same two blocks as a config for the CLI, without dropout (inductor draws its own random numbers) and with SGD
+# (Adam's first steps divide by tiny gradients, and so magnify float rounding into visible weight changes)
+SMALL_NET = """
+model:
+  net:
+    init_args:
+      stages:
+        - {name: 3a, ch1x1: 64, ch3x3red: 96, ch3x3: 128, ch5x5red: 16, ch5x5: 32, pool_proj: 32}
+        - {kernel_size: 3, stride: 2}
+        - {name: 4a, ch1x1: 192, ch3x3red: 96, ch3x3: 208, ch5x5red: 16, ch5x5: 48, pool_proj: 64}
+      aux_positions: [4a]
+      dropout: 0.0
+      aux_dropout: 0.0
+  optimizer:
+    class_path: torch.optim.SGD
+    init_args: {lr: 0.05, momentum: 0.9}
+"""
+
+
+@pytest.mark.slow
+def test_compile_under_two_rank_gloo_ddp(tmp_path: Path, run_cli, cli) -> None:
+    """``model.compile: true`` with the CLI's DDP on 2 CPU processes (gloo): the network is compiled inside DDP's
+    wrapper on each rank (PyTorch's advice: compile the inner module), both ranks end with the same weights, equal
+    to the eager DDP fit's, with no graph break and one graph per mode; the checkpoint validates in an eager model
+    on one process to the run's own val/acc (its 2 ranks x 2 batches are the one process's first 4)."""
+    (tmp_path / "small.yaml").write_text(SMALL_NET)
+    env_path = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = env_path  # the launcher re-runs the CLI for rank 1 with this environment
+    runs = {}
+    try:
+        for compile in (False, True):
+            runs[compile] = run_dir = tmp_path / f"compile-{compile}"
+            run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--config", "small.yaml",
+                    "--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
+                    "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+                    f"--model.compile={str(compile).lower()}", "--trainer.callbacks+=ddp_probe.RankProbe",
+                    "--run_dir", str(run_dir), cwd=tmp_path, timeout=900)
+    finally:
+        os.environ["PYTHONPATH"] = env_path.split(os.pathsep, 1)[1]
+    dynamo = [json.loads((runs[True] / f"dynamo{rank}.json").read_text()) for rank in (0, 1)]
+    for rank in dynamo:  # train and eval: one graph each, nothing broken, on both ranks
+        assert rank["compiled"] and rank["graph_breaks"] == 0 and rank["stats"]["unique_graphs"] == 2, dynamo
+    assert not json.loads((runs[False] / "dynamo0.json").read_text())["compiled"]
+    hashes = [(runs[True] / f"weights{rank}.sha").read_text() for rank in (0, 1)]
+    assert hashes[0] == hashes[1]  # DDP kept the compiled ranks in step
+    eager, compiled = (torch.load(runs[c] / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+                       for c in (False, True))
+    assert compiled.keys() == eager.keys() and not [k for k in compiled if "_orig_mod" in k]
+    for key, value in eager.items():  # four DDP steps apart by float rounding only
+        torch.testing.assert_close(compiled[key], value, rtol=1e-3, atol=1e-4, msg=key)
+    code, _, err = cli(["validate", "--config", str(REPO / "experiments/quickstart.yaml"), "--config",
+                        str(tmp_path / "small.yaml"), "--trainer.accelerator=cpu", "--trainer.limit_val_batches=4",
+                        "--ckpt_path", str(runs[True] / "checkpoints/last.ckpt"), "--run_dir", str(tmp_path / "eager")])
+    assert code == 0, err[-3000:]
+    assert summary(tmp_path / "eager")["metrics"]["validate/acc"] == pytest.approx(
+        summary(runs[True])["metrics"]["val/acc"], abs=1e-6)
