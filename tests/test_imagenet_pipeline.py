@@ -276,6 +276,13 @@ def test_make_imagenet_writes_imagenet_sized_jpegs(tmp_path: Path) -> None:
         assert np.asarray(image).std() > 20  # a photograph, not a flat field
     dm = datamodule(tmp_path / "inet", num_classes=4, val_size=4)
     assert len(dm.train_set) == 16
+    # each image from its own seed: written by 2 processes, the same files, byte for byte, as by one
+    make_imagenet(tmp_path / "one", images=100, classes=4, processes=1)
+    make_imagenet(tmp_path / "two", images=100, classes=4, processes=2)
+    one, two = (sorted((tmp_path / d).glob("*/*/*.JPEG")) for d in ("one", "two"))
+    assert len(one) == 100 and [f.relative_to(tmp_path / "one") for f in one] == [
+        f.relative_to(tmp_path / "two") for f in two]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two))
 
 
 def test_input_paths_run_and_say_what_is_missing(tiny_imagenet: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -329,7 +336,7 @@ def test_the_device_decode_path_makes_the_worker_path_s_crops(tiny_imagenet: Pat
         torch.manual_seed(7)
         batch = next(iter(loader))
         if backend == "torchvision_device":
-            kinds = sorted({(x.dtype, x.ndim) for x in batch[0]})
+            kinds = sorted({(x.dtype, x.ndim) for x in batch[0].items()})
             assert kinds == [(torch.uint8, 1), (torch.uint8, 3)]  # bytes, and the two decoded by the worker
             torch.manual_seed(7)
         batches[backend] = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
@@ -338,3 +345,26 @@ def test_the_device_decode_path_makes_the_worker_path_s_crops(tiny_imagenet: Pat
     assert torch.equal(ya, yb) and torch.equal(a, b)
     assert read_bytes(str(folder / "cmyk.JPEG")).ndim == 3 and read_bytes(str(folder / "as_png.JPEG")).ndim == 3
     assert read_bytes(str(next(folder.glob("n*.JPEG")))).ndim == 1
+
+
+@pytest.mark.timeout(180)
+def test_the_device_decode_path_crosses_from_worker_processes(tiny_imagenet: Path) -> None:
+    """With loader workers (as every real run has them) the bytes arrive packed in one shared block per batch
+    (``FileBatch``): a list of ``read_file`` tensors cannot be sent from a worker at all (their storage is a file
+    mapping: "Bad file descriptor", and the loader waits forever). Every epoch's batches arrive, decode to the crops'
+    shape and carry the labels of the worker path's own order."""
+    from inception_lab.data.base import FileBatch
+
+    labels = {}
+    for backend in ("torchvision", "torchvision_device"):
+        dm = datamodule(tiny_imagenet, backend=backend, val_size=2, batch_size=5, num_workers=2)
+        loader, seen = dm.train_dataloader(), []
+        for _ in range(2):  # the persistent workers serve a second epoch too
+            for batch in loader:
+                assert isinstance(batch[0], FileBatch) == (backend == "torchvision_device")
+                x, y = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+                assert x.dtype == torch.uint8 and x.shape == (len(y), 3, 32, 32)
+                seen.append(y)
+        labels[backend] = torch.cat(seen)
+    assert len(labels["torchvision"]) == 2 * len(dm.train_set)
+    assert torch.equal(labels["torchvision"], labels["torchvision_device"])

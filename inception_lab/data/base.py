@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
@@ -45,6 +45,20 @@ def random_crop_flip(images: Tensor, pad: int, flip: bool) -> Tensor:
         mask = torch.rand(n, device=images.device) < 0.5
         images = torch.where(mask[:, None, None, None], images.flip(-1), images)
     return images
+
+
+class FileBatch(NamedTuple):
+    """A batch of undecoded items (file bytes, or a few images a worker decoded) as one tensor, end to end, and each
+    item's shape: a worker hands over one shared-memory block per batch, as ``default_collate`` does, not one per
+    image (a list of ``read_file`` tensors cannot cross to the main process at all: their storage is a file
+    mapping; and one file descriptor per image would exhaust a cluster's ``ulimit -n``)."""
+
+    data: Tensor  # uint8, (sum of the items' sizes,)
+    shapes: tuple[tuple[int, ...], ...]
+
+    def items(self) -> list[Tensor]:
+        sizes = [int(torch.Size(shape).numel()) for shape in self.shapes]
+        return [x.view(*shape) for x, shape in zip(self.data.split(sizes), self.shapes)]
 
 
 class ImageDataModule(LightningDataModule):
@@ -152,8 +166,8 @@ class ImageDataModule(LightningDataModule):
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         x, *rest = batch if isinstance(batch, (tuple, list)) else (batch,)
-        if isinstance(x, (list, tuple)):  # file bytes from the workers: decoded straight onto the device
-            return [self.decode(list(x), device), *super().transfer_batch_to_device(rest, device, dataloader_idx)]
+        if isinstance(x, FileBatch):  # the workers' file bytes: decoded straight onto the device
+            return [self.decode(x.items(), device), *super().transfer_batch_to_device(rest, device, dataloader_idx)]
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self) -> DataLoader | ResidentLoader:

@@ -10,14 +10,14 @@ import torch
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, get_worker_info
 from torchvision import tv_tensors
 from torchvision.datasets import ImageFolder, ImageNet
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from inception_lab.arguments import check_arguments
-from inception_lab.data.base import CROP_AREA, CROP_RATIO, DataError, ImageDataModule, split_indices
+from inception_lab.data.base import CROP_AREA, CROP_RATIO, DataError, FileBatch, ImageDataModule, split_indices
 from inception_lab.data.views import TestViews, ViewMaker
 from inception_lab.errors import ArgumentValueError
 from inception_lab.sampling import trainer_progress
@@ -86,9 +86,15 @@ class _FileBytes(Dataset):
         return read_bytes(path), label
 
 
-def collate_bytes(batch: list[tuple[Tensor, int]]) -> tuple[list[Tensor], Tensor]:
-    """A batch of file bytes (of different lengths) as a list, the labels as a tensor."""
-    return [x for x, _ in batch], torch.tensor([y for _, y in batch])
+def collate_bytes(batch: list[tuple[Tensor, int]]) -> tuple[FileBatch, Tensor]:
+    """A batch of file bytes (of different lengths) packed as one :class:`FileBatch`, the labels as a tensor."""
+    items = [x for x, _ in batch]
+    size = sum(x.numel() for x in items)
+    out = None
+    if get_worker_info() is not None:  # straight into shared memory, as default_collate does in a worker
+        out = items[0].new(items[0].untyped_storage()._new_shared(size)).resize_(size)
+    data = torch.cat([x.reshape(-1) for x in items], out=out)
+    return FileBatch(data, tuple(tuple(x.shape) for x in items)), torch.tensor([y for _, y in batch])
 
 
 def load_image(path: str) -> Tensor:

@@ -97,9 +97,9 @@ def input_paths(data: ImageNetDataModule, images: int, device: torch.device
 
     def device_decode() -> int:  # the worker's half (bytes) and the device's (decode, crop, flip) in one
         for _ in range(batches):
-            items, _ = collate_bytes([(read_bytes(samples[i][0]), samples[i][1])
-                                      for i in (next(order) for _ in range(data.batch_size))])
-            data.decode(items, device)
+            packed, _ = collate_bytes([(read_bytes(samples[i][0]), samples[i][1])
+                                       for i in (next(order) for _ in range(data.batch_size))])
+            data.decode(packed.items(), device)
         return batches * data.batch_size
 
     runs = {"torchvision_float": worker(pil_load, reference), "torchvision_uint8": worker(load_image, crop),
@@ -138,31 +138,50 @@ def input_paths(data: ImageNetDataModule, images: int, device: torch.device
 
 
 def make_imagenet(root: Path, images: int = 1000, classes: int = 10, val_fraction: float = 0.1,
-                  seed: int = 0) -> tuple[int, int]:
+                  seed: int = 0, processes: int | None = None) -> tuple[int, int]:
     """Writes ``images`` ImageNet-sized JPEGs (500x375, quality 90) in ImageNet's layout, ``root/train/<wnid>/*.JPEG``
     and ``root/val/<wnid>/*.JPEG``: crops of scikit-learn's two sample photographs at random scales, mirrored at
     random, shifted in brightness and with sensor-like noise, so they cost what photographs cost to decode (noise
-    alone would not: it compresses far worse). Returns (train, val) counts."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
+    alone would not: it compresses far worse). Each image has its own seed, so ``processes`` (default: every core)
+    changes how fast, not what is written. Returns (train, val) counts."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
 
-    photos = load_sample_images().images  # two 427 x 640 photographs
-    rng = np.random.default_rng(seed)
-    width, height = IMAGENET_SIZE
     val = max(classes, round(images * val_fraction))
     counts = {"train": images - val, "val": val}
-    for split, count in counts.items():
-        for k in range(count):
-            wnid = f"n{1440764 + 1000 * (k % classes):08d}"
-            folder = root / split / wnid
-            folder.mkdir(parents=True, exist_ok=True)
-            photo = photos[rng.integers(len(photos))]
-            scale = rng.uniform(0.45, 1.0)
-            h, w = int(photo.shape[0] * scale), int(photo.shape[0] * scale * width / height)
-            w = min(w, photo.shape[1])
-            top, left = rng.integers(0, photo.shape[0] - h + 1), rng.integers(0, photo.shape[1] - w + 1)
-            patch = Image.fromarray(photo[top:top + h, left:left + w]).resize((width, height), Image.BICUBIC)
-            pixels = np.asarray(patch, dtype=np.float32) * rng.uniform(0.8, 1.2) + rng.normal(0, 4, (height, width, 3))
-            pixels = pixels[:, ::-1] if rng.random() < 0.5 else pixels
-            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{wnid}_{k}.JPEG", quality=90)
+    jobs = [(root / split / f"n{1440764 + 1000 * (k % classes):08d}", f"{k}", (seed, s, k))
+            for s, (split, count) in enumerate(counts.items()) for k in range(count)]
+    for folder in {folder for folder, _, _ in jobs}:
+        folder.mkdir(parents=True, exist_ok=True)
+    processes = max(1, min(processes or os.cpu_count() or 1, len(jobs) // 50 or 1))
+    if processes == 1:
+        for job in jobs:
+            _write_jpeg(*job)
+    else:
+        with ProcessPoolExecutor(processes) as pool:
+            list(pool.map(_write_jpeg, *zip(*jobs), chunksize=max(1, len(jobs) // (4 * processes))))
     return counts["train"], counts["val"]
+
+
+_PHOTOS: list[np.ndarray] = []
+
+
+def _write_jpeg(folder: Path, k: str, seed: tuple[int, int, int]) -> None:
+    """One of :func:`make_imagenet`'s JPEGs, from its own seed."""
+    from PIL import Image
+
+    if not _PHOTOS:
+        from sklearn.datasets import load_sample_images
+
+        _PHOTOS.extend(load_sample_images().images)  # two 427 x 640 photographs
+    rng = np.random.default_rng(seed)
+    width, height = IMAGENET_SIZE
+    photo = _PHOTOS[rng.integers(len(_PHOTOS))]
+    scale = rng.uniform(0.45, 1.0)
+    h, w = int(photo.shape[0] * scale), int(photo.shape[0] * scale * width / height)
+    w = min(w, photo.shape[1])
+    top, left = rng.integers(0, photo.shape[0] - h + 1), rng.integers(0, photo.shape[1] - w + 1)
+    patch = Image.fromarray(photo[top:top + h, left:left + w]).resize((width, height), Image.BICUBIC)
+    pixels = np.asarray(patch, dtype=np.float32) * rng.uniform(0.8, 1.2) + rng.normal(0, 4, (height, width, 3))
+    pixels = pixels[:, ::-1] if rng.random() < 0.5 else pixels
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{folder.name}_{k}.JPEG", quality=90)
