@@ -124,8 +124,10 @@ class _Interleave:
 
 
 def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precision: str, device: torch.device,
-          warmup: int = 2, steps: int = 3, windows: int = 3, aux_weight: float = 0.3) -> dict[str, Any]:
-    """Run the interleaved benchmark for an InceptionClassifier ``model`` (and its DataModule, if any)."""
+          warmup: int = 2, steps: int = 3, windows: int = 3, aux_weight: float = 0.3,
+          input_paths: bool = True) -> dict[str, Any]:
+    """Run the interleaved benchmark for an InceptionClassifier ``model`` (and its DataModule, if any);
+    ``input_paths``: an ImageNet DataModule's input paths timed too, one worker each."""
     import lightning as L
 
     from inception_lab.data.base import random_crop_flip
@@ -180,7 +182,8 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
         data.setup("fit")
         data.trainer = SimpleNamespace(training=True, testing=False, predicting=False,
                                        strategy=SimpleNamespace(root_device=device))  # resident data: there
-        loader_iter = iter(data.train_dataloader())
+        train_loader = data.train_dataloader()  # one loader: its persistent workers live through the epochs
+        loader_iter = iter(train_loader)
 
         def data_loop() -> int:
             nonlocal loader_iter
@@ -189,9 +192,11 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
                 try:
                     batch = next(loader_iter)
                 except StopIteration:
-                    loader_iter = iter(data.train_dataloader())
+                    loader_iter = iter(train_loader)
                     batch = next(loader_iter)
-                xb, _ = data.on_after_batch_transfer([t.to(device, non_blocking=True) for t in batch], 0)
+                # as the fit does it: the transfer (where torchvision_device decodes the workers' bytes), then the
+                # DataModule's on-device half
+                xb, _ = data.on_after_batch_transfer(data.transfer_batch_to_device(batch, device, 0), 0)
                 images += len(xb)
             return images
     else:
@@ -204,7 +209,8 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
             return steps * 4 * batch_size
 
     others = {"bare": bare, "plain": plain, "torchvision": torchvision_loop, "data": data_loop}
-    paths, missing = _input_paths(data, max(64, steps * batch_size), device)
+    paths, missing = _input_paths(data, max(64, steps * batch_size), device) if input_paths else (
+        {}, {name: "not asked for (--no-input-paths)" for name in PATHS})
     others.update({f"path_{name}": run for name, run in paths.items()})
     timer = _Interleave(device, warmup, steps, windows, others)
 
@@ -221,7 +227,9 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
     model.hparams.pop("lr_scheduler", None)
     model.lr_scheduler = None  # the schedule's length is irrelevant here
     model.lr_reference_batch = None  # and so is the LR: the loop feeds its batches without a DataModule
+    # cuDNN's autotuner on, as in the GPU recipes (benchmark: true); the bare loops run inside this fit and share it
     trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision, max_steps=10_000, logger=False,
+                        benchmark=device.type == "cuda",
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[_Timing()])
     loader = torch.utils.data.DataLoader(_Synthetic(), batch_size=None)
@@ -237,6 +245,7 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
         **{f"{k}_img_per_s": round(statistics.median(v), 2) for k, v in timer.results.items()},
         "step_flops": flops, "peak_flops": peak, "warmup_s": timer.warmup_s,
         "compile": getattr(model, "compile_mode", "default") if getattr(model, "compile_net", False) else None,
+        "fused_optimizer": bool(bare_opt.defaults.get("fused")), "cudnn_benchmark": torch.backends.cudnn.benchmark,
     }
     for name in paths:
         result.pop(f"path_{name}_img_per_s")
@@ -327,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                         "JSON and summary.md in --out; on a machine without CUDA the GPU-only steps are reported "
                         "missing with the reason")
     parser.add_argument("--out", help="--suite: the directory for summary.md and each step's JSON")
+    parser.add_argument("--no-input-paths", action="store_true",
+                        help="--config of ImageNet: time the loader alone, not also each input path on one worker")
     parser.add_argument("--no-channels-last", action="store_true", help="keep NCHW (to see what channels_last gains)")
     parser.add_argument("--warmup", type=int, default=2, help="fit steps before timing")
     parser.add_argument("--steps-per-window", type=int, default=3)
@@ -369,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         image_size = args.image_size or PRESETS[args.preset].get("image_size", 224)
         batch_size = args.batch_size or 16
         net = googlenet(args.preset, image_size=image_size)
-        model = InceptionClassifier(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
+        # the GPU recipes' optimizer: SGD with momentum, fused (one kernel per update)
+        model = InceptionClassifier(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, fused=True))
         precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
     if device.type == "cpu" and precision in ("16-mixed", "16"):
         raise UserError(f"--precision {precision}: fp16 needs a GPU; on CPU use 32-true or bf16-mixed")
@@ -379,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:
         model.compile_net, model.compile_mode = True, args.compile_mode
     result = bench(model, data, image_size, batch_size, precision, device, args.warmup, args.steps_per_window,
-                   args.windows, getattr(model, "aux_weight", 0.3))
+                   args.windows, getattr(model, "aux_weight", 0.3), not args.no_input_paths)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 

@@ -31,6 +31,7 @@ def test_bench_quickstart_config_json(tmp_path: Path, cli) -> None:
     forward_flops = 2 * (cost["total_macs"] + cost["aux_macs"]) * 8
     assert 2.5 < r["step_flops"] / forward_flops < 3.2
     assert not (tmp_path / "runs").exists()  # a benchmark writes no run
+    assert r["fused_optimizer"] is False  # the quickstart's own AdamW, as its config builds it
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -64,9 +65,41 @@ def test_the_suite_runs_each_step_apart_and_says_what_is_missing(tmp_path: Path,
     results = {name: json.loads((tmp_path / "suite" / f"{name}.json").read_text())
                for name in ("cifar_eager", "graphs", "too_slow", "broken")}
     assert results["cifar_eager"]["fit_img_per_s"] > 0 and results["cifar_eager"]["warmup_s"] > 0
+    assert results["cifar_eager"]["fused_optimizer"] is True  # a preset trains with the GPU recipes' fused SGD
     assert results["graphs"] == {"missing": "CUDA graphs need a CUDA device"}
     assert results["too_slow"]["failed"] == "timed out after 3 s"
     assert results["broken"]["failed"].startswith("exit 2: inception_lab bench: error: --windows 0: expected")
     summary = (tmp_path / "suite" / "summary.md").read_text()
     assert "No CUDA device here" in summary and "| graphs | compile reduce-overhead | missing: CUDA graphs" in summary
     assert summary.count("\n| ") == 5  # the header and a row a step
+
+
+def test_the_suite_keeps_to_its_budget_and_writes_its_table_after_every_step(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite must end inside the device call (gpu-check.sh gives it 480 s): each step's limit is cut to the
+    budget left, a step it can no longer fit is reported missing without being started, and summary.md holds the
+    finished steps' rows after each one (a suite killed from outside still leaves them)."""
+    from inception_lab import bench_suite
+    from inception_lab.bench_suite import Step
+
+    now = [0.0]
+    started: dict[str, int] = {}
+
+    def run(step: Step, out: Path, gpu: bool) -> dict:  # each step takes its whole limit, on a fake clock
+        rows = (out / "summary.md").read_text().count("\n| ") - 1 if (out / "summary.md").exists() else 0
+        assert rows == len(started)  # every step before this one is in the table already
+        started[step.name] = step.limit_s
+        now[0] += step.limit_s
+        return {"wall_s": step.limit_s}
+
+    monkeypatch.setattr(bench_suite, "_clock", lambda: now[0])
+    monkeypatch.setattr(bench_suite, "_run", run)
+    monkeypatch.setitem(bench_suite.BUDGET_S, "cpu", 100)
+    monkeypatch.setattr(bench_suite, "steps", lambda gpu, imagenet: [
+        Step("a", [], 60), Step("b", [], 60), Step("c", [], 30), Step("d", [], 5)])
+    assert bench_suite.run_suite("cpu", str(tmp_path / "suite")) == 0
+    assert started == {"a": 60, "b": 40}  # b cut to the 40 s left; then nothing left for c or d
+    for name in ("c", "d"):
+        assert json.loads((tmp_path / "suite" / f"{name}.json").read_text()) == {
+            "missing": "the suite's 100 s were spent before it"}
+    assert (tmp_path / "suite" / "summary.md").read_text().count("\n| ") == 5

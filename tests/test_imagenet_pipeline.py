@@ -312,6 +312,18 @@ def test_bench_reports_the_input_paths(tmp_path: Path, cli) -> None:
         assert (ips is None) == (name in r["data_paths_missing"]), name
         assert ips is None or (math.isfinite(ips) and ips > 0), name
     assert r["data_paths"]["torchvision_uint8"] > 0 and r["data_img_per_s"] > 0
+    # the suite's loader steps: the real DataLoader with workers handing over bytes, decoded in the transfer as in
+    # a fit (this hung before FileBatch), the input paths not timed
+    code, out, err = cli(["bench", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
+                          f"--data.init_args.root={tmp_path / 'inet'}", "--data.init_args.num_classes=10",
+                          "--data.init_args.val_size=10", "--data.init_args.num_workers=2",
+                          "--data.init_args.backend=torchvision_device", "--data.init_args.image_size=96",
+                          "--batch-size", "4", "--no-input-paths", "--warmup", "1", "--steps-per-window", "1",
+                          "--windows", "1", "--json"])
+    assert code == 0, err[-3000:]
+    r = json.loads(out[out.index("{"):])
+    assert r["data_img_per_s"] > 0 and set(r["data_paths"].values()) == {None}
+    assert set(r["data_paths_missing"].values()) == {"not asked for (--no-input-paths)"}
 
 
 # ---- backend: torchvision_device (the GPU JPEG path, as far as a CPU shows it) ---------------------------------------
