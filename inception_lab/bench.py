@@ -114,6 +114,8 @@ class _Interleave:
         _sync(self.device)
         self.results["fit"].append(self.images / (time.perf_counter() - self.t0))
         for name, run in self.others.items():
+            if hasattr(run, "prelude"):  # untimed: e.g. the batches a loader's workers made during the fit window
+                run.prelude()
             _sync(self.device)
             t = time.perf_counter()
             images = run()
@@ -185,20 +187,29 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
         train_loader = data.train_dataloader()  # one loader: its persistent workers live through the epochs
         loader_iter = iter(train_loader)
 
-        def data_loop() -> int:
+        def next_batch() -> Any:
             nonlocal loader_iter
+            try:
+                return next(loader_iter)
+            except StopIteration:
+                loader_iter = iter(train_loader)
+                return next(loader_iter)
+
+        def data_loop() -> int:
             images = 0
             for _ in range(steps * 4):
-                try:
-                    batch = next(loader_iter)
-                except StopIteration:
-                    loader_iter = iter(train_loader)
-                    batch = next(loader_iter)
                 # as the fit does it: the transfer (where torchvision_device decodes the workers' bytes), then the
                 # DataModule's on-device half
-                xb, _ = data.on_after_batch_transfer(data.transfer_batch_to_device(batch, device, 0), 0)
+                xb, _ = data.on_after_batch_transfer(data.transfer_batch_to_device(next_batch(), device, 0), 0)
                 images += len(xb)
             return images
+
+        def drain() -> None:  # the workers' full queues: made while the fit window ran, so not in the loader's rate
+            for _ in range(getattr(train_loader, "num_workers", 0) * (getattr(train_loader, "prefetch_factor", 0)
+                                                                       or 0)):
+                next_batch()
+
+        data_loop.prelude = drain  # type: ignore[attr-defined]
     else:
         raw = torch.randint(0, 256, (batch_size, in_channels, image_size, image_size), dtype=torch.uint8,
                             device=device)

@@ -110,25 +110,22 @@ model:
 
 
 @pytest.mark.slow
-def test_compile_under_two_rank_gloo_ddp(tmp_path: Path, run_cli, cli) -> None:
+def test_compile_under_two_rank_gloo_ddp(tmp_path: Path, run_cli, cli, monkeypatch: pytest.MonkeyPatch) -> None:
     """``model.compile: true`` with the CLI's DDP on 2 CPU processes (gloo): the network is compiled inside DDP's
     wrapper on each rank (PyTorch's advice: compile the inner module), both ranks end with the same weights, equal
     to the eager DDP fit's, with no graph break and one graph per mode; the checkpoint validates in an eager model
     on one process to the run's own val/acc (its 2 ranks x 2 batches are the one process's first 4)."""
     (tmp_path / "small.yaml").write_text(SMALL_NET)
-    env_path = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
-    os.environ["PYTHONPATH"] = env_path  # the launcher re-runs the CLI for rank 1 with this environment
+    # the launcher re-runs the CLI for rank 1 with this environment
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])))
     runs = {}
-    try:
-        for compile in (False, True):
-            runs[compile] = run_dir = tmp_path / f"compile-{compile}"
-            run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--config", "small.yaml",
-                    "--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
-                    "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-                    f"--model.compile={str(compile).lower()}", "--trainer.callbacks+=ddp_probe.RankProbe",
-                    "--run_dir", str(run_dir), cwd=tmp_path, timeout=900)
-    finally:
-        os.environ["PYTHONPATH"] = env_path.split(os.pathsep, 1)[1]
+    for compile in (False, True):
+        runs[compile] = run_dir = tmp_path / f"compile-{compile}"
+        run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--config", "small.yaml",
+                "--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
+                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+                f"--model.compile={str(compile).lower()}", "--trainer.callbacks+=ddp_probe.RankProbe",
+                "--run_dir", str(run_dir), cwd=tmp_path, timeout=900)
     dynamo = [json.loads((runs[True] / f"dynamo{rank}.json").read_text()) for rank in (0, 1)]
     for rank in dynamo:  # train and eval: one graph each, nothing broken, on both ranks
         assert rank["compiled"] and rank["graph_breaks"] == 0 and rank["stats"]["unique_graphs"] == 2, dynamo

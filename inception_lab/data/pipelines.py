@@ -144,8 +144,9 @@ def make_imagenet(root: Path, images: int = 1000, classes: int = 10, val_fractio
     random, shifted in brightness and with sensor-like noise, so they cost what photographs cost to decode (noise
     alone would not: it compresses far worse). Each image has its own seed, so ``processes`` (default: every core)
     changes how fast, not what is written. Returns (train, val) counts."""
-    import os
     from concurrent.futures import ProcessPoolExecutor
+
+    from inception_lab.hostmem import usable_cores
 
     val = max(classes, round(images * val_fraction))
     counts = {"train": images - val, "val": val}
@@ -153,7 +154,7 @@ def make_imagenet(root: Path, images: int = 1000, classes: int = 10, val_fractio
             for s, (split, count) in enumerate(counts.items()) for k in range(count)]
     for folder in {folder for folder, _, _ in jobs}:
         folder.mkdir(parents=True, exist_ok=True)
-    processes = max(1, min(processes or os.cpu_count() or 1, len(jobs) // 50 or 1))
+    processes = max(1, min(processes or usable_cores(), len(jobs) // 50 or 1))
     if processes == 1:
         for job in jobs:
             _write_jpeg(*job)

@@ -28,6 +28,7 @@ from typing import Any
 
 from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args
 
+from inception_lab.hostmem import usable_cores
 from inception_lab.run.files import flatten, holds_run, read_summary, safe_name, variant_name, write_atomic
 from inception_lab.run.lock import CLAIM_ENV, NoLocks, PathLock, run_lock
 from inception_lab.sweep import spec
@@ -449,7 +450,7 @@ def slots_for(parallel: int, devices: list[str]) -> dict[str, dict[str, str]]:
         return {f"gpu{d}": {"CUDA_VISIBLE_DEVICES": d} for d in devices[:parallel]}
     if parallel == 1:
         return {"cpu0": {}}
-    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    threads = str(max(1, usable_cores() // parallel))
     return {f"cpu{i}": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for i in range(parallel)}
 
 
