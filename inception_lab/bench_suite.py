@@ -108,15 +108,14 @@ def _run(step: Step, out: Path, gpu: bool) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             return {"failed": f"timed out after {step.limit_s} s", "wall_s": step.limit_s}
-    done = subprocess.CompletedProcess(command, proc.returncode, stdout)
     wall = round(time.perf_counter() - t, 1)
-    if done.returncode:
+    if proc.returncode:
         tail = [line for line in (out / f"{step.name}.log").read_text(errors="replace").splitlines() if line.strip()]
-        return {"failed": f"exit {done.returncode}: {tail[-1][-300:] if tail else ''}", "wall_s": wall}
+        return {"failed": f"exit {proc.returncode}: {tail[-1][-300:] if tail else ''}", "wall_s": wall}
     if step.name == "imagenet_jpegs":
-        return {"wall_s": wall, "made": done.stdout.strip().splitlines()[0] if done.stdout.strip() else ""}
+        return {"wall_s": wall, "made": stdout.strip().splitlines()[0] if stdout.strip() else ""}
     try:
-        return {**json.loads(done.stdout[done.stdout.index("{"):]), "wall_s": wall}
+        return {**json.loads(stdout[stdout.index("{"):]), "wall_s": wall}
     except ValueError:
         return {"failed": "no JSON in its output", "wall_s": wall}
 

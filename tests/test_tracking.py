@@ -90,18 +90,15 @@ def test_one_process_two_fits_make_two_runs(tmp_path: Path, monkeypatch) -> None
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes(tmp_path: Path, run_cli, cli) -> None:
+def test_ddp_on_two_cpu_processes(tmp_path: Path, run_cli, cli, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = tmp_path / "ddp"
-    env_path = os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
-    os.environ["PYTHONPATH"] = env_path  # the launcher re-runs the CLI for rank 1 with this environment
-    try:
-        # the LR given per 128 images: 2 ranks x 64 train at the config's (quickstart's) LR
-        run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.max_epochs=1",
-                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-                "--model.lr_reference_batch=128", "--trainer.callbacks+=ddp_probe.RankProbe", "--run_dir",
-                str(run_dir), cwd=tmp_path, timeout=600)
-    finally:
-        os.environ["PYTHONPATH"] = env_path.split(os.pathsep, 1)[1]
+    # the launcher re-runs the CLI for rank 1 with this environment
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])))
+    # the LR given per 128 images: 2 ranks x 64 train at the config's (quickstart's) LR
+    run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.max_epochs=1",
+            "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+            "--model.lr_reference_batch=128", "--trainer.callbacks+=ddp_probe.RankProbe", "--run_dir",
+            str(run_dir), cwd=tmp_path, timeout=600)
     ranks = [json.loads((run_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and ranks[0]["backend"] == "gloo"
     assert ranks[0]["config_sha"] == ranks[1]["config_sha"]
