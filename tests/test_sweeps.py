@@ -23,7 +23,9 @@ import yaml
 from inception_lab import cli
 from inception_lab.__main__ import main as lab_main
 from inception_lab.run.files import flatten, variant_name
-from inception_lab.sweep import runner, spec
+from inception_lab.sweep import commands, runner, spec
+from inception_lab.sweep import state as sweep_state
+from inception_lab.sweep.state import State
 from tests.conftest import REPO, SHORT, clean_env, validate_wandb_schema
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -150,15 +152,15 @@ def test_rendering_is_the_wandb_agents(tmp_path: Path, monkeypatch: pytest.Monke
     theirs = create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
     template = ["${env}", "python", "${interpreter}", "${program}", "--x=${envvar:SWEEP_TEST_VAR}", "${args}",
                 "${args_no_hyphens}", "${args_no_boolean_flags}", "${args_json_file}", "${args_json}"]
-    rendered = runner.render_command(template, values, tmp_path / "args.json", program="train.py")
+    rendered = commands.render_command(template, values, tmp_path / "args.json", program="train.py")
     assert rendered == ["/usr/bin/env", sys.executable, sys.executable, "train.py", "--x=from-env", *theirs["args"],
                         *theirs["args_no_hyphens"], *theirs["args_no_boolean_flags"], str(tmp_path / "args.json"),
                         *theirs["args_json"]]
     assert "--a=None" in rendered  # why the sweep files use ${args_json_file}, not ${args}
     assert template[4] == "--x=${envvar:SWEEP_TEST_VAR}"  # wandb fills ${envvar:X} in place: on a copy
-    runner.write_args_json(tmp_path / "args.json", values)
+    commands.write_args_json(tmp_path / "args.json", values)
     assert (tmp_path / "args.json").read_text() == theirs["args_json"][0]
-    assert runner.render_command([], {"a": 1}, tmp_path / "x", program="t.py") == [
+    assert commands.render_command([], {"a": 1}, tmp_path / "x", program="t.py") == [
         "/usr/bin/env", sys.executable, "t.py", "--a=1"]  # no command: the agent's default
 
 
@@ -183,7 +185,7 @@ def test_every_trial_parses_with_its_values(path: Path, tmp_path: Path, parsed: 
     is named as the CLI names the run, after its index. One seed a cell, and every seed of the first cell (a cell's
     seeds differ in ``seed_everything`` alone: 5 parses instead of 25 for a digits sweep)."""
     s = spec.load_sweep(path)
-    assert runner.cli_args(runner.render_command(s.command, {}, tmp_path / "a.json"))[0] == "fit"
+    assert commands.cli_args(commands.render_command(s.command, {}, tmp_path / "a.json"))[0] == "fit"
     experiment = yaml.safe_load((REPO / s.command[s.command.index("--config") + 1]).read_text())
     cells: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for i, values in enumerate(_trials(s)):
@@ -191,7 +193,7 @@ def test_every_trial_parses_with_its_values(path: Path, tmp_path: Path, parsed: 
                                     default=str), []).append((i, values))
     first, *others = cells.values()
     trials = sorted(first + [cell[0] for cell in others])
-    names = runner.check_trials(s, tmp_path, trials)
+    names = commands.check_trials(s, tmp_path, trials)
     assert len(parsed) == len(trials) == len(set(names))
     for (i, values), config, name in zip(trials, parsed, names):
         swept = flatten(values)
@@ -219,7 +221,7 @@ def test_none_and_strings_reach_the_cli_intact(tmp_path: Path, parsed: list[Any]
         "command": ["${env}", "python", "-m", "inception_lab", "fit", "--config", "experiments/quickstart.yaml",
                     "--config", "${args_json_file}"]}))
     s = spec.load_sweep(path)
-    names = runner.check_trials(s, tmp_path, list(enumerate(spec.grid_values(s))))
+    names = commands.check_trials(s, tmp_path, list(enumerate(spec.grid_values(s))))
     assert [c["model.net.init_args.reduce_width_mult"] for c in parsed] == ["naive", 0.5]
     assert all(c["model.lr_scheduler"] is None for c in parsed)
     assert all(_plain(c["model.net.init_args.filter_sizes"]) == [3, [3, 3]] for c in parsed)
@@ -229,7 +231,7 @@ def test_none_and_strings_reach_the_cli_intact(tmp_path: Path, parsed: list[Any]
 def test_no_aux_heads_cell_prints_as_merged_config(tmp_path: Path, cli: Any) -> None:
     """The nested ``model`` value through the real CLI (``--print_config``) and the network it builds."""
     values = {"model": {"aux_weight": 0.0, "net": {"init_args": {"aux_positions": []}}}, "seed_everything": 2}
-    runner.write_args_json(tmp_path / "args.json", values)
+    commands.write_args_json(tmp_path / "args.json", values)
     code, stdout, err = cli(["fit", "--config", "experiments/quickstart.yaml", "--config", str(tmp_path / "args.json"),
                              "--print_config"], cwd=REPO)
     assert code == 0, err[-2000:]
@@ -734,7 +736,7 @@ def test_three_runners_on_a_real_sweep(tmp_path: Path) -> None:
 def _fake_state(tmp_path: Path) -> tuple[spec.Sweep, Path]:
     path, out = _fake_sweep(tmp_path, sleep=0.0), tmp_path / "out"
     sweep = spec.load_sweep(path)
-    state = runner.State(out, sweep, 0)
+    state = State(out, sweep, 0)
     with state.locked():
         state.trials = [spec.Trial("000-a=1", {"a": 1}), spec.Trial("001-a=2", {"a": 2})]
     return sweep, out
@@ -745,7 +747,7 @@ def test_a_claim_taken_while_its_runner_slept_is_never_written_back(tmp_path: Pa
     runs it. A, awake, finds its token gone: it drops the trial, stops its fit, and writes nothing of it over B's
     claim (it used to write its old claim back)."""
     sweep, out = _fake_state(tmp_path)
-    a, b = runner.State(out, sweep, 0), runner.State(out, sweep, 0)
+    a, b = State(out, sweep, 0), State(out, sweep, 0)
     b.runner = "elsewhere:1"  # another host: only the lease says whether A is alive
     with a.locked():
         trial = a.trials[0]
@@ -802,8 +804,9 @@ def test_a_fit_whose_claim_was_taken_writes_nothing(tmp_path: Path, cli: Any, mo
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
 
 
-_HOLD_STATE = ("import sys, time; from pathlib import Path; from inception_lab.sweep import runner, spec; "
-               "s = runner.State(Path(sys.argv[2]), spec.load_sweep(Path(sys.argv[1])), 0)\n"
+_HOLD_STATE = ("import sys, time; from pathlib import Path; from inception_lab.sweep import spec; "
+               "from inception_lab.sweep.state import State; "
+               "s = State(Path(sys.argv[2]), spec.load_sweep(Path(sys.argv[1])), 0)\n"
                "with s.locked():\n    print('held', flush=True); time.sleep(float(sys.argv[3]))")
 
 
@@ -818,14 +821,14 @@ def test_the_state_lock_cannot_be_deleted_away(tmp_path: Path, monkeypatch: pyte
     assert holder.stdout.readline() == "held\n"
     for lock in out.rglob("*.lock"):
         lock.unlink()
-    monkeypatch.setattr(runner, "LOCK_WAIT_S", 1.0)
-    b = runner.State(out, sweep, 0, read=False)
+    monkeypatch.setattr(sweep_state, "LOCK_WAIT_S", 1.0)
+    b = State(out, sweep, 0, read=False)
     started = time.monotonic()
     with pytest.raises(spec.SweepError, match="another runner has held its lock for 1 s"):
         with b.locked():
             pass
     assert time.monotonic() - started >= 0.9
-    monkeypatch.setattr(runner, "LOCK_WAIT_S", 30.0)
+    monkeypatch.setattr(sweep_state, "LOCK_WAIT_S", 30.0)
     with b.locked():  # once A is done
         assert time.monotonic() - started >= 3.5 and [t.name for t in b.trials] == ["000-a=1", "001-a=2"]
     assert holder.wait(timeout=10) == 0

@@ -1,16 +1,17 @@
 """``python -m inception_lab sweep sweeps/<x>.yaml``: run a W&B sweep file locally, with no W&B server.
 
-Each trial runs the command line the W&B agent would run for it, rendered by wandb's own code, as a subprocess
-(``runner.py``), on the trials W&B's ``sweeps`` engine picks (``spec.py``); every trial's config is parsed by the CLI
-before anything runs. Run it again after a crash or a kill and it carries on: finished trials are kept, an
-interrupted one resumes from its ``checkpoints/last.ckpt`` or restarts. The sweep directory, which ``compare`` reads::
+Each trial runs the command line the W&B agent would run for it, rendered by wandb's own code (``commands.py``), as a
+subprocess (``runner.py``), on the trials W&B's ``sweeps`` engine picks (``spec.py``), the sweep's state kept in
+``state.json`` (``state.py``); every trial's config is parsed by the CLI before anything runs. Run it again after a
+crash or a kill and it carries on: finished trials are kept, an interrupted one resumes from its
+``checkpoints/last.ckpt`` or restarts. The sweep directory, which ``compare`` reads::
 
     runs/sweeps/<sweep file stem>/   (or --out)
         sweep.yaml      the sweep file as run
         state.json      every trial's values, status, starts, metrics or error, and the runner that holds it
         state.json.prev its previous good copy (``--repair`` puts it back if state.json is ever broken)
                         every runner locks state.json itself to change it: start any number of runners (processes,
-                        nodes, SLURM array tasks) on one sweep directory; each trial runs once (runner.State)
+                        nodes, SLURM array tasks) on one sweep directory; each trial runs once (state.State)
         runs/<trial>/   its run directory (summary.json, config.yaml, metrics.csv, checkpoints/), and args.json (its
                         ${args_json_file}), trial.log (its stdout, after a line per start), trial.stderr.log, .lock
                         (held by its fit while it runs)
@@ -26,8 +27,9 @@ from pathlib import Path
 from inception_lab.errors import ArgumentParser
 from inception_lab.run.files import write_atomic
 from inception_lab.sweep import resolve, runner, spec
-from inception_lab.sweep.runner import State, check_command, check_trials, trial_command
+from inception_lab.sweep.commands import check_command, check_trials, trial_command
 from inception_lab.sweep.spec import SweepError, Trial, load_sweep
+from inception_lab.sweep.state import State, repair
 
 
 def run(argv: list[str]) -> int:
@@ -60,7 +62,7 @@ def run(argv: list[str]) -> int:
         raise SweepError(f"{directory} holds a different sweep ({copy} differs from {sweep.path}): pass --out DIR "
                          "for a new sweep directory, or delete the old one")
     if args.repair:
-        runner.repair(State(directory, sweep, args.seed, read=False), planned_values(sweep, run_cap, args.seed))
+        repair(State(directory, sweep, args.seed, read=False), planned_values(sweep, run_cap, args.seed))
     state = State(directory, sweep, args.seed)
     if rule is not None and state.rule is not None and state.rule != rule:
         raise SweepError(f"{state.path}: this sweep runs until resolved with {_options(state.rule)}; pass the same "
