@@ -25,13 +25,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from inception_lab import slurm
 from inception_lab.data import ImageDataModule
-from inception_lab.errors import ArgumentParser, UserError, user_message
+from inception_lab.errors import UserError, user_message
 from inception_lab.hostmem import keep_freed_memory
-from inception_lab.models import format_table, googlenet, summarize
-from inception_lab.models.cost import smallest_image_size
-from inception_lab.models.inception import PRESETS
 from inception_lab.module import InceptionClassifier
 from inception_lab.run.files import (
     flatten,
@@ -116,22 +112,22 @@ class InceptionCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv = list(sys.argv[1:] if args is None else args)
-        for path in _option_values(argv, "--config", "-c"):
+        for path in option_values(argv, "--config", "-c"):
             check_yaml(path)
         subcommand = argv[0] if argv and argv[0] in SUBCOMMANDS else None
-        ckpt = next(iter(_option_values(argv, "--ckpt_path")), None)
-        no_config = not _option_values(argv, "--config", "-c")
+        ckpt = next(iter(option_values(argv, "--ckpt_path")), None)
+        no_config = not option_values(argv, "--config", "-c")
         if ckpt and ckpt != "last":
             checkpoint = read_checkpoint(ckpt)
             if subcommand in ("validate", "test", "predict") and no_config:
                 argv = [subcommand, *checkpoint_config(checkpoint, Path(ckpt)), *argv[1:]]
         if subcommand == "fit" and ckpt and no_config:  # a resume with no experiment file: the run's own config
-            run_dir = next(iter(_option_values(argv, "--run_dir")), None)
+            run_dir = next(iter(option_values(argv, "--run_dir")), None)
             run_dir = Path(run_dir) if run_dir else Path(ckpt).parent.parent if ckpt != "last" else None
             if run_dir is not None and (run_dir / "config.yaml").is_file():
                 check_yaml(str(run_dir / "config.yaml"))
                 argv = ["fit", "--config", str(run_dir / "config.yaml"), *argv[1:]]
-        self.first_config = next(iter(_option_values(argv, "--config", "-c")), None)
+        self.first_config = next(iter(option_values(argv, "--config", "-c")), None)
         self.config = parser.parse_args(argv)
 
     def _parse_ckpt_path(self) -> None:
@@ -260,7 +256,7 @@ class InceptionCLI(LightningCLI):
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
 
-def _option_values(argv: list[str], *names: str) -> list[str]:
+def option_values(argv: list[str], *names: str) -> list[str]:
     """The values of an option in a command line, in order (``--name value`` and ``--name=value``)."""
     values = []
     for i, arg in enumerate(argv):
@@ -390,70 +386,3 @@ def cli_main(argv: list[str] | None = None) -> int:
         if main_thread:
             signal.signal(signal.SIGINT, previous)
     return 0
-
-
-def summary_main(argv: list[str] | None = None) -> int:
-    """``python -m inception_lab summary``: a network as the paper's Table 1 (params and multiply-adds per layer)."""
-    parser = ArgumentParser(prog="python -m inception_lab summary",
-                                     description="Print a network as the paper's Table 1.")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a googlenet() preset (default: paper)")
-    source.add_argument("--config", help="an experiment file (experiments/*.yaml): its network and input size")
-    parser.add_argument("--image-size", type=int, default=None, help="input side (default: 224, or the config's)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    if args.image_size is not None and args.image_size < 1:
-        raise UserError(f"--image-size {args.image_size}: expected a positive integer")
-    if args.config:
-        model, data, _ = parse(["--config", args.config])
-        net, image_size, in_channels = model.net, args.image_size or data.image_size, data.in_channels
-    else:
-        preset = args.preset or "paper"
-        image_size = args.image_size or PRESETS[preset].get("image_size", 224)
-        net, in_channels = googlenet(preset, image_size=image_size), 3
-    try:
-        summary = summarize(net, image_size, in_channels)
-    except RuntimeError:  # pooling left no pixel: name the size that works instead of torch's shapes
-        smallest = smallest_image_size(net, in_channels, too_small=image_size)
-        raise UserError(f"--image-size {image_size}: too small for this network; the smallest input it runs at is "
-                        f"{smallest}") from None
-    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
-    return 0
-
-
-def slurm_main(argv: list[str] | None = None) -> int:
-    """``python -m inception_lab slurm fit ...`` (the job file: :mod:`inception_lab.slurm`): the fit's config is
-    checked and its run directory fixed now, so that every requeue of the job writes the same run."""
-    args, rest = slurm.parse_args(sys.argv[1:] if argv is None else argv)
-    devices = [f"--trainer.devices={args.gpus_per_node}"] if args.gpus_per_node else [
-        "--trainer.accelerator=cpu", "--trainer.devices=1"]  # a CPU job: one rank per node
-    fit = [*rest, f"--trainer.num_nodes={args.nodes}", *devices]
-    _, _, config = parse(fit)
-    resolve_run(config, "fit", config.variant, next(iter(_option_values(rest, "--config", "-c")), None))
-    run_dir = Path(config.run_dir)
-    if holds_run(run_dir):
-        raise UserError(f"--run_dir {run_dir}: already holds a run; a job file for it is {run_dir / 'fit.sbatch'}")
-    command = [sys.executable, "-m", "inception_lab", "fit", *_without(fit, "--run_dir"), "--run_dir",
-               str(run_dir.absolute()),
-               "--experiment", config.experiment]
-    text = slurm.sbatch_text(job_name=slurm.job_name(config.run_name, "fit"), command=command, nodes=args.nodes,
-                             tasks_per_node=max(1, args.gpus_per_node), gpus_per_node=args.gpus_per_node,
-                             cpus_per_task=args.cpus_per_task, time=args.time, partition=args.partition,
-                             account=args.account, output=str(run_dir.absolute() / "slurm-%j.out"),
-                             extra=args.sbatch)
-    path = run_dir / "fit.sbatch"
-    write_atomic(path, text)
-    return slurm.submit(path, args.dry_run)
-
-
-def _without(argv: list[str], option: str) -> list[str]:
-    """A command line without ``option VALUE`` / ``option=VALUE``."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(f"{option}="):
-            out.append(arg)
-    return out

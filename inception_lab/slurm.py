@@ -1,5 +1,5 @@
-"""SLURM job files: a fit on N nodes x G GPUs (the ``slurm fit`` command itself: ``cli.slurm_main``), and a sweep as
-a job array of runners on one sweep directory; a job started again, and the signal before the time limit.
+"""SLURM job files: a fit on N nodes x G GPUs (the ``slurm fit`` command itself: ``commands.slurm_main``), and a
+sweep as a job array of runners on one sweep directory; a job started again, and the signal before the time limit.
 
     python -m inception_lab slurm fit --config X [--config ...] --nodes N --gpus-per-node G \\
         [--partition P] [--time T] [--account A] [--cpus-per-task C] [--sbatch OPTION ...] [--dry-run] [fit args...]
