@@ -50,7 +50,8 @@ from inception_lab.run.resume import (
     resolve_run,
     resume_checkpoint,
 )
-from inception_lab.slurm import Requeued, RequeueOnSignal, requeued
+from inception_lab.run.requeue import Requeued, RequeueOnSignal
+from inception_lab.slurm import requeued
 from inception_lab.tracking import WandbOptions, make_wandb_logger
 
 LINKED = ("num_classes", "in_channels", "image_size")  # the DataModule says these; never set them in a config
