@@ -19,32 +19,31 @@ from torch.utils.data import DataLoader, DistributedSampler
 Progress = Callable[[], tuple[int, int]]  # (the epoch being trained, batches of it done)
 
 
+def mix_seed(*parts: int) -> int:
+    """One seed from a run's seed and what a stream is for (an epoch, a rank, a trial count): a base-1_000_003
+    number of the parts, kept in [0, 2**31) so that every consumer takes it (torch, numpy, random, DALI). Plain
+    ``seed + epoch`` (DistributedSampler's) would give seed 1 the orders of seed 0, one epoch later."""
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + part) % 2**31
+    return seed
+
+
 class EpochShuffleSampler(DistributedSampler):
     def __init__(self, num_samples: int, seed: int = 0, progress_fn: Progress | None = None,
                  shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
-        self.num_samples, self.seed, self.progress_fn, self.epoch = num_samples, seed, progress_fn, 0
-        self.shuffle, self.rank, self.world_size = shuffle, rank, world_size
+        super().__init__(range(num_samples), world_size, rank, shuffle, seed)
+        self.progress_fn = progress_fn
         self.skip: tuple[int, int] | None = None  # (epoch, samples): where a resumed epoch starts
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.world_size)
-
     def order(self) -> Tensor:
-        """This rank's indices for the epoch about to start. Across ranks the order is padded with its own head to a
-        multiple of ``world_size`` and dealt out round-robin (DistributedSampler's scheme): equal shares, so every
-        rank runs the same number of steps."""
+        """This rank's indices for the epoch about to start: DistributedSampler's (padded with the order's head to a
+        multiple of the ranks and dealt out round-robin: every rank runs the same number of steps), shuffled by
+        ``mix_seed(seed, epoch)``."""
         epoch = self.progress_fn()[0] if self.progress_fn is not None else self.epoch
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(self.num_samples, generator=generator)
-        else:
-            order = torch.arange(self.num_samples)
-        if self.world_size > 1:
-            padding = len(self) * self.world_size - self.num_samples
-            order = torch.cat([order, order[:padding]])[self.rank::self.world_size]
+        epoch_order = DistributedSampler(self.dataset, self.num_replicas, self.rank, self.shuffle,
+                                         mix_seed(self.seed, epoch))
+        order = torch.tensor(list(epoch_order), dtype=torch.int64)
         skip, self.skip = self.skip, None
         return order[skip[1]:] if skip is not None and skip[0] == epoch else order
 

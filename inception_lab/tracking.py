@@ -26,7 +26,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from inception_lab.run.files import short_value, write_atomic
+from inception_lab.run.files import variant_name, write_atomic
+from inception_lab.run.layout import RunDir
 
 PROBE_TIMEOUT = 5.0  # seconds for the server to say who the API key belongs to
 INIT_TIMEOUT = 30.0  # seconds for an online wandb.init (wandb's default: 90), unless WANDB_INIT_TIMEOUT says
@@ -197,18 +198,19 @@ class RunWandbLogger(WandbLogger):
 
 
 def make_wandb_logger(config: Any, run_dir: Path, variant: dict[str, Any], stage: str = "fit") -> RunWandbLogger | None:
-    """The W&B logger of a run, or None when W&B is disabled. The fit's run id lives in the run directory (a resume
-    or requeue logs into the same W&B run): rank 0 writes it; another rank reads it, or takes an id of its own that it
-    never writes (it logs nothing). validate/test/predict log to a W&B run of their own (job type: the stage, in the
-    fit's group, ``fit_run`` in its config), never into the fit's, which they would otherwise close."""
-    options = WandbOptions(**(config.wandb.as_dict() if hasattr(config.wandb, "as_dict") else dict(config.wandb)))
+    """The W&B logger of a run, or None when W&B is disabled; ``config`` is the command's instantiated config
+    (LightningCLI's ``config_init``: ``config.wandb`` is a :class:`WandbOptions`). The fit's run id lives in the run
+    directory (a resume or requeue logs into the same W&B run): rank 0 writes it; another rank reads it, or takes an
+    id of its own that it never writes (it logs nothing). validate/test/predict log to a W&B run of their own (job
+    type: the stage, in the fit's group, ``fit_run`` in its config), never into the fit's, which they would close."""
+    options: WandbOptions = config.wandb
     mode = resolve_mode(options, run_dir)
     if mode == "disabled":
         return None
     import wandb
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    id_file = run_dir / "wandb_run.json"
+    id_file = RunDir(run_dir).wandb_run
     fit_id = json.loads(id_file.read_text())["id"] if id_file.is_file() else None
     if stage != "fit":
         run_id = secrets.token_hex(4)
@@ -218,7 +220,7 @@ def make_wandb_logger(config: Any, run_dir: Path, variant: dict[str, Any], stage
         run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
         if _is_rank_zero():
             write_atomic(id_file, json.dumps({"id": run_id}))
-    tags = [config.experiment, *(f"{k.rsplit('.', 1)[-1]}={short_value(v)}" for k, v in variant.items()), *options.tags]
+    tags = [config.experiment, *(variant_name({k: v}) for k, v in variant.items()), *options.tags]
     group = options.group or os.environ.get("WANDB_SWEEP_ID") or config.experiment
     evaluation = {} if stage == "fit" else {"job_type": stage, "config": {"fit_run": fit_id}}
     return RunWandbLogger(

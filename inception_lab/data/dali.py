@@ -23,7 +23,7 @@ from torch import Tensor
 
 from inception_lab.data.base import CROP_AREA, CROP_RATIO
 from inception_lab.errors import ArgumentValueError
-from inception_lab.sampling import EpochShuffleSampler, Progress
+from inception_lab.sampling import EpochShuffleSampler, Progress, mix_seed
 
 EXTRA = "pip install inception_lab[dali]"
 PREFETCH = 2  # batches DALI prepares ahead, in its own threads
@@ -92,7 +92,7 @@ class DaliTrainLoader:
         epoch = self.order.progress_fn()[0] if self.order.progress_fn is not None else self.order.epoch
         pipe = _pipeline([self.files[i] for i in order], [self.labels[i] for i in order], self.rank,
                          self.world_size, self.image_size, self.batch_size, self.num_threads, self.device_id,
-                         seed=(self.seed * 1_000_003 + epoch * 1009 + self.rank) % 2**31)  # the crops' draws
+                         seed=mix_seed(self.seed, epoch, self.rank))  # the crops' draws
         batches = DALIGenericIterator(pipe, ["images", "labels"], reader_name="reader",
                                       last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
         try:
