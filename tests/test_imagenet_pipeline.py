@@ -48,19 +48,24 @@ def fake_trainer(stage: str) -> SimpleNamespace:
 
 # ---- decoding ---------------------------------------------------------------------------------------------------
 def test_load_image_jpeg_png_and_cmyk(tmp_path: Path) -> None:
-    """JPEGs decode as PIL decodes them; a PNG or a CMYK JPEG saved as .JPEG (ImageNet holds both) still loads."""
+    """Every file decodes to 3-channel RGB as PIL's ``convert("RGB")`` gives it: a PNG or a CMYK JPEG saved as .JPEG
+    (ImageNet holds both), gray JPEGs and PNGs, a palette PNG, PNGs with alpha (dropped, as PIL drops it)."""
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(tmp_path / "rgb.JPEG", quality=90)
-    Image.fromarray(pixels).save(tmp_path / "png.JPEG", format="PNG")
-    Image.fromarray(pixels).convert("CMYK").save(tmp_path / "cmyk.JPEG", quality=90)
+    image = Image.fromarray(pixels)
+    image.save(tmp_path / "rgb.JPEG", quality=90)
+    image.save(tmp_path / "png.JPEG", format="PNG")
+    image.convert("CMYK").save(tmp_path / "cmyk.JPEG", quality=90)
     Image.fromarray(pixels[..., 0]).save(tmp_path / "gray.JPEG", quality=90)
-    for name in ("rgb", "png", "cmyk", "gray"):
-        image = load_image(str(tmp_path / f"{name}.JPEG"))
-        with Image.open(tmp_path / f"{name}.JPEG") as pil:
+    Image.fromarray(np.dstack([pixels, pixels[..., :1]])).save(tmp_path / "rgba.png")
+    for mode in ("L", "LA", "P"):
+        image.convert(mode).save(tmp_path / f"{mode}.png")
+    for name in ("rgb.JPEG", "png.JPEG", "cmyk.JPEG", "gray.JPEG", "rgba.png", "L.png", "LA.png", "P.png"):
+        decoded = load_image(str(tmp_path / name))
+        with Image.open(tmp_path / name) as pil:
             expected = F.pil_to_tensor(pil.convert("RGB"))
-        assert image.shape == (3, 30, 40) and image.dtype == torch.uint8, name
-        assert (image.int() - expected.int()).abs().max() <= 1, name
+        assert decoded.shape == (3, 30, 40) and decoded.dtype == torch.uint8, name
+        assert (decoded.int() - expected.int()).abs().max() <= 1, name  # within JPEG decoders' rounding
 
 
 # ---- training: uint8 from the workers, distortions on the device --------------------------------------------------

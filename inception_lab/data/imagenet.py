@@ -8,12 +8,11 @@ from typing import Any, Literal, get_args
 
 import torch
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, get_worker_info
 from torchvision import tv_tensors
 from torchvision.datasets import ImageFolder, ImageNet
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from inception_lab.arguments import check_arguments
@@ -98,17 +97,10 @@ def collate_bytes(batch: list[tuple[Tensor, int]]) -> tuple[FileBatch, Tensor]:
 
 
 def load_image(path: str) -> Tensor:
-    """A file as a uint8 RGB tensor ``(3, H, W)``: JPEGs by ``torchvision.io.decode_jpeg`` (libjpeg-turbo straight
-    into a tensor: faster than PIL's decode and copy), anything it refuses by PIL (ImageNet's few PNG and CMYK
-    files saved as .JPEG)."""
-    data = read_file(path)
-    if is_jpeg(data):
-        try:
-            return decode_jpeg(data, mode=ImageReadMode.RGB)
-        except RuntimeError:
-            pass
-    with Image.open(path) as image:
-        return v2.functional.pil_to_tensor(image.convert("RGB"))
+    """A file as a uint8 RGB tensor ``(3, H, W)``, by ``torchvision.io.decode_image`` (libjpeg-turbo, libpng, ...
+    straight into a tensor: faster than PIL's decode and copy): JPEG, CMYK JPEG, PNG (gray, palette, alpha dropped)
+    whatever the file's name says (ImageNet holds a PNG and CMYK files saved as .JPEG), as PIL's ``convert("RGB")``."""
+    return decode_image(path, mode=ImageReadMode.RGB)
 
 
 class RandomInterpolationResizedCrop(v2.RandomResizedCrop):
