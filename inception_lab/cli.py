@@ -7,7 +7,6 @@ comparisons read run directories; W&B comes on top of them.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -21,70 +20,43 @@ from lightning import Trainer
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from inception_lab.data import ImageDataModule
 from inception_lab.errors import UserError, user_message
 from inception_lab.hostmem import keep_freed_memory
 from inception_lab.module import InceptionClassifier
-from inception_lab.run.files import (
-    flatten,
-    holds_run,
-    load_yaml,
-    read_summary,
-    resume_differences,
-    short_value,
-    variant,
-    write_atomic,
+from inception_lab.run.config import (
+    LINKED,
+    SUBCOMMANDS,
+    RunConfigCallback,
+    check_checkpoint_network,
+    command_line,
+    option_values,
 )
+from inception_lab.run.files import STALE_S, flatten, read_summary, variant
+from inception_lab.run.layout import RunDir
 from inception_lab.run.predictions import ProbabilityWriter
 from inception_lab.run.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord
+from inception_lab.run.requeue import Requeued, RequeueOnSignal
 from inception_lab.run.resume import (
     RUN_NAME_ENV,
     ExactResume,
+    check_evaluation,
+    check_fit,
     hold_run,
     read_checkpoint,
     release_runs,
+    remove_temporaries,
     resolve_run,
     resume_checkpoint,
 )
-from inception_lab.run.requeue import Requeued, RequeueOnSignal
 from inception_lab.slurm import requeued
+from inception_lab.sweep.state import CLAIM_ENV, check_trial_claim
 from inception_lab.tracking import WandbOptions, make_wandb_logger
 
-LINKED = ("num_classes", "in_channels", "image_size")  # the DataModule says these; never set them in a config
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
-
-class RunConfigCallback(SaveConfigCallback):
-    """Writes the resolved config into the run directory (``config.yaml`` for fit, ``<stage>-config.yaml`` for
-    validate/test/predict: never the fit's), atomically, and into the W&B run config. Lightning's ``setup`` calls
-    this on rank 0 once (``save_to_log_dir=False``: not into the logger's directory, Lightning #11256).
-
-    A resumed fit writes config.yaml again: the same config but for the length of training (a resume that differs
-    otherwise is refused). ``fit --config <run>/config.yaml`` repeats the run: its ``ckpt_path`` is left null.
-    """
-
-    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        stage = TrainerFn(stage).value
-        config = self.config.clone()
-        if stage == "fit":  # what the run is, not where an attempt resumed from (summary.json's attempts say)
-            config.ckpt_path = None
-        name = "config.yaml" if stage == "fit" else f"{stage}-config.yaml"
-        text = self.parser.dump(config, skip_none=False, format="yaml")
-        resolved = pl_module.optimization() if hasattr(pl_module, "optimization") else {}
-        if "global_batch" in resolved:  # the LR as this run trains at it (the config says it per reference batch)
-            text += (f"# resolved for this run: global batch {resolved['global_batch']} ({resolved['devices']} "
-                     f"devices x {resolved['nodes']} nodes x batch {resolved['batch_size']} x accumulation "
-                     f"{resolved['accumulate_grad_batches']}): the optimizer's lr x {resolved['lr_scale']:g} "
-                     f"(lr_reference_batch {resolved['lr_reference_batch']})"
-                     + (f" = {resolved['lr']:g}" if "lr" in resolved else "") + "\n")
-        write_atomic(Path(self.config.run_dir) / name, text)
-        for logger in trainer.loggers:
-            if hasattr(logger, "log_config"):
-                logger.log_config({**yaml.safe_load(text), **({"optimization": resolved} if len(resolved) > 1 else {})})
+__all__ = ["cli_main", "option_values", "parse"]
 
 
 class InceptionCLI(LightningCLI):
@@ -112,23 +84,7 @@ class InceptionCLI(LightningCLI):
             parser.link_arguments(f"data.{attr}", f"model.net.init_args.{attr}", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        argv = list(sys.argv[1:] if args is None else args)
-        for path in option_values(argv, "--config", "-c"):
-            check_yaml(path)
-        subcommand = argv[0] if argv and argv[0] in SUBCOMMANDS else None
-        ckpt = next(iter(option_values(argv, "--ckpt_path")), None)
-        no_config = not option_values(argv, "--config", "-c")
-        if ckpt and ckpt != "last":
-            checkpoint = read_checkpoint(ckpt)
-            if subcommand in ("validate", "test", "predict") and no_config:
-                argv = [subcommand, *checkpoint_config(checkpoint, Path(ckpt)), *argv[1:]]
-        if subcommand == "fit" and ckpt and no_config:  # a resume with no experiment file: the run's own config
-            run_dir = next(iter(option_values(argv, "--run_dir")), None)
-            run_dir = Path(run_dir) if run_dir else Path(ckpt).parent.parent if ckpt != "last" else None
-            if run_dir is not None and (run_dir / "config.yaml").is_file():
-                check_yaml(str(run_dir / "config.yaml"))
-                argv = ["fit", "--config", str(run_dir / "config.yaml"), *argv[1:]]
-        self.first_config = next(iter(option_values(argv, "--config", "-c")), None)
+        argv, self.first_config = command_line(list(sys.argv[1:] if args is None else args))
         self.config = parser.parse_args(argv)
 
     def _parse_ckpt_path(self) -> None:
@@ -146,55 +102,11 @@ class InceptionCLI(LightningCLI):
         if config.get("ckpt_path") == "last":  # Lightning would train from scratch, hinting at save_last=True
             config.ckpt_path = str(resume_checkpoint(run_dir))
         if self.subcommand in (None, "fit"):
-            self.check_fit(config, run_dir)
+            check_fit(config, run_dir, lambda: self._flat(self.config))
+        else:
+            check_evaluation(config, run_dir, self.subcommand)
         if "weights_only" in config and config.weights_only is None:
             config.weights_only = True  # a checkpoint is data, not a program
-
-    def check_fit(self, config: Namespace, run_dir: Path) -> None:
-        """One run, one directory: a fit into a directory that holds a run must resume it, as the same run. Checked
-        before anything is written."""
-        for key in ("max_epochs", "max_steps"):
-            if config.trainer.get(key) == 0:
-                raise UserError(f"trainer.{key}=0: a fit trains at least one epoch (use validate or test to evaluate "
-                                "a checkpoint without training)")
-        ckpt = config.get("ckpt_path")
-        if ckpt is None and requeued() and holds_run(run_dir):  # SLURM started this job again: go on, don't refuse
-            try:
-                config.ckpt_path = ckpt = str(resume_checkpoint(run_dir))
-            except UserError:  # stopped before its first checkpoint: it starts again, its attempts say so
-                print(f"inception_lab: SLURM job requeued: {run_dir} has no checkpoint yet; starting it again",
-                      file=sys.stderr)
-                return
-            print(f"inception_lab: SLURM job requeued (restart {os.environ['SLURM_RESTART_COUNT']}): resuming "
-                  f"{run_dir} from {ckpt}", file=sys.stderr)
-        resuming = ckpt is not None and Path(ckpt).resolve().parent in (run_dir.resolve(),
-                                                                        (run_dir / "checkpoints").resolve())
-        if not resuming:
-            if holds_run(run_dir):
-                status = read_summary(run_dir).get("status", "no summary.json")
-                if not any(run_dir.glob("checkpoints/*.ckpt")) and not any(run_dir.glob("hpc_ckpt_*.ckpt")):
-                    raise UserError(f"--run_dir {run_dir}: already holds a run (status: {status}) that stopped before "
-                                    "its first checkpoint, so nothing resumes it: start a new run in a new --run_dir "
-                                    f"(or delete {run_dir})")
-                raise UserError(f"--run_dir {run_dir}: already holds a run (status: {status}); resume it with "
-                                "--ckpt_path last, or start a new run in a new --run_dir")
-            return
-        if not (run_dir / "config.yaml").is_file():
-            return  # a checkpoint copied without its run: nothing to compare with
-        try:
-            run = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()))
-        except (OSError, ValueError, yaml.YAMLError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise UserError(f"{run_dir / 'config.yaml'}: unreadable ({reason}); cannot check that the resume is the "
-                            "same run") from None
-        differences = resume_differences(run, self._flat(self.config))
-        if differences:
-            shown = "; ".join(f"{key}: run {short_value(was)}, now {short_value(now)}"
-                              for key, (was, now) in list(differences.items())[:4])
-            more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
-            raise UserError(f"--ckpt_path {ckpt}: a resume is the same run, but this config differs from "
-                            f"{run_dir / 'config.yaml'} in {shown}{more}; only the length of training and "
-                            "bookkeeping keys may change (start a new run with a new --run_dir)")
 
     def compute_variant(self) -> dict[str, Any]:
         """What makes this run differ from its experiment file (the first --config): summary.json's "variant",
@@ -215,21 +127,31 @@ class InceptionCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = Path(config.run_dir)
+        if config.get("ckpt_path"):  # model built: a checkpoint of another network is refused before any write
+            check_checkpoint_network(config.ckpt_path, read_checkpoint(config.ckpt_path),
+                                     self._get(self.config, "model").net.as_dict(), self.model.state_dict())
         if self.subcommand in (None, "fit"):  # model and data built: the first write of the run, after the checks
             self.model.check_optimization()
             self.datamodule.check_source()
             fresh = config.get("ckpt_path") is None and not requeued()  # (requeued before a checkpoint: again)
-            hold_run(run_dir, fresh=fresh)  # one fit per run directory, to the end
+            # a reclaimed sweep trial's stale fit holds it for a moment; a requeued job's old process a dead node's
+            wait_s = 60 if os.environ.get(CLAIM_ENV) else STALE_S + 60 if requeued() else 0
+            hold_run(run_dir, fresh=fresh, wait_s=wait_s)
+            try:
+                check_trial_claim()  # a sweep trial: still its runner's (another may have reclaimed it meanwhile)
+            except UserError:
+                release_runs()
+                raise
+        elif read_summary(run_dir).get("status") != "running":
+            remove_temporaries(run_dir)
         callbacks = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
         record_at = len(callbacks)  # the record's callback before the checkpoints (added once its W&B run is known)
         if self.subcommand in (None, "fit"):
-            callbacks.append(ModelCheckpoint(
-                dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}-acc{val/acc:.4f}",
-                auto_insert_metric_name=False, monitor="val/acc", mode="max",
-            ))
+            callbacks.append(ModelCheckpoint(dirpath=RunDir(run_dir).checkpoints, filename=RunDir.BEST,
+                                             auto_insert_metric_name=False, monitor="val/acc", mode="max"))
             # last.ckpt after every epoch, in a callback of its own: Lightning 2.6's save_last=True writes it only
             # when the monitored value improved, so a crash would resume from the best epoch, not the last one
-            callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None,
+            callbacks.append(ModelCheckpoint(dirpath=RunDir(run_dir).checkpoints, filename=RunDir.LAST, monitor=None,
                                              save_top_k=1, enable_version_counter=False))
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter(run_dir))
@@ -255,70 +177,6 @@ class InceptionCLI(LightningCLI):
                 if SLURMEnvironment.detect():  # RequeueOnSignal handles the signal, not Lightning's handler
                     kwargs["plugins"].append(SLURMEnvironment(auto_requeue=False))
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
-
-
-def option_values(argv: list[str], *names: str) -> list[str]:
-    """The values of an option in a command line, in order (``--name value`` and ``--name=value``)."""
-    values = []
-    for i, arg in enumerate(argv):
-        name, eq, value = arg.partition("=")
-        if name in names:
-            if eq:
-                values.append(value)
-            elif i + 1 < len(argv):
-                values.append(argv[i + 1])
-    return values
-
-
-def check_yaml(path: str) -> None:
-    """A config file that is not valid YAML: one line naming the file and the line (jsonargparse names neither)."""
-    if Path(path).is_dir():
-        raise UserError(f"--config {path}: a directory, not a config file (experiments/<x>.yaml)")
-    if not Path(path).is_file():
-        if path.endswith((".yaml", ".yml", ".json")) or os.sep in path:
-            raise UserError(f"--config {path}: no such file")
-        return  # jsonargparse takes the value as YAML text
-    try:
-        text = Path(path).read_bytes().decode()
-    except UnicodeDecodeError:
-        raise UserError(f"--config {path}: not a YAML config: not UTF-8 text (a binary file, such as a checkpoint? "
-                        "give that as --ckpt_path)") from None
-    try:
-        loaded = load_yaml(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise UserError(f"--config {path}: not valid YAML{where}: {problem}") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        kind = "a list" if isinstance(loaded, list) else f"a single {type(loaded).__name__}"
-        raise UserError(f"--config {path}: YAML holding {kind}, where a config is a mapping of keys (trainer:, "
-                        "model:, data:, ...)")
-
-
-def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> list[str]:
-    """``--config`` arguments that rebuild the model and data a checkpoint was trained with (``test --ckpt_path X``
-    with no experiment file): the hyperparameters LightningCLI stored in it."""
-
-    def as_config(hparams: dict[str, Any]) -> dict[str, Any]:
-        hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
-        if "_class_path" not in hparams:
-            return hparams
-        return {"class_path": hparams.pop("_class_path"), "init_args": hparams}
-
-    model = as_config(checkpoint.get("hyper_parameters") or {})
-    if not isinstance(model.get("net"), dict):
-        raise UserError(f"--ckpt_path {path}: the checkpoint does not say which network it holds; pass the "
-                        "experiment file with --config")
-    for attr in LINKED:  # set from the DataModule again
-        model["net"].get("init_args", {}).pop(attr, None)
-    config: dict[str, Any] = {"model": model}
-    if checkpoint.get("datamodule_hyper_parameters"):
-        config["data"] = as_config(checkpoint["datamodule_hyper_parameters"])
-    args = ["--config", json.dumps(config)]
-    if path.parent.name == "checkpoints" and path.parent.parent.parent.name:  # runs/<experiment>/<run>/checkpoints
-        args += ["--experiment", path.parent.parent.parent.name]
-    return args
 
 
 class _ParseOnlyCLI(InceptionCLI):

@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 from inception_lab import slurm
-from inception_lab.cli import option_values, parse
+from inception_lab.cli import parse
 from inception_lab.errors import ArgumentParser, UserError
 from inception_lab.models import format_table, googlenet, summarize
 from inception_lab.models.cost import smallest_image_size
 from inception_lab.models.inception import PRESETS
-from inception_lab.run.files import holds_run, write_atomic
+from inception_lab.run.config import option_values
+from inception_lab.run.files import write_atomic
+from inception_lab.run.layout import RunDir
 from inception_lab.run.resume import resolve_run
 
 
@@ -55,20 +57,19 @@ def slurm_main(argv: list[str] | None = None) -> int:
     fit = [*rest, f"--trainer.num_nodes={args.nodes}", *devices]
     _, _, config = parse(fit)
     resolve_run(config, "fit", config.variant, next(iter(option_values(rest, "--config", "-c")), None))
-    run_dir = Path(config.run_dir)
-    if holds_run(run_dir):
-        raise UserError(f"--run_dir {run_dir}: already holds a run; a job file for it is {run_dir / 'fit.sbatch'}")
+    run_dir, run = Path(config.run_dir), RunDir(config.run_dir)
+    if run.holds_run():
+        raise UserError(f"--run_dir {run_dir}: already holds a run; a job file for it is {run.sbatch}")
     command = [sys.executable, "-m", "inception_lab", "fit", *_without(fit, "--run_dir"), "--run_dir",
                str(run_dir.absolute()),
                "--experiment", config.experiment]
     text = slurm.sbatch_text(job_name=slurm.job_name(config.run_name, "fit"), command=command, nodes=args.nodes,
                              tasks_per_node=max(1, args.gpus_per_node), gpus_per_node=args.gpus_per_node,
                              cpus_per_task=args.cpus_per_task, time=args.time, partition=args.partition,
-                             account=args.account, output=str(run_dir.absolute() / "slurm-%j.out"),
+                             account=args.account, output=str(run.slurm_output.absolute()),
                              extra=args.sbatch)
-    path = run_dir / "fit.sbatch"
-    write_atomic(path, text)
-    return slurm.submit(path, args.dry_run)
+    write_atomic(run.sbatch, text)
+    return slurm.submit(run.sbatch, args.dry_run)
 
 
 def _without(argv: list[str], option: str) -> list[str]:

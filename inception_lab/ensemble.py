@@ -26,7 +26,8 @@ import yaml
 
 from inception_lab.data.views import VIEW_COUNTS, TestViews
 from inception_lab.errors import ArgumentParser, UserError, user_message
-from inception_lab.run.files import write_atomic
+from inception_lab.run.files import best_checkpoint, write_atomic
+from inception_lab.run.layout import RunDir
 from inception_lab.run.predictions import SPLIT, Predictions, checkpoint_name, predictions_path
 
 DEFAULT_VIEWS = ("single", "ten_crop", "multi144")
@@ -81,27 +82,10 @@ def table3(predictions: dict[str, list[Predictions]]) -> list[Row]:
 
 
 # ---- runs, their checkpoints and stored predictions -------------------------------------------------------------
-def run_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint a run is evaluated from: its best (``best-*.ckpt``, the highest val top-1), else ``last.ckpt``."""
-    folder = run_dir / "checkpoints"
-    best = sorted(folder.glob("best-*.ckpt"), key=lambda p: (_accuracy_in_name(p), p.name))
-    if best:
-        return best[-1]
-    last = folder / "last.ckpt"
-    return last if last.is_file() else None
-
-
-def _accuracy_in_name(path: Path) -> float:
-    try:
-        return float(path.stem.rsplit("acc", 1)[1])
-    except (IndexError, ValueError):
-        return float("-inf")
-
-
 def check_views_supported(run_dir: Path, views: str) -> None:
     """A view protocol the run's data cannot cut (``multi144`` on the digits): the DataModule's own one line."""
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        config = yaml.safe_load(RunDir(run_dir).config().read_text()) or {}
         module, _, name = config["data"]["class_path"].rpartition(".")
         data_class = getattr(importlib.import_module(module), name)
     except (OSError, KeyError, TypeError, ValueError, ImportError, AttributeError, yaml.YAMLError):
@@ -153,12 +137,12 @@ def collect(runs: list[Path], views: list[str], test_args: list[str]) -> dict[st
         if not run_dir.is_dir():
             what = "a file, not a run directory" if run_dir.exists() else "no such run directory"
             raise EnsembleError(f"{run_dir}: {what}")
-        checkpoint = run_checkpoint(run_dir)
+        checkpoint = best_checkpoint(run_dir)  # the one a run is evaluated from
         for v in views:
             if stored(run_dir, v, checkpoint) is None:
                 if checkpoint is None:
                     raise EnsembleError(f"{run_dir}: no stored {predictions_path(run_dir, v).name} and no "
-                                        "checkpoints/best-*.ckpt or last.ckpt to compute it from")
+                                        f"checkpoint in {RunDir(run_dir).checkpoints} to compute it from")
                 check_views_supported(run_dir, v)
                 missing.append((run_dir, checkpoint, v))
     if test_args and not missing:  # what follows -- is for the test runs, and every protocol is stored
@@ -170,7 +154,7 @@ def collect(runs: list[Path], views: list[str], test_args: list[str]) -> dict[st
     predictions: dict[str, list[Predictions]] = {v: [] for v in views}
     for run_dir in runs:
         for v in views:
-            found = stored(run_dir, v, run_checkpoint(run_dir))
+            found = stored(run_dir, v, best_checkpoint(run_dir))
             if found is None:
                 raise EnsembleError(f"{run_dir}: test ran but wrote no {predictions_path(run_dir, v)}")
             predictions[v].append(found)

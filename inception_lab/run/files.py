@@ -33,6 +33,8 @@ from typing import Any, Literal
 
 import yaml
 
+from inception_lab.run.layout import RunDir
+
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts to dotted keys (``{"model": {"aux_weight": 0.3}}`` -> ``{"model.aux_weight": 0.3}``)."""
@@ -188,11 +190,6 @@ HEARTBEAT_S = 30.0  # the fit touches <run dir>/.heartbeat this often
 STALE_S = 600.0  # a fit on another host whose heartbeat is older than this is reported killed
 
 
-def summary_path(run_dir: Path, stage: str = "fit") -> Path:
-    """``summary.json`` (the fit's) or ``<stage>-summary.json`` (an evaluation's)."""
-    return Path(run_dir) / ("summary.json" if stage == "fit" else f"{stage}-summary.json")
-
-
 @dataclass
 class RunSummary:
     """One stage's record of a run: ``summary.json`` for the fit, ``<stage>-summary.json`` for an evaluation. Read
@@ -229,7 +226,7 @@ class RunSummary:
     @classmethod
     def load(cls, run_dir: Path, stage: str = "fit") -> RunSummary | None:
         """The stage's record; None where there is none; ValueError naming the file where it cannot be read."""
-        path = summary_path(run_dir, stage)
+        path = RunDir(run_dir).summary(stage)
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
@@ -244,7 +241,7 @@ class RunSummary:
             raise ValueError(f"{path}: {error}") from None
 
     def save(self, run_dir: Path, stage: str = "fit") -> None:
-        write_json(summary_path(run_dir, stage), self.as_dict())
+        write_json(RunDir(run_dir).summary(stage), self.as_dict())
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
@@ -267,6 +264,8 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
             continue  # an evaluation's record cut short says nothing about the fit
         if evaluation is not None:
             evaluations[stage] = evaluation.as_dict()
+            if evaluation.status == "running" and (gone := fit_gone(run_dir, evaluation)):
+                evaluations[stage].update(status="killed", error=gone)
             record["metrics"].update(evaluation.metrics)
     if evaluations:
         record["evaluations"] = evaluations
@@ -277,11 +276,12 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def fit_gone(run_dir: Path, fit: RunSummary) -> str | None:
-    """Why a fit recorded "running" is not running any more (None: it is, or it cannot be told). On the host it
-    runs on: its process is gone (or the pid is another process now). From another host: its heartbeat is older
-    than ``STALE_S``."""
-    attempt = fit.attempts[-1] if fit.attempts else {}
+def fit_gone(run_dir: Path, record: RunSummary) -> str | None:
+    """Why a stage recorded "running" is not running any more (None: it is, or it cannot be told). On the host it
+    runs on: its process is gone (or the pid is another process now). From another host: the fit's heartbeat is
+    older than ``STALE_S``, or more than ``STALE_S`` ahead of this host's clock (clocks out of step: a dead fit's
+    heartbeat from the future would otherwise keep it "running" until this clock caught up)."""
+    attempt = record.attempts[-1] if record.attempts else record.extra
     pid, host = attempt.get("pid"), attempt.get("host")
     if not isinstance(pid, int) or not host:
         return None  # a record of an older version: no way to tell
@@ -290,12 +290,17 @@ def fit_gone(run_dir: Path, fit: RunSummary) -> str | None:
         if started is None or attempt.get("pid_start") not in (None, started):
             return f"killed: its process ({pid} on {host}) ended without recording an end"
         return None
+    if not record.attempts:
+        return None  # an evaluation on another host: it beats no heartbeat
     try:
-        age = time.time() - (Path(run_dir) / ".heartbeat").stat().st_mtime
+        age = time.time() - RunDir(run_dir).heartbeat.stat().st_mtime
     except OSError:
         return None
     if age > STALE_S:
         return f"killed: no heartbeat from {host} for {age:.0f} s (more than {STALE_S:.0f} s)"
+    if age < -STALE_S:
+        return (f"killed: its heartbeat from {host} is {-age:.0f} s ahead of this host's clock (clocks out of step by "
+                f"more than {STALE_S:.0f} s): taken as stale")
     return None
 
 
@@ -329,8 +334,15 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
         return []
 
 
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """A run's best checkpoint by val top-1 (``summary.json``'s ``best_checkpoint``; else the one
+    ``checkpoints/best-*``), else its last; None where it has none."""
+    run, recorded = RunDir(run_dir), read_summary(run_dir).get("best_checkpoint")
+    if isinstance(recorded, str) and (run.path / recorded).is_file():
+        return run.path / recorded
+    return next(iter(run.best()[-1:] or ([run.last] if run.last.is_file() else [])), None)
+
+
 def holds_run(run_dir: Path) -> bool:
-    """Whether a directory holds a run's record (a sweep runner's ``args.json`` and ``trial.log`` alone do not)."""
-    run_dir = Path(run_dir)
-    return any((run_dir / name).is_file() for name in ("config.yaml", "summary.json")) or \
-        any((run_dir / "checkpoints").glob("*.ckpt"))
+    """Whether a directory holds a run's record (:meth:`RunDir.holds_run`)."""
+    return RunDir(run_dir).holds_run()

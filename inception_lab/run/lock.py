@@ -22,6 +22,8 @@ import os
 import time
 from pathlib import Path
 
+from inception_lab.run.layout import RunDir
+
 CLAIM_ENV = "INCEPTION_LAB_SWEEP_CLAIM"  # a sweep trial's claim, for its fit: {"state", "trial", "claim"}
 BUSY = (errno.EACCES, errno.EAGAIN)
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS)
@@ -97,7 +99,7 @@ class PathLock:
 def run_lock(run_dir: Path) -> PathLock:
     """The lock a fit holds on its run directory for as long as it runs (``<run_dir>/.lock``): one fit per run
     directory, and a sweep runner never reclaims a trial whose fit still holds it."""
-    return PathLock(Path(run_dir) / ".lock")
+    return PathLock(RunDir(run_dir).lock)
 
 
 def claim_holds(state: Path, trial: str, claim: str, timeout: float = 300) -> bool:

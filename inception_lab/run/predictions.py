@@ -24,12 +24,13 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from inception_lab.run.files import write_atomic
+from inception_lab.run.layout import RunDir
 
 SPLIT = "test"  # test and predict both read the DataModule's test split
 
 
 def predictions_path(run_dir: Path, views: str, split: str = SPLIT) -> Path:
-    return Path(run_dir) / "predictions" / f"{split}-{views}.npz"
+    return RunDir(run_dir).predictions(split, views)
 
 
 def checkpoint_name(run_dir: Path, checkpoint: str | Path) -> str:

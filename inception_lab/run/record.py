@@ -9,8 +9,10 @@ import csv
 import io
 import math
 import os
+import platform
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -27,6 +29,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from inception_lab.run.files import HEARTBEAT_S, RunSummary, disk_fault, process_start, read_metrics, write_atomic
+from inception_lab.run.layout import RunDir
 
 WALL_S_IS = ("the fit's wall time: the sum of its attempts' wall_s, each from the attempt's start to its end (a "
              "resumed run's includes the partial epoch an interruption lost)")
@@ -81,8 +84,7 @@ class RunRecord(Callback):
                 if attempt.get("status") == "running":
                     attempt.update(status="killed", end=attempt.pop("last_seen", None))
             self._attempt = {"start": _now(), "end": None, "status": "running", "wall_s": 0.0, "first_epoch": None,
-                             "epochs": 0, "ckpt_path": None, "host": socket.gethostname(), "pid": os.getpid(),
-                             "pid_start": process_start(os.getpid())}
+                             "epochs": 0, "ckpt_path": None, **_process()}
             self.record.attempts.append(self._attempt)
             self.record.status, self.record.error = "running", None
             self._start_heartbeat()
@@ -98,7 +100,7 @@ class RunRecord(Callback):
     def _begin(self, trainer: Trainer) -> RunSummary:
         """The record this stage writes: the fit's as it stands (a resume adds an attempt), an evaluation's anew."""
         if self.stage != "fit":
-            record = RunSummary(checkpoint=_ckpt_path(trainer), extra={"start": _now()})
+            record = RunSummary(checkpoint=_ckpt_path(trainer), extra={"start": _now(), **_process()})
             if self.wandb_run:
                 record.extra["wandb_run"] = self.wandb_run
         else:
@@ -107,12 +109,14 @@ class RunRecord(Callback):
             except ValueError as error:  # cut short by a crash of an older version: the record starts again
                 print(f"inception_lab: warning: {error}; its attempts are lost, a new record starts", file=sys.stderr)
                 record = RunSummary()
-        record.run_name, record.seed = self.run_dir.name, self.seed
+        record.run_name = record.run_name or self.run_dir.name  # a run moved or reached through a link keeps its name
+        record.seed = self.seed
+        record.extra["manifest"] = manifest(trainer)  # what produced this start of the stage
         return record
 
     def _start_heartbeat(self) -> None:
         stop = self._heartbeat = threading.Event()
-        beat = self.run_dir / ".heartbeat"
+        beat = RunDir(self.run_dir).heartbeat
 
         def run() -> None:
             while True:
@@ -234,6 +238,10 @@ class RunRecord(Callback):
     def _write(self, trainer: Trainer) -> None:
         if not trainer.is_global_zero:
             return
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), "")
+        run = RunDir(self.run_dir)
+        if self.stage == "fit" and best and (run.checkpoints / Path(best).name).is_file():
+            self.record.extra["best_checkpoint"] = str((run.checkpoints / Path(best).name).relative_to(run.path))
         if self._throughputs:  # the first epoch carries warm-up (allocator, cuDNN autotune, compile)
             steady = self._throughputs[1:] or self._throughputs
             self.record.extra["throughput_img_per_s"] = round(statistics.median(steady), 2)
@@ -248,6 +256,38 @@ class RunRecord(Callback):
         """Wall time of the fit so far: this attempt's and the earlier ones' (see ``WALL_S_IS``)."""
         earlier = sum(a.get("wall_s") or 0.0 for a in self.record.attempts if a is not self._attempt)
         return round(earlier + time.perf_counter() - self._start, 2)
+
+
+def manifest(trainer: Trainer) -> dict[str, Any]:
+    """What produced a run: the code's git commit and whether its tree was dirty, the versions of the libraries and
+    the project, the host, the devices and the command line."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(Path(__file__).parent), *args], capture_output=True, text=True,
+                                  timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    versions = {}
+    for name in ("torch", "torchvision", "lightning", "inception-lab"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[name] = version(name)
+    root = trainer.strategy.root_device
+    device = torch.cuda.get_device_name(root) if root.type == "cuda" else platform.processor() or platform.machine()
+    commit = git("rev-parse", "HEAD")
+    return {"git_commit": commit, "git_dirty": bool(git("status", "--porcelain", "-uno")) if commit else None,
+            "versions": versions, "host": socket.gethostname(),
+            "devices": {"accelerator": root.type, "name": device, "world_size": trainer.world_size,
+                        "num_nodes": trainer.num_nodes},
+            "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}
+
+
+def _process() -> dict[str, Any]:
+    """Where this process runs, so that a reader can tell a live stage from a killed one (``files.fit_gone``)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid())}
 
 
 def _now() -> str:
@@ -276,7 +316,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__(write_interval="epoch")
-        self.path = Path(run_dir) / "predictions.csv"
+        self.run = RunDir(run_dir)
 
     def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any,
                            batch_indices: Any) -> None:
@@ -285,11 +325,11 @@ class PredictionWriter(BasePredictionWriter):
         if len(indices) != len(probs):
             indices = list(range(len(probs)))
         top = probs.topk(min(5, probs.shape[1]), dim=1)
-        rank = "" if trainer.world_size == 1 else f".rank{trainer.global_rank}"
         lines = ["index,class,probability,top5\n"]
         lines += [f"{i},{int(c[0])},{float(p[0]):.6f},{' '.join(map(str, c.tolist()))}\n"
                   for i, p, c in zip(indices, top.values, top.indices)]
-        write_atomic(self.path.with_name(f"predictions{rank}.csv"), "".join(lines))
+        rank = None if trainer.world_size == 1 else trainer.global_rank
+        write_atomic(self.run.predictions_csv(rank), "".join(lines))
 
 
 def _leaves(tree: Any) -> list:
@@ -304,8 +344,9 @@ class _RunMetricsWriter(ExperimentWriter):
     sees half of it, and nothing is removed before its rows are written again. A resumed fit keeps the rows of the
     interrupted one up to the step it resumes from (later rows were lost with the kill)."""
 
-    def __init__(self, log_dir: str, prefix: str = "") -> None:
-        self.NAME_METRICS_FILE, self.NAME_HPARAMS_FILE = f"{prefix}metrics.csv", f"{prefix}hparams.yaml"
+    def __init__(self, log_dir: str, stage: str = "fit") -> None:
+        run = RunDir(log_dir)
+        self.NAME_METRICS_FILE, self.NAME_HPARAMS_FILE = run.metrics(stage).name, run.hparams(stage).name
         super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:  # Lightning's removes the file here
@@ -338,12 +379,12 @@ class RunCSVLogger(CSVLogger):
 
     def __init__(self, run_dir: Path, stage: str = "fit") -> None:
         super().__init__(run_dir, name="", version="")
-        self.prefix = "" if stage == "fit" else f"{stage}-"
+        self.stage = stage
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _RunMetricsWriter(log_dir=self.log_dir, prefix=self.prefix)
+            self._experiment = _RunMetricsWriter(log_dir=self.log_dir, stage=self.stage)
         return self._experiment

@@ -10,7 +10,6 @@ the checkpoint).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -18,16 +17,29 @@ import socket
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning import Callback, LightningModule, Trainer
 
 from inception_lab.errors import UserError
-from inception_lab.run.files import holds_run, safe_name, variant_name
-from inception_lab.run.lock import CLAIM_ENV, NoLocks, PathLock, claim_holds, run_lock
+from inception_lab.run.files import (
+    best_checkpoint,
+    flatten,
+    holds_run,
+    process_start,
+    read_summary,
+    resume_differences,
+    safe_name,
+    short_value,
+    variant_name,
+)
+from inception_lab.run.layout import RunDir
+from inception_lab.run.lock import NoLocks, PathLock, run_lock
 from inception_lab.slurm import requeued
 
 RUNS_ROOT = Path("runs")
@@ -130,12 +142,13 @@ def resume_checkpoint(run_dir: Path) -> Path:
     signal before a requeue (``hpc_ckpt_N.ckpt``, mid-epoch) where that is further on. Where ``last.ckpt`` is missing
     or cannot be read (a full disk, a copy cut short), the newest readable checkpoint of the run (``best-*.ckpt``);
     a one-line error where there is none."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    preferred = [*([last] if last.is_file() else []), *run_dir.glob("hpc_ckpt_*.ckpt")]
-    others = sorted((p for p in (run_dir / "checkpoints").glob("*.ckpt") if p != last),
+    run = RunDir(run_dir)
+    last = run.last
+    preferred = [*([last] if last.is_file() else []), *run.hpc()]
+    others = sorted((p for p in run.checkpoints.glob(f"*{run.EXT}") if p != last),
                     key=lambda p: p.stat().st_mtime, reverse=True)
     if not preferred and not others:
-        raise UserError(f"--ckpt_path last: {run_dir} has no checkpoint (checkpoints/*.ckpt): the fit stopped "
+        raise UserError(f"--ckpt_path last: {run_dir} has no checkpoint ({run.checkpoints}): the fit stopped "
                         f"before its first epoch ended, so nothing resumes it: start a new run in a new --run_dir (or "
                         f"delete {run_dir})")
     steps: dict[Path, int] = {}  # readable checkpoints and their global step; each file loaded once (mmap)
@@ -156,7 +169,7 @@ def resume_checkpoint(run_dir: Path) -> Path:
     if not steps:
         raise UserError(f"{problems[0]}; and the run has no other readable checkpoint to resume from")
     chosen = max(steps, key=lambda p: (steps[p], p.stat().st_mtime))
-    if chosen.parent.name == "checkpoints":  # not an HPC checkpoint, which stands in for last.ckpt as designed
+    if chosen.parent == run.checkpoints:  # not an HPC checkpoint, which stands in for last.ckpt as designed
         print(f"inception_lab: warning: {problems[0]}; resuming from the newest readable checkpoint, {chosen}",
               file=sys.stderr)
     return chosen
@@ -177,8 +190,8 @@ def resolve_run(config: Namespace, subcommand: str, run_variant: dict[str, Any],
                   file=sys.stderr)
             config[key] = safe_name(given)
     ckpt = config.get("ckpt_path")
-    if not config.run_dir and ckpt and ckpt != "last" and Path(ckpt).parent.name == "checkpoints":
-        config.run_dir = str(Path(ckpt).parent.parent)  # validate/test a checkpoint: report into its run
+    if not config.run_dir and ckpt and ckpt != "last" and (run := RunDir.of_checkpoint(ckpt)) is not None:
+        config.run_dir = str(run.path)  # validate/test a checkpoint: report into its run
     if not config.run_dir and ckpt == "last" and not config.run_name:
         config.run_dir = str(latest_run(config.experiment))
     if not config.run_dir:
@@ -193,43 +206,115 @@ def resolve_run(config: Namespace, subcommand: str, run_variant: dict[str, Any],
         config.run_name = Path(config.run_dir).name
 
 
+def check_fit(config: Namespace, run_dir: Path, resolved: Callable[[], dict[str, Any]]) -> None:
+    """One run, one directory: a fit into a directory that holds a run must resume it, as the same run (its
+    ``config.yaml`` against ``resolved()``, this command's flat resolved config). Checked before anything is
+    written; a SLURM job started again resumes its own run."""
+    for key in ("max_epochs", "max_steps"):
+        if config.trainer.get(key) == 0:
+            raise UserError(f"trainer.{key}=0: a fit trains at least one epoch (use validate or test to evaluate "
+                            "a checkpoint without training)")
+    run, ckpt = RunDir(run_dir), config.get("ckpt_path")
+    if ckpt is None and requeued() and run.holds_run():  # SLURM started this job again: go on, don't refuse
+        try:
+            config.ckpt_path = ckpt = str(resume_checkpoint(run_dir))
+        except UserError:  # stopped before its first checkpoint: it starts again, its attempts say so
+            print(f"inception_lab: SLURM job requeued: {run_dir} has no checkpoint yet; starting it again",
+                  file=sys.stderr)
+            return
+        print(f"inception_lab: SLURM job requeued (restart {os.environ['SLURM_RESTART_COUNT']}): resuming "
+              f"{run_dir} from {ckpt}", file=sys.stderr)
+    if ckpt is None or not run.owns(ckpt):
+        if run.holds_run():
+            status = read_summary(run_dir).get("status", "no summary.json")
+            if not run.checkpoint_files():
+                raise UserError(f"--run_dir {run_dir}: already holds a run (status: {status}) that stopped before "
+                                "its first checkpoint, so nothing resumes it: start a new run in a new --run_dir (or "
+                                f"delete {run_dir})")
+            raise UserError(f"--run_dir {run_dir}: already holds a run (status: {status}); resume it with "
+                            "--ckpt_path last, or start a new run in a new --run_dir")
+        return
+    if not run.config().is_file():
+        return  # a checkpoint copied without its run: nothing to compare with
+    try:
+        recorded = flatten(yaml.safe_load(run.config().read_text()))
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{run.config()}: unreadable ({reason}); cannot check that the resume is the same "
+                        "run") from None
+    differences = resume_differences(recorded, resolved())
+    if differences:
+        shown = "; ".join(f"{key}: run {short_value(was)}, now {short_value(now)}"
+                          for key, (was, now) in list(differences.items())[:4])
+        more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
+        raise UserError(f"--ckpt_path {ckpt}: a resume is the same run, but this config differs from "
+                        f"{run.config()} in {shown}{more}; only the length of training and bookkeeping keys may "
+                        "change (start a new run with a new --run_dir)")
+
+
+def check_evaluation(config: Namespace, run_dir: Path, stage: str) -> None:
+    """``validate``/``test``/``predict`` into a directory that holds a fit evaluate one of that fit's checkpoints:
+    with no ``--ckpt_path``, its best (``summary.json``'s ``best_checkpoint``, else ``checkpoints/best-*``, else
+    ``last.ckpt``); another run's checkpoint, or none at all, is refused: an untrained network's metrics never land
+    in a fit's record."""
+    run, ckpt = RunDir(run_dir), config.get("ckpt_path")
+    if not run.holds_run():
+        return
+    if ckpt is not None:
+        if not run.owns(ckpt):
+            raise UserError(f"--ckpt_path {ckpt}: not a checkpoint of the run in --run_dir {run_dir}; an "
+                            f"evaluation into a run's directory evaluates that run (give one of "
+                            f"{run.checkpoints}/*.ckpt, or another --run_dir)")
+        return
+    chosen = best_checkpoint(run_dir)
+    if chosen is None:
+        raise UserError(f"--run_dir {run_dir}: holds a run with no checkpoint to {stage}; an evaluation into a run's "
+                        "directory evaluates one of its checkpoints (give --ckpt_path, or another --run_dir)")
+    config.ckpt_path = str(chosen)
+    print(f"inception_lab: {stage}: the run's best checkpoint, {chosen}", file=sys.stderr)
+
+
 def latest_run(experiment: str) -> Path:
     """The most recent run of ``experiment`` that has a ``last.ckpt`` (for ``--ckpt_path last``)."""
-    candidates = sorted((RUNS_ROOT / experiment).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    candidates = sorted((p for p in (RUNS_ROOT / experiment).glob("*") if RunDir(p).last.is_file()),
+                        key=lambda p: RunDir(p).last.stat().st_mtime)
     if not candidates:
         raise UserError(f"--ckpt_path last: no run of experiment {experiment!r} under {RUNS_ROOT / experiment} has "
-                        "checkpoints/last.ckpt; pass --run_dir DIR of the run to resume")
-    return candidates[-1].parent.parent
+                        "a last checkpoint; pass --run_dir DIR of the run to resume")
+    return candidates[-1]
 
 
 HELD: list[tuple[PathLock, Path | None]] = []  # this process's run locks, held until it ends (release_runs), and the
 # topmost directory hold_run made for each (None: the run directory was there before)
 
 
-def hold_run(run_dir: Path, fresh: bool = False) -> None:
+def hold_run(run_dir: Path, fresh: bool = False, wait_s: float = 0) -> None:
     """A fit's claim on its run directory (rank 0; the other ranks write nothing there of their own), held for as
-    long as the process runs: a second fit into the same directory is refused in one line, and a sweep runner
-    never reclaims a trial whose fit still holds it. A trial started by a sweep runner then checks that its claim in
-    the sweep's ``state.json`` is still its runner's (another runner may have reclaimed it while its runner was
-    stopped) and writes nothing if not."""
+    long as the process runs: a second fit into the same directory is refused in one line. The lock alone is not
+    trusted: a lock file deleted or replaced while a fit holds it ("a stale lock") gives a newcomer a lock of its own,
+    so the run's record is asked too, and a fit it says is alive (its process, or its heartbeat from another host)
+    refuses the newcomer. ``wait_s``: how long to wait for a fit that holds the run to end (a requeued job's old
+    process on a dead node, a reclaimed sweep trial's). Temporary files of writers killed mid-write go."""
     from lightning.pytorch.utilities import rank_zero_only
 
     if getattr(rank_zero_only, "rank", 0) != 0:
         return
-    claim = json.loads(os.environ[CLAIM_ENV]) if os.environ.get(CLAIM_ENV) else None
     made = next((p for p in reversed([run_dir.absolute(), *run_dir.absolute().parents]) if not p.exists()), None)
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_lock(run_dir)
-    # a reclaimed trial's stale fit holds it for a moment; a requeued job's old lock may wait on a dead node's lease
-    wait = 60 if claim else 300 if requeued() else 0
+    lock, deadline = run_lock(run_dir), time.monotonic() + wait_s
     try:
-        held = lock.acquire(timeout=wait)
+        held = lock.acquire(timeout=wait_s)
     except NoLocks as error:
         raise UserError(f"--run_dir {run_dir}: {error.strerror}") from None
-    if not held:
-        holder = ""
-        with contextlib.suppress(OSError):
-            holder = lock.path.read_text().strip()
+    holder = ""
+    with contextlib.suppress(OSError):
+        holder = lock.read().decode().strip() if held else lock.path.read_text().strip()
+    while held and (alive := live_fit(run_dir)) and time.monotonic() < deadline:
+        time.sleep(1)
+    if held and alive:
+        lock.release()
+        holder = alive
+    if not held or alive:
         raise UserError(f"--run_dir {run_dir}: a fit is running in it{f' ({holder})' if holder else ''}; wait for "
                         "it to end, or start a new run in a new --run_dir")
     HELD.append((lock, made))
@@ -239,17 +324,27 @@ def hold_run(run_dir: Path, fresh: bool = False) -> None:
                         "run in a new --run_dir")
     os.ftruncate(lock.fd, 0)
     os.pwrite(lock.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-    if claim is not None:
-        try:
-            holds = claim_holds(Path(claim["state"]), claim["trial"], claim["claim"])
-        except OSError as error:
-            release_runs()
-            raise UserError(f"sweep trial {claim['trial']}: cannot check its claim in {error.filename}: "
-                            f"{error.strerror}") from None
-        if not holds:
-            release_runs()
-            raise UserError(f"sweep trial {claim['trial']}: another runner holds it now ({claim['state']}); this "
-                            "fit stops before writing anything")
+    remove_temporaries(run_dir)
+
+
+def live_fit(run_dir: Path) -> str | None:
+    """"pid P on H" when the run's record says a fit of another process runs in it and that fit is alive."""
+    record = read_summary(run_dir)
+    attempt = (record.get("attempts") or [{}])[-1]
+    if record.get("status") != "running" or (attempt.get("pid"), attempt.get("host")) == (os.getpid(),
+                                                                                         socket.gethostname()):
+        return None
+    return f"pid {attempt.get('pid')} on {attempt.get('host')}, per its {RunDir(run_dir).summary().name}"
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """The temporary files of writers killed mid-write (``write_atomic``'s ``.<name>.<pid>.tmp``): called under the
+    run's lock by the next fit, and by an evaluation when no fit runs; a live writer's file on this host stays."""
+    for path in RunDir(run_dir).temporaries():
+        pid = path.name.rsplit(".", 2)[-2]
+        if not (pid.isdigit() and int(pid) != os.getpid() and process_start(int(pid)) is not None):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def release_runs(refused: bool = False) -> None:

@@ -1,0 +1,176 @@
+"""Where a run's config comes from, and its writer.
+
+A command's config is, in order: the experiment files (``--config``), or where none is given, the run's own
+``config.yaml`` (a fit resumed by ``--ckpt_path``) or a checkpoint's hyperparameters (``validate``/``test``/
+``predict --ckpt_path FILE``); then the command line. :func:`command_line` makes that one command line before
+LightningCLI parses it; :class:`RunConfigCallback` writes the resolved config into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning import Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.trainer.states import TrainerFn
+
+from inception_lab.errors import UserError
+from inception_lab.run.files import flatten, load_yaml, short_value, write_atomic
+from inception_lab.run.layout import RunDir
+from inception_lab.run.resume import read_checkpoint
+
+LINKED = ("num_classes", "in_channels", "image_size")  # the DataModule says these; never set them in a config
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def option_values(argv: list[str], *names: str) -> list[str]:
+    """The values of an option in a command line, in order (``--name value`` and ``--name=value``)."""
+    values = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in names:
+            if eq:
+                values.append(value)
+            elif i + 1 < len(argv):
+                values.append(argv[i + 1])
+    return values
+
+
+def command_line(argv: list[str]) -> tuple[list[str], str | None]:
+    """The command line LightningCLI parses, and its first ``--config`` (the experiment file, which names the
+    experiment and which a run's variant is measured from). Every config file is checked first (one line each).
+
+    - ``validate``/``test``/``predict --ckpt_path FILE`` with no ``--config``: the checkpoint's network and data.
+    - ``fit --ckpt_path`` with no ``--config``: the run's own ``config.yaml``.
+    - ``fit --ckpt_path <run>/checkpoints/X.ckpt`` with no ``--run_dir``: that run, wherever its directory is now
+      (moved, renamed, through a symlink), not the path its ``config.yaml`` recorded.
+    """
+    for path in option_values(argv, "--config", "-c"):
+        check_yaml(path)
+    subcommand = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    ckpt = next(iter(option_values(argv, "--ckpt_path")), None)
+    no_config = not option_values(argv, "--config", "-c")
+    given_dir = next(iter(option_values(argv, "--run_dir")), None)
+    run = RunDir.of_checkpoint(ckpt) if ckpt and ckpt != "last" else None
+    if ckpt and ckpt != "last":
+        checkpoint = read_checkpoint(ckpt)
+        if subcommand in ("validate", "test", "predict") and no_config:
+            argv = [subcommand, *checkpoint_config(checkpoint, Path(ckpt)), *argv[1:]]
+    if subcommand == "fit" and ckpt:
+        own = RunDir(given_dir) if given_dir else run
+        if no_config and own is not None and own.config().is_file():  # a resume with no experiment file
+            check_yaml(str(own.config()))
+            argv = ["fit", "--config", str(own.config()), *argv[1:]]
+        if run is not None and not given_dir:
+            argv = [*argv, "--run_dir", str(run.path)]
+    return argv, next(iter(option_values(argv, "--config", "-c")), None)
+
+
+def check_yaml(path: str) -> None:
+    """A config file that is not valid YAML: one line naming the file and the line (jsonargparse names neither)."""
+    if Path(path).is_dir():
+        raise UserError(f"--config {path}: a directory, not a config file (experiments/<x>.yaml)")
+    if not Path(path).is_file():
+        if path.endswith((".yaml", ".yml", ".json")) or os.sep in path:
+            raise UserError(f"--config {path}: no such file")
+        return  # jsonargparse takes the value as YAML text
+    try:
+        text = Path(path).read_bytes().decode()
+    except UnicodeDecodeError:
+        raise UserError(f"--config {path}: not a YAML config: not UTF-8 text (a binary file, such as a checkpoint? "
+                        "give that as --ckpt_path)") from None
+    try:
+        loaded = load_yaml(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"--config {path}: not valid YAML{where}: {problem}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        kind = "a list" if isinstance(loaded, list) else f"a single {type(loaded).__name__}"
+        raise UserError(f"--config {path}: YAML holding {kind}, where a config is a mapping of keys (trainer:, "
+                        "model:, data:, ...)")
+
+
+def _as_config(hparams: dict[str, Any]) -> dict[str, Any]:
+    hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
+    if "_class_path" not in hparams:
+        return hparams
+    return {"class_path": hparams.pop("_class_path"), "init_args": hparams}
+
+
+def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> list[str]:
+    """``--config`` arguments that rebuild the model and data a checkpoint was trained with (``test --ckpt_path X``
+    with no experiment file): the hyperparameters LightningCLI stored in it."""
+    model = _as_config(checkpoint.get("hyper_parameters") or {})
+    if not isinstance(model.get("net"), dict):
+        raise UserError(f"--ckpt_path {path}: the checkpoint does not say which network it holds; pass the "
+                        "experiment file with --config")
+    for attr in LINKED:  # set from the DataModule again
+        model["net"].get("init_args", {}).pop(attr, None)
+    config: dict[str, Any] = {"model": model}
+    if checkpoint.get("datamodule_hyper_parameters"):
+        config["data"] = _as_config(checkpoint["datamodule_hyper_parameters"])
+    args = ["--config", json.dumps(config)]
+    if (run := RunDir.of_checkpoint(path)) is not None and run.path.parent.name:  # runs/<experiment>/<run>
+        args += ["--experiment", run.path.parent.name]
+    return args
+
+
+def check_checkpoint_network(ckpt: str, checkpoint: dict[str, Any], net_config: dict[str, Any],
+                             state_dict: dict[str, Any]) -> None:
+    """A checkpoint of another network than the config's (another experiment's, or a ``config.yaml`` edited since):
+    one line naming the keys that differ, before anything is written. ``net_config``: the config's ``model.net``
+    (class_path and init_args); ``state_dict``: the built model's."""
+    saved = _as_config(checkpoint.get("hyper_parameters") or {}).get("net")
+    differences = {}
+    if isinstance(saved, dict):
+        was, now = flatten(saved, "model.net"), flatten(net_config, "model.net")
+        differences = {k: (was[k], now[k]) for k in was.keys() & now.keys()
+                       if k.rsplit(".", 1)[-1] not in LINKED and was[k] != now[k]}
+    if not differences:  # the same arguments (or none recorded): the weights decide
+        weights = checkpoint.get("state_dict", {})
+        differences = {k: (_shape(weights, k), _shape(state_dict, k)) for k in weights.keys() | state_dict.keys()
+                       if _shape(weights, k) != _shape(state_dict, k)}
+    if differences:
+        shown = "; ".join(f"{k}: checkpoint {short_value(a)}, config {short_value(b)}"
+                          for k, (a, b) in sorted(differences.items())[:4])
+        more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
+        raise UserError(f"--ckpt_path {ckpt}: a checkpoint of another network than the config's ({shown}{more}); "
+                        "pass the config it was trained with, or no --config")
+
+
+def _shape(weights: dict[str, Any], key: str) -> tuple[int, ...] | str:
+    return tuple(weights[key].shape) if key in weights else "missing"
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """Writes the resolved config into the run directory (``config.yaml`` for fit, ``<stage>-config.yaml`` for
+    validate/test/predict: never the fit's), atomically, and into the W&B run config. Lightning's ``setup`` calls
+    this on rank 0 once (``save_to_log_dir=False``: not into the logger's directory, Lightning #11256).
+
+    A resumed fit writes config.yaml again: the same config but for the length of training (a resume that differs
+    otherwise is refused). ``fit --config <run>/config.yaml`` repeats the run: its ``ckpt_path`` is left null.
+    """
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        stage = TrainerFn(stage).value
+        config = self.config.clone()
+        if stage == "fit":  # what the run is, not where an attempt resumed from (summary.json's attempts say)
+            config.ckpt_path = None
+        text = self.parser.dump(config, skip_none=False, format="yaml")
+        resolved = pl_module.optimization() if hasattr(pl_module, "optimization") else {}
+        if "global_batch" in resolved:  # the LR as this run trains at it (the config says it per reference batch)
+            text += (f"# resolved for this run: global batch {resolved['global_batch']} ({resolved['devices']} "
+                     f"devices x {resolved['nodes']} nodes x batch {resolved['batch_size']} x accumulation "
+                     f"{resolved['accumulate_grad_batches']}): the optimizer's lr x {resolved['lr_scale']:g} "
+                     f"(lr_reference_batch {resolved['lr_reference_batch']})"
+                     + (f" = {resolved['lr']:g}" if "lr" in resolved else "") + "\n")
+        write_atomic(RunDir(self.config.run_dir).config(stage), text)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_config"):
+                logger.log_config({**yaml.safe_load(text), **({"optimization": resolved} if len(resolved) > 1 else {})})
