@@ -524,6 +524,10 @@ def test_a_verdict_per_cell_in_words(sweep_dir: Path, tmp_path: Path) -> None:
         "**lower**: the interval excludes 0 (lower than the baseline at the 95% level).")
     assert "**equal within ±0.5 points**: the interval includes 0 and its half-width" in lines[1]
 
+    page = (tmp_path / "out" / "report.html").read_text()  # report.md rendered: bold, code spans, tables
+    assert "<strong>cannot tell</strong> at n = 2" in page and "<code>val/acc_best</code>" in page
+    assert "`" not in page and "**" not in page and page.count("<table>") == 2
+
 
 def test_cells_follow_the_sweep_files_order() -> None:
     from inception_lab.compare.cells import sweep_order
@@ -543,10 +547,10 @@ def test_cells_follow_the_sweep_files_order() -> None:
 
 
 def test_multiply_adds_read_as_people_write_them() -> None:
-    from inception_lab.compare.report import _tick, _ticks
+    from inception_lab.compare.report import count
 
-    assert [_tick(v) for v in (32_019_712, 275_564_800, 1.5e9, 250_000, 12)] == ["32M", "276M", "1.5G", "250K", "12"]
-    assert _ticks([32_019_712, 32_100_352]) == ["32M", "32.1M"] and _ticks([27e6, 275e6]) == ["27M", "275M"]
+    assert [count(v) for v in (32_019_712, 32_100_352, 275_564_800, 1.5e9, 250_000, 12, None)] == [
+        "32M", "32.1M", "276M", "1.5G", "250k", "12", "—"]
 
 
 def test_a_full_disk_under_out_is_one_line_and_keeps_the_old_report(tmp_path: Path, cli) -> None:

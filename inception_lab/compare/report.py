@@ -12,6 +12,8 @@ from html import escape as esc
 from pathlib import Path
 from typing import Any
 
+import markdown
+
 from inception_lab.compare.cells import (
     PRIMARY,
     Cell,
@@ -36,31 +38,16 @@ def _pct(stat: Stat) -> str:
     return "—" if stat.mean is None else f"{100 * stat.mean:.2f} ± {std}"
 
 
-def _count(value: float | None) -> str:
-    if value is None:
-        return "—"
-    unit, scale = next(((u, s) for u, s in (("G", 1e9), ("M", 1e6), ("K", 1e3)) if abs(value) >= s), ("", 0.0))
-    return f"{value / scale:.2f}{unit}" if scale else f"{value:.0f}"
+def count(value: float | None) -> str:
+    """A count as people read it: 3 significant digits and an SI prefix (32M, 276M, 1.5G, 250k, 12), by matplotlib's
+    ``EngFormatter`` (the plots' axes use it too); — for none."""
+    from matplotlib.ticker import EngFormatter
 
-
-def _tick(value: float, digits: int = 3) -> str:
-    """An axis label in the units people read: 32M, 1.5G, 250K."""
-    unit, scale = next(((u, s) for u, s in (("G", 1e9), ("M", 1e6), ("K", 1e3)) if abs(value) >= s), ("", 1.0))
-    scaled = value / scale
-    return f"{scaled:.{max(digits, len(str(int(abs(scaled)))))}g}{unit}"  # 275M, never 2.8e+02M
-
-
-def _ticks(values: list[float]) -> list[str]:
-    """Labels for distinct values, with as few digits as keep them distinct (32M, 32.1M; not 32M twice)."""
-    for digits in range(2, 8):
-        labels = [_tick(v, digits) for v in values]
-        if len(set(labels)) == len(labels):
-            return labels
-    return labels
+    return "—" if value is None else EngFormatter(sep="")(float(f"{value:.3g}"))
 
 
 def _cost(stat: Stat) -> str:  # params and MACs are fixed per architecture: a spread is shown only if there is one
-    return f"{_count(stat.mean)} ± {_count(stat.std)}" if stat.std else _count(stat.mean)
+    return f"{count(stat.mean)} ± {count(stat.std)}" if stat.std else count(stat.mean)
 
 
 def format_difference(diff: Difference | None) -> str:
@@ -292,7 +279,7 @@ def plots(cell_list: list[Cell], by: list[str], base: Cell) -> dict[str, bytes]:
         for m in sorted(set(known)):
             if not ticks or (where(m) - where(ticks[-1])) / span > 0.06:
                 ticks.append(m)
-        ax.set_xticks(ticks, _ticks(ticks), rotation=30 if len(ticks) > 3 else 0)
+        ax.set_xticks(ticks, [count(t) for t in ticks], rotation=30 if len(ticks) > 3 else 0)
         ax.minorticks_off()
     ax.set(xlabel="multiply-adds per image", ylabel="val top-1 (%)",
            title="accuracy against compute (mean ± std; * baseline)")
@@ -320,8 +307,9 @@ def plots(cell_list: list[Cell], by: list[str], base: Cell) -> dict[str, bytes]:
 def render(cell_list: list[Cell], by: list[str], base: Cell, excluded: list[Run], images: dict[str, bytes],
            title: str, head: list[str] | None = None, half_width: float = EFFECT,
            alpha: float = 0.05) -> tuple[str, str]:
-    """``report.md`` (images linked) and a self-contained ``report.html`` (images as data URIs): the title, the
-    ``head`` lines (sweep, metric, protocol, when), the tables, a verdict per cell, the plots."""
+    """``report.md`` (images linked) and ``report.html``, the same markdown rendered by the ``markdown`` library,
+    self-contained (images as data URIs): the title, the ``head`` lines (sweep, metric, protocol, when), the tables,
+    a verdict per cell, the plots."""
     members = [f"{describe(c, by)}: {', '.join(r.name for r in c.runs)}" for c in cell_list]
     left_out = [f"{r.name}: {r.status}" + (f" ({r.error_tail})" if r.error_tail else "") for r in excluded]
     head, said = head or [], verdicts(cell_list, by, base, half_width, alpha)
@@ -338,26 +326,13 @@ def render(cell_list: list[Cell], by: list[str], base: Cell, excluded: list[Run]
     md += ["## Plots", "", *(f"![{Path(n).stem}]({n})\n" for n in images), "## Runs per cell", "",
            *(f"- {m}" for m in members), ""]
 
-    body = [f"<h1>{esc(title)}</h1>", *(["<ul>", *(f"<li>{esc(line)}</li>" for line in head), "</ul>"] if head else []),
-            f"<p>{esc(notes(by, base, cell_list))}</p>"]
-    for heading, columns, rows in tables(cell_list, by, base):
-        body += [f"<h2>{esc(heading)}</h2>"] if heading else []
-        body.append("<table>" + "".join("<tr>" + "".join(f"<{tag}>{esc(c)}</{tag}>" for c in row) + "</tr>"
-                                        for tag, row in [("th", columns), *(("td", r) for r in rows)]) + "</table>")
-    if said:
-        body += [f"<h2>Verdicts (against the baseline, {esc(level)})</h2><ul>",
-                 *(f"<li>{esc(line[2:]).replace('**', '')}</li>" for line in said), "</ul>"]
-    if family is not None:
-        body += [f"<h2>{esc(family[0])}</h2>", f"<p>{esc(HOLM_NOTE)}</p>", "<table>" + "".join(
-            "<tr>" + "".join(f"<{tag}>{esc(c)}</{tag}>" for c in row) + "</tr>"
-            for tag, row in [("th", family[1]), *(("td", r) for r in family[2])]) + "</table>"]
-    if left_out:
-        body += ["<h2>Runs not averaged in</h2><ul>", *(f"<li>{esc(x)}</li>" for x in left_out), "</ul>"]
-    body += ["<h2>Plots</h2>", *(f'<p><img alt="{esc(Path(n).stem)}" src="data:image/png;base64,'
-                                 f'{base64.b64encode(data).decode()}"></p>' for n, data in images.items())]
-    body += ["<h2>Runs per cell</h2><ul>", *(f"<li>{esc(m)}</li>" for m in members), "</ul>"]
+    text = "\n".join(md)
+    inlined = text  # report.html: the same text, its images as data URIs (self-contained)
+    for name, data in images.items():
+        inlined = inlined.replace(f"]({name})", f"](data:image/png;base64,{base64.b64encode(data).decode()})")
+    body = markdown.markdown(inlined, extensions=["tables"], output_format="html")
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}img{max-width:100%}")
     page = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-            f"<style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
-    return "\n".join(md), page
+            f"<style>{style}</style></head>\n<body>\n{body}\n</body></html>\n")
+    return text, page
