@@ -98,14 +98,12 @@ def _row_name(name: str) -> str:
     return f"inception({name.removeprefix('inception')})" if name.startswith("inception") else name
 
 
-def _si(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f}{unit}" if n < 100 * scale else f"{n / scale:.0f}{unit}"
-    return str(int(n))
-
-
 def format_table(summary: dict[str, Any]) -> str:
+    from matplotlib.ticker import EngFormatter  # as compare's tables read: 3 significant digits, 9.41k, 118M, 1.5G
+
+    def _si(n: float) -> str:
+        return EngFormatter(sep="")(float(f"{n:.3g}"))
+
     lines = [f"{'layer':<34}{'output size':>16}{'params':>10}{'ops (MACs)':>12}"]
     for row in summary["rows"]:
         shape = "x".join(map(str, row["output_shape"][1:] + row["output_shape"][:1]))
