@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -15,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inception_lab.run.files import holds_run, read_summary, write_atomic
+from inception_lab.run.files import read_summary, write_atomic
+from inception_lab.run.layout import RunDir
 from inception_lab.run.lock import NoLocks, PathLock, run_lock
 from inception_lab.sweep.commands import check_trials
 from inception_lab.sweep.spec import Sweep, SweepError, Trial
@@ -27,6 +29,7 @@ TRIAL_KEYS = tuple(f.name for f in dataclasses.fields(Trial))
 LEASE_S = float(os.environ.get("INCEPTION_LAB_SWEEP_LEASE_S", 120))  # a claim's life without renewal
 HEARTBEAT_S = LEASE_S / 6  # how often a runner renews the claims of its trials
 LOCK_WAIT_S = float(os.environ.get("INCEPTION_LAB_SWEEP_LOCK_WAIT_S", 300))  # then a one-line error
+CLAIM_ENV = "INCEPTION_LAB_SWEEP_CLAIM"  # a trial's claim, for its fit: {"state", "trial", "claim"} (start_trial)
 
 
 def take(lock: PathLock, timeout: float) -> bool:
@@ -47,6 +50,30 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def check_trial_claim() -> None:
+    """In a fit started by a runner (``CLAIM_ENV`` set), once it holds its run directory: one line (SweepError) unless
+    the sweep's ``state.json``, read under its lock, still gives the trial to its runner's claim (another runner may
+    have reclaimed it while its runner was stopped); the fit then writes nothing. Any other fit: nothing to check."""
+    if not os.environ.get(CLAIM_ENV):
+        return
+    claim = json.loads(os.environ[CLAIM_ENV])
+    trial, path = claim["trial"], Path(claim["state"])
+    lock = PathLock(path, shared=True)
+    try:
+        if not lock.acquire(timeout=LOCK_WAIT_S):
+            raise OSError(errno.EAGAIN, f"its lock was held for {LOCK_WAIT_S:.0f} s")
+        entries = json.loads(lock.read()).get("trials", [])
+        holds = any(isinstance(e, dict) and (e.get("name"), e.get("claim")) == (trial, claim["claim"]) for e in entries)
+    except (OSError, ValueError, AttributeError) as error:
+        why = error.strerror if isinstance(error, OSError) else f"not a sweep state ({error})"
+        raise SweepError(f"sweep trial {trial}: cannot check its claim in {path}: {why}") from None
+    finally:
+        lock.release()
+    if not holds:
+        raise SweepError(f"sweep trial {trial}: another runner holds it now ({path}); this fit stops before writing "
+                         "anything")
+
+
 class State:
     """``state.json``, shared by any number of runners (processes, nodes, array tasks) on one sweep directory.
 
@@ -55,7 +82,7 @@ class State:
     kept beside it (``state.json.prev``): a kill at any instant leaves a readable file.
 
     **Fencing.** A runner claims a trial (``owner`` = host:pid, ``lease_until``, a fresh ``claim`` token) holding
-    the lock of the trial's run directory (``<run>/.lock``), and renews its claims every ``HEARTBEAT_S``. The trial's
+    the lock of the trial's run directory (``run_lock``), and renews its claims every ``HEARTBEAT_S``. The trial's
     fit takes that lock for its whole life and, once it holds it, checks that ``state.json`` still gives the trial
     to its token; it writes nothing if not. A claim changes hands only while the new runner holds both locks, so a
     trial whose fit runs can never be reclaimed, however long its runner is stopped: a trial is claimed again only
@@ -132,7 +159,7 @@ class State:
 
     def trial_runs(self) -> list[Path]:
         return [d for d in (self.directory / "runs").glob("*")
-                if d.is_dir() and ((d / "args.json").is_file() or holds_run(d))]
+                if d.is_dir() and (RunDir(d).trial_args.is_file() or RunDir(d).holds_run())]
 
     def broken(self, path: Path, why: str) -> str:
         seed = f" --seed {self.seed}" if self.seed else ""  # the draws of a random sweep depend on it
@@ -248,7 +275,7 @@ class State:
 
     def reconcile(self, retry_failed: bool = False, runners_gone: bool = False) -> None:
         """A trial left running or interrupted by a runner that is gone (``runners_gone``: every runner, as after a
-        repair) either finished meanwhile (kept) or is pending again (it resumes from its last.ckpt); failed and
+        repair) either finished meanwhile (kept) or is pending again (it resumes from its last checkpoint); failed and
         stopped trials run again with ``retry_failed``. A trial whose fit still holds its run directory stays its
         runner's."""
         for trial in self.trials:
@@ -270,7 +297,7 @@ class State:
 
 def repair(state: State, planned: list[dict[str, Any]]) -> None:
     """``--repair``: state.json back from its previous good copy, or rebuilt from the run directories (their
-    ``args.json``, summaries and ``trial.log``), trials without one from the sweep's plan; the broken file kept
+    trial values, summaries and trial logs), trials without one from the sweep's plan; the broken file kept
     beside it as ``state.json.broken``."""
     path = state.path
 
@@ -316,7 +343,7 @@ def repair(state: State, planned: list[dict[str, Any]]) -> None:
 
 def rebuilt(state: State, planned: list[dict[str, Any]]) -> dict[str, Any]:
     runs = {int(m.group(1)): d for d in (state.directory / "runs").glob("*")
-            if d.is_dir() and (m := re.match(r"(\d+)-", d.name)) and (d / "args.json").is_file()}
+            if d.is_dir() and (m := re.match(r"(\d+)-", d.name)) and RunDir(d).trial_args.is_file()}
     trials: list[Trial] = []
     for index in range(max([*runs, len(planned) - 1], default=-1) + 1):
         run_dir = runs.get(index)
@@ -330,9 +357,9 @@ def rebuilt(state: State, planned: list[dict[str, Any]]) -> dict[str, Any]:
         status = {"finished": "finished", "failed": "failed"}.get(summary.get("status"), "interrupted")
         starts = 1
         with contextlib.suppress(OSError):
-            starts = sum(line.startswith("# start ") for line in (run_dir / "trial.log").read_text().splitlines())
+            starts = sum(line.startswith("# start ") for line in RunDir(run_dir).trial_log.read_text().splitlines())
         try:
-            values = json.loads((run_dir / "args.json").read_text())
+            values = json.loads(RunDir(run_dir).trial_args.read_text())
         except (OSError, ValueError):  # cut short by a kill: the trial's values are the plan's
             if index >= len(planned):
                 continue
