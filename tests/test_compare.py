@@ -4,6 +4,7 @@ offline."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -21,6 +22,7 @@ from inception_lab.compare import compare
 from inception_lab.compare.cells import Cell, paired_difference
 from inception_lab.compare.runs import Run, sweep_keys, wandb_runs
 from inception_lab.compare.wandb_views import build_report, build_workspace
+from inception_lab.run.files import RunSummary, flatten
 from tests.conftest import QUICKSTART, REPO, clean_env, short
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -31,40 +33,47 @@ OWN = {HEAD: "gap", FILTERS: [3, 5]}  # the experiment file's own values (quicks
 ACCS = {("fc", 0): 0.850, ("fc", 1): 0.880, ("gap", 0): 0.900, ("gap", 1): 0.920}
 
 
+@functools.cache
+def resolved() -> dict[str, Any]:
+    """The quickstart's config resolved as ``fit`` resolves it (a real parse; flat keys, plain YAML values)."""
+    from inception_lab.cli import parse
+
+    config = parse(["--config", str(QUICKSTART)])[2].as_dict()
+    return flatten(json.loads(json.dumps({k: v for k, v in config.items() if k not in ("config", "variant")})))
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys back to the nested tree ``config.yaml`` holds."""
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, last = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return tree
+
+
 def make_run(root: Path, name: str, head: str, seed: int, acc: float, status: str = "finished",
              experiment: str = "quickstart", filter_sizes: Any = (3, 5), own: dict[str, Any] | None = None,
-             legacy: bool = False) -> Path:
-    """A run directory as the training CLI writes it: summary.json (with "variant": the values where the run departs
-    from ``own``, the experiment file's; none when ``legacy``), config.yaml, metrics.csv, checkpoints/."""
+             legacy: bool = False, config: dict[str, Any] | None = None) -> Path:
+    """A run directory as the training CLI writes it: config.yaml (the quickstart resolved, with this run's head,
+    filter sizes, seed and paths, and ``config``'s flat keys), summary.json by the record's writer (with "variant":
+    the values where the run departs from ``own``, the experiment file's; none when ``legacy``), metrics.csv."""
     run = root / name
     (run / "checkpoints").mkdir(parents=True)
-    config = {
-        "seed_everything": seed, "experiment": experiment, "run_name": name, "run_dir": str(run),
-        "ckpt_path": None,
-        "model": {"aux_weight": 0.3, "net": {"class_path": "inception_lab.models.Inception",
-                                              "init_args": {"head": head, "filter_sizes": list(filter_sizes),
-                                                            "reduce_width_mult": 1.0}},
-                  "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}},
-        "data": {"class_path": "inception_lab.data.Digits", "init_args": {"root": "data", "batch_size": 64}},
-        "trainer": {"max_epochs": 3, "logger": [{"class_path": "CSVLogger", "init_args": {"save_dir": str(run)}}],
-                    "callbacks": [{"class_path": "ModelCheckpoint", "init_args": {"dirpath": str(run / "ckpt")}}]},
-        "wandb": {"enabled": True, "project": "inception-lab", "group": name},
-    }
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    summary: dict[str, Any] = {
-        "status": status, "experiment": experiment, "run_name": name, "seed": seed,
-        "params": 100_000 if head == "gap" else 180_000, "macs": 2_000_000 if head == "gap" else 2_100_000,
-        "throughput_img_per_s": 500.0 + 10 * seed + len(head), "wall_s": 12.5,
-        "metrics": {"val/acc_best": acc, "val/acc": acc - 0.005, "val/acc_top5": min(1.0, acc + 0.05 + 0.01 * seed),
-                    "val/loss": 0.3, "test/acc": acc - 0.02 + 0.005 * seed, "test/acc_top5": 0.99, "test/loss": 0.4},
-    }
-    if not legacy:
-        values = {HEAD: head, FILTERS: list(filter_sizes)}
-        summary["variant"] = {k: v for k, v in values.items() if v != (own or OWN)[k]}
-    if status == "failed":
-        summary["error"] = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
-        summary["metrics"] = {"val/acc": 0.1}
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    flat = {**resolved(), "seed_everything": seed, "experiment": experiment, "run_name": name, "run_dir": str(run),
+            "trainer.max_epochs": 3, "wandb.group": name, HEAD: head, FILTERS: list(filter_sizes), **(config or {})}
+    (run / "config.yaml").write_text(yaml.safe_dump(nest(flat)))
+    metrics = {"val/acc_best": acc, "val/acc": acc - 0.005, "val/acc_top5": min(1.0, acc + 0.05 + 0.01 * seed),
+               "val/loss": 0.3, "test/acc": acc - 0.02 + 0.005 * seed, "test/acc_top5": 0.99, "test/loss": 0.4}
+    variant = None if legacy else {k: flat[k] for k in (HEAD, FILTERS) if flat[k] != (own or OWN)[k]}
+    RunSummary(status=status, run_name=name, seed=seed, variant=variant,
+               metrics={"val/acc": 0.1} if status == "failed" else metrics,
+               error="RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" if status == "failed" else None,
+               extra={"experiment": experiment, "params": 100_000 if head == "gap" else 180_000,
+                      "macs": 2_000_000 if head == "gap" else 2_100_000,
+                      "throughput_img_per_s": 500.0 + 10 * seed + len(head), "wall_s": 12.5}).save(run)
     # CSVLogger: sparse rows, train rows without val/acc, one validation row per epoch
     rows = ["epoch,step,train/loss,val/acc,val/acc_best,val/loss"]
     for epoch in range(3):
@@ -232,11 +241,11 @@ def write_variants(root: Path, own: dict[str, Any] | None = None) -> dict[str, P
     paths = {}
     for name, head, sizes in (("fc", "fc", (3, 5)), ("3x3", "gap", (3, 3)), ("own", "gap", (3, 5))):
         for seed in (0, 1):
+            # own-1 runs elsewhere, on other devices, with other loader settings: bookkeeping, which groups nothing
+            where = {"data.init_args.num_workers": 2, "data.init_args.resident": False, "trainer.devices": 2,
+                     "trainer.accelerator": "gpu", "wandb.mode": "offline"} if name == "own" and seed else {}
             paths[f"{name}-{seed}"] = make_run(root, f"{name}-{seed}", head, seed, 0.8 + 0.05 * seed + 0.01 * len(name),
-                                               filter_sizes=sizes, own=own)
-    config = yaml.safe_load((paths["own-1"] / "config.yaml").read_text())
-    config["trainer"]["max_epochs"] = 5  # a bookkeeping key (not in the variant): groups nothing
-    (paths["own-1"] / "config.yaml").write_text(yaml.safe_dump(config))
+                                               filter_sizes=sizes, own=own, config=where)
     return paths
 
 
@@ -245,7 +254,7 @@ def test_cells_and_default_baseline_come_from_the_variants(tmp_path: Path) -> No
     assert json.loads((paths["fc-0"] / "summary.json").read_text())["variant"] == {HEAD: "fc"}
     assert json.loads((paths["own-0"] / "summary.json").read_text())["variant"] == {}
     result = compare(list(paths.values()), out=tmp_path / "out")
-    assert result.by == [FILTERS, HEAD]  # the union of the variants' keys, sorted
+    assert result.by == [FILTERS, HEAD]  # the keys where the runs' configs differ, sorted
     # a key a run's variant lacks takes the run's config.yaml value (the experiment's own)
     assert [c.key for c in result.cells] == [((3, 3), "gap"), ((3, 5), "fc"), ((3, 5), "gap")]
     assert [sorted(r.name for r in c.runs) for c in result.cells] == [["3x3-0", "3x3-1"], ["fc-0", "fc-1"],
@@ -258,10 +267,15 @@ def test_cells_and_default_baseline_come_from_the_variants(tmp_path: Path) -> No
     (tmp_path / "sweep" / "sweep.yaml").write_text(yaml.safe_dump({"parameters": parameters}, sort_keys=False))
     assert compare([tmp_path / "sweep"], out=tmp_path / "out").by == [HEAD, FILTERS]
 
-    # grouped by one key: the cell whose runs set no grouping key in their variant (3x3 runs included) is the baseline
+    # --by names the first grouping key; the runs whose configs differ otherwise (3x3 and own) still do not mix
     result = compare(list(paths.values()), by=["head"], out=tmp_path / "out")
-    assert [(c.key, len(c.runs)) for c in result.cells] == [(("fc",), 2), (("gap",), 4)]
-    assert result.baseline is result.cells[1]
+    assert result.by == [HEAD, FILTERS]
+    assert [(c.key, len(c.runs)) for c in result.cells] == [(("fc", (3, 5)), 2), (("gap", (3, 3)), 2),
+                                                            (("gap", (3, 5)), 2)]
+    assert result.baseline is result.cells[2]
+    # --by a bookkeeping key splits by it too
+    result = compare([paths[n] for n in ("own-0", "own-1")], by=["trainer.devices"], out=tmp_path / "out")
+    assert result.by == ["trainer.devices"] and [c.key for c in result.cells] == [(1,), (2,)]
 
     # no run as the experiment file has it: the first cell
     result = compare([paths[n] for n in ("fc-0", "fc-1", "3x3-0", "3x3-1")], out=tmp_path / "out")
@@ -278,17 +292,55 @@ def test_the_experiments_own_value_is_the_baseline_not_the_papers(tmp_path: Path
     assert "head=fc (baseline)" in result.table
 
 
-def test_older_runs_without_a_variant_need_by(tmp_path: Path, cli) -> None:
+def test_a_trainer_setting_that_changes_the_run_splits_cells(tmp_path: Path) -> None:
+    """2-epoch and 30-epoch runs (a sweep over trainer.max_epochs) are two cells, not seeds of one."""
+    for epochs in (2, 30):
+        for seed in (0, 1):
+            make_run(tmp_path / "runs", f"e{epochs}-{seed}", "gap", seed, 0.5 + epochs / 100 + seed / 100,
+                     config={"trainer.max_epochs": epochs})
+    result = compare([tmp_path / "runs"], out=tmp_path / "out")
+    assert result.by == ["trainer.max_epochs"] and [c.key for c in result.cells] == [(2,), (30,)]
+    assert [sorted(r.name for r in c.runs) for c in result.cells] == [["e2-0", "e2-1"], ["e30-0", "e30-1"]]
+    assert "max_epochs=2 (baseline)" in result.table and "max_epochs=30" in result.table
+
+
+def test_runs_of_an_edited_experiment_file_are_not_one_cell(tmp_path: Path) -> None:
+    """The experiment file's width changed between two fits: both record ``variant: {}``, their config.yaml differ,
+    and the cells' names show the key that differs."""
+    for width in (0.125, 0.25):
+        for seed in (0, 1):
+            make_run(tmp_path / "runs", f"w{width}-{seed}", "gap", seed, 0.8 + width / 10 + seed / 100,
+                     config={"model.net.init_args.width_mult": width})
+    assert {json.loads(p.read_text())["variant"] == {} for p in (tmp_path / "runs").glob("*/summary.json")} == {True}
+    result = compare([tmp_path / "runs"], out=tmp_path / "out")
+    assert result.by == ["model.net.init_args.width_mult"]
+    assert [(c.key, len(c.runs)) for c in result.cells] == [((0.125,), 2), ((0.25,), 2)]
+    assert "width_mult=0.125 (baseline)" in result.table and "width_mult=0.25 " in result.table
+
+
+def test_bookkeeping_differences_share_a_cell(tmp_path: Path) -> None:
+    """Runs that differ only in where and how they ran (run directory and name, loader workers, W&B, devices) are
+    seeds of one cell; a precision change beside them is its own cell."""
+    where = [{}, {"data.init_args.num_workers": 2, "data.init_args.resident": False},
+             {"wandb.project": "elsewhere", "wandb.mode": "offline", "wandb.tags": ["x"]},
+             {"trainer.devices": 2, "trainer.accelerator": "gpu", "trainer.strategy": "ddp", "trainer.num_nodes": 2}]
+    for seed, config in enumerate(where):
+        make_run(tmp_path / "runs" / f"site{seed}", "r", "gap", seed, 0.8 + seed / 100, config=config)
+    for seed in (0, 1):
+        make_run(tmp_path / "runs", f"bf16-{seed}", "gap", seed, 0.7, config={"trainer.precision": "bf16-mixed"})
+    result = compare([tmp_path / "runs"], out=tmp_path / "out")
+    assert result.by == ["trainer.precision"]
+    assert [(c.key, len(c.runs)) for c in result.cells] == [((None,), 4), (("bf16-mixed",), 2)]
+    assert result.cells[0].stat("val/acc_best").n == 4
+
+
+def test_older_runs_without_a_variant_group_by_their_configs(tmp_path: Path) -> None:
     for seed in (0, 1):
         for head in ("gap", "fc"):
             make_run(tmp_path / "runs", f"{head}-{seed}", head, seed, 0.8 + 0.01 * seed + 0.02 * len(head), legacy=True)
-    code, _, err = cli(["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
-    err = err.strip()
-    assert code == 2
-    assert len(err.splitlines()) == 1 and 'records no "variant"' in err and "--by KEY" in err, err
-    assert not (tmp_path / "out").exists()
-    result = compare([tmp_path / "runs"], by=["head"], out=tmp_path / "out")
-    assert [c.key for c in result.cells] == [("fc",), ("gap",)] and result.baseline.key == ("fc",)  # the first cell
+    result = compare([tmp_path / "runs"], out=tmp_path / "out")
+    assert result.by == [HEAD] and [c.key for c in result.cells] == [("fc",), ("gap",)]
+    assert result.baseline.key == ("fc",)  # no variant recorded: the first cell
 
 
 def test_compare_imports_no_torch(sweep_dir: Path, tmp_path: Path) -> None:
@@ -474,17 +526,19 @@ def test_report_names_the_sweep_metric_protocol_and_when(sweep_dir: Path, tmp_pa
     (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump({"name": "heads.digits", "description": "gap vs fc x 2 seeds",
                                                           **config}, sort_keys=False))
     for path in (sweep_dir / "runs").glob("*/summary.json"):  # the attempts a fit records, one of them resumed
-        summary = json.loads(path.read_text())
-        summary["attempts"] = [{"start": "2026-11-27T17:20:41+0000", "end": "2026-11-27T17:21:58+0000"},
-                               {"start": "2026-11-27T17:30:00+0000", "end": "2026-11-27T17:33:05+0000"}]
-        path.write_text(json.dumps(summary))
+        summary = RunSummary.load(path.parent)
+        assert summary is not None
+        summary.attempts = [{"start": "2026-11-27T17:20:41+0000", "end": "2026-11-27T17:21:58+0000"},
+                            {"start": "2026-11-27T17:30:00+0000", "end": "2026-11-27T17:33:05+0000"}]
+        summary.save(path.parent)
     compare([sweep_dir], out=tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     lines = md.splitlines()
     assert lines[0] == "# heads.digits: val top-1 by head"  # the sweep, not the experiment
     assert f"- Sweep: `heads.digits` (`{sweep_dir}`): gap vs fc x 2 seeds" in lines
     assert "- Metric: val top-1 (`val/acc_best`: the best validation top-1 over a run's epochs), in %" in md
-    assert "- Protocol: experiment `quickstart`; 3 epochs; seeds 0, 1; data Digits (batch_size 64)." in lines
+    assert ("- Protocol: experiment `quickstart`; 3 epochs; seeds 0, 1; data DigitsDataModule (batch_size 64, "
+            "image_size 32, val_size 300, test_size 300).") in lines
     assert "- Ran: 2026-11-27 17:20 to 2026-11-27 17:33 UTC; 0.8 min of fits over 4 runs." in lines  # 4 x 12.5 s
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<title>heads.digits: val top-1 by head</title>" in page and "<li>Protocol: experiment" in page

@@ -2,8 +2,10 @@
 differences with 95% confidence intervals, plots, and ``report.md`` / ``report.html``.
 
 Reads run directories (``summary.json``, ``config.yaml``, ``metrics.csv``) offline, or a W&B sweep (``--wandb``),
-and can save a W&B workspace or report grouped by the same keys. The cells are what the runs record as their variant
-(the config keys where a run departs from its experiment file); the baseline is the experiment as its file is written.
+and can save a W&B workspace or report grouped by the same keys. A cell is the runs of one identity (the resolved
+``config.yaml`` less the seed and bookkeeping: ``inception_lab.run.identity``), named by the keys that differ among the
+runs compared; the baseline is the experiment as its file was written when the runs started (their recorded variant
+sets none of those keys), else the first cell.
 
     python -m inception_lab compare runs/sweeps/head_gap_vs_fc.digits
     python -m inception_lab compare runs/quickstart/a runs/quickstart/b --by model.net.init_args.head
@@ -71,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m inception_lab compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", type=Path, help="a sweep directory, or run directories")
     parser.add_argument("--by", action="append", metavar="KEY",
-                        help="group by this config key, e.g. model.net.init_args.head or head (repeatable); default: "
-                             "the keys the runs' variants set (where they depart from the experiment file)")
+                        help="group by this config key first, e.g. model.net.init_args.head or head (repeatable); "
+                             "the keys where the runs' configs differ (bookkeeping and seed aside) always group")
     parser.add_argument("--baseline", action="append", metavar="KEY=VALUE",
                         help="the baseline cell (repeatable); default: the experiment as written, else the first cell")
     parser.add_argument("--out", type=Path, help="report directory (default: <sweep dir>/report, else ./report)")

@@ -1,7 +1,7 @@
-"""Cells: the keys that group the runs (what the runs record as their variant, or ``--by``), one cell per combination
-of values, the baseline cell (the experiment as its file is written, or ``--baseline``); and the statistics of cells:
-mean ± sample std over seeds, and cell - baseline with a two-sided 95% t interval from ``scipy.stats``, paired by seed
-where at least two seeds pair, Welch's (unequal variances) otherwise."""
+"""Cells: the keys that tell the runs apart (where their identities, the config less seed and bookkeeping, differ;
+``--by`` first), one cell per combination of values, the baseline cell (the experiment as its file was written, or
+``--baseline``); and the statistics of cells: mean ± sample std over seeds, and cell - baseline with a two-sided 95% t
+interval from ``scipy.stats``, paired by seed where at least two seeds pair, Welch's (unequal variances) otherwise."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import yaml
 
 from inception_lab.compare.runs import CompareError, Run
 from inception_lab.run.files import flatten, short_value
+from inception_lab.run.identity import identity
 
 PRIMARY = "val/acc_best"  # the metric a cell is judged by
 
@@ -102,21 +103,26 @@ def resolve_key(key: str, known: list[str]) -> str | None:
     return key if key in known else matches[0] if len(matches) == 1 else None
 
 
+def differing_keys(runs: list[Run]) -> list[str]:
+    """The keys that tell the runs apart, sorted: those of their identities (the config less the seed and what every
+    run records as bookkeeping) that every run has and whose values are not all equal."""
+    bookkeeping = set.intersection(*(set(r.bookkeeping) for r in runs))
+    shared = identity(dict.fromkeys(set.intersection(*(set(r.config) for r in runs))), bookkeeping)
+    return sorted(k for k in shared if len({freeze(r.config[k]) for r in runs}) > 1)
+
+
 def grouping_keys(runs: list[Run], by: list[str] | None, swept: list[str]) -> list[str]:
-    """``--by`` (full keys or unique suffixes), else every key that some run's variant sets, in the order of the
-    sweep file's parameters, then sorted."""
-    varied: set[str] = set().union(*(r.variant or {} for r in runs))
-    if by:
-        known = sorted(varied.union(*(r.config for r in runs)))
-        resolved = {key: resolve_key(key, known) for key in by}
-        if missing := [key for key, full in resolved.items() if full is None]:
-            sample = ", ".join((sorted(varied) + [k for k in known if k.startswith("model.") and k not in varied])[:6])
-            raise CompareError(f"--by {missing[0]}: no run has this key (available keys include: {sample}, ...)")
-        return list(dict.fromkeys(k for k in resolved.values() if k is not None))
-    if (old := next((r for r in runs if r.variant is None), None)) is not None:
-        raise CompareError(f"{old.source or old.name}: the run records no \"variant\" (written by an older "
-                           "inception_lab); name the grouping keys with --by KEY")
-    return [k for k in swept if k in varied] + sorted(varied - set(swept))
+    """``--by`` (full keys or unique suffixes) first, then every key that tells the runs apart (in the order of the
+    sweep file's parameters, then sorted): runs whose identities differ never share a cell."""
+    varied = differing_keys(runs)
+    keys = [k for k in swept if k in varied] + [k for k in varied if k not in swept]
+    known = sorted(set().union(*(r.config for r in runs)))
+    resolved = {key: resolve_key(key, known) for key in by or []}
+    if missing := [key for key, full in resolved.items() if full is None]:
+        sample = ", ".join((varied + [k for k in known if k.startswith("model.") and k not in varied])[:6])
+        raise CompareError(f"--by {missing[0]}: no run has this key (available keys include: {sample}, ...)")
+    chosen = list(dict.fromkeys(k for k in resolved.values() if k is not None))
+    return chosen + [k for k in keys if k not in chosen]
 
 
 def group(runs: list[Run], by: list[str]) -> list[Cell]:
@@ -164,8 +170,9 @@ def _parse_value(text: str) -> Any:
 
 
 def pick_baseline(cell_list: list[Cell], by: list[str], baseline: list[str] | None = None) -> Cell:
-    """The cell named by ``KEY=VALUE`` items; default: the cell of the experiment as written (runs whose variant sets
-    none of the grouping keys), else the first cell."""
+    """The cell named by ``KEY=VALUE`` items; default: the first cell (in sweep order) of the experiment as its file
+    was written when the runs started (runs whose recorded variant sets none of the grouping keys), else the first
+    cell."""
     if not baseline:
         written = (c for c in cell_list if all(r.variant is not None and not set(by) & set(r.variant) for r in c.runs))
         return next(written, cell_list[0])

@@ -13,6 +13,7 @@ import yaml
 
 from inception_lab.errors import UserError
 from inception_lab.run.files import flatten, read_metrics, read_summary
+from inception_lab.run.identity import bookkeeping_keys
 
 METRIC_PREFIXES = ("val/", "test/", "train/")
 
@@ -43,12 +44,18 @@ class Run:
 
     @property
     def variant(self) -> dict[str, Any] | None:
-        """``{dotted config key: value}`` where the run departs from its experiment file; None in older records."""
+        """``{dotted config key: value}`` where the run departed from its experiment file as that file was when the
+        run started (it may have changed since: cells are not grouped by it); None in older records."""
         return variant if isinstance(variant := self.summary.get("variant"), dict) else None
 
+    @property
+    def bookkeeping(self) -> list[str]:
+        """The config keys the fit recorded as bookkeeping (summary.json's "bookkeeping"), else the default list."""
+        recorded = self.summary.get("bookkeeping")
+        return recorded if isinstance(recorded, list) else bookkeeping_keys()
+
     def value(self, key: str) -> Any:
-        """The run's value of a config key: its variant's, else its config's (the experiment file's own value)."""
-        return (self.variant or {}).get(key, self.config.get(key))
+        return self.config.get(key)
 
     @property
     def error_tail(self) -> str:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from inception_lab.arguments import check_arguments
 from inception_lab.data.views import TestViews, ViewBatch, mirrored
 from inception_lab.errors import ArgumentValueError, UserError
+from inception_lab.run.identity import DATA_BOOKKEEPING
 from inception_lab.sampling import EpochShuffleSampler, ResidentLoader, ResumableDataLoader, trainer_progress
 
 # The paper's training crop, shared by ImageNet's two backends. Section 6: "patches of various sizes ... distributed
@@ -96,6 +97,7 @@ class ImageDataModule(LightningDataModule):
     views_supported: tuple[str, ...] = ("single", "flip")  # the test_views this data can cut
     pin_memory: bool = False
     persistent_workers: bool = False
+    BOOKKEEPING: tuple[str, ...] = DATA_BOOKKEEPING  # init_args on where/how data is read, not what: run.identity
 
     def __init__(self, batch_size: PositiveInt = 128, num_workers: NonNegativeInt = 0,
                  test_views: TestViews = "single", resident: bool = False) -> None:
