@@ -21,6 +21,7 @@ import yaml
 
 from inception_lab.errors import UserError
 from inception_lab.run.files import load_yaml, read_metrics
+from inception_lab.run.layout import RunDir
 
 METHODS = ("grid", "random", "bayes")
 GRID_TYPES = ("categorical", "constant", "int_uniform", "q_uniform")  # W&B's grid_search_next_runs allows these
@@ -212,14 +213,14 @@ def bayes_value(sweep: Sweep, trials: list[Trial], seed: int) -> dict[str, Any] 
 
 
 def hyperband_stops(sweep: Sweep, trials: list[tuple[Trial, Path]]) -> set[str]:
-    """The names of the trials hyperband stops now, judged on each one's metric history (metrics.csv)."""
+    """The names of the trials hyperband stops now, judged on each one's metric history."""
     sweeps = engine(required=True)
     runs = [_engine_run(sweeps, sweep, t, d) for t, d in trials if t.status != "pending"]
     return {run.name for run in sweeps.stop_runs(sweep.config, runs)}
 
 
 def _engine_run(sweeps: Any, sweep: Sweep, trial: Trial, run_dir: Path | None = None) -> Any:
-    metrics = read_metrics(run_dir / "metrics.csv") if run_dir else []  # a row per validation: hyperband's iterations
+    metrics = read_metrics(RunDir(run_dir).metrics()) if run_dir else []  # a row per validation: hyperband's iterations
     rows = [{sweep.metric: r[sweep.metric]} for r in metrics if sweep.metric in r]
     state = {"failed": "crashed", "stopped": "killed", "interrupted": "preempted"}.get(trial.status, trial.status)
     return sweeps.SweepRun(name=trial.name, state=state, config={k: {"value": v} for k, v in trial.values.items()},
