@@ -26,7 +26,7 @@ from inception_lab.run.files import flatten, variant_name
 from inception_lab.sweep import commands, runner, spec
 from inception_lab.sweep import state as sweep_state
 from inception_lab.sweep.state import State
-from tests.conftest import REPO, SHORT, clean_env, validate_wandb_schema
+from tests.conftest import QUICKSTART, REPO, SHORT, clean_env, validate_wandb_schema
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 FULL_FILES = [p for p in SWEEP_FILES if not p.name.endswith(".digits.yaml")]
@@ -242,6 +242,57 @@ def test_no_aux_heads_cell_prints_as_merged_config(tmp_path: Path, cli: Any) -> 
     assert config["model"]["optimizer"]["init_args"]["lr"] == 0.004
 
 
+CLI_FORMS = {  # every way a sweep file's command runs the inception_lab CLI
+    "module": {"command": ["${env}", "python", "-m", "inception_lab"]},
+    "console_script": {"command": ["${env}", "inception-lab"]},  # pyproject's [project.scripts]
+    "program": {"program": "inception_lab/__main__.py", "command": ["${env}", "${interpreter}", "${program}"]},
+}
+
+
+def _form_sweep(tmp_path: Path, form: str, parameters: dict[str, Any], *args: str) -> Path:
+    path = tmp_path / "forms.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "forms", "method": "grid", "metric": {"name": "val/acc_best", "goal": "maximize"},
+        "parameters": parameters, **CLI_FORMS[form],
+        "command": [*CLI_FORMS[form]["command"], "fit", "--config", "experiments/quickstart.yaml", *args, "--config",
+                    "${args_json_file}"]}, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("form", CLI_FORMS)
+def test_every_form_of_the_cli_is_checked_and_told_its_run(form: str, tmp_path: Path, cli: Any) -> None:
+    """Whatever form the command gives the CLI, its trials are parsed by the CLI before anything runs (a dry run
+    said "all valid" for ``aux_weight: abc`` in any form but ``-m inception_lab``) and told their run directory."""
+    path = _form_sweep(tmp_path, form, {"model.aux_weight": {"values": [0.3, "abc"]}})
+    code, _, err = cli(["sweep", str(path), "--out", str(tmp_path / "out"), "--dry-run"], cwd=REPO)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "trial 001-aux_weight=abc" in err and "model.aux_weight" in err, err
+    assert not (tmp_path / "out").exists()
+    command = commands.trial_command(spec.load_sweep(path), tmp_path / "run", {"model.aux_weight": 0.3})
+    assert commands.cli_args(command)[:3] == ["fit", "--config", "experiments/quickstart.yaml"]
+    assert command[-4:] == ["--run_dir", str(tmp_path / "run"), "--wandb.group", "forms"]
+
+
+def test_another_program_gets_the_agents_command_line_alone(tmp_path: Path) -> None:
+    """A program that is not the CLI gets the command line the W&B agent gives it (here its default, ``${env}
+    ${interpreter} ${program} ${args}``), nothing appended, and none of the runner's variables; it keeps no run
+    record, so its exit code says whether it finished."""
+    program = tmp_path / "train.py"
+    program.write_text("import json, os, sys; print(json.dumps([sys.argv, 'INCEPTION_LAB_SWEEP_CLAIM' in os.environ]))")
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump({"name": "other", "method": "grid", "program": str(program),
+                                    "metric": {"name": "val/acc_best", "goal": "maximize"},
+                                    "parameters": {"lr": {"values": [0.1, 0.2]}}}))
+    out = tmp_path / "out"
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
+    trials = _state(out)["trials"]
+    assert [(t["name"], t["status"], t["starts"]) for t in trials] == [("000-lr=0.1", "finished", 1),
+                                                                        ("001-lr=0.2", "finished", 1)]
+    for t in trials:
+        printed = (out / "runs" / t["name"] / "trial.log").read_text().splitlines()[-1]
+        assert json.loads(printed) == [[str(program), f"--lr={t['values']['lr']}"], False]
+
+
 # ---- which trials: W&B's engine, or the fallback without it ---------------------------------------------------------
 @pytest.fixture
 def engine() -> Any:
@@ -406,16 +457,23 @@ def test_a_sweep_file_with_new_comments_continues_its_directory(tmp_path: Path, 
 
 
 def test_interrupted_trial_resumes_from_last_checkpoint(tmp_path: Path) -> None:
-    """A fake trial program (records its argv, writes a finished summary.json) behind the real runner."""
-    program = ("import json, pathlib, sys; d = pathlib.Path(sys.argv[sys.argv.index('--run_dir') + 1]); "
-               "(d / 'argv.json').write_text(json.dumps(sys.argv)); "
-               "(d / 'summary.json').write_text(json.dumps({'status': 'finished', 'metrics': {'val/acc_best': 0.5}}))")
+    """A fake CLI behind the real runner, named as W&B's ``${interpreter} ${program}`` names the CLI (its
+    ``inception_lab/__main__.py``; it records its argv and writes a finished summary.json): a trial interrupted after
+    a checkpoint resumes, one that finished meanwhile is kept, a new one starts."""
+    program = tmp_path / "inception_lab" / "__main__.py"
+    program.parent.mkdir()
+    program.write_text("import json, pathlib, sys; d = pathlib.Path(sys.argv[sys.argv.index('--run_dir') + 1]); "
+                       "(d / 'argv.json').write_text(json.dumps(sys.argv)); "
+                       "(d / 'summary.json').write_text(json.dumps({'status': 'finished', 'metrics': "
+                       "{'val/acc_best': 0.5}}))")
     path = tmp_path / "fake.yaml"
-    path.write_text(yaml.safe_dump({"name": "fake", "method": "grid", "parameters": {"a": {"values": [1, 2, 3]}},
+    path.write_text(yaml.safe_dump({"name": "fake", "method": "grid", "program": str(program),
+                                    "parameters": {"seed_everything": {"values": [1, 2, 3]}},
                                     "metric": {"name": "val/acc_best", "goal": "maximize"},
-                                    "command": ["python", "-c", program, "${args}"]}))
+                                    "command": ["${env}", "${interpreter}", "${program}", "fit", "--config",
+                                                str(QUICKSTART), "--config", "${args_json_file}"]}))
     out = tmp_path / "out"
-    names = ["000-a=1", "001-a=2", "002-a=3"]
+    names = ["000-seed1", "001-seed2", "002-seed3"]
     # the state a SIGKILL leaves: one trial finished, one interrupted after a checkpoint, one not started
     (out / "runs" / names[1] / "checkpoints").mkdir(parents=True)
     (out / "runs" / names[1] / "checkpoints" / "last.ckpt").write_bytes(b"")
@@ -424,8 +482,8 @@ def test_interrupted_trial_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     (out / "runs" / names[0] / "summary.json").write_text('{"status": "finished", "metrics": {"val/acc_best": 0.9}}')
     (out / "sweep.yaml").write_text(path.read_text())
     (out / "state.json").write_text(json.dumps({"seed": 0, "trials": [
-        {"name": names[0], "values": {"a": 1}, "status": "running", "starts": 1},
-        {"name": names[1], "values": {"a": 2}, "status": "running", "starts": 1}]}))
+        {"name": names[0], "values": {"seed_everything": 1}, "status": "running", "starts": 1},
+        {"name": names[1], "values": {"seed_everything": 2}, "status": "running", "starts": 1}]}))
     assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
     state = json.loads((out / "state.json").read_text())
     assert [(t["status"], t["starts"]) for t in state["trials"]] == [("finished", 1), ("finished", 2),
@@ -433,15 +491,16 @@ def test_interrupted_trial_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     assert state["trials"][0]["metrics"] == {"val/acc_best": 0.9}  # finished while the runner was dead: kept
     assert not (out / "runs" / names[0] / "argv.json").exists()
     resumed = json.loads((out / "runs" / names[1] / "argv.json").read_text())
-    assert resumed[-2:] == ["--ckpt_path", "last"] and "--a=2" in resumed
+    assert resumed[0] == str(program) and resumed[-2:] == ["--ckpt_path", "last"]
     fresh = json.loads((out / "runs" / names[2] / "argv.json").read_text())
-    assert "--ckpt_path" not in fresh and fresh[-4:] == ["--run_dir", str(out / "runs" / names[2]),
-                                                         "--wandb.group", "fake"]
+    assert fresh == [str(program), "fit", "--config", str(QUICKSTART), "--config",
+                     str(out / "runs" / names[2] / "args.json"), "--run_dir", str(out / "runs" / names[2]),
+                     "--wandb.group", "fake"]
 
 
 def test_bayes_draws_are_seeded_and_hyperband_is_asked(tmp_path: Path, engine: Any) -> None:
     """Bayes search and hyperband through the engine, behind a fake trial program that logs three epochs."""
-    program = ("import json, pathlib, sys; d = pathlib.Path(sys.argv[sys.argv.index('--run_dir') + 1]); "
+    program = ("import json, pathlib, sys; d = pathlib.Path(sys.argv[-1]).parent; "
                "lr = float(next(a for a in sys.argv if a.startswith('--lr=')).split('=')[1]); "
                "rows = ''.join(f'{e},{lr * e}\\n' for e in (1, 2, 3)); "
                "(d / 'metrics.csv').write_text('epoch,val/acc_best\\n' + rows); "
@@ -453,7 +512,7 @@ def test_bayes_draws_are_seeded_and_hyperband_is_asked(tmp_path: Path, engine: A
                                     "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
                                     "parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-3,
                                                           "max": 0.1}},
-                                    "command": ["python", "-c", program, "${args}"]}))
+                                    "command": ["python", "-c", program, "${args}", "${args_json_file}"]}))
     calls: list[int] = []
     real = spec.hyperband_stops
     with pytest.MonkeyPatch.context() as m:
@@ -523,6 +582,28 @@ def test_small_sweep_runs_in_parallel(tmp_path: Path) -> None:
     assert "(cpu0" in starts[0] and "(cpu1" in starts[1]  # two at once
     assert "per cell, mean ± std over seeds" in log and 'model.net.init_args.head="fc"' in log
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["console_script", "program"])
+def test_trials_run_whatever_form_gives_the_cli(form: str, tmp_path: Path) -> None:
+    """A trial run by the console script or by W&B's ``${interpreter} ${program}`` runs as with ``-m inception_lab``:
+    the runner lets its fit take the run directory (each one failed after 60 s, "a fit is running in it": the runner
+    held the directory itself)."""
+    path = _form_sweep(tmp_path, form, {"seed_everything": {"value": 0}}, *SHORT)
+    out = tmp_path / "sweep"
+    env = {**clean_env(), "WANDB_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(out)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [trial] = _state(out)["trials"]
+    run_dir = out / "runs" / trial["name"]
+    assert (trial["name"], trial["status"], trial["starts"]) == ("000-seed0", "finished", 1)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and [a["status"] for a in summary["attempts"]] == ["finished"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["run_dir"] == str(run_dir)
+    started = (run_dir / "trial.log").read_text().splitlines()[0]
+    assert {"console_script": " inception-lab fit ", "program": " inception_lab/__main__.py fit "}[form] in started
 
 @pytest.mark.slow
 def test_runner_survives_sigkill_and_records_a_crash(tmp_path: Path) -> None:
@@ -612,9 +693,10 @@ def test_ctrl_c_interrupts_a_sweep_and_the_restart_resumes(tmp_path: Path) -> No
 
 
 # ---- many runners on one sweep directory ---------------------------------------------------------------------------
-# A fake trial: appends its argv to <run>/ran.jsonl (one line per execution), says "running" with a last.ckpt, works
-# a while, then finishes with a metric from its values.
-_SLOW_TRIAL = ("import json, pathlib, sys, time; d = pathlib.Path(sys.argv[sys.argv.index('--run_dir') + 1]); "
+# A fake trial, another program than the CLI (its run directory: its ${args_json_file}'s): appends its argv to
+# <run>/ran.jsonl (one line per execution), says "running" with a last.ckpt, works a while, then finishes with a
+# metric from its values.
+_SLOW_TRIAL = ("import json, pathlib, sys, time; d = pathlib.Path(sys.argv[-1]).parent; "
                "open(d / 'ran.jsonl', 'a').write(json.dumps(sys.argv) + '\\n'); "
                "(d / 'checkpoints').mkdir(exist_ok=True); (d / 'checkpoints/last.ckpt').write_bytes(b''); "
                "(d / 'summary.json').write_text(json.dumps({'status': 'running'})); time.sleep({sleep}); "
@@ -626,7 +708,8 @@ def _fake_sweep(tmp_path: Path, sleep: float, **config: Any) -> Path:
     path = tmp_path / "many.yaml"
     path.write_text(yaml.safe_dump({"name": "many", "method": "grid", "metric": {"name": "val/acc_best",
                                     "goal": "maximize"}, "parameters": {"a": {"values": [1, 2, 3, 4, 5, 6]}},
-                                    "command": ["python", "-c", _SLOW_TRIAL.replace("{sleep}", str(sleep)), "${args}"],
+                                    "command": ["python", "-c", _SLOW_TRIAL.replace("{sleep}", str(sleep)), "${args}",
+                                                "${args_json_file}"],
                                     **config}))
     return path
 
@@ -667,7 +750,7 @@ def test_runners_share_a_sweep_directory(tmp_path: Path, runners: int) -> None:
 @pytest.mark.slow
 def test_a_dead_runners_trial_is_claimed_and_resumed(tmp_path: Path) -> None:
     """SIGKILL one of two runners mid-trial: the other carries on; a runner started afterwards claims the dead one's
-    trial (its pid is gone) and resumes it from its last.ckpt; every trial finishes once."""
+    trial (its pid is gone) and runs it again in its run directory; every trial finishes once."""
     path, out = _fake_sweep(tmp_path, sleep=4.0), tmp_path / "out"
     a = _runner(path, out, wandb="disabled")
     deadline = time.monotonic() + 60
@@ -688,7 +771,8 @@ def test_a_dead_runners_trial_is_claimed_and_resumed(tmp_path: Path) -> None:
     state = _state(out)
     assert [t["status"] for t in state["trials"]] == ["finished"] * 6
     runs = _executions(out)
-    assert len(runs[killed["name"]]) == 2 and runs[killed["name"]][1][-2:] == ["--ckpt_path", "last"]
+    assert len(runs[killed["name"]]) == 2 and runs[killed["name"]][1] == runs[killed["name"]][0]  # as the agent
+    # would run it again: another program than the CLI gets no --ckpt_path (its directory and record are kept)
     assert all(len(r) == 1 for name, r in runs.items() if name != killed["name"])
 
 

@@ -25,7 +25,7 @@ from tests.conftest import REPO, clean_env, validate_wandb_schema
 TRIAL = """
 import json, pathlib, random, sys, time
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-d = pathlib.Path(sys.argv[sys.argv.index("--run_dir") + 1])
+d = pathlib.Path(sys.argv[-1]).parent  # its ${args_json_file}'s directory: the run's
 open(d / "ran.jsonl", "a").write(json.dumps(sys.argv) + "\\n")
 time.sleep(float(args.get("sleep", 0)))
 x, seed = int(args["x"]), int(args["seed_everything"])
@@ -45,7 +45,7 @@ def _sweep(tmp_path: Path, sleep: float = 0.0, cells: tuple[int, ...] = (0, 1, 2
         "name": "synth", "method": "grid", "metric": {"name": "val/acc_best", "goal": "maximize"},
         "parameters": {"x": {"values": list(cells)}, "seed_everything": {"values": [0, 1, 2]},
                        "sleep": {"value": sleep}},
-        "command": ["python", str(tmp_path / "trial.py"), "${args}"]}))
+        "command": ["python", str(tmp_path / "trial.py"), "${args}", "${args_json_file}"]}))
     return path
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args
 
 from inception_lab.run.files import flatten, safe_name, variant_name, write_atomic
+from inception_lab.run.layout import RunDir
 from inception_lab.sweep.spec import Sweep, SweepError
 
 AGENT_MACROS = ("env", "interpreter", "program", "args_json_file")  # what the agent adds to create_sweep_command_args
@@ -53,8 +54,10 @@ def render_command(template: list[str], values: dict[str, Any], args_json_file: 
 
 
 def trial_command(sweep: Sweep, run_dir: Path, values: dict[str, Any], json_file: Path | None = None) -> list[str]:
-    command = render_command(sweep.command, values, json_file or run_dir / "args.json", sweep.config.get("program"))
-    return [*command, "--run_dir", str(run_dir), "--wandb.group", sweep.name]
+    """The agent's command line; the CLI's is told its run directory and W&B group, another program's is as is."""
+    json_file = json_file or RunDir(run_dir).trial_args
+    command = render_command(sweep.command, values, json_file, sweep.config.get("program"))
+    return command if cli_args(command) is None else [*command, "--run_dir", str(run_dir), "--wandb.group", sweep.name]
 
 
 def write_args_json(path: Path, values: dict[str, Any]) -> None:  # what the agent writes for ${args_json_file}
@@ -62,9 +65,17 @@ def write_args_json(path: Path, values: dict[str, Any]) -> None:  # what the age
 
 
 def cli_args(command: list[str]) -> list[str] | None:
-    """The arguments after ``-m inception_lab`` (what ``cli.parse`` takes), or None for another program."""
-    starts = [i + 2 for i in range(len(command) - 1) if command[i:i + 2] == ["-m", "inception_lab"]]
-    return command[starts[0]:] if starts else None
+    """The arguments the inception_lab CLI gets (what ``cli.parse`` takes) where the command runs it: ``python -m
+    inception_lab``, its console script ``inception-lab``, or ``${interpreter} ${program}`` with ``program`` its
+    ``inception_lab/__main__.py``; None for another program."""
+    for i, token in enumerate(command):
+        if token.startswith("--"):  # the program's arguments: the program came before
+            break
+        if command[i:i + 2] == ["-m", "inception_lab"]:
+            return command[i + 2:]
+        if Path(token).name == "inception-lab" or Path(token).parts[-2:] == ("inception_lab", "__main__.py"):
+            return command[i + 1:]
+    return None
 
 
 def check_trials(sweep: Sweep, directory: Path, trials: list[tuple[int, dict[str, Any]]]) -> list[str]:

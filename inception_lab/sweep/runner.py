@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from inception_lab.hostmem import usable_cores
-from inception_lab.run.files import holds_run, read_summary
-from inception_lab.run.lock import CLAIM_ENV, PathLock
+from inception_lab.run.files import read_summary
+from inception_lab.run.layout import RunDir
+from inception_lab.run.lock import PathLock
 from inception_lab.sweep import spec
 from inception_lab.sweep.commands import check_trials, cli_args, describe, trial_command, write_args_json
 from inception_lab.sweep.spec import Sweep, SweepError, Trial
-from inception_lab.sweep.state import HEARTBEAT_S, LOCK_WAIT_S, RESUMABLE, State
+from inception_lab.sweep.state import CLAIM_ENV, HEARTBEAT_S, LOCK_WAIT_S, RESUMABLE, State
 
 ERROR_TAIL_LINES = 20
 
@@ -74,11 +75,12 @@ def _die_with_parent(parent: int) -> None:
 
 def start_trial(sweep: Sweep, state: State, trial: Trial, slot: str, env: dict[str, str],
                 trial_args: list[str] = ()) -> Running:
-    """Starts a claimed trial's fit; the runner holds its run directory's lock until the fit is started (the fit then
-    takes it: :func:`inception_lab.run.resume.hold_run`)."""
-    run_dir = state.run_dir(trial)
-    resume = read_summary(run_dir).get("status") in RESUMABLE and any((run_dir / "checkpoints").glob("*.ckpt"))
-    if not resume and holds_run(run_dir):  # one run, one directory: an attempt that starts over moves the old aside
+    """Starts a claimed trial's program; the runner holds its run directory's lock until the CLI's fit is started (the
+    fit then takes it and checks the claim: :func:`inception_lab.sweep.state.check_trial_claim`), or, for another
+    program, for as long as it runs. Another program gets the command line the agent would give it, nothing added."""
+    run = RunDir(run_dir := state.run_dir(trial))
+    resume = read_summary(run_dir).get("status") in RESUMABLE and bool(run.checkpoint_files())
+    if not resume and run.holds_run():  # one run, one directory: an attempt that starts over moves the old aside
         discarded = state.directory / "runs" / ".discarded" / f"{trial.name}.start{trial.starts}"
         for n in itertools.count(2):
             if not discarded.exists():
@@ -89,21 +91,22 @@ def start_trial(sweep: Sweep, state: State, trial: Trial, slot: str, env: dict[s
         state.held.pop(trial.name).release()
         if not state.hold(trial, timeout=LOCK_WAIT_S):  # a stale fit holds it a moment, to find its claim gone
             raise SweepError(f"{run_dir}: its lock has been held for {LOCK_WAIT_S:.0f} s by a fit of no claim")
-    write_args_json(run_dir / "args.json", trial.values)
-    command = [*trial_command(sweep, run_dir, trial.values), *trial_args]
-    if resume:
-        command += ["--ckpt_path", "last"]  # interrupted or killed: resume from its last checkpoint
-    env = {**env, CLAIM_ENV: json.dumps({"state": str(state.path.absolute()), "trial": trial.name,
-                                         "claim": trial.claim})}
+    write_args_json(run.trial_args, trial.values)
+    command = trial_command(sweep, run_dir, trial.values)
+    cli = cli_args(command) is not None
+    if cli:  # interrupted or killed: resume from its last checkpoint
+        command += [*trial_args, *(["--ckpt_path", "last"] if resume else [])]
+        env = {**env, CLAIM_ENV: json.dumps({"state": str(state.path.absolute()), "trial": trial.name,
+                                             "claim": trial.claim})}
     # the files are closed here once the trial has its own copies of them
-    with open(run_dir / "trial.log", "a") as out, open(run_dir / "trial.stderr.log", "a") as err:
-        if out.tell() and not (run_dir / "trial.log").read_bytes().endswith(b"\n"):
+    with open(run.trial_log, "a") as out, open(run.trial_stderr, "a") as err:
+        if out.tell() and not run.trial_log.read_bytes().endswith(b"\n"):
             out.write("\n")  # an interrupted attempt's last progress-bar line
         print(f"# start {trial.starts} {time.strftime('%Y-%m-%d %H:%M:%S')} slot={slot}: "
               f"{subprocess.list2cmdline(command)}", file=out, flush=True)
         state.starting.discard(trial.name)
         lock = state.held.pop(trial.name)
-        if cli_args(command) is not None:
+        if cli:
             lock.release()  # the fit takes it, and checks that the claim is still ours
             lock = None  # another program: the runner holds it for as long as the trial runs
         proc = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
@@ -119,15 +122,16 @@ def finish_trial(state: State, running: Running, returncode: int) -> str:
     trial.metrics = summary.get("metrics", {})
     if trial.status == "stopped":
         trial.error = f"stopped by hyperband early termination; {metric}={trial.metrics.get(metric)}"
-    elif returncode == 0 and summary.get("status") == "finished":
+    elif returncode == 0 and summary.get("status", None if running.lock is None else "finished") == "finished":
+        # (another program than the CLI may write no run record: its exit code says it finished)
         trial.status, value = "finished", trial.metrics.get(metric)
         return f"{metric}={value:.4f} ({trial.wall_s} s)" if value is not None else f"({trial.wall_s} s)"
     else:
         trial.status = "failed"
-        reason = (f"exited 0 but its summary.json says status={summary.get('status')!r}" if returncode == 0
+        reason = (f"exited 0 but its run record says status={summary.get('status')!r}" if returncode == 0
                   else summary.get("error") or f"exit code {returncode}")
         with contextlib.suppress(OSError):  # the last lines of its stderr, progress-bar redraws (\r) as they ended
-            log = (run_dir / "trial.stderr.log").read_text(errors="replace")
+            log = RunDir(run_dir).trial_stderr.read_text(errors="replace")
             lines = [ln.rsplit("\r", 1)[-1].rstrip() for ln in log.splitlines()]
             reason += "\n" + "\n".join([ln for ln in lines if ln][-ERROR_TAIL_LINES:])
         trial.error = reason.strip()
