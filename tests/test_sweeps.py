@@ -1032,18 +1032,25 @@ def test_a_runner_stopped_past_its_lease_never_doubles_a_trial(tmp_path: Path) -
     assert "another runner holds it now" not in log_a
 
 
-@pytest.mark.parametrize("signum, requeued", [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
-def test_only_the_time_limit_warning_requeues_an_array_task(signum: int, requeued: bool, tmp_path: Path) -> None:
+ARRAY_TASK = {"SLURM_JOB_ID": "90", "SLURM_ARRAY_JOB_ID": "88", "SLURM_ARRAY_TASK_ID": "1"}
+
+
+@pytest.mark.parametrize("signum, slurm_env, requeued", [(signal.SIGUSR1, ARRAY_TASK, True),
+                                                         (signal.SIGTERM, ARRAY_TASK, False),
+                                                         (signal.SIGUSR1, {"SLURM_JOB_ID": "77"}, False)],
+                         ids=["warning", "scancel", "not-an-array-task"])
+def test_only_the_time_limit_warning_requeues_an_array_task(signum: int, slurm_env: dict[str, str], requeued: bool,
+                                                            tmp_path: Path) -> None:
     """In a SLURM array task, the job file's warning (``--signal=B:USR1@120``) stops the trials and requeues the task
     (``scontrol requeue <array>_<task>``); a plain ``scancel`` (SIGTERM) stops them the same way and requeues nothing
-    (it used to requeue on every SIGTERM, undoing the cancel). Either way the trial is interrupted, not failed."""
+    (it used to requeue on every SIGTERM, undoing the cancel), nor does a runner that is not an array task. Either way
+    the trial is interrupted, not failed."""
     path, out = _fake_sweep(tmp_path, sleep=30.0), tmp_path / "out"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.calls'}\n")
     (bin_dir / "scontrol").chmod(0o755)
-    env = {**clean_env(), "WANDB_MODE": "disabled", "SLURM_ARRAY_JOB_ID": "88", "SLURM_ARRAY_TASK_ID": "1",
-           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = {**clean_env(), "WANDB_MODE": "disabled", **slurm_env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     proc = subprocess.Popen([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(out)], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
@@ -1056,6 +1063,7 @@ def test_only_the_time_limit_warning_requeues_an_array_task(signum: int, requeue
     assert [t["status"] for t in _state(out)["trials"]][:1] == ["interrupted"]
     calls = (tmp_path / "scontrol.calls").read_text().split() if (tmp_path / "scontrol.calls").exists() else []
     assert calls == (["requeue", "88_1"] if requeued else []), log
+    assert ("its trials resume when SLURM starts this task again" in log) == requeued, log
 
 
 def test_a_filesystem_without_locks_is_one_line(tmp_path: Path, cli: Any, monkeypatch, capsys) -> None:

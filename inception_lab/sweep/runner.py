@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from inception_lab import slurm
 from inception_lab.hostmem import usable_cores
 from inception_lab.run.files import read_summary
 from inception_lab.run.layout import RunDir
@@ -214,7 +215,8 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                     r.trial.wall_s = round(time.monotonic() - r.started, 1)
                     state.release(r.trial)
         if received and received[-1] == signal.SIGUSR1:  # SLURM's warning before the time limit
-            again = ("its trials resume when SLURM starts this task again" if requeue_array_task() else
+            array_task = os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID")
+            again = ("its trials resume when SLURM starts this task again" if array_task and slurm.requeue_job() else
                      "run the same command again to carry on")
             print(f"sweep {sweep.name}: stopped before the time limit; {again}", file=sys.stderr)
             return 143
@@ -273,22 +275,6 @@ received: list[int] = []  # the signals that stopped the loop
 def _as_interrupt(signum: int, frame: Any) -> None:
     received.append(signum)
     raise KeyboardInterrupt
-
-
-def requeue_array_task() -> bool:
-    """In a SLURM array task warned before its time limit (``--signal=B:USR1@120``): requeue the task, whose runner
-    then resumes the trials this one interrupted (any other runner on the directory may claim them first). A plain
-    ``scancel`` (SIGTERM) cancels: nothing is requeued."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if not (array and task):
-        return False
-    try:
-        done = subprocess.run(["scontrol", "requeue", f"{array}_{task}"], capture_output=True, text=True)
-    except OSError:
-        return False
-    if done.returncode:
-        print(f"sweep: could not requeue SLURM task {array}_{task}: {done.stderr.strip()}", file=sys.stderr)
-    return done.returncode == 0
 
 
 def next_trial(sweep: Sweep, state: State, run_cap: int | None, skip: set[str] = frozenset()) -> Trial | None:
