@@ -35,7 +35,8 @@ from inception_lab.run.config import (
     command_line,
     option_values,
 )
-from inception_lab.run.files import STALE_S, flatten, read_summary, variant
+from inception_lab.run.files import STALE_S, flatten, read_summary
+from inception_lab.run.identity import variant
 from inception_lab.run.layout import RunDir
 from inception_lab.run.predictions import ProbabilityWriter
 from inception_lab.run.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord
@@ -117,7 +118,7 @@ class InceptionCLI(LightningCLI):
         prefix = [self.subcommand] if self.subcommand else []
         experiment = self.parser.parse_args([*prefix, "--config", self.first_config])
         first = Path(self.first_config)
-        base = read_summary(first.parent).get("variant", {}) if first.name == "config.yaml" else {}
+        base = read_summary(first.parent).get("variant", {}) if RunDir(first.parent).config() == first else {}
         return {**base, **variant(*(self._flat(c) for c in (self.config, experiment)))}
 
     def _flat(self, config: Namespace) -> dict[str, Any]:
@@ -162,7 +163,8 @@ class InceptionCLI(LightningCLI):
         if logger is None or logger is True:  # default: the run directory's metrics.csv, plus W&B
             csv = RunCSVLogger(run_dir, self.subcommand or "fit")
             loggers = [csv]
-            wandb = make_wandb_logger(config, run_dir, self.variant, self.subcommand or "fit")
+            options = self.config_init.get(str(self.subcommand), self.config_init)  # the W&B options as instantiated
+            wandb = make_wandb_logger(options, run_dir, self.variant, self.subcommand or "fit")
             if wandb is not None:
                 loggers.append(wandb)
                 wandb_run = wandb.version if self.subcommand in ("validate", "test", "predict") else None

@@ -16,17 +16,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
+from inception_lab.run.files import mix_seed
+
 Progress = Callable[[], tuple[int, int]]  # (the epoch being trained, batches of it done)
-
-
-def mix_seed(*parts: int) -> int:
-    """One seed from a run's seed and what a stream is for (an epoch, a rank, a trial count): a base-1_000_003
-    number of the parts, kept in [0, 2**31) so that every consumer takes it (torch, numpy, random, DALI). Plain
-    ``seed + epoch`` (DistributedSampler's) would give seed 1 the orders of seed 0, one epoch later."""
-    seed = 0
-    for part in parts:
-        seed = (seed * 1_000_003 + part) % 2**31
-    return seed
 
 
 class EpochShuffleSampler(DistributedSampler):

@@ -26,7 +26,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from inception_lab.run.files import variant_name, write_atomic
+from inception_lab.run.files import write_atomic
+from inception_lab.run.identity import variant_name
 from inception_lab.run.layout import RunDir
 
 PROBE_TIMEOUT = 5.0  # seconds for the server to say who the API key belongs to

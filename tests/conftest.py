@@ -46,6 +46,16 @@ def clean_env() -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
+def one_error_line(code: int, err: str, command: str) -> str:
+    """A refused command's error line, checked: exit 2, no traceback, the one ``inception_lab <command>: error:``
+    line, and the last on stderr."""
+    lines = [ln for ln in err.strip().splitlines() if ": error: " in ln]
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert len(lines) == 1 and lines[0] == err.strip().splitlines()[-1], err[-3000:]
+    assert lines[0].startswith(f"inception_lab {command}: error: "), lines[0]
+    return lines[0]
+
+
 CliRun = Callable[..., subprocess.CompletedProcess]
 
 

@@ -23,16 +23,7 @@ from inception_lab.errors import ArgumentValueError, user_message
 from inception_lab.models import Inception
 from inception_lab.module import InceptionClassifier
 from inception_lab.schedules import WarmupCosineLR
-from tests.conftest import QUICKSTART
-
-
-def _one_error_line(code: int, err: str, command: str) -> str:
-    """The command's error line, checked to be the only one, after exit 2 and no traceback."""
-    lines = [ln for ln in err.strip().splitlines() if ": error: " in ln]
-    assert code == 2 and "Traceback" not in err, err[-3000:]
-    assert len(lines) == 1 and lines[0] == err.strip().splitlines()[-1], err[-3000:]
-    assert lines[0].startswith(f"inception_lab {command}: error: "), lines[0]
-    return lines[0]
+from tests.conftest import QUICKSTART, one_error_line
 
 
 # ---- every file a command reads ------------------------------------------------------------------------------------
@@ -82,7 +73,7 @@ def test_a_bad_file_is_one_line_naming_it(command: str, kind: str, tmp_path: Pat
     args, says = READERS[command]
     args = [str(path) if a == "FILE" else str(tmp_path / "run") if a == "RUN" else a for a in args]
     code, _, err = cli(args)
-    line = _one_error_line(code, err, command)
+    line = one_error_line(code, err, command)
     assert str(path) in line and says[kind] in line, line
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
 
@@ -97,7 +88,7 @@ def test_a_bad_copy_in_a_sweep_directory_is_one_line(kind: str, tmp_path: Path, 
     out.mkdir()
     BAD_FILES[kind](out / "sweep.yaml")
     code, _, err = cli(["sweep", str(sweep), "--out", str(out)])
-    line = _one_error_line(code, err, "sweep")
+    line = one_error_line(code, err, "sweep")
     assert str(out / "sweep.yaml") in line, line
     assert [p.name for p in out.iterdir()] == ["sweep.yaml"]  # nothing run, nothing written
 
@@ -108,7 +99,7 @@ def test_a_run_directory_that_is_not_one_is_one_line(command: str, kind: str, tm
     if kind == "file":
         path.write_text("not a directory\n")
     code, _, err = cli([command, str(path), "--out", str(tmp_path / "report")])
-    line = _one_error_line(code, err, command)
+    line = one_error_line(code, err, command)
     assert str(path) in line and ("no such" if kind == "missing" else "not a directory" if command == "compare"
                                   else "a file, not a run directory") in line, line
     assert not (tmp_path / "report").exists()
@@ -121,7 +112,7 @@ def test_an_unknown_option_is_one_line_for_every_command(command: str, tmp_path:
     args = {"slurm": ["slurm", "fit"], "sweep": ["sweep", "x.yaml"], "ensemble": ["ensemble", "run"],
             "compare": ["compare", "run"], "bench": ["bench", "--preset", "cifar"]}.get(command, [command])
     code, _, err = cli([*args, "--no-such-option", "3"])
-    line = _one_error_line(code, err, command)
+    line = one_error_line(code, err, command)
     assert "--no-such-option" in line, line
     assert not list(tmp_path.iterdir())
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from inception_lab import tracking
-from inception_lab.run.files import flatten, variant, variant_name
+from inception_lab.run.files import flatten
 from inception_lab.run.files import read_summary as summary
+from inception_lab.run.identity import variant, variant_name
 from inception_lab.tracking import WandbOptions, resolve_mode
 from tests.conftest import REPO, short
 from tests.wandb_records import run_info

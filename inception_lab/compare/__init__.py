@@ -25,6 +25,7 @@ from inception_lab.compare.runs import CompareError, Run, load, parse_wandb_path
 from inception_lab.compare.wandb_views import build_report, build_workspace
 from inception_lab.errors import ArgumentParser
 from inception_lab.run.files import write_all_atomic
+from inception_lab.run.layout import RunDir
 
 
 @dataclass
@@ -57,7 +58,7 @@ def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] 
         cell_list = sweep_order(cell_list, keys, sweep.get("parameters") or {})
     base = pick_baseline(cell_list, keys, baseline)
     if out is None:  # <sweep dir>/report for one sweep directory, else ./report
-        one_sweep = len(paths) == 1 and paths[0].is_dir() and not (paths[0] / "summary.json").is_file()
+        one_sweep = len(paths) == 1 and paths[0].is_dir() and not RunDir(paths[0]).summary().is_file()
         out = paths[0] / "report" if one_sweep else Path("report")
     images = plots(cell_list, keys, base)
     head = header(finished, sweep, [wandb_path] if wandb_path else [str(p) for p in paths])

@@ -14,6 +14,7 @@ import yaml
 from inception_lab.errors import UserError
 from inception_lab.run.files import flatten, read_metrics, read_summary
 from inception_lab.run.identity import bookkeeping_keys
+from inception_lab.run.layout import RunDir
 
 METRIC_PREFIXES = ("val/", "test/", "train/")
 
@@ -78,11 +79,11 @@ def load_run(directory: Path) -> Run:
     died is "killed"); an unreadable summary.json gives a run with status "unreadable"."""
     summary = read_summary(directory)
     try:
-        config = flatten(yaml.safe_load((directory / "config.yaml").read_text()) or {})
+        config = flatten(yaml.safe_load(RunDir(directory).config().read_text()) or {})
     except (OSError, ValueError, yaml.YAMLError):  # missing, not UTF-8, not YAML: grouped by nothing it holds
         config = {}
     return Run(str(summary.get("run_name") or directory.name), str(summary.get("status", "unknown")), config,
-               summary, read_curve(directory / "metrics.csv"), str(directory))
+               summary, read_curve(RunDir(directory).metrics()), str(directory))
 
 
 def sweep_keys(sweep: dict[str, Any]) -> list[str]:
@@ -116,8 +117,8 @@ def load(paths: list[Path]) -> tuple[list[Run], list[str], dict[str, Any] | None
     swept: list[str] = []
     sweep_file: dict[str, Any] | None = None
     for path in paths:
-        found = [path] if (path / "summary.json").is_file() else sorted(
-            p.parent for p in path.rglob("summary.json")  # not a sweep's runs/.discarded/ attempts
+        found = [path] if RunDir(path).summary().is_file() else sorted(
+            p.parent for p in path.rglob(RunDir(path).summary().name)  # not a sweep's runs/.discarded/ attempts
             if not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not found:
             missing = "" if path.is_dir() else ": not a directory" if path.exists() else ": no such directory"

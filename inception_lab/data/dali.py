@@ -23,7 +23,8 @@ from torch import Tensor
 
 from inception_lab.data.base import CROP_AREA, CROP_RATIO
 from inception_lab.errors import ArgumentValueError
-from inception_lab.sampling import EpochShuffleSampler, Progress, mix_seed
+from inception_lab.run.files import mix_seed
+from inception_lab.sampling import EpochShuffleSampler, Progress
 
 EXTRA = "pip install inception_lab[dali]"
 PREFETCH = 2  # batches DALI prepares ahead, in its own threads

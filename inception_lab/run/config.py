@@ -129,7 +129,7 @@ def check_checkpoint_network(ckpt: str, checkpoint: dict[str, Any], net_config: 
     saved = _as_config(checkpoint.get("hyper_parameters") or {}).get("net")
     differences = {}
     if isinstance(saved, dict):
-        was, now = flatten(saved, "model.net"), flatten(net_config, "model.net")
+        was, now = (flatten(json.loads(json.dumps(c, default=str)), "model.net") for c in (saved, net_config))
         differences = {k: (was[k], now[k]) for k in was.keys() & now.keys()
                        if k.rsplit(".", 1)[-1] not in LINKED and was[k] != now[k]}
     if not differences:  # the same arguments (or none recorded): the weights decide

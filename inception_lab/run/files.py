@@ -46,42 +46,14 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-# Keys that say where or how a run happens, not what it is: never part of a run's variant (the seed is recorded on
-# its own, as summary.json's "seed").
-BOOKKEEPING = ("config", "run_dir", "run_name", "experiment", "ckpt_path", "weights_only", "print_config",
-               "seed_everything")
-BOOKKEEPING_PREFIXES = ("trainer.", "wandb.", "data.init_args.root", "data.init_args.num_workers",
-                        "data.init_args.download", "data.init_args.pin_memory", "data.init_args.persistent_workers")
-
-
-def is_bookkeeping(key: str) -> bool:
-    return key in BOOKKEEPING or key.startswith(BOOKKEEPING_PREFIXES)
-
-
-# Trainer settings that change what a run computes: a resume must keep them (the rest of trainer.*: the length of
-# training, devices, logging, progress bars, may change). The seed too: a resumed run is the same seed's run.
-RESUME_KEEPS = ("seed_everything", "trainer.precision", "trainer.accumulate_grad_batches",
-                "trainer.gradient_clip_val", "trainer.gradient_clip_algorithm")
-
-
-def resume_differences(run: dict[str, Any], resume: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The flat keys where a resume's resolved config differs from the run's own (``config.yaml``): key -> (the
-    run's value, the resume's). Bookkeeping keys (where the run is, how long it trains, how it logs) may differ, and
-    a key only one of them has (an argument the code gained or lost since the run started) is not compared."""
-    keys = [k for k in run if k in resume and (k in RESUME_KEEPS or not is_bookkeeping(k))]
-    return {k: (run[k], resume[k]) for k in keys if run[k] != resume[k]}
-
-
-def variant(resolved: dict[str, Any], experiment: dict[str, Any]) -> dict[str, Any]:
-    """What makes a run differ from its experiment file: the flat keys of the resolved config whose value is not the
-    experiment's own (both resolved, defaults included), bookkeeping keys aside."""
-    return {key: value for key, value in resolved.items()
-            if not is_bookkeeping(key) and (key not in experiment or experiment[key] != value)}
-
-
-def variant_name(values: dict[str, Any]) -> str:
-    """A variant as it reads in run names and W&B tags: ``head=fc-filter_sizes=3x3x3`` ("" for none)."""
-    return "-".join(f"{key.rsplit('.', 1)[-1]}={short_value(value)}" for key, value in values.items())
+def mix_seed(*parts: int) -> int:
+    """One seed from a run's seed and what a stream is for (an epoch, a rank, a trial count): a base-1_000_003
+    number of the parts, kept in [0, 2**31) so that every consumer takes it (torch, numpy, random, DALI). Plain
+    ``seed + epoch`` (DistributedSampler's) would give seed 1 the orders of seed 0, one epoch later."""
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + part) % 2**31
+    return seed
 
 
 class _UniqueKeys(yaml.SafeLoader):

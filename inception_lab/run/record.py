@@ -29,6 +29,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from inception_lab.run.files import HEARTBEAT_S, RunSummary, disk_fault, process_start, read_metrics, write_atomic
+from inception_lab.run.identity import DATA_BOOKKEEPING, bookkeeping_keys
 from inception_lab.run.layout import RunDir
 
 WALL_S_IS = ("the fit's wall time: the sum of its attempts' wall_s, each from the attempt's start to its end (a "
@@ -79,7 +80,9 @@ class RunRecord(Callback):
         self._start = time.perf_counter()
         self.record = self._begin(trainer)
         if self.stage == "fit":
-            self.record.variant = self.variant  # what makes the run differ from its experiment (compare groups by)
+            self.record.variant = self.variant  # what makes the run differ from its experiment: its name and tags
+            data = getattr(trainer, "datamodule", None)  # the keys compare sets aside when it groups runs by config
+            self.record.extra["bookkeeping"] = bookkeeping_keys(getattr(data, "BOOKKEEPING", DATA_BOOKKEEPING))
             for attempt in self.record.attempts:  # an attempt that never wrote its end was killed outright
                 if attempt.get("status") == "running":
                     attempt.update(status="killed", end=attempt.pop("last_seen", None))
@@ -240,7 +243,9 @@ class RunRecord(Callback):
             return
         best = next((c.best_model_path for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), "")
         run = RunDir(self.run_dir)
-        if self.stage == "fit" and best and (run.checkpoints / Path(best).name).is_file():
+        if self.stage != "fit":  # the checkpoint an evaluation restored (Lightning knows it after setup)
+            self.record.checkpoint = self.record.checkpoint or _ckpt_path(trainer)
+        elif best and (run.checkpoints / Path(best).name).is_file():
             self.record.extra["best_checkpoint"] = str((run.checkpoints / Path(best).name).relative_to(run.path))
         if self._throughputs:  # the first epoch carries warm-up (allocator, cuDNN autotune, compile)
             steady = self._throughputs[1:] or self._throughputs

@@ -31,13 +31,13 @@ from inception_lab.run.files import (
     best_checkpoint,
     flatten,
     holds_run,
+    mix_seed,
     process_start,
     read_summary,
-    resume_differences,
     safe_name,
     short_value,
-    variant_name,
 )
+from inception_lab.run.identity import resume_differences, variant_name
 from inception_lab.run.layout import RunDir
 from inception_lab.run.lock import NoLocks, PathLock, run_lock
 from inception_lab.slurm import requeued
@@ -87,7 +87,7 @@ class ExactResume(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        torch.manual_seed(seed * 1_000_003 + trainer.current_epoch + trainer.global_rank * 7919)
+        torch.manual_seed(mix_seed(seed, trainer.current_epoch, trainer.global_rank))
 
     def state_dict(self) -> dict[str, Any]:
         trainer = self._trainer
