@@ -22,7 +22,8 @@ import yaml
 
 from inception_lab import cli
 from inception_lab.__main__ import main as lab_main
-from inception_lab.run.files import flatten, variant_name
+from inception_lab.run.files import flatten
+from inception_lab.run.identity import variant_name
 from inception_lab.sweep import commands, runner, spec
 from inception_lab.sweep import state as sweep_state
 from inception_lab.sweep.state import State
@@ -730,6 +731,75 @@ def test_a_runner_of_other_programs_imports_no_torch(tmp_path: Path) -> None:
     assert proc.stdout.splitlines()[-1] == "0 False False", proc.stdout[-2000:] + proc.stderr[-2000:]
     assert [t["status"] for t in _state(out)["trials"]] == ["finished"] * 6
 
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _all_waiting(procs: list[subprocess.Popen], quiet_s: float = 1.5) -> None:
+    """Returns once every process has started (0.5 s of CPU: its imports) and then used none for ``quiet_s``: each
+    waits on a lock."""
+    deadline, last, since = time.monotonic() + 120, [-1.0] * len(procs), time.monotonic()
+    while True:
+        now = [_cpu_s(p.pid) for p in procs]
+        if any(n - t > 0.03 for n, t in zip(now, last)):
+            last, since = now, time.monotonic()
+        elif min(now) >= 0.5 and time.monotonic() - since >= quiet_s:
+            return
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, [p.poll() for p in procs]
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_at_once_on_one_directory(tmp_path: Path) -> None:
+    """Two sweep files with the same values and other commands, their runners started at once on one sweep
+    directory (both held at its state's lock, then let go together): one runs every trial, the other is refused in
+    one line, decided under the lock (both used to run and split the trials between them)."""
+    paths = []
+    for who in "AB":
+        (tmp_path / who).mkdir()
+        paths.append(_fake_sweep(tmp_path / who, sleep=0.0, command=[
+            "python", "-c", _SLOW_TRIAL.replace("{sleep}", "0"), f"--who={who}", "${args}", "${args_json_file}"]))
+    out = tmp_path / "out"
+    out.mkdir()
+    hold = ("import sys, time; from inception_lab.run.lock import PathLock; "
+            "lock = PathLock(sys.argv[1]); assert lock.acquire(0); print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out / "state.json")], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        procs = [_runner(path, out, wandb="disabled") for path in paths]
+        _all_waiting(procs)
+    finally:
+        holder.kill()
+    logs = [p.communicate(timeout=120)[0] for p in procs]
+    assert sorted(p.returncode for p in procs) == [0, 2], logs
+    won = [p.returncode for p in procs].index(0)
+    lost = 1 - won
+    assert all("validating 6 trial config(s)" in log for log in logs), logs  # both went past the early check
+    assert logs[lost].strip().splitlines()[-1] == (
+        f"inception_lab sweep: error: {out} holds a different sweep ({out / 'sweep.yaml'} differs from "
+        f"{paths[lost]}): pass --out DIR for a new sweep directory, or delete the old one"), logs[lost]
+    assert (out / "sweep.yaml").read_text() == paths[won].read_text()
+    assert [(t["status"], t["starts"]) for t in _state(out)["trials"]] == [("finished", 1)] * 6
+    runs = _executions(out)
+    assert len(runs) == 6 and all(len(r) == 1 and f"--who={'AB'[won]}" in r[0] for r in runs.values()), runs
+
+
+def test_a_sweep_directory_keeps_its_seed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A random sweep's trials are drawn with its seed: the same directory with another --seed is one line (it used
+    to go on silently with the old seed); the same command carries on."""
+    path = _fake_sweep(tmp_path, sleep=0.0, method="random", run_cap=2,
+                       parameters={"a": {"distribution": "uniform", "min": 0.0, "max": 1.0}})
+    out = tmp_path / "out"
+    assert lab_main(["sweep", str(path), "--out", str(out), "--seed", "1"]) == 0
+    capsys.readouterr()
+    assert lab_main(["sweep", str(path), "--out", str(out), "--seed", "2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"inception_lab sweep: error: {out / 'state.json'}: this sweep draws its trials with --seed 1; pass the same "
+        "--seed (not 2), or --out DIR for a new sweep directory"]
+    assert lab_main(["sweep", str(path), "--out", str(out), "--seed", "1"]) == 0
 
 @pytest.mark.slow
 @pytest.mark.parametrize("runners", [2])  # three: test_three_runners_on_a_real_sweep

@@ -4,7 +4,7 @@ Each trial runs the command line the W&B agent would run for it, rendered by wan
 subprocess (``runner.py``), on the trials W&B's ``sweeps`` engine picks (``spec.py``), the sweep's state kept in
 ``state.json`` (``state.py``); every trial's config is parsed by the CLI before anything runs. Run it again after a
 crash or a kill and it carries on: finished trials are kept, an interrupted one resumes from its
-``checkpoints/last.ckpt`` or restarts. The sweep directory, which ``compare`` reads::
+last checkpoint or restarts. The sweep directory, which ``compare`` reads::
 
     runs/sweeps/<sweep file stem>/   (or --out)
         sweep.yaml      the sweep file as run
@@ -12,9 +12,8 @@ crash or a kill and it carries on: finished trials are kept, an interrupted one 
         state.json.prev its previous good copy (``--repair`` puts it back if state.json is ever broken)
                         every runner locks state.json itself to change it: start any number of runners (processes,
                         nodes, SLURM array tasks) on one sweep directory; each trial runs once (state.State)
-        runs/<trial>/   its run directory (summary.json, config.yaml, metrics.csv, checkpoints/), and args.json (its
-                        ${args_json_file}), trial.log (its stdout, after a line per start), trial.stderr.log, .lock
-                        (held by its fit while it runs)
+        runs/<trial>/   its run directory (:class:`inception_lab.run.layout.RunDir`), with the trial's
+                        ${args_json_file}, its stdout (after a line per start) and stderr
 """
 
 from __future__ import annotations
@@ -53,21 +52,13 @@ def run(argv: list[str]) -> int:
     directory = Path(args.out or f"runs/sweeps/{sweep.path.stem}")
     devices = [d.strip() for d in (args.devices or "").split(",") if d.strip()]
     slots = runner.slots_for(args.parallel or len(devices) or 1, devices)
-    copy = directory / "sweep.yaml"
     if directory.exists() and not directory.is_dir():
         raise SweepError(f"--out {directory}: a file, not a sweep directory")
-    if copy.exists() and not copy.is_file():
-        raise SweepError(f"{copy}: not a file: a sweep directory keeps the copy of its sweep file there (delete it)")
-    if copy.is_file() and spec.read_yaml(copy, "sweep file copy")[1] != sweep.config:  # comments may change
-        raise SweepError(f"{directory} holds a different sweep ({copy} differs from {sweep.path}): pass --out DIR "
-                         "for a new sweep directory, or delete the old one")
-    if args.repair:
-        repair(State(directory, sweep, args.seed, read=False), planned_values(sweep, run_cap, args.seed))
+    if args.repair:  # (from this sweep file only)
+        check_one_sweep(fresh := State(directory, sweep, args.seed, read=False), args.seed, rule)
+        repair(fresh, planned_values(sweep, run_cap, args.seed))
     state = State(directory, sweep, args.seed)
-    if rule is not None and state.rule is not None and state.rule != rule:
-        raise SweepError(f"{state.path}: this sweep runs until resolved with {_options(state.rule)}; pass the same "
-                         f"options (not {_options(rule)}), or --out DIR for a new sweep directory")
-    state.rule = state.rule or rule
+    check_one_sweep(state, args.seed, rule)
     # bayes: each draw depends on the results so far; check the next one here, and each before it runs
     planned = planned_values(sweep, run_cap, state.seed) or [t.values for t in state.trials]
     for trial, values in zip(state.trials, planned):  # a trial's index says which values it runs (the grid's; an
@@ -91,9 +82,11 @@ def run(argv: list[str]) -> int:
         print(f"sweep {sweep.name}: {total}, all valid; dry run: nothing started, nothing written")
         return 0
     (directory / "runs").mkdir(parents=True, exist_ok=True)
-    if not copy.is_file():
-        write_atomic(copy, sweep.text)
     with state.locked():  # another runner may have written the trials meanwhile: add only what is missing
+        check_one_sweep(state, args.seed, rule)  # decided here: of two sweeps started at once, one runs
+        if not (copy := directory / "sweep.yaml").is_file():
+            write_atomic(copy, sweep.text)
+        state.rule = state.rule or rule
         for trial in state.trials[:len(planned)]:
             if trial.values != planned[state.trials.index(trial)]:
                 raise SweepError(f"{state.path}: trial {trial.name} has other values than the sweep file gives it")
@@ -102,6 +95,23 @@ def run(argv: list[str]) -> int:
     trial_args = [f"--trainer.devices={args.gpus_per_trial}", "--trainer.strategy=ddp"] if (
         args.gpus_per_trial or 1) > 1 else []
     return runner.loop(sweep, state, slots, run_cap, trial_args)
+
+
+def check_one_sweep(state: State, seed: int, rule: resolve.Rule | None) -> None:
+    """One sweep directory holds one sweep: the sweep file it first ran (its command and values; comments may change),
+    the seed its random or bayes trials are drawn with, its until-resolved rule. Another is one line."""
+    copy, sweep = state.directory / "sweep.yaml", state.sweep
+    if copy.exists() and not copy.is_file():
+        raise SweepError(f"{copy}: not a file: a sweep directory keeps the copy of its sweep file there (delete it)")
+    if copy.is_file() and spec.read_yaml(copy, "sweep file copy")[1] != sweep.config:
+        raise SweepError(f"{state.directory} holds a different sweep ({copy} differs from {sweep.path}): pass --out "
+                         "DIR for a new sweep directory, or delete the old one")
+    if sweep.method != "grid" and state.trials and state.seed != seed:
+        raise SweepError(f"{state.path}: this sweep draws its trials with --seed {state.seed}; pass the same --seed "
+                         f"(not {seed}), or --out DIR for a new sweep directory")
+    if rule is not None and state.rule is not None and state.rule != rule:
+        raise SweepError(f"{state.path}: this sweep runs until resolved with {_options(state.rule)}; pass the same "
+                         f"options (not {_options(rule)}), or --out DIR for a new sweep directory")
 
 
 def _options(rule: resolve.Rule) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 
 from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args
 
-from inception_lab.run.files import flatten, safe_name, variant_name, write_atomic
+from inception_lab.run.files import flatten, safe_name, write_atomic
+from inception_lab.run.identity import variant_name
 from inception_lab.run.layout import RunDir
 from inception_lab.sweep.spec import Sweep, SweepError
 
