@@ -789,7 +789,8 @@ def test_two_sweeps_started_at_once_on_one_directory(tmp_path: Path) -> None:
 
 def test_a_sweep_directory_keeps_its_seed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A random sweep's trials are drawn with its seed: the same directory with another --seed is one line (it used
-    to go on silently with the old seed); the same command carries on."""
+    to go on silently with the old seed); the same command carries on; a trial whose values are not its draw's is
+    one line."""
     path = _fake_sweep(tmp_path, sleep=0.0, method="random", run_cap=2,
                        parameters={"a": {"distribution": "uniform", "min": 0.0, "max": 1.0}})
     out = tmp_path / "out"
@@ -800,6 +801,14 @@ def test_a_sweep_directory_keeps_its_seed(tmp_path: Path, capsys: pytest.Capture
         f"inception_lab sweep: error: {out / 'state.json'}: this sweep draws its trials with --seed 1; pass the same "
         "--seed (not 2), or --out DIR for a new sweep directory"]
     assert lab_main(["sweep", str(path), "--out", str(out), "--seed", "1"]) == 0
+    state = _state(out)
+    state["trials"][1]["values"]["a"] = 0.5
+    (out / "state.json").write_text(json.dumps(state))
+    capsys.readouterr()
+    assert lab_main(["sweep", str(path), "--out", str(out), "--seed", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"inception_lab sweep: error: {out / 'state.json'}: trial {state['trials'][1]['name']} has other values than "
+        "the sweep file gives it"]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("runners", [2])  # three: test_three_runners_on_a_real_sweep

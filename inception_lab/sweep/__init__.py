@@ -22,6 +22,7 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from inception_lab.errors import ArgumentParser
 from inception_lab.run.files import write_atomic
@@ -55,16 +56,12 @@ def run(argv: list[str]) -> int:
     if directory.exists() and not directory.is_dir():
         raise SweepError(f"--out {directory}: a file, not a sweep directory")
     if args.repair:  # (from this sweep file only)
-        check_one_sweep(fresh := State(directory, sweep, args.seed, read=False), args.seed, rule)
+        check_one_sweep(fresh := State(directory, sweep, args.seed, read=False), args.seed, rule, [])
         repair(fresh, planned_values(sweep, run_cap, args.seed))
     state = State(directory, sweep, args.seed)
-    check_one_sweep(state, args.seed, rule)
     # bayes: each draw depends on the results so far; check the next one here, and each before it runs
     planned = planned_values(sweep, run_cap, state.seed) or [t.values for t in state.trials]
-    for trial, values in zip(state.trials, planned):  # a trial's index says which values it runs (the grid's; an
-        # --until-resolved sweep's follow-ups come after them)
-        if trial.values != values:
-            raise SweepError(f"{state.path}: trial {trial.name} has other values than the sweep file gives it")
+    check_one_sweep(state, args.seed, rule, planned)
     check = [(i, v) for i, v in enumerate(planned) if i >= len(state.trials) or state.trials[i].status != "finished"]
     if sweep.method == "bayes" and len(planned) < run_cap:
         draw = spec.bayes_value(sweep, state.trials, state.seed)
@@ -83,23 +80,22 @@ def run(argv: list[str]) -> int:
         return 0
     (directory / "runs").mkdir(parents=True, exist_ok=True)
     with state.locked():  # another runner may have written the trials meanwhile: add only what is missing
-        check_one_sweep(state, args.seed, rule)  # decided here: of two sweeps started at once, one runs
+        check_one_sweep(state, args.seed, rule, planned)  # decided here: of two sweeps started at once, one runs
         if not (copy := directory / "sweep.yaml").is_file():
             write_atomic(copy, sweep.text)
         state.rule = state.rule or rule
-        for trial in state.trials[:len(planned)]:
-            if trial.values != planned[state.trials.index(trial)]:
-                raise SweepError(f"{state.path}: trial {trial.name} has other values than the sweep file gives it")
-        state.trials += [t for t in trials[len(state.trials):]]
+        state.trials += trials[len(state.trials):]
         state.reconcile(args.retry_failed)
     trial_args = [f"--trainer.devices={args.gpus_per_trial}", "--trainer.strategy=ddp"] if (
         args.gpus_per_trial or 1) > 1 else []
     return runner.loop(sweep, state, slots, run_cap, trial_args)
 
 
-def check_one_sweep(state: State, seed: int, rule: resolve.Rule | None) -> None:
+def check_one_sweep(state: State, seed: int, rule: resolve.Rule | None, planned: list[dict[str, Any]]) -> None:
     """One sweep directory holds one sweep: the sweep file it first ran (its command and values; comments may change),
-    the seed its random or bayes trials are drawn with, its until-resolved rule. Another is one line."""
+    the seed its random or bayes trials are drawn with, its until-resolved rule, the ``planned`` values of its trials
+    (a trial's index says which values it runs: the grid's; an --until-resolved sweep's follow-ups come after them).
+    Another is one line."""
     copy, sweep = state.directory / "sweep.yaml", state.sweep
     if copy.exists() and not copy.is_file():
         raise SweepError(f"{copy}: not a file: a sweep directory keeps the copy of its sweep file there (delete it)")
@@ -112,6 +108,9 @@ def check_one_sweep(state: State, seed: int, rule: resolve.Rule | None) -> None:
     if rule is not None and state.rule is not None and state.rule != rule:
         raise SweepError(f"{state.path}: this sweep runs until resolved with {_options(state.rule)}; pass the same "
                          f"options (not {_options(rule)}), or --out DIR for a new sweep directory")
+    for trial, values in zip(state.trials, planned):
+        if trial.values != values:
+            raise SweepError(f"{state.path}: trial {trial.name} has other values than the sweep file gives it")
 
 
 def _options(rule: resolve.Rule) -> str:

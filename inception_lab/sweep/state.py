@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inception_lab.run.files import read_summary, write_atomic
+from inception_lab.run.files import process_start, read_summary, write_atomic
 from inception_lab.run.layout import RunDir
 from inception_lab.run.lock import NoLocks, PathLock, run_lock
 from inception_lab.sweep.commands import check_trials
@@ -38,16 +38,6 @@ def take(lock: PathLock, timeout: float) -> bool:
         return lock.acquire(timeout=timeout)
     except NoLocks as error:
         raise SweepError(f"{error.filename}: {error.strerror}") from None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_trial_claim() -> None:
@@ -242,7 +232,7 @@ class State:
         if trial.owner is None or (trial.lease_until or 0) < time.time():
             return False
         host, _, pid = trial.owner.rpartition(":")
-        return host != socket.gethostname() or pid_alive(int(pid))
+        return host != socket.gethostname() or process_start(int(pid)) is not None
 
     def hold(self, trial: Trial, timeout: float = 0) -> bool:
         """The lock of a trial's run directory, until the state is written (and its fit starts, for a claim); False
