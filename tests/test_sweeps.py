@@ -945,13 +945,13 @@ def test_a_fit_whose_claim_was_taken_writes_nothing(tmp_path: Path, cli: Any, mo
     state, run_dir = tmp_path / "state.json", tmp_path / "run"
     state.write_text(json.dumps({"trials": [{"name": "000", "values": {}, "claim": "theirs"}]}))
     fit = ["fit", "--config", str(REPO / "experiments/quickstart.yaml"), *SHORT, "--run_dir", str(run_dir)]
-    monkeypatch.setenv(runner.CLAIM_ENV, json.dumps({"state": str(state), "trial": "000", "claim": "mine"}))
+    monkeypatch.setenv(sweep_state.CLAIM_ENV, json.dumps({"state": str(state), "trial": "000", "claim": "mine"}))
     code, _, err = cli(fit)
     assert code == 2 and err.strip().splitlines()[-1] == (f"inception_lab fit: error: sweep trial 000: another runner "
                                                           f"holds it now ({state}); this fit stops before writing "
                                                           "anything"), err
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
-    monkeypatch.delenv(runner.CLAIM_ENV)
+    monkeypatch.delenv(sweep_state.CLAIM_ENV)
     hold = ("import os, sys, time; from inception_lab.run.lock import run_lock; lock = run_lock(sys.argv[1]); "
             "assert lock.acquire(0); os.ftruncate(lock.fd, 0); "
             "os.write(lock.fd, f'pid {os.getpid()} on here'.encode()); print('held', flush=True); time.sleep(60)")
