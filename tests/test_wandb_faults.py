@@ -172,7 +172,7 @@ def test_an_online_init_that_fails_goes_on_offline_in_one_line(auto_mode, tmp_pa
     auto_mode.setattr(wandb, "init", init)
     auto_mode.setattr(wandb, "teardown", lambda: teardowns.append(len(init.calls)))
     auto_mode.setattr(tracking, "_probe", lambda *a, **k: None)  # the server answered, then died
-    config = SimpleNamespace(wandb={"mode": mode}, experiment="quickstart", run_name="r")
+    config = SimpleNamespace(wandb=WandbOptions(mode=mode), experiment="quickstart", run_name="r")
     logger = make_wandb_logger(config, tmp_path, {})
     assert os.environ["WANDB_MODE"] == "online"
     assert logger.experiment.id == logger.version
@@ -186,7 +186,7 @@ def test_an_online_init_that_fails_goes_on_offline_in_one_line(auto_mode, tmp_pa
 def test_wandb_init_timeout_is_the_users_when_set(auto_mode, tmp_path) -> None:
     auto_mode.setenv("WANDB_MODE", "offline")
     auto_mode.setenv("WANDB_INIT_TIMEOUT", "7")
-    config = SimpleNamespace(wandb={}, experiment="quickstart", run_name="r")
+    config = SimpleNamespace(wandb=WandbOptions(), experiment="quickstart", run_name="r")
     assert make_wandb_logger(config, tmp_path, {})._wandb_init["settings"].init_timeout == 7
 
 
@@ -194,8 +194,9 @@ _MAKE_LOGGER = """
 import json, sys
 from pathlib import Path
 from types import SimpleNamespace
-from inception_lab.tracking import make_wandb_logger
-logger = make_wandb_logger(SimpleNamespace(wandb={}, experiment="quickstart", run_name="r"), Path(sys.argv[1]), {})
+from inception_lab.tracking import WandbOptions, make_wandb_logger
+config = SimpleNamespace(wandb=WandbOptions(), experiment="quickstart", run_name="r")
+logger = make_wandb_logger(config, Path(sys.argv[1]), {})
 print(json.dumps({"id": logger.version}))
 """
 
@@ -222,8 +223,8 @@ def test_under_slurm_only_rank_0_keeps_the_run_id(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setattr(rank_zero_only, "rank", 1)
-    logger = make_wandb_logger(SimpleNamespace(wandb={}, experiment="quickstart", run_name="r"), tmp_path / "run0",
-                               {})
+    config = SimpleNamespace(wandb=WandbOptions(), experiment="quickstart", run_name="r")
+    logger = make_wandb_logger(config, tmp_path / "run0", {})
     assert logger.version == json.loads(printed)["id"] and capsys.readouterr().out == ""
 
 

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import time
 from pathlib import Path
 
 from inception_lab.run.layout import RunDir
 
-CLAIM_ENV = "INCEPTION_LAB_SWEEP_CLAIM"  # a sweep trial's claim, for its fit: {"state", "trial", "claim"}
 BUSY = (errno.EACCES, errno.EAGAIN)
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS)
 
@@ -100,18 +98,3 @@ def run_lock(run_dir: Path) -> PathLock:
     """The lock a fit holds on its run directory for as long as it runs (``<run_dir>/.lock``): one fit per run
     directory, and a sweep runner never reclaims a trial whose fit still holds it."""
     return PathLock(RunDir(run_dir).lock)
-
-
-def claim_holds(state: Path, trial: str, claim: str, timeout: float = 300) -> bool:
-    """Whether a sweep's ``state.json`` still gives ``trial`` to the claim ``claim`` (read under its lock); OSError
-    where it cannot be read (its lock held ``timeout`` seconds, a broken file)."""
-    lock = PathLock(state, shared=True)
-    try:
-        if not lock.acquire(timeout=timeout):
-            raise OSError(errno.EAGAIN, f"its lock was held for {timeout:.0f} s", str(state))
-        entries = json.loads(lock.read()).get("trials", [])
-    except (ValueError, AttributeError) as error:
-        raise OSError(errno.EINVAL, f"not a sweep state ({error})", str(state)) from None
-    finally:
-        lock.release()
-    return any(isinstance(e, dict) and e.get("name") == trial and e.get("claim") == claim for e in entries)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from inception_lab.run.files import RunSummary, process_start, read_summary
@@ -19,6 +20,7 @@ from tests.conftest import one_error_line, short
 from tests.run.conftest import snapshot
 
 
+@pytest.mark.slow
 def test_resume_by_checkpoint_path_follows_a_moved_run(finished_run: Path, cli, tmp_path: Path) -> None:
     """``mv runs/x/r runs/x/r2`` then ``fit --ckpt_path runs/x/r2/checkpoints/last.ckpt``: r2 goes on (two
     attempts, its name kept), and nothing appears at the old path; through a symlink likewise."""
@@ -75,6 +77,7 @@ def test_resume_of_another_network_is_one_line(finished_run: Path, cli) -> None:
     assert snapshot(finished_run) == before
 
 
+@pytest.mark.slow
 def test_a_killed_writers_temporary_file_goes_with_the_next_command(finished_run: Path, cli) -> None:
     """A kill during a checkpoint write leaves ``.last.ckpt.<pid>.tmp``; the next command on the run removes it
     (a live writer's stays)."""
