@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from inception_lab.errors import UserError
-from inception_lab.run.files import load_yaml, read_metrics
+from inception_lab.run.files import load_yaml, mix_seed, read_metrics
 from inception_lab.run.layout import RunDir
 
 METHODS = ("grid", "random", "bayes")
@@ -206,7 +206,7 @@ def random_values(sweep: Sweep, n: int, seed: int) -> list[dict[str, Any]]:
 def bayes_value(sweep: Sweep, trials: list[Trial], seed: int) -> dict[str, Any] | None:
     """The engine's next suggestion given the trials so far, or None when done."""
     sweeps = engine(required=True)
-    with _seeded(seed * 1_000_003 + len(trials)), warnings.catch_warnings():
+    with _seeded(mix_seed(seed, len(trials))), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scikit-learn's GP fit: ConvergenceWarning on a handful of trials
         suggestion = sweeps.next_run(sweep.config, [_engine_run(sweeps, sweep, t) for t in trials])
     return None if suggestion is None else _values(sweep, suggestion)
