@@ -16,7 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from jsonargparse.typing import restricted_number_type
 
-from inception_lab.errors import ArgumentValueError
+from inception_lab.errors import ArgumentValueError, bounds_text
 
 # [0, 1): dropout rates, label smoothing, warm-up fractions (1 would drop, smooth or warm up everything)
 UnitInterval = restricted_number_type("UnitInterval", float, [(">=", 0), ("<", 1)])
@@ -103,16 +103,8 @@ def _same_kind(value: Any, hint: Any) -> bool:
 
 def _restriction(hint: type) -> str:
     """``PositiveInt``: "> 0"; ``UnitInterval``: "in [0, 1)"; a plain int or float: ""."""
-    limits = {op.__name__: bound for op, bound in getattr(hint, "_restrictions", [])}
-    low = ("[", limits["ge"]) if "ge" in limits else ("(", limits["gt"]) if "gt" in limits else None
-    high = (limits["le"], "]") if "le" in limits else (limits["lt"], ")") if "lt" in limits else None
-    if low and high:
-        return f"in {low[0]}{low[1]}, {high[0]}{high[1]}"
-    if low:
-        return f"{'>=' if low[0] == '[' else '>'} {low[1]}"
-    if high:
-        return f"{'<=' if high[1] == ']' else '<'} {high[0]}"
-    return ""
+    ops = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "eq": "==", "ne": "!="}
+    return bounds_text({ops[op.__name__]: bound for op, bound in getattr(hint, "_restrictions", [])})
 
 
 def _name(hint: Any) -> str:

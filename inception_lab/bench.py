@@ -132,6 +132,7 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
     ``input_paths``: an ImageNet DataModule's input paths timed too, one worker each."""
     import lightning as L
 
+    from inception_lab.data import ImageNetDataModule, pipelines
     from inception_lab.data.base import random_crop_flip
 
     net = model.net
@@ -141,41 +142,32 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
     channels_last = getattr(model, "channels_last", True)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
+    def loop(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, precision: str,
+             aux: float = aux_weight) -> Callable[[], int]:
+        def run() -> int:
+            for _ in range(steps):
+                train_step(net, optimizer, x, y, precision, aux)
+            return steps * batch_size
+        return run
+
     # bare PyTorch: our network, same batch, precision, memory format and optimizer type
     bare_net = copy.deepcopy(net).to(device, memory_format=fmt).train()
     if getattr(model, "compile_net", False):  # same model: compiled too
         bare_net.compile(mode=getattr(model, "compile_mode", "default"))
     bare_opt = model.optimizer(bare_net.parameters())
     bare_x = x.contiguous(memory_format=fmt)
-
-    def bare() -> int:
-        for _ in range(steps):
-            train_step(bare_net, bare_opt, bare_x, y, precision, aux_weight)
-        return steps * batch_size
-
     # the same network with plain defaults (fp32, NCHW, eager): what our defaults gain on this very network (on a
     # GPU: bf16 + channels_last against fp32 NCHW, the issue's 2x target for the CIFAR GoogLeNet)
     plain_net = copy.deepcopy(net).to(device, memory_format=torch.contiguous_format).train()
-    plain_opt = model.optimizer(plain_net.parameters())
-    plain_x = x.contiguous()
-
-    def plain() -> int:
-        for _ in range(steps):
-            train_step(plain_net, plain_opt, plain_x, y, "32-true", aux_weight)
-        return steps * batch_size
-
     # torchvision's GoogLeNet with plain defaults: fp32, NCHW, eager
     import torchvision
 
     tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False,
                                       num_classes=net.num_classes).to(device).train()
-    tv_opt = torch.optim.SGD(tv.parameters(), lr=0.01, momentum=0.9)
     tv_x = torch.randn(batch_size, 3, image_size, image_size, device=device)
-
-    def torchvision_loop() -> int:
-        for _ in range(steps):
-            train_step(tv, tv_opt, tv_x, y, "32-true", 0.3)
-        return steps * batch_size
+    others = {"bare": loop(bare_net, bare_opt, bare_x, precision),
+              "plain": loop(plain_net, model.optimizer(plain_net.parameters()), x.contiguous(), "32-true"),
+              "torchvision": loop(tv, torch.optim.SGD(tv.parameters(), lr=0.01, momentum=0.9), tv_x, "32-true", 0.3)}
 
     # the data pipeline alone: loading and augmentation, no model
     if data is not None:
@@ -219,9 +211,13 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
                 random_crop_flip(raw, 4, True).float().div_(255)
             return steps * 4 * batch_size
 
-    others = {"bare": bare, "plain": plain, "torchvision": torchvision_loop, "data": data_loop}
-    paths, missing = _input_paths(data, max(64, steps * batch_size), device) if input_paths else (
-        {}, {name: "not asked for (--no-input-paths)" for name in PATHS})
+    others["data"] = data_loop
+    if not input_paths:
+        paths, missing = {}, {name: "not asked for (--no-input-paths)" for name in PATHS}
+    elif not isinstance(data, ImageNetDataModule):
+        paths, missing = {}, {name: "not an ImageNet config (the input paths are ImageNet's)" for name in PATHS}
+    else:
+        paths, missing = pipelines.input_paths(data, max(64, steps * batch_size), device)
     others.update({f"path_{name}": run for name, run in paths.items()})
     timer = _Interleave(device, warmup, steps, windows, others)
 
@@ -272,17 +268,6 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
     result["data_over_fit"] = round(result["data_img_per_s"] / fit_ips, 2)
     result["flops_fraction_of_peak"] = round(flops * fit_ips / batch_size / peak, 3)
     return result
-
-
-def _input_paths(data: Any, images: int, device: torch.device) -> tuple[dict[str, Callable[[], int]], dict[str, str]]:
-    """ImageNet's input paths, one worker each, with the reason for each that cannot run here."""
-    from inception_lab.data import ImageNetDataModule
-
-    if not isinstance(data, ImageNetDataModule):
-        return {}, {name: "not an ImageNet config (the input paths are ImageNet's)" for name in PATHS}
-    from inception_lab.data.pipelines import input_paths
-
-    return input_paths(data, images, device)
 
 
 def format_table(r: dict[str, Any]) -> str:

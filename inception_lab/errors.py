@@ -100,9 +100,11 @@ def _one_line(error: BaseException) -> str:
 def _restriction(rule: str) -> str:
     """jsonargparse's ``v>=0 and v<1`` as ``in [0, 1)``; ``v>0`` as ``> 0``."""
     parts = [re.fullmatch(r"v\s*([<>]=?)\s*(\S+)", p.strip()) for p in rule.split(" and ")]
-    if not all(parts):
-        return f"such that {rule}"
-    bounds = {m.group(1): m.group(2) for m in parts if m}
+    return bounds_text({m.group(1): m.group(2) for m in parts if m}) if all(parts) else f"such that {rule}"
+
+
+def bounds_text(bounds: dict[str, Any]) -> str:
+    """``{">=": 0, "<": 1}`` as ``in [0, 1)``; ``{">": 0}`` as ``> 0``; ``{}`` as ``""``."""
     low = next(((op, bounds[op]) for op in (">=", ">") if op in bounds), None)
     high = next(((op, bounds[op]) for op in ("<=", "<") if op in bounds), None)
     if low and high:

@@ -51,7 +51,17 @@ class EpochShuffleSampler(DistributedSampler):
         return iter(self.order().tolist())
 
 
-class ResidentLoader:
+class _Resumable:
+    """A loader over an :class:`EpochShuffleSampler` that resumes mid-epoch (Lightning's loader state protocol)."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict(self.batch_size)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state, self.batch_size)
+
+
+class ResidentLoader(_Resumable):
     """Batches indexed out of tensors that live whole on the training device (CIFAR: 150 MB of uint8).
 
     No workers, no per-sample collation, no host-to-device copy per step: each epoch moves one index tensor to the
@@ -69,12 +79,6 @@ class ResidentLoader:
     def __len__(self) -> int:
         return math.ceil(len(self.sampler) / self.batch_size)
 
-    def state_dict(self) -> dict[str, int]:
-        return self.sampler.state_dict(self.batch_size)
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.load_state_dict(state, self.batch_size)
-
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         tensors = self.tensors_fn()
         order = self.sampler.order().to(tensors[0].device)
@@ -83,15 +87,8 @@ class ResidentLoader:
             yield tuple(t[index] for t in tensors)
 
 
-class ResumableDataLoader(DataLoader):
-    """A DataLoader over an :class:`EpochShuffleSampler` that resumes mid-epoch (its order; the random draws of
-    augmentation in workers are not replayed)."""
-
-    def state_dict(self) -> dict[str, int]:
-        return self.sampler.state_dict(self.batch_size)
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.load_state_dict(state, self.batch_size)
+class ResumableDataLoader(_Resumable, DataLoader):
+    """A DataLoader that resumes mid-epoch: its order; the random draws of augmentation in workers are not replayed."""
 
 
 def trainer_progress(datamodule) -> Progress:

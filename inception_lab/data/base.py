@@ -228,9 +228,4 @@ def split_indices(n: int, sizes: dict[str, int], seed: int) -> list[Tensor]:
     """A seeded permutation of ``range(n)`` cut into ``sizes`` (named by their argument names) and the rest (last)."""
     check_split(n, sizes)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    parts, start = [], 0
-    for size in sizes.values():
-        parts.append(perm[start:start + size])
-        start += size
-    parts.append(perm[start:])
-    return parts
+    return list(perm.split([*sizes.values(), n - sum(sizes.values())]))

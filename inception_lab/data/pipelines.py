@@ -9,17 +9,12 @@ ImageNet-sized JPEGs to time them on (``python -m inception_lab bench --make-ima
   (one batched ``decode_jpeg`` on the device: nvJPEG on a GPU), cropped and flipped on the device (timed with the
   worker's half: on a CPU both run on the host).
 - ``dali``: the DALI pipeline of ``backend: dali`` with one CPU thread (on a GPU: its mixed decode).
-Each makes the same crops (Section 6's area and aspect) and the same distortions.
-
-Measured (2026-11-27, the project's 2-core CPU machine, no GPU, shared with other test runs at load 2-3;
-``OMP_NUM_THREADS=1``, ``bench --config experiments/googlenet_imagenet.yaml`` on 1,000 ``--make-imagenet`` JPEGs,
-batch 8, median of 7 windows), img/s per worker: torchvision_float 112-117, torchvision_uint8 283-299 (2.5-2.6x),
-dali 293-309; the uint8 path's on-device half on this CPU 380-418 (on a GPU it is nearly free; where the device
-is the same core, the two halves together make about 1.45x).
+Each makes the same crops (Section 6's area and aspect) and the same distortions. Measured: ``docs/performance.md``.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -53,11 +48,6 @@ def float_reference(size: int, jitter: float) -> v2.Compose:
                        v2.Normalize(MEAN, STD)])
 
 
-def _cycle(n: int) -> Iterator[int]:
-    while True:
-        yield from range(n)
-
-
 def input_paths(data: ImageNetDataModule, images: int, device: torch.device
                 ) -> tuple[dict[str, Callable[[], int]], dict[str, str]]:
     """``({path: run}, {path: why it cannot run})``: each ``run()`` makes at least ``images`` training images as
@@ -73,7 +63,7 @@ def input_paths(data: ImageNetDataModule, images: int, device: torch.device
     batches = max(1, -(-images // data.batch_size))
     reference = float_reference(data.image_size, data.color_jitter)
     crop = train_crop(data.image_size, data.interpolation)  # the recipe's own crop
-    order = _cycle(len(samples))
+    order = itertools.cycle(range(len(samples)))
 
     def worker(load: Callable[[str], object], transform: Callable) -> Callable[[], int]:
         def run() -> int:

@@ -3,17 +3,10 @@
 Each trial runs the command line the W&B agent would run for it, rendered by wandb's own code (``commands.py``), as a
 subprocess (``runner.py``), on the trials W&B's ``sweeps`` engine picks (``spec.py``), the sweep's state kept in
 ``state.json`` (``state.py``); every trial's config is parsed by the CLI before anything runs. Run it again after a
-crash or a kill and it carries on: finished trials are kept, an interrupted one resumes from its
-last checkpoint or restarts. The sweep directory, which ``compare`` reads::
-
-    runs/sweeps/<sweep file stem>/   (or --out)
-        sweep.yaml      the sweep file as run
-        state.json      every trial's values, status, starts, metrics or error, and the runner that holds it
-        state.json.prev its previous good copy (``--repair`` puts it back if state.json is ever broken)
-                        every runner locks state.json itself to change it: start any number of runners (processes,
-                        nodes, SLURM array tasks) on one sweep directory; each trial runs once (state.State)
-        runs/<trial>/   its run directory (:class:`inception_lab.run.layout.RunDir`), with the trial's
-                        ${args_json_file}, its stdout (after a line per start) and stderr
+crash or a kill and it carries on: finished trials are kept, an interrupted one resumes from its last checkpoint or
+restarts. The sweep directory (``runs/sweeps/<sweep file stem>/``, or ``--out``), which ``compare`` reads, holds
+``sweep.yaml`` (the sweep file as run), ``state.json`` with its previous good copy ``state.json.prev`` (``state.py``:
+any number of runners share it) and each trial's run directory, ``runs/<trial>/`` (a ``RunDir``).
 """
 
 from __future__ import annotations
