@@ -121,13 +121,11 @@ class InceptionClassifier(LightningModule):
         self.lr_reference_batch = lr_reference_batch
         self.bias_lr_mult, self.bias_decay_mult = float(bias_lr_mult), float(bias_decay_mult)
         self.channels_last = channels_last
-        num_classes = net.num_classes
-        heads = ["main", *(f"aux{i + 1}" for i in range(len(getattr(net, "aux_positions", ()))))]
-        self.heads = heads
-        # metrics[stage][head]: torchmetrics accumulate on the device; nothing syncs with the host per step
-        self.metrics = nn.ModuleDict({
-            f"{stage}_acc": nn.ModuleDict({head: _accuracy(num_classes) for head in heads}) for stage in STAGES
-        })  # keyed "train_acc", not "train", which nn.Module owns
+        self.heads = ["main", *(f"aux{i + 1}" for i in range(len(getattr(net, "aux_positions", ()))))]
+        # metrics[stage][head] (keyed "train_acc", not "train", which nn.Module owns): torchmetrics accumulate on the
+        # device; nothing syncs with the host per step
+        self.metrics = nn.ModuleDict({f"{stage}_acc": nn.ModuleDict({head: _accuracy(net.num_classes)
+                                                                      for head in self.heads}) for stage in STAGES})
         # nan_strategy="disable": the NaN check is a device sync per step; a NaN loss shows in the epoch mean anyway
         self.losses = nn.ModuleDict({f"{stage}_loss": MeanMetric(nan_strategy="disable") for stage in STAGES})
         self.val_acc_best = MaxMetric()
@@ -174,10 +172,6 @@ class InceptionClassifier(LightningModule):
                 heads[i].append(logits.float().softmax(-1))
         return [torch.cat(probs).view(n, v, -1).mean(1) for probs in heads]
 
-    def _step(self, batch: tuple[Tensor | ViewBatch, Tensor], stage: str) -> Tensor:
-        """The loss to optimize; the stage's loss and accuracies updated."""
-        return self._evaluate(batch, stage)[0]
-
     def _evaluate(self, batch: tuple[Tensor | ViewBatch, Tensor], stage: str) -> tuple[Tensor, Tensor]:
         """(the loss to optimize, the main head's logits or log-probabilities); the stage's metrics updated."""
         x, y = batch
@@ -200,13 +194,13 @@ class InceptionClassifier(LightningModule):
         return total, logits
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self._step(batch, "train")
+        loss = self._evaluate(batch, "train")[0]
         # to the logger only: a progress-bar value is read on the host after every step (a device sync)
         self.log("train/loss_total", loss, on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._evaluate(batch, "val")
 
     def test_step(self, batch: tuple[Tensor | ViewBatch, Tensor], batch_idx: int) -> Tensor:
         _, logits = self._evaluate(batch, "test")
@@ -313,8 +307,6 @@ class InceptionClassifier(LightningModule):
 
     def cost(self) -> dict[str, int]:
         """Trainable params (aux heads included) and inference multiply-adds per image."""
-        params = sum(p.numel() for p in self.parameters())
-        if not isinstance(self.net, Inception):
-            return {"params": params, "macs": 0}
         net = self.net
-        return {"params": params, "macs": summarize(net, net.image_size, net.in_channels)["total_macs"]}
+        macs = summarize(net, net.image_size, net.in_channels)["total_macs"] if isinstance(net, Inception) else 0
+        return {"params": sum(p.numel() for p in self.parameters()), "macs": macs}

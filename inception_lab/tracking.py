@@ -130,15 +130,10 @@ def resolve_mode(options: WandbOptions, run_dir: Path) -> str:
     elif mode == "auto":
         base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
         key = _api_key(urlparse(base_url).hostname or "api.wandb.ai")
-        if key is None:
-            reason = "no W&B API key (run `wandb login` to log online)"
-        elif failure := _probe(base_url, key):
-            reason = f"W&B server {base_url} {failure}"
-        else:
-            reason = None
-        mode = "offline" if reason else "online"
-        if reason:
-            _offline_note(reason, run_dir)
+        failure = "no W&B API key (run `wandb login` to log online)" if key is None else _probe(base_url, key)
+        mode = "offline" if failure else "online"
+        if failure:
+            _offline_note(failure if key is None else f"W&B server {base_url} {failure}", run_dir)
     os.environ["WANDB_MODE"] = mode
     return mode
 

@@ -129,7 +129,7 @@ def group(runs: list[Run], by: list[str]) -> list[Cell]:
     """One cell per distinct combination of the ``by`` values, sorted by those values (0.25 < 0.5 < 1 < naive)."""
     groups: dict[tuple[Any, ...], list[Run]] = {}
     for run in runs:
-        groups.setdefault(tuple(freeze(run.value(k)) for k in by), []).append(run)
+        groups.setdefault(tuple(freeze(run.config.get(k)) for k in by), []).append(run)
     return [Cell(key, groups[key]) for key in sorted(groups, key=_order)]
 
 

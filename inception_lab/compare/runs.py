@@ -55,9 +55,6 @@ class Run:
         recorded = self.summary.get("bookkeeping")
         return recorded if isinstance(recorded, list) else bookkeeping_keys()
 
-    def value(self, key: str) -> Any:
-        return self.config.get(key)
-
     @property
     def error_tail(self) -> str:
         lines = [ln for ln in str(self.summary.get("error") or "").strip().splitlines() if ln.strip()]

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from inception_lab import slurm
 from inception_lab.errors import ArgumentParser
 from inception_lab.run.files import write_atomic
 from inception_lab.sweep import resolve, runner, spec
@@ -151,8 +152,6 @@ def write_array_job(args: argparse.Namespace, sweep: spec.Sweep, directory: Path
     submitted with sbatch where there is one. SLURM's warning before the time limit reaches the runner alone as
     SIGUSR1: it stops its trials (recorded interrupted) and requeues its task, whose runner resumes them. A plain
     ``scancel`` (SIGTERM) stops them the same way and requeues nothing."""
-    from inception_lab import slurm
-
     gpus = 1 if args.gpus_per_trial is None else args.gpus_per_trial  # 0: CPU jobs
     if args.wandb_sweep:  # a W&B server holds the sweep: each task is an agent that runs --count trials
         command = [sys.executable, "-m", "wandb", "agent", "--count", str(args.count), args.wandb_sweep]
@@ -208,24 +207,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repair", action="store_true", help="a broken state.json: put its previous good copy "
                                                               "back (or rebuild it from the run directories), then "
                                                               "go on")
-    slurm = parser.add_argument_group("SLURM: --slurm writes <sweep dir>/sweep.sbatch, a job array of runners")
-    slurm.add_argument("--slurm", action="store_true", help="write (and submit with sbatch) the job array")
-    slurm.add_argument("--array-parallelism", type=int, default=1, help="array tasks: runners at once (default 1)")
-    slurm.add_argument("--partition")
-    slurm.add_argument("--time", help="each task's time limit (SLURM's format)")
-    slurm.add_argument("--account")
-    slurm.add_argument("--cpus-per-task", type=int)
-    slurm.add_argument("--sbatch", action="append", default=[], help="another #SBATCH option, e.g. --sbatch=--qos=high")
-    slurm.add_argument("--wandb-sweep", metavar="ENTITY/PROJECT/ID",
+    jobs = parser.add_argument_group("SLURM: --slurm writes <sweep dir>/sweep.sbatch, a job array of runners")
+    jobs.add_argument("--slurm", action="store_true", help="write (and submit with sbatch) the job array")
+    jobs.add_argument("--array-parallelism", type=int, default=1, help="array tasks: runners at once (default 1)")
+    jobs.add_argument("--partition")
+    jobs.add_argument("--time", help="each task's time limit (SLURM's format)")
+    jobs.add_argument("--account")
+    jobs.add_argument("--cpus-per-task", type=int)
+    jobs.add_argument("--sbatch", action="append", default=[], help="another #SBATCH option, e.g. --sbatch=--qos=high")
+    jobs.add_argument("--wandb-sweep", metavar="ENTITY/PROJECT/ID",
                        help="a sweep on a W&B server (`wandb sweep <file>` made it): each array task runs "
                             "`wandb agent --count N` on it instead of the local runner")
-    slurm.add_argument("--count", type=int, default=1, help="trials per array task with --wandb-sweep (default 1)")
-    jobs = None  # the slurm module, where a job option is given (it imports Lightning: a local sweep never needs it)
-    if "--sbatch" in argv or any(a.startswith("--time") for a in argv):
-        from inception_lab import slurm as jobs
-
-        argv = jobs.sbatch_options(argv)
-    args = parser.parse_args(argv)
+    jobs.add_argument("--count", type=int, default=1, help="trials per array task with --wandb-sweep (default 1)")
+    args = parser.parse_args(slurm.sbatch_options(argv))
     for flag, value in (("parallel", args.parallel), ("run-cap", args.run_cap),
                         ("array-parallelism", args.array_parallelism), ("max-seeds", args.max_seeds),
                         ("seeds-per-round", args.seeds_per_round)):
@@ -238,8 +232,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise SweepError(f"--gpus-per-trial {args.gpus_per_trial}: expected 0 (CPU) or more")
     try:
-        if jobs is not None:
-            jobs.check_time(args.time, jobs.SWEEP_SIGNAL)
+        slurm.check_time(args.time, slurm.SWEEP_SIGNAL)
     except ValueError as error:
         raise SweepError(str(error)) from None
     return args

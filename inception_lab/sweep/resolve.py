@@ -219,7 +219,7 @@ def _matches(run: Any, name: str, value: Any) -> int | None:
     from inception_lab.run.files import flatten
 
     flat = flatten(value, name) if isinstance(value, dict) else {name: value}
-    if all(freeze(run.value(k)) == freeze(v) for k, v in flat.items()):
+    if all(freeze(run.config.get(k)) == freeze(v) for k, v in flat.items()):
         return len(flat)
     return None
 
