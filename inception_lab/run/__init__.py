@@ -3,7 +3,7 @@ Each decision has one owner here; the rest of the package asks (and this package
 
 | module | owns |
 |---|---|
-| :mod:`~inception_lab.run.layout` | torch-free: :class:`RunDir`, the one place a run directory's file names are spelled |
+| :mod:`~inception_lab.run.layout` | torch-free: :class:`RunDir`, where a run directory's file names are spelled |
 | :mod:`~inception_lab.run.files` | torch-free: names, atomic writes, :class:`RunSummary` and its reader (a dead stage
   reads ``killed``), metrics.csv's reader |
 | :mod:`~inception_lab.run.identity` | torch-free: a run's identity (its config less bookkeeping), what a resume may

@@ -337,13 +337,15 @@ def live_fit(run_dir: Path) -> str | None:
     return f"pid {attempt.get('pid')} on {attempt.get('host')}, per its {RunDir(run_dir).summary().name}"
 
 
-def remove_temporaries(run_dir: Path) -> None:
+def remove_temporaries(run_dir: Path, min_age_s: float = 60) -> None:
     """The temporary files of writers killed mid-write (``write_atomic``'s ``.<name>.<pid>.tmp``): called under the
-    run's lock by the next fit, and by an evaluation when no fit runs; a live writer's file on this host stays."""
+    run's lock by the next fit, and by an evaluation when no fit runs. A file of a live process on this host stays, and
+    so does one younger than ``min_age_s`` (a write in flight on another host, where the pid says nothing)."""
     for path in RunDir(run_dir).temporaries():
         pid = path.name.rsplit(".", 2)[-2]
-        if not (pid.isdigit() and int(pid) != os.getpid() and process_start(int(pid)) is not None):
-            with contextlib.suppress(OSError):
+        alive = pid.isdigit() and (int(pid) == os.getpid() or process_start(int(pid)) is not None)
+        with contextlib.suppress(OSError):
+            if not alive and time.time() - path.stat().st_mtime > min_age_s:
                 path.unlink()
 
 

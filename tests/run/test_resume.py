@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,14 +81,18 @@ def test_resume_of_another_network_is_one_line(finished_run: Path, cli) -> None:
 @pytest.mark.slow
 def test_a_killed_writers_temporary_file_goes_with_the_next_command(finished_run: Path, cli) -> None:
     """A kill during a checkpoint write leaves ``.last.ckpt.<pid>.tmp``; the next command on the run removes it
-    (a live writer's stays)."""
+    (a live writer's stays, and so does a minute-young one: a write in flight on another host)."""
     run = RunDir(finished_run)
     dead = run.checkpoints / ".last.ckpt.999999999.tmp"
     dead.write_bytes(b"PK\x03\x04 cut short")
     live = run.checkpoints / f".last.ckpt.{os.getppid()}.tmp"
     live.write_bytes(b"being written")
-    assert run.temporaries() == sorted([dead, live])
+    young = run.checkpoints / ".summary.json.999999998.tmp"  # another host's write in flight: its pid says nothing
+    young.write_bytes(b"{")
+    for path in (dead, live):
+        os.utime(path, (time.time() - 120,) * 2)
+    assert run.temporaries() == sorted([dead, live, young])
     code, _, err = cli(["fit", "--run_dir", str(finished_run), "--ckpt_path", "last", *short(epochs=2, wandb=False)])
     assert code == 0, err[-3000:]
-    assert run.temporaries() == [live]
+    assert run.temporaries() == sorted([live, young])
     shutil.rmtree(finished_run)
