@@ -236,8 +236,8 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
     model.lr_reference_batch = None  # and so is the LR: the loop feeds its batches without a DataModule
     # cuDNN's autotuner on, as in the GPU recipes (benchmark: true); the bare loops run inside this fit and share it
     trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision, max_steps=10_000, logger=False,
-                        benchmark=device.type == "cuda",
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        benchmark=device.type == "cuda", enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[_Timing()])
     loader = torch.utils.data.DataLoader(_Synthetic(), batch_size=None)
     trainer.fit(model, train_dataloaders=loader)
@@ -249,22 +249,18 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(), "image_size": image_size, "batch_size": batch_size,
         "precision": precision, "channels_last": channels_last, "windows": windows, "steps_per_window": steps,
-        **{f"{k}_img_per_s": round(statistics.median(v), 2) for k, v in timer.results.items()},
+        **{f"{k}_img_per_s": round(statistics.median(v), 2) for k, v in timer.results.items() if k[:5] != "path_"},
         "step_flops": flops, "peak_flops": peak, "warmup_s": timer.warmup_s,
         "compile": getattr(model, "compile_mode", "default") if getattr(model, "compile_net", False) else None,
         "fused_optimizer": bool(bare_opt.defaults.get("fused")), "cudnn_benchmark": torch.backends.cudnn.benchmark,
     }
-    for name in paths:
-        result.pop(f"path_{name}_img_per_s")
     result["data_paths"] = {name: (round(statistics.median(timer.results[f"path_{name}"]), 1) if name in paths
                                    else None) for name in PATHS}
     result["data_paths_missing"] = missing
     if "device" in paths:  # the uint8 path's on-device half: distortions, float conversion, normalization
         result["data_paths_device_img_per_s"] = round(statistics.median(timer.results["path_device"]), 1)
-    result["fit_img_per_s"] = round(fit_ips, 2)
-    result["fit_over_bare"] = round(fit_ips / result["bare_img_per_s"], 3)
-    result["fit_over_plain"] = round(fit_ips / result["plain_img_per_s"], 3)
-    result["fit_over_torchvision"] = round(fit_ips / result["torchvision_img_per_s"], 3)
+    result.update({f"fit_over_{k}": round(fit_ips / result[f"{k}_img_per_s"], 3)
+                   for k in ("bare", "plain", "torchvision")})
     result["data_over_fit"] = round(result["data_img_per_s"] / fit_ips, 2)
     result["flops_fraction_of_peak"] = round(flops * fit_ips / batch_size / peak, 3)
     return result

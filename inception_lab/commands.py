@@ -21,8 +21,7 @@ from inception_lab.run.resume import resolve_run
 
 def summary_main(argv: list[str] | None = None) -> int:
     """``python -m inception_lab summary``: a network as the paper's Table 1 (params and multiply-adds per layer)."""
-    parser = ArgumentParser(prog="python -m inception_lab summary",
-                                     description="Print a network as the paper's Table 1.")
+    parser = ArgumentParser(prog="python -m inception_lab summary", description="A network as the paper's Table 1.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a googlenet() preset (default: paper)")
     source.add_argument("--config", help="an experiment file (experiments/*.yaml): its network and input size")
@@ -61,8 +60,7 @@ def slurm_main(argv: list[str] | None = None) -> int:
     if run.holds_run():
         raise UserError(f"--run_dir {run_dir}: already holds a run; a job file for it is {run.sbatch}")
     command = [sys.executable, "-m", "inception_lab", "fit", *_without(fit, "--run_dir"), "--run_dir",
-               str(run_dir.absolute()),
-               "--experiment", config.experiment]
+               str(run_dir.absolute()), "--experiment", config.experiment]
     text = slurm.sbatch_text(job_name=slurm.job_name(config.run_name, "fit"), command=command, nodes=args.nodes,
                              tasks_per_node=max(1, args.gpus_per_node), gpus_per_node=args.gpus_per_node,
                              cpus_per_task=args.cpus_per_task, time=args.time, partition=args.partition,

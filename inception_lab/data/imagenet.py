@@ -274,7 +274,7 @@ class ImageNetDataModule(ImageDataModule):
         root = Path(self.root)
         return (root / "meta.bin").is_file() or (root / "ILSVRC2012_devkit_t12.tar.gz").is_file()
 
-    def _check_layout(self) -> None:
+    def check_source(self) -> None:
         root = Path(self.root)
         if self._devkit_layout():
             return
@@ -286,7 +286,7 @@ class ImageNetDataModule(ImageDataModule):
 
     def _folders(self) -> tuple[Dataset, Dataset, int]:
         root = Path(self.root)
-        self._check_layout()
+        self.check_source()
         if self._devkit_layout():
             try:
                 train = ImageNet(str(root), split="train", loader=load_image)
@@ -304,10 +304,7 @@ class ImageNetDataModule(ImageDataModule):
         return train, test, len(train.classes)
 
     def prepare_data(self) -> None:
-        self._check_layout()  # cheap: the directory scan (1.3M files) happens once, in setup
-
-    def check_source(self) -> None:
-        self._check_layout()
+        self.check_source()  # cheap: the directory scan (1.3M files) happens once, in setup
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
