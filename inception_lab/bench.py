@@ -203,8 +203,7 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
 
         data_loop.prelude = drain  # type: ignore[attr-defined]
     else:
-        raw = torch.randint(0, 256, (batch_size, in_channels, image_size, image_size), dtype=torch.uint8,
-                            device=device)
+        raw = torch.randint(0, 256, (batch_size, in_channels, image_size, image_size), dtype=torch.uint8, device=device)
 
         def data_loop() -> int:
             for _ in range(steps * 4):

@@ -64,8 +64,7 @@ def slurm_main(argv: list[str] | None = None) -> int:
     text = slurm.sbatch_text(job_name=slurm.job_name(config.run_name, "fit"), command=command, nodes=args.nodes,
                              tasks_per_node=max(1, args.gpus_per_node), gpus_per_node=args.gpus_per_node,
                              cpus_per_task=args.cpus_per_task, time=args.time, partition=args.partition,
-                             account=args.account, output=str(run.slurm_output.absolute()),
-                             extra=args.sbatch)
+                             account=args.account, output=str(run.slurm_output.absolute()), extra=args.sbatch)
     write_atomic(run.sbatch, text)
     return slurm.submit(run.sbatch, args.dry_run)
 

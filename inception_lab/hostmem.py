@@ -1,12 +1,9 @@
 """Host memory: keep freed blocks for reuse instead of handing them back to the OS at once.
 
 glibc serves large blocks with mmap and hands freed memory back to the OS (unmap, heap trim): a CPU training step then
-faults its activations back in, page by page, step after step. Measured here (torchvision preset, 224x224, batch 16,
-2 cores): 125,673 page faults and 0.24 s of kernel time per 0.88 s step by default; 7,840 faults, 0.01 s and a
-0.77 s step with this setting. Raising both thresholds makes glibc keep the memory for reuse, as PyTorch's CUDA
-caching allocator does on the GPU. The maths is untouched; resident memory stays at the step's peak.
-Linux with glibc only; elsewhere a no-op.
-
+faults its activations back in, page by page, step after step (measured: ``docs/performance.md``). Raising both
+thresholds makes glibc keep the memory for reuse, as PyTorch's CUDA caching allocator does on the GPU. The maths is
+untouched; resident memory stays at the step's peak. Linux with glibc only; elsewhere a no-op.
 Also :func:`usable_cores`: the cores this process may run on.
 """
 

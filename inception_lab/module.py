@@ -90,22 +90,13 @@ class InceptionClassifier(LightningModule):
     ``inception_lab.run.predictions.ProbabilityWriter`` stores.
     """
 
-    def __init__(
-        self,
-        net: nn.Module,
-        aux_weight: NonNegativeFloat = 0.3,
-        label_smoothing: UnitInterval = 0.0,
-        optimizer: OptimizerCallable = torch.optim.SGD,
-        lr_scheduler: LRSchedulerCallable | Callable[[Optimizer, int], LRScheduler] | None = None,
-        lr_interval: Literal["epoch", "step"] = "epoch",
-        lr_reference_batch: PositiveInt | None = None,
-        bias_lr_mult: PositiveFloat = 1.0,
-        bias_decay_mult: NonNegativeFloat = 1.0,
-        channels_last: bool = True,
-        compile: bool = False,
-        compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default",
-        views_per_forward: PositiveInt = 256,
-    ) -> None:
+    def __init__(self, net: nn.Module, aux_weight: NonNegativeFloat = 0.3, label_smoothing: UnitInterval = 0.0,
+                 optimizer: OptimizerCallable = torch.optim.SGD,
+                 lr_scheduler: LRSchedulerCallable | Callable[[Optimizer, int], LRScheduler] | None = None,
+                 lr_interval: Literal["epoch", "step"] = "epoch", lr_reference_batch: PositiveInt | None = None,
+                 bias_lr_mult: PositiveFloat = 1.0, bias_decay_mult: NonNegativeFloat = 1.0, channels_last: bool = True,
+                 compile: bool = False, compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default",
+                 views_per_forward: PositiveInt = 256) -> None:
         check_arguments(InceptionClassifier, locals())
         super().__init__()
         # Under LightningCLI the hyperparameters are the parsed config (the network's class_path and init_args), so a

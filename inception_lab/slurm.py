@@ -93,8 +93,7 @@ def sbatch_text(*, job_name: str, command: list[str], nodes: int = 1, tasks_per_
     options += ["--requeue", f"--signal={signal}", f"--output={output}", "--open-mode=append", *extra]
     lines = ["#!/bin/bash", *(f"#SBATCH {o}" for o in options), "",
              "# written by inception_lab; the requeued job runs this same file again",
-             f"cd {shlex.quote(workdir or os.getcwd())}",
-             f"{'srun' if srun else 'exec'} {shlex.join(command)}", ""]
+             f"cd {shlex.quote(workdir or os.getcwd())}", f"{'srun' if srun else 'exec'} {shlex.join(command)}", ""]
     return "\n".join(lines)
 
 

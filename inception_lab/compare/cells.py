@@ -198,8 +198,7 @@ def _by_seed(runs: list[Run], metric: str) -> dict[Any, float]:
     return {} if None in seeds or len(set(map(repr, seeds))) < len(seeds) else dict(pairs)
 
 
-def paired_difference(cell: Cell, baseline: Cell, metric: str = PRIMARY,
-                      confidence: float = 0.95) -> Difference | None:
+def paired_difference(cell: Cell, baseline: Cell, metric: str = PRIMARY, confidence: float = 0.95) -> Difference | None:
     """Mean of cell - baseline with a ``confidence`` t interval: paired by seed when >= 2 seeds pair, else Welch's
     (unequal variances); None when a side has fewer than 2 values. The one implementation ``compare``'s tables and
     verdicts and ``sweep --until-resolved``'s stopping rule share."""

@@ -49,8 +49,7 @@ def five_crops(image: Tensor, size: int) -> Tensor:
     h, w = image.shape[-2:]
     if min(h, w) < size:
         raise ValueError(f"a {size}x{size} crop does not fit in a {h}x{w} image")
-    corners = [crop(image, top, left, size) for top in (0, h - size) for left in (0, w - size)]
-    return torch.stack([*corners, center_crop(image, size)])
+    return torch.stack(v2.functional.five_crop(image, [size, size]))  # its center: center_offset's rounding too
 
 
 def mirrored(views: Tensor) -> Tensor:

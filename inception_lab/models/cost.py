@@ -61,14 +61,9 @@ def summarize(net: Inception, image_size: int = 224, in_channels: int | None = N
     aux_rows = [{"name": f"{aux} (after {block.removeprefix('inception')}, training only)",
                  "output_shape": aux_shapes[aux], "params": _params(getattr(net, aux)), "macs": macs(aux)}
                 for block, aux in net._aux_after.items()]
-    return {
-        "image_size": image_size,
-        "rows": rows + aux_rows,
-        "total_params": sum(r["params"] for r in rows),
-        "total_macs": sum(r["macs"] for r in rows),
-        "aux_params": sum(r["params"] for r in aux_rows),
-        "aux_macs": sum(r["macs"] for r in aux_rows),
-    }
+    return {"image_size": image_size, "rows": rows + aux_rows,
+            "total_params": sum(r["params"] for r in rows), "total_macs": sum(r["macs"] for r in rows),
+            "aux_params": sum(r["params"] for r in aux_rows), "aux_macs": sum(r["macs"] for r in aux_rows)}
 
 
 def smallest_image_size(net: Inception, in_channels: int | None = None, too_small: int = 1,

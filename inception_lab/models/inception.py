@@ -241,25 +241,13 @@ class Inception(nn.Module):
         bn_eps: batch-norm epsilon (torchvision: 1e-3).
     """
 
-    def __init__(
-        self,
-        num_classes: PositiveInt = 1000,
-        in_channels: PositiveInt = 3,
-        image_size: PositiveInt = 224,
-        stem: Stem = "imagenet",
-        stages: Union[Stages, tuple[StageSpec, ...]] = "table1",
-        filter_sizes: tuple[KernelStack, KernelStack] = (3, 5),
-        reduce_width_mult: Union[PositiveFloat, Literal["naive"]] = 1.0,
-        pool_proj_mult: PositiveFloat = 1.0,
-        width_mult: PositiveFloat = 1.0,
-        aux_positions: tuple[str, ...] = ("4a", "4d"),
-        aux_dropout: UnitInterval = 0.7,
-        aux_pool: AuxPool = "adaptive",
-        head: Head = "gap",
-        dropout: UnitInterval = 0.4,
-        norm: Norm = "batch",
-        bn_eps: PositiveFloat = 1e-3,
-    ) -> None:
+    def __init__(self, num_classes: PositiveInt = 1000, in_channels: PositiveInt = 3, image_size: PositiveInt = 224,
+                 stem: Stem = "imagenet", stages: Union[Stages, tuple[StageSpec, ...]] = "table1",
+                 filter_sizes: tuple[KernelStack, KernelStack] = (3, 5),
+                 reduce_width_mult: Union[PositiveFloat, Literal["naive"]] = 1.0, pool_proj_mult: PositiveFloat = 1.0,
+                 width_mult: PositiveFloat = 1.0, aux_positions: tuple[str, ...] = ("4a", "4d"),
+                 aux_dropout: UnitInterval = 0.7, aux_pool: AuxPool = "adaptive", head: Head = "gap",
+                 dropout: UnitInterval = 0.4, norm: Norm = "batch", bn_eps: PositiveFloat = 1e-3) -> None:
         super().__init__()
         check_arguments(Inception, locals())
         kernels = _kernel_stacks(filter_sizes)

@@ -354,8 +354,7 @@ def rebuilt(state: State, planned: list[dict[str, Any]]) -> dict[str, Any]:
             if index >= len(planned):
                 continue
             values = planned[index]
-        trials.append(Trial(run_dir.name, values, status=status,
-                            starts=starts, metrics=summary.get("metrics", {}),
+        trials.append(Trial(run_dir.name, values, status=status, starts=starts, metrics=summary.get("metrics", {}),
                             error=summary.get("error") if status == "failed" else None))
     state.trials = trials
     return state.data()
