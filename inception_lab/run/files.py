@@ -314,7 +314,3 @@ def best_checkpoint(run_dir: Path) -> Path | None:
         return run.path / recorded
     return next(iter(run.best()[-1:] or ([run.last] if run.last.is_file() else [])), None)
 
-
-def holds_run(run_dir: Path) -> bool:
-    """Whether a directory holds a run's record (:meth:`RunDir.holds_run`)."""
-    return RunDir(run_dir).holds_run()

@@ -48,8 +48,7 @@ class RunDir:
     def __fspath__(self) -> str:
         return str(self.path)
 
-    def __str__(self) -> str:
-        return str(self.path)
+    __str__ = __fspath__
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -63,10 +62,6 @@ class RunDir:
     def same(self, other: RunDir | str | os.PathLike) -> bool:
         """Whether two paths name one directory (symlinks and ``..`` resolved)."""
         return self.path.resolve() == Path(other).resolve()
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     # ---- the record, per stage -----------------------------------------------------------------------------------
     def _staged(self, name: str, stage: str) -> Path:
@@ -116,49 +111,22 @@ class RunDir:
         run = RunDir.of_checkpoint(checkpoint)
         return run is not None and run.same(self)
 
-    # ---- liveness, claims, tracking --------------------------------------------------------------------------------
-    @property
-    def heartbeat(self) -> Path:
-        return self.path / ".heartbeat"
+    # ---- liveness, claims, tracking, SLURM and sweeps: one file each -------------------------------------------------
+    heartbeat = property(lambda self: self.path / ".heartbeat")
+    lock = property(lambda self: self.path / ".lock")
+    wandb_run = property(lambda self: self.path / "wandb_run.json")  # the W&B run id: a resume logs into the same run
+    sbatch = property(lambda self: self.path / "fit.sbatch")
+    slurm_output = property(lambda self: self.path / "slurm-%j.out")
+    trial_args = property(lambda self: self.path / "args.json")  # a sweep trial's values (``${args_json_file}``)
+    trial_log = property(lambda self: self.path / "trial.log")
+    trial_stderr = property(lambda self: self.path / "trial.stderr.log")
 
-    @property
-    def lock(self) -> Path:
-        return self.path / ".lock"
-
-    @property
-    def wandb_run(self) -> Path:
-        """The W&B run id the fit logs to (a resume and a requeued job log to the same run)."""
-        return self.path / "wandb_run.json"
-
-    # ---- outputs of predict and test ---------------------------------------------------------------------------
     def predictions_csv(self, rank: int | None = None) -> Path:
         return self.path / ("predictions.csv" if rank is None else f"predictions.rank{rank}.csv")
 
     def predictions(self, split: str, views: str) -> Path:
         """``predictions/<split>-<views>.npz``: per-image class probabilities, for ``ensemble``."""
         return self.path / "predictions" / f"{split}-{views}.npz"
-
-    # ---- SLURM and sweeps --------------------------------------------------------------------------------------------
-    @property
-    def sbatch(self) -> Path:
-        return self.path / "fit.sbatch"
-
-    @property
-    def slurm_output(self) -> Path:
-        return self.path / "slurm-%j.out"
-
-    @property
-    def trial_args(self) -> Path:
-        """A sweep trial's values (what W&B's ``${args_json_file}`` holds)."""
-        return self.path / "args.json"
-
-    @property
-    def trial_log(self) -> Path:
-        return self.path / "trial.log"
-
-    @property
-    def trial_stderr(self) -> Path:
-        return self.path / "trial.stderr.log"
 
     # ---- what it holds ---------------------------------------------------------------------------------------------
     def holds_run(self) -> bool:
@@ -167,7 +135,5 @@ class RunDir:
 
     def temporaries(self) -> list[Path]:
         """Temporary files a writer killed mid-write left (``.<name>.<pid>.tmp`` / ``.set``, see ``write_atomic``)."""
-        found = []
-        for folder in (self.path, self.checkpoints, self.path / "predictions"):
-            found += [p for p in folder.glob(".*.*.tmp")] + [p for p in folder.glob(".*.*.set")]
-        return sorted(found)
+        folders = (self.path, self.checkpoints, self.path / "predictions")
+        return sorted(p for folder in folders for pattern in (".*.*.tmp", ".*.*.set") for p in folder.glob(pattern))

@@ -108,12 +108,8 @@ class ProbabilityWriter(Callback):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write(trainer)
 
-    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start()
+    on_predict_epoch_start, on_predict_epoch_end = on_test_epoch_start, on_test_epoch_end
 
     def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
         self._collect(outputs, batch)
-
-    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._write(trainer)

@@ -30,7 +30,6 @@ from inception_lab.errors import UserError
 from inception_lab.run.files import (
     best_checkpoint,
     flatten,
-    holds_run,
     mix_seed,
     process_start,
     read_summary,
@@ -318,7 +317,7 @@ def hold_run(run_dir: Path, fresh: bool = False, wait_s: float = 0) -> None:
         raise UserError(f"--run_dir {run_dir}: a fit is running in it{f' ({holder})' if holder else ''}; wait for "
                         "it to end, or start a new run in a new --run_dir")
     HELD.append((lock, made))
-    if fresh and holds_run(run_dir):  # another fit wrote it between our check and our lock
+    if fresh and RunDir(run_dir).holds_run():  # another fit wrote it between our check and our lock
         release_runs()
         raise UserError(f"--run_dir {run_dir}: already holds a run; resume it with --ckpt_path last, or start a new "
                         "run in a new --run_dir")
@@ -357,7 +356,7 @@ def release_runs(refused: bool = False) -> None:
     while HELD:
         lock, made = HELD.pop()
         run_dir = lock.path.parent
-        if refused and made is not None and not holds_run(run_dir):  # made here, and its fit never started
+        if refused and made is not None and not RunDir(run_dir).holds_run():  # made here, and its fit never started
             with contextlib.suppress(OSError):
                 shutil.rmtree(run_dir)  # the lock and the W&B run id picked for it: nothing else was written
                 for directory in run_dir.absolute().parents:
