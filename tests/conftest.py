@@ -3,18 +3,22 @@ on-disk formats, so the real loading code runs on them."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import pickle
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -184,3 +188,94 @@ def tiny_imagenet(tmp_path: Path) -> Path:
 
 
 from tests.slurm_cluster import slurm_cluster  # noqa: E402, F401  (a real SLURM for the slow tier)
+
+# ---- sweep files, sweep directories and run records, written and read as the package does ---------------------------
+QUICKSTART_REL = "experiments/quickstart.yaml"  # as a sweep file in the repository names it (run from REPO)
+
+
+def fit_command(*args: str, experiment: str | Path = QUICKSTART_REL,
+                cli: tuple[str, ...] = ("${env}", "python", "-m", "inception_lab")) -> list[str]:
+    """A sweep file's command: ``cli`` (the CLI in any form) ``fit --config experiment *args`` and the trial's values
+    last, through the agent's JSON file (``--config ${args_json_file}``)."""
+    return [*cli, "fit", "--config", str(experiment), *args, "--config", "${args_json_file}"]
+
+
+def write_sweep(path: Path, parameters: dict[str, Any], command: list[str] | None = None, *,
+                method: str | None = "grid", name: str | None = "", metric: str | None = "val/acc_best",
+                header: str = "", **config: Any) -> Path:
+    """A W&B sweep file at ``path``, keys in this order: ``name`` (default: the file's stem; None: none), ``method``,
+    ``metric`` (maximized; None: none), any other top-level keys (``run_cap``, ``program``, ``early_terminate``, ...),
+    ``parameters`` (in the order given: a grid's order) and ``command`` (None: none, the agent's default);
+    ``header`` (comment lines) above them."""
+    top = {"name": path.stem if name == "" else name, "method": method,
+           "metric": None if metric is None else {"name": metric, "goal": "maximize"}}
+    data = {**{k: v for k, v in top.items() if v is not None}, **config, "parameters": parameters,
+            **({} if command is None else {"command": command})}
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def read_state(sweep_dir: Path) -> dict[str, Any]:
+    """A sweep directory's ``state.json``; ``{"trials": []}`` while there is none (or none readable: a runner may be
+    writing it)."""
+    try:
+        data = json.loads((sweep_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return {"trials": []}
+    return {**data, "trials": data.get("trials", [])} if isinstance(data, dict) else {"trials": []}
+
+
+def state_trials(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The trials a sweep directory's ``state.json`` records, in order ([] while there is none)."""
+    return read_state(sweep_dir)["trials"]
+
+
+def write_run(run_dir: Path, config: dict[str, Any] | None = None, **summary_fields: Any) -> Path:
+    """A run directory's record written by the record's own writer: ``summary.json`` of
+    ``RunSummary(**summary_fields)`` and, when given, ``config.yaml`` holding the nested ``config``."""
+    from inception_lab.run.files import RunSummary
+    from inception_lab.run.layout import RunDir
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    RunSummary(**summary_fields).save(run_dir)
+    if config is not None:
+        RunDir(run_dir).config().write_text(yaml.safe_dump(config))
+    return run_dir
+
+
+# ---- stand-ins for what a fit provides ---------------------------------------------------------------------------
+def trainer_stub(stage: str | None = None, *, devices: int = 1, nodes: int = 1, device: str = "cpu",
+                 **attrs: Any) -> Any:
+    """The one stand-in for a Lightning ``Trainer`` where a DataModule or a LightningModule reads one outside a fit:
+    the stage flags ``on_after_batch_transfer`` reads (``stage``: "train", "validate", "test", "predict" or None),
+    rank, world size (``devices`` x ``nodes``) and the strategy's root ``device`` (where resident data goes), and
+    what ``configure_optimizers`` reads (accumulation, the DataModule, the run's length in optimizer steps); ``attrs``
+    set any of them (``global_rank``, ``world_size``, ``estimated_stepping_batches``, ...)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    return SimpleNamespace(**{
+        "training": stage == "train", "testing": stage == "test", "predicting": stage == "predict",
+        "sanity_checking": False, "global_rank": 0, "world_size": devices * nodes, "num_devices": devices,
+        "num_nodes": nodes, "accumulate_grad_batches": 1, "datamodule": None, "estimated_stepping_batches": 1000,
+        "strategy": SimpleNamespace(root_device=torch.device(device)), **attrs})
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (the tests run as root in CI); skipped where mounting is refused.
+    :func:`remount` changes its size or makes it read-only."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def remount(path: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)

@@ -13,7 +13,7 @@ import yaml
 from inception_lab.ensemble import ensemble, top_k_error
 from inception_lab.run.files import read_summary
 from inception_lab.run.predictions import Predictions, predictions_path
-from tests.conftest import DIST_ENV, QUICKSTART, SHORT
+from tests.conftest import DIST_ENV, QUICKSTART, SHORT, one_error_line
 
 CLASSES, IMAGES = 10, 200
 
@@ -119,8 +119,8 @@ BAD = {
 def test_bad_input_is_one_line_error(tmp_path: Path, case: str, cli) -> None:
     args, message = BAD[case](tmp_path)
     code, out, err = cli(["ensemble", *args, "--out", str(tmp_path / "t3")])
-    assert code == 2 and err.startswith("inception_lab ensemble: error: ") and message in err, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    line = one_error_line(code, err, "ensemble")
+    assert line == err.strip() and message in line, err
     assert not (tmp_path / "t3").exists() and not list(tmp_path.rglob("test-config.yaml"))  # no test was run
 
 
@@ -151,7 +151,8 @@ def test_table3_end_to_end(tmp_path: Path, tiny_imagenet: Path, cli, monkeypatch
 
     fitted = time.perf_counter()
     code, _, err = cli(["ensemble", *map(str, runs), "--views", "multi144"])
-    assert code == 2 and "DigitsDataModule allows 'single' or 'flip'" in err and len(err.strip().splitlines()) == 1
+    line = one_error_line(code, err, "ensemble")
+    assert line == err.strip() and "DigitsDataModule allows 'single' or 'flip'" in line, err
 
     code, out, err = cli(["ensemble", *map(str, runs), "--views", "single,flip", "--out", str(tmp_path / "digits")])
     assert code == 0, err[-3000:]

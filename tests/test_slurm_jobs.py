@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
 
 from inception_lab.run.files import read_summary
-from tests.conftest import QUICKSTART, REPO, clean_env, short
+from tests.conftest import QUICKSTART, REPO, clean_env, fit_command, short, state_trials, write_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -85,21 +84,9 @@ def test_a_job_runs_and_a_preempted_one_ends_as_if_never_stopped(tmp_path: Path,
 
 
 def _sweep(tmp_path: Path, name: str, parameters: dict[str, Any]) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": name, "method": "grid", "metric": {"name": "val/acc_best", "goal": "maximize"},
-        "parameters": {"trainer.limit_train_batches": {"value": 2}, "trainer.limit_val_batches": {"value": 2},
-                       **parameters},
-        "command": ["${env}", "python", "-m", "inception_lab", "fit", "--config", str(QUICKSTART),
-                    "--config", "${args_json_file}"]}, sort_keys=False))
-    return path
-
-
-def _trials(out: Path) -> list[dict[str, Any]]:
-    try:
-        return json.loads((out / "state.json").read_text())["trials"]
-    except (OSError, ValueError, KeyError):
-        return []
+    return write_sweep(tmp_path / f"{name}.yaml", {"trainer.limit_train_batches": {"value": 2},
+                                                   "trainer.limit_val_batches": {"value": 2}, **parameters},
+                       fit_command(experiment=QUICKSTART))
 
 
 def test_a_sweep_array_runs_every_trial_once_and_a_cancel_cancels(tmp_path: Path, slurm_cluster: Any) -> None:
@@ -115,7 +102,7 @@ def test_a_sweep_array_runs_every_trial_once_and_a_cancel_cancels(tmp_path: Path
     records = cluster.wait_all(array, timeout=420)
     assert [r["JobState"] for r in records] == ["COMPLETED"] * 2, (records, cluster.log_tails())
     assert {r["JobName"] for r in records} == {"pair.sweep"}
-    trials = _trials(out)
+    trials = state_trials(out)
     assert [(t["status"], t["starts"]) for t in trials] == [("finished", 1)] * 4
     assert all((out / "runs" / t["name"] / "trial.log").read_text().count("# start ") == 1 for t in trials)
 
@@ -123,18 +110,19 @@ def test_a_sweep_array_runs_every_trial_once_and_a_cancel_cancels(tmp_path: Path
                                           "seed_everything": {"values": [0, 1]}}), tmp_path / "long"
     array = _submit(["sweep", str(path), "--out", str(out), "--slurm", "--array-parallelism", "2",
                      "--gpus-per-trial", "0"], _env(cluster))
-    _wait_for(lambda: [t["status"] for t in _trials(out)] == ["running"] * 2 and
-              all((out / "runs" / t["name"] / "metrics.csv").is_file() for t in _trials(out)), "two running trials")
+    _wait_for(lambda: [t["status"] for t in state_trials(out)] == ["running"] * 2 and
+              all((out / "runs" / t["name"] / "metrics.csv").is_file() for t in state_trials(out)),
+              "two running trials")
     task = f"{array}_1"
     cluster.cancel(task)
     assert cluster.wait(task, timeout=120)["JobState"] == "CANCELLED"
     time.sleep(5)
     record = cluster.job(task)
     assert (record["JobState"], record["Restarts"]) == ("CANCELLED", "0"), record
-    assert "running" in [t["status"] for t in _trials(out)]  # task 0's trial goes on
+    assert "running" in [t["status"] for t in state_trials(out)]  # task 0's trial goes on
     cluster.cancel(array)
     cluster.wait_all(array, timeout=120)
-    trials = _trials(out)
+    trials = state_trials(out)
     assert [t["status"] for t in trials] == ["interrupted"] * 2 and all(t["owner"] is None for t in trials), trials
     log = (out / f"slurm-{array}_1.out").read_text()
     assert "stopped (SIGTERM: a cancel); run the same command again to carry on" in log, log[-2000:]

@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from inception_lab import tracking
-from inception_lab.run.files import flatten
 from inception_lab.run.files import read_summary as summary
-from inception_lab.run.identity import variant, variant_name
 from inception_lab.tracking import WandbOptions, resolve_mode
 from tests.conftest import REPO, short
 from tests.wandb_records import run_info
@@ -47,17 +45,6 @@ def test_wandb_mode_is_respected(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")  # --wandb.enabled=false is the user's word, over the environment
     assert resolve_mode(WandbOptions(enabled=False), tmp_path) == "disabled"
     assert resolve_mode(WandbOptions(mode="disabled"), tmp_path) == "offline"
-
-
-def test_variant_and_its_name() -> None:
-    resolved = {"model.aux_weight": 0.1, "model.net.init_args.filter_sizes": [3, [3, 3]], "model.net.init_args.head":
-                "gap", "seed_everything": 3, "trainer.max_epochs": 2, "run_dir": "x", "wandb.project": "p"}
-    experiment = {"model.aux_weight": 0.3, "model.net.init_args.filter_sizes": [3, 5], "model.net.init_args.head":
-                  "gap", "seed_everything": 0, "trainer.max_epochs": 6, "run_dir": None, "wandb.project": "q"}
-    values = variant(resolved, experiment)
-    assert values == {"model.aux_weight": 0.1, "model.net.init_args.filter_sizes": [3, [3, 3]]}
-    assert variant_name(values) == "aux_weight=0.1-filter_sizes=3x3x3" and variant_name({}) == ""
-    assert flatten({"a": {"b": 1, "c": {"d": [1]}}}) == {"a.b": 1, "a.c.d": [1]}
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""``sweep --until-resolved``: the stopping rule on synthetic run records, runners sharing it, the follow-up sweep
-file for a W&B server, and Holm's correction in ``compare``."""
+"""sweep/resolve.py (``sweep --until-resolved``): the stopping rule on synthetic run records, runners sharing it,
+the follow-up sweep file for a W&B server, and its options' one-line errors."""
 
 from __future__ import annotations
 
@@ -7,55 +7,21 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from inception_lab.__main__ import main as lab_main
 from inception_lab.compare import compare
-from inception_lab.compare.cells import Difference, holm, holm_levels, verdict
 from inception_lab.compare.runs import Run
 from inception_lab.sweep import resolve, spec
-from tests.conftest import REPO, clean_env, validate_wandb_schema
-
-# A fake trial: reads --x and --seed_everything, writes its run record (the experiment as written is x=0, so x=0 is
-# the baseline compare picks) with val/acc_best = 0.90 + effect + a per-seed term shared by every cell (what pairing
-# by seed removes) + its own noise. x=1: a clear +2 points; x=2: +0.3 points under 5 points of noise; x=3: equal.
-TRIAL = """
-import json, pathlib, random, sys, time
-args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-d = pathlib.Path(sys.argv[-1]).parent  # its ${args_json_file}'s directory: the run's
-open(d / "ran.jsonl", "a").write(json.dumps(sys.argv) + "\\n")
-time.sleep(float(args.get("sleep", 0)))
-x, seed = int(args["x"]), int(args["seed_everything"])
-common = random.Random(f"c{seed}").gauss(0, 0.02)
-own = random.Random(f"{x}-{seed}").gauss(0, {0: 0.0005, 1: 0.001, 2: 0.05, 3: 0.0005}[x])
-acc = 0.90 + {0: 0.0, 1: 0.02, 2: 0.003, 3: 0.0}[x] + common + own
-(d / "config.yaml").write_text(f"x: {x}\\nseed_everything: {seed}\\n")
-(d / "summary.json").write_text(json.dumps({"status": "finished", "run_name": d.name, "seed": seed, "variant":
-    {} if x == 0 else {"x": x}, "metrics": {"val/acc_best": acc}}))
-"""
-
-
-def _sweep(tmp_path: Path, sleep: float = 0.0, cells: tuple[int, ...] = (0, 1, 2, 3)) -> Path:
-    (tmp_path / "trial.py").write_text(TRIAL)
-    path = tmp_path / "synth.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "synth", "method": "grid", "metric": {"name": "val/acc_best", "goal": "maximize"},
-        "parameters": {"x": {"values": list(cells)}, "seed_everything": {"values": [0, 1, 2]},
-                       "sleep": {"value": sleep}},
-        "command": ["python", str(tmp_path / "trial.py"), "${args}", "${args_json_file}"]}))
-    return path
-
-
-def _state(out: Path) -> dict[str, Any]:
-    return json.loads((out / "state.json").read_text())
+from tests.conftest import REPO, clean_env, one_error_line, read_state, state_trials, validate_wandb_schema, write_sweep
+from tests.sweep.conftest import synthetic_sweep
 
 
 def _seeds(out: Path) -> dict[int, list[int]]:
     seeds: dict[int, list[int]] = {}
-    for t in _state(out)["trials"]:
+    for t in state_trials(out):
         seeds.setdefault(t["values"]["x"], []).append(t["values"]["seed_everything"])
     return seeds
 
@@ -67,11 +33,11 @@ def test_the_stopping_rule_on_synthetic_run_records(tmp_path: Path, capsys: pyte
     """A clear difference stops at the file's 3 seeds; the noisy cell gets 2 seeds a round until the cap of 7; an
     equivalent one stops at 3 with "equal within ±0.5". The baseline gets every seed a cell gets (paired), and the
     closing table says each cell's verdict."""
-    path, out = _sweep(tmp_path), tmp_path / "out"
+    path, out = synthetic_sweep(tmp_path), tmp_path / "out"
     assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 0
     seeds = _seeds(out)
     assert seeds == {0: [0, 1, 2, 3, 4, 5, 6], 1: [0, 1, 2], 2: [0, 1, 2, 3, 4, 5, 6], 3: [0, 1, 2]}
-    state = _state(out)
+    state = read_state(out)
     assert state["until_resolved"] == {"half_width": 0.005, "max_seeds": 7, "alpha": 0.05, "step": 2}
     assert all(t["status"] == "finished" for t in state["trials"]) and len(state["trials"]) == 20
     printed = capsys.readouterr().out
@@ -89,10 +55,9 @@ def test_the_stopping_rule_on_synthetic_run_records(tmp_path: Path, capsys: pyte
     assert len(result.cells) == 4
     # a rerun finds nothing to add; another rule on this directory is one line
     assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 0
-    assert len(_state(out)["trials"]) == 20
+    assert len(state_trials(out)) == 20
     code = lab_main(["sweep", str(path), "--out", str(out), "--until-resolved", "--half-width", "1.0"])
-    assert code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+    assert one_error_line(code, capsys.readouterr().err, "sweep") == (
         f"inception_lab sweep: error: {out / 'state.json'}: this sweep runs until resolved with --half-width 0.5 "
         "--max-seeds 7 --alpha 0.05 --seeds-per-round 2; pass the same options (not --half-width 1 --max-seeds 20 "
         "--alpha 0.05 --seeds-per-round 2), or --out DIR for a new sweep directory")
@@ -101,25 +66,25 @@ def test_the_stopping_rule_on_synthetic_run_records(tmp_path: Path, capsys: pyte
 def test_a_plain_sweep_continues_until_resolved(tmp_path: Path) -> None:
     """The file's grid run first (no rule), then the same directory with --until-resolved: it adds the follow-ups
     to what is there, each trial run once."""
-    path, out = _sweep(tmp_path, cells=(0, 2)), tmp_path / "out"
+    path, out = synthetic_sweep(tmp_path, cells=(0, 2)), tmp_path / "out"
     assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
-    assert _seeds(out) == {0: [0, 1, 2], 2: [0, 1, 2]} and "until_resolved" not in _state(out)
+    assert _seeds(out) == {0: [0, 1, 2], 2: [0, 1, 2]} and "until_resolved" not in read_state(out)
     assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 0
     assert _seeds(out) == {0: [0, 1, 2, 3, 4, 5, 6], 2: [0, 1, 2, 3, 4, 5, 6]}
-    ran = [len((out / "runs" / t["name"] / "ran.jsonl").read_text().splitlines()) for t in _state(out)["trials"]]
+    ran = [len((out / "runs" / t["name"] / "ran.jsonl").read_text().splitlines()) for t in state_trials(out)]
     assert ran == [1] * 14
 
 
 def test_two_runners_add_each_seed_once(tmp_path: Path) -> None:
     """Two runner processes started at once on one --until-resolved sweep: the decisions are made under the
     directory's lock, so every (cell, seed) is one trial and every trial ran once, in one of them."""
-    path, out = _sweep(tmp_path, sleep=0.3), tmp_path / "out"
+    path, out = synthetic_sweep(tmp_path, sleep=0.3), tmp_path / "out"
     procs = [subprocess.Popen([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(out), *UNTIL],
                               cwd=REPO, env={**clean_env(), "WANDB_MODE": "disabled"}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    trials = _state(out)["trials"]
+    trials = state_trials(out)
     pairs = [(t["values"]["x"], t["values"]["seed_everything"]) for t in trials]
     assert len(pairs) == len(set(pairs)) == 20 and _seeds(out)[2] == [0, 1, 2, 3, 4, 5, 6]
     assert all(len((out / "runs" / t["name"] / "ran.jsonl").read_text().splitlines()) == 1 for t in trials)
@@ -131,7 +96,7 @@ def test_two_runners_add_each_seed_once(tmp_path: Path) -> None:
 def test_the_follow_up_is_a_valid_wandb_sweep(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """From a finished sweep directory: the unresolved cell and the baseline x the next seeds, as a grid the W&B
     server takes (the engine's own schema, and this project's sweep loader), with nothing run."""
-    path, out = _sweep(tmp_path), tmp_path / "out"
+    path, out = synthetic_sweep(tmp_path), tmp_path / "out"
     assert lab_main(["sweep", str(path), "--out", str(out)]) == 0  # the file's seeds only
     followup = tmp_path / "next.yaml"
     assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL, "--emit-followup", str(followup)]) == 0
@@ -144,10 +109,10 @@ def test_the_follow_up_is_a_valid_wandb_sweep(tmp_path: Path, capsys: pytest.Cap
     loaded = spec.load_sweep(followup)
     assert [v for v in spec.grid_values(loaded)] == [
         {"seed_everything": s, "sleep": 0.0, "x": x} for s in (3, 4) for x in (0, 2)]
-    assert len(_state(out)["trials"]) == 12  # nothing added, nothing run
+    assert len(state_trials(out)) == 12  # nothing added, nothing run
     # from a W&B sweep's runs, as compare reads them: the same file
     runs = [Run(t["name"], "finished", {"x": t["values"]["x"], "seed_everything": t["values"]["seed_everything"]},
-                json.loads((out / "runs" / t["name"] / "summary.json").read_text())) for t in _state(out)["trials"]]
+                json.loads((out / "runs" / t["name"] / "summary.json").read_text())) for t in state_trials(out)]
     sweep = spec.load_sweep(path)
     trials = resolve.trials_of_runs(sweep, runs)
     judged = resolve.judge_runs(sweep, trials, {r.name: r for r in runs}, resolve.Rule(max_seeds=7))
@@ -155,10 +120,11 @@ def test_the_follow_up_is_a_valid_wandb_sweep(tmp_path: Path, capsys: pytest.Cap
     assert yaml.safe_load(text) == config
     # every cell resolved: one line, nothing written
     capsys.readouterr()
-    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL[:-4], "--max-seeds", "3", "--emit-followup",
-                     str(tmp_path / "none.yaml")]) == 2
-    assert capsys.readouterr().err.strip() == ("inception_lab sweep: error: every cell is resolved (or at "
-                                               "--max-seeds): no follow-up sweep to write")
+    code = lab_main(["sweep", str(path), "--out", str(out), *UNTIL[:-4], "--max-seeds", "3", "--emit-followup",
+                     str(tmp_path / "none.yaml")])
+    err = capsys.readouterr().err
+    assert one_error_line(code, err, "sweep") == err.strip() == (
+        "inception_lab sweep: error: every cell is resolved (or at --max-seeds): no follow-up sweep to write")
     assert not (tmp_path / "none.yaml").exists()
 
 
@@ -170,54 +136,15 @@ def test_the_follow_up_is_a_valid_wandb_sweep(tmp_path: Path, capsys: pytest.Cap
 ])
 def test_bad_options_are_one_line(tmp_path: Path, argv: list[str], message: str,
                                   capsys: pytest.CaptureFixture) -> None:
-    path = _sweep(tmp_path)
-    assert lab_main(["sweep", str(path), "--out", str(tmp_path / "out"), *argv]) == 2
-    assert capsys.readouterr().err.strip() == f"inception_lab sweep: error: {message}"
+    path = synthetic_sweep(tmp_path)
+    code, err = lab_main(["sweep", str(path), "--out", str(tmp_path / "out"), *argv]), capsys.readouterr().err
+    assert one_error_line(code, err, "sweep") == err.strip() == f"inception_lab sweep: error: {message}"
     assert not (tmp_path / "out").exists()
 
 
 def test_a_sweep_without_seeds_cannot_run_until_resolved(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"method": "random", "run_cap": 2, "parameters": {"x": {"values": [1, 2]}},
-                                    "command": ["python", "t.py", "${args}"]}))
-    assert lab_main(["sweep", str(path), "--until-resolved"]) == 2
-    assert capsys.readouterr().err.strip() == (f"inception_lab sweep: error: {path}: --until-resolved needs method: "
-                                               "grid (cells x seeds), not random")
-
-
-def _diff(low: float, high: float) -> Difference:
-    return Difference((low + high) / 2, low, high, 5, 4.0, "paired", sd=0.01, p=0.5)
-
-
-def test_the_verdicts() -> None:
-    """Excludes 0: higher / lower; includes 0 and no wider than ±δ: equal within ±δ; else cannot tell."""
-    assert verdict(_diff(0.001, 0.02), 0.005).word == "higher"
-    assert verdict(_diff(-0.02, -0.001), 0.005).word == "lower"
-    said = verdict(_diff(-0.004, 0.005), 0.005)
-    assert said.word == "equal" and said.resolved and said.text() == "equal within ±0.5"
-    assert not verdict(_diff(-0.004, 0.007), 0.005).resolved
-    assert verdict(None, 0.005).word == "cannot tell"
-
-
-def test_holm_against_a_hand_computed_family() -> None:
-    """p = 0.01, 0.04, 0.03, 0.005 (m = 4): sorted 0.005, 0.01, 0.03, 0.04 -> 4 x 0.005 = 0.02, 3 x 0.01 = 0.03,
-    2 x 0.03 = 0.06, max(0.06, 1 x 0.04) = 0.06; the levels 1 - 0.05 / 4, / 3, / 2, / 1 in that order."""
-    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert holm([0.5, None, 0.9]) == pytest.approx([1.0, None, 1.0])  # m = 2: 2 x 0.5 = 1, then max(1, 0.9)
-    assert holm([0.04, 0.5]) == pytest.approx([0.08, 0.5])
-    assert holm_levels([0.01, 0.04, 0.03, 0.005]) == pytest.approx([1 - 0.05 / 3, 1 - 0.05, 1 - 0.05 / 2,
-                                                                     1 - 0.05 / 4])
-
-
-def test_compare_reports_holm_beside_the_raw_intervals(tmp_path: Path) -> None:
-    """compare's Holm table: every cell's raw interval and p, its Holm p and its interval at its step's level."""
-    path, out = _sweep(tmp_path), tmp_path / "out"
-    assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
-    compare([out], out=tmp_path / "report")
-    md = (tmp_path / "report" / "report.md").read_text()
-    table = md.split("## Holm's correction over the 3 comparisons with the baseline\n\n")[1].split("\n\n")[1]
-    rows = [r.split(" | ") for r in table.splitlines()[2:]]
-    raw = [float(r[2]) for r in rows]
-    assert [float(r[3]) for r in rows] == pytest.approx([float(f"{p:.3g}") for p in holm(raw)], rel=1e-2)
-    levels = holm_levels(raw)
-    assert [r[4].split(" at ")[1] for r in rows] == [f"{100 * lv:.2f}%" for lv in levels]
+    path = write_sweep(tmp_path / "s.yaml", {"x": {"values": [1, 2]}}, ["python", "t.py", "${args}"],
+                       method="random", run_cap=2)
+    code, err = lab_main(["sweep", str(path), "--until-resolved"]), capsys.readouterr().err
+    assert one_error_line(code, err, "sweep") == err.strip() == (
+        f"inception_lab sweep: error: {path}: --until-resolved needs method: grid (cells x seeds), not random")

@@ -11,7 +11,7 @@ from lightning import Trainer
 
 from inception_lab.compare import compare
 from inception_lab.data import CIFARDataModule, DigitsDataModule, ImageNetDataModule
-from inception_lab.run.files import RunSummary
+from inception_lab.run.files import RunSummary, flatten
 from inception_lab.run.identity import (
     BOOKKEEPING,
     DATA_BOOKKEEPING,
@@ -22,7 +22,7 @@ from inception_lab.run.identity import (
     variant,
     variant_name,
 )
-from tests.test_compare import make_run, resolved
+from tests.compare.conftest import make_run, resolved
 
 # trainer settings that change what a run computes (its length, numerics, batches, evaluation): never bookkeeping
 COMPUTES = ("max_epochs", "min_epochs", "max_steps", "max_time", "precision", "gradient_clip_val",
@@ -93,3 +93,14 @@ def test_compare_reads_the_bookkeeping_a_run_recorded(tmp_path: Path) -> None:
     assert result.by == [] and [len(c.runs) for c in result.cells] == [2]
     result = compare(runs, out=tmp_path / "out")
     assert result.by == ["data.init_args.cache_dir"] and [len(c.runs) for c in result.cells] == [1, 1, 1]
+
+
+def test_variant_and_its_name() -> None:
+    resolved = {"model.aux_weight": 0.1, "model.net.init_args.filter_sizes": [3, [3, 3]], "model.net.init_args.head":
+                "gap", "seed_everything": 3, "trainer.max_epochs": 2, "run_dir": "x", "wandb.project": "p"}
+    experiment = {"model.aux_weight": 0.3, "model.net.init_args.filter_sizes": [3, 5], "model.net.init_args.head":
+                  "gap", "seed_everything": 0, "trainer.max_epochs": 6, "run_dir": None, "wandb.project": "q"}
+    values = variant(resolved, experiment)
+    assert values == {"model.aux_weight": 0.1, "model.net.init_args.filter_sizes": [3, [3, 3]]}
+    assert variant_name(values) == "aux_weight=0.1-filter_sizes=3x3x3" and variant_name({}) == ""
+    assert flatten({"a": {"b": 1, "c": {"d": [1]}}}) == {"a.b": 1, "a.c.d": [1]}

@@ -1,0 +1,121 @@
+"""The ``compare`` command (compare/__init__.py): the table printed and the report written into the sweep directory,
+bad input in one line with nothing half-written, a full disk, no torch imported, and a real sweep compared."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.compare.conftest import ACCS, HEAD, make_run
+from tests.conftest import QUICKSTART, REPO, clean_env, one_error_line, short, small_disk
+
+
+def test_compare_imports_no_torch(sweep_dir: Path, tmp_path: Path) -> None:
+    """compare starts in a fraction of a second: no torch ever, scipy/matplotlib/wandb only when used."""
+    code = ("import sys; import inception_lab.compare as c; "
+            "print(*(m in sys.modules for m in ('torch', 'scipy', 'matplotlib', 'wandb'))); "
+            "code = c.main([sys.argv[1], '--out', sys.argv[2]]); print(code, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(sweep_dir), str(tmp_path / "out")], cwd=REPO,
+                          env=clean_env(), capture_output=True, text=True, timeout=120)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0 and lines[0] == "False False False False" and lines[-1] == "0 False", proc.stderr
+
+
+def test_main_prints_the_table_and_writes_into_the_sweep_dir(sweep_dir: Path, cli) -> None:
+    code, out, _ = cli(["compare", str(sweep_dir)])
+    assert code == 0
+    assert "head=gap (baseline)" in out and "head=fc" in out and "-4.50 [-10.85, +1.85] paired n=2" in out
+    assert "not averaged in: gap-seed=2 (failed: RuntimeError: CUDA out of memory" in out
+    assert (sweep_dir / "report" / "report.md").is_file() and (sweep_dir / "report" / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("empty", [], "no run directories (with summary.json) found under "),
+        ("missing", [], "no run directories (with summary.json) found under "),
+        ("mixed", [], "runs of different experiments mixed: cifar10 (1 run), quickstart (5 runs)"),
+        ("ok", ["--by", "model.nope"], "--by model.nope: no run has this key (available keys include: model."),
+        ("ok", ["--baseline", "head"], "--baseline 'head': expected KEY=VALUE"),
+        ("ok", ["--baseline", "=gap"], "expected KEY=VALUE"),
+        ("ok", ["--baseline", "model.aux_weight=0.3"], "model.aux_weight is not a grouping key"),
+        ("ok", ["--baseline", "head=mlp"], "no cell has that value (cells: head=gap; head=fc)"),  # sweep.yaml order
+        ("unfinished", [], "no finished runs among 2 (statuses: failed, running)"),
+        ("ok", ["--wandb", "me/project"], "expected ENTITY/PROJECT/SWEEP_ID"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, sweep_dir: Path, cli, setup: str, args: list[str],
+                                          message: str) -> None:
+    target = {"empty": tmp_path / "empty", "missing": tmp_path / "missing", "ok": sweep_dir,
+              "mixed": sweep_dir, "unfinished": tmp_path / "unfinished"}[setup]
+    if setup == "empty":
+        target.mkdir()
+    if setup == "mixed":
+        make_run(sweep_dir / "runs", "other", "gap", 0, 0.5, experiment="cifar10")
+    if setup == "unfinished":
+        make_run(target, "r1", "gap", 0, 0.5, status="running")
+        make_run(target, "r2", "gap", 1, 0.5, status="failed")
+    paths = [] if "--wandb" in args else [str(target)]
+    code, _, err = cli(["compare", *paths, *args, "--out", str(tmp_path / "out")])
+    line = one_error_line(code, err, "compare")
+    assert line == err.strip() and message in line, err
+    assert not (tmp_path / "out" / "report.md").exists()  # nothing half-written
+
+
+def test_bad_input_through_the_real_command(tmp_path: Path, cli) -> None:
+    code, _, err = cli(["compare", str(tmp_path / "nothing")], cwd=REPO)
+    assert one_error_line(code, err, "compare") == err.strip() == (
+        f"inception_lab compare: error: no run directories (with summary.json) found under {tmp_path / 'nothing'}: "
+        "no such directory")
+
+
+def test_a_full_disk_under_out_is_one_line_and_keeps_the_old_report(tmp_path: Path, cli) -> None:
+    """``compare --out`` on a disk with no room for the plots: one line naming the file and ENOSPC, exit 1, the
+    previous report as it was, no temporary file."""
+    for (head, seed), acc in ACCS.items():
+        make_run(tmp_path / "runs", f"{head}-{seed}", head, seed, acc)
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        (disk / "report").mkdir()
+        (disk / "report/report.md").write_text("the previous report\n")
+        (disk / "filler").write_bytes(b"x" * 200_000)  # the plots (tens of kB each) no longer fit
+        code, _, err = cli(["compare", str(tmp_path / "runs"), "--out", str(disk / "report")])
+        assert code == 1 and "Traceback" not in err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith(f"inception_lab compare: error: {disk / 'report'}/") and line.endswith(
+            "No space left on device (ENOSPC)"), line
+        assert sorted(p.name for p in (disk / "report").iterdir()) == ["report.md"]
+        assert (disk / "report/report.md").read_text() == "the previous report\n"
+
+
+@pytest.mark.slow
+def test_real_sweep_compared(tmp_path: Path, run_cli) -> None:
+    """A real sweep on the digits (2 cells x 2 seeds) through the runner, then compare against its summary.json."""
+    sweep_file = tmp_path / "heads.yaml"
+    spec = yaml.safe_load((REPO / "sweeps/head_gap_vs_fc.digits.yaml").read_text())
+    spec["parameters"]["seed_everything"] = {"values": [0, 1]}
+    spec["command"] = [t for t in spec["command"] if not t.startswith("--trainer.max_epochs")]
+    i = spec["command"].index("experiments/quickstart.yaml")
+    spec["command"][i:i + 1] = [str(QUICKSTART), *short(val_batches=3)]
+    sweep_file.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "sweep"
+    run_cli("sweep", str(sweep_file), "--out", str(out), "--parallel", "2", cwd=REPO, timeout=900)  # asserts exit 0
+    # no --baseline: the runs' recorded variants ({} for the experiment's own head) make gap the baseline
+    proc = run_cli("compare", str(out), cwd=REPO, timeout=120)
+    assert "head=gap (baseline)" in proc.stdout and "head=fc" in proc.stdout
+    md = (out / "report" / "report.md").read_text()
+    accs: dict[str, list[float]] = {"gap": [], "fc": []}
+    for path in (out / "runs").glob("*/summary.json"):
+        summary = json.loads(path.read_text())
+        head = yaml.safe_load((path.parent / "config.yaml").read_text())["model"]["net"]["init_args"]["head"]
+        assert summary["variant"] == ({} if head == "gap" else {HEAD: "fc"})
+        accs[head].append(summary["metrics"]["val/acc_best"])
+    for head, values in accs.items():
+        assert len(values) == 2
+        mean, std = statistics.fmean(values), statistics.stdev(values)
+        assert f"| head={head}{' (baseline)' if head == 'gap' else ''} | 2 | {100 * mean:.2f} ± {100 * std:.2f} |" in md

@@ -1,0 +1,152 @@
+"""compare/report.py: report.md, report.html and the plots, their numbers against the runs' own records; the
+header (sweep, metric, protocol, when), the verdicts in words, Holm's table beside the raw intervals."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inception_lab.__main__ import main as lab_main
+from inception_lab.compare import compare
+from inception_lab.compare.cells import Cell, holm, holm_levels, paired_difference
+from inception_lab.run.files import RunSummary
+from tests.compare.conftest import ACCS, HEAD, PNG, pct, run, summaries
+from tests.conftest import write_sweep
+from tests.sweep.conftest import synthetic_sweep
+
+
+def test_report_numbers_match_the_runs(sweep_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = compare([sweep_dir], out=out)
+    assert result.by == [HEAD]  # from sweep.yaml: the seed and the constant left out
+    cells = {c.key: c for c in result.cells}
+    # the experiment's own head (an empty variant) is the baseline
+    assert set(cells) == {("gap",), ("fc",)} and result.baseline is cells[("gap",)]
+    md = (out / "report.md").read_text()
+    for head in ("gap", "fc"):
+        own = summaries(sweep_dir, head)
+        cell = cells[(head,)]
+        assert len(cell.runs) == len(own) == 2  # the failed gap run is not averaged in
+        for key in ("val/acc_best", "val/acc_top5", "test/acc", "test/acc_top5"):
+            values = [s["metrics"][key] for s in own]
+            stat = cell.stat(key)
+            assert stat.n == 2 and stat.mean == pytest.approx(statistics.fmean(values))
+            assert stat.std == pytest.approx(statistics.stdev(values))
+        for key in ("params", "macs", "throughput_img_per_s"):
+            assert cell.stat(key).mean == pytest.approx(statistics.fmean(s[key] for s in own))
+        accs = [[s["metrics"][k] for s in own] for k in ("val/acc_best", "val/acc_top5", "test/acc", "test/acc_top5")]
+        label = "head=gap (baseline)" if head == "gap" else "head=fc"
+        assert f"| {label} | 2 | {' | '.join(pct(a) for a in accs)} |" in md
+        assert label in result.table
+
+    # the failed run: listed with its status and error, in no cell
+    assert [r.name for r in result.excluded] == ["gap-seed=2"]
+    assert all(r.name != "gap-seed=2" for c in result.cells for r in c.runs)
+    assert "`gap-seed=2: failed (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)`" in md
+
+    # paired by seed, df = 1: fc - gap = -0.05, -0.04
+    diffs = [ACCS[("fc", s)] - ACCS[("gap", s)] for s in (0, 1)]
+    mean, half = statistics.fmean(diffs), 12.706 * statistics.stdev(diffs) / math.sqrt(2)
+    assert (mean, half) == pytest.approx((-0.045, 0.0635300))
+    expected = f"{100 * mean:+.2f} [{100 * (mean - half):+.2f}, {100 * (mean + half):+.2f}] paired n=2"
+    assert expected == "-4.50 [-10.85, +1.85] paired n=2"  # the interval spans 0: no star
+    assert f"| {expected} |" in md and expected in result.table
+    diff = paired_difference(cells[("fc",)], cells[("gap",)])
+    assert diff is not None and diff.method == "paired" and diff.df == 1 and not diff.excludes_zero
+    assert (diff.diff, diff.low, diff.high) == pytest.approx((mean, mean - half, mean + half), rel=1e-4)
+
+    for name in ("accuracy.png", "accuracy_vs_macs.png", "learning_curves.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG and data[12:16] == b"IHDR" and len(data) > 5000
+        assert f"]({name})" in md
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 3 and "<table>" in page
+    assert 'src="' not in page.replace('src="data:', "")  # self-contained: nothing linked
+    assert "gap-seed=2" in page and "paired n=2" in page
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_report_names_the_sweep_metric_protocol_and_when(sweep_dir: Path, tmp_path: Path) -> None:
+    parameters = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())["parameters"]
+    write_sweep(sweep_dir / "sweep.yaml", parameters, name="heads.digits", description="gap vs fc x 2 seeds")
+    for path in (sweep_dir / "runs").glob("*/summary.json"):  # the attempts a fit records, one of them resumed
+        summary = RunSummary.load(path.parent)
+        assert summary is not None
+        summary.attempts = [{"start": "2026-11-27T17:20:41+0000", "end": "2026-11-27T17:21:58+0000"},
+                            {"start": "2026-11-27T17:30:00+0000", "end": "2026-11-27T17:33:05+0000"}]
+        summary.save(path.parent)
+    compare([sweep_dir], out=tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    lines = md.splitlines()
+    assert lines[0] == "# heads.digits: val top-1 by head"  # the sweep, not the experiment
+    assert f"- Sweep: `heads.digits` (`{sweep_dir}`): gap vs fc x 2 seeds" in lines
+    assert "- Metric: val top-1 (`val/acc_best`: the best validation top-1 over a run's epochs), in %" in md
+    assert ("- Protocol: experiment `quickstart`; 3 epochs; seeds 0, 1; data DigitsDataModule (batch_size 64, "
+            "image_size 32, val_size 300, test_size 300).") in lines
+    assert "- Ran: 2026-11-27 17:20 to 2026-11-27 17:33 UTC; 0.8 min of fits over 4 runs." in lines  # 4 x 12.5 s
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<title>heads.digits: val top-1 by head</title>" in page and "<li>Protocol: experiment" in page
+
+    # without a sweep file: the run directories are named
+    runs = sorted((sweep_dir / "runs").glob("[fg]*-seed=[01]"))
+    compare(runs, out=tmp_path / "dirs")
+    md = (tmp_path / "dirs" / "report.md").read_text()
+    assert md.startswith("# runs of quickstart: val top-1 by head\n") and f"- Run directories: `{runs[0]}`" in md
+
+
+def test_a_verdict_per_cell_in_words(sweep_dir: Path, tmp_path: Path) -> None:
+    from scipy import stats
+
+    compare([sweep_dir], out=tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    heading = "## Verdicts (against the baseline, 95% confidence, ±0.5 points)\n\n"
+    verdicts = md.split(heading)[1].split("\n\n")[0].splitlines()
+    assert len(verdicts) == 1 and verdicts[0].startswith(
+        "- head=fc vs head=gap: -4.50 points [-10.85, +1.85], paired over n = 2. **cannot tell** at n = 2: the "
+        "interval includes 0 and is wider than ±0.5.")
+    # seeds for a ±0.5-point 95% interval at the spread of fc - gap (-0.05, -0.04): resolved whatever the truth
+    sd = statistics.stdev([-0.05, -0.04])
+    need = int(verdicts[0].split("needs about ")[1].split(" seeds")[0])
+    def enough(n: int) -> bool:
+        return stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) <= 0.005
+    assert enough(need) and not enough(need - 1)
+    assert f"sd of the differences {100 * sd:.2f} points" in verdicts[0] and f"({need - 2} more)" in verdicts[0]
+
+    # an interval that excludes 0, and one within ±δ, in words
+    base = Cell(("a",), [run(0, 0.90), run(1, 0.92), run(2, 0.91)])
+    lower = Cell(("b",), [run(0, 0.85), run(1, 0.88), run(2, 0.86)])
+    same = Cell(("c",), [run(0, 0.9005), run(1, 0.9198), run(2, 0.9101)])
+    from inception_lab.compare.report import verdicts as say
+    lines = say([base, lower, same], ["model.net.init_args.head"], base)
+    assert lines[0].startswith("- head=b vs head=a: -4.67 points [") and lines[0].endswith(
+        "**lower**: the interval excludes 0 (lower than the baseline at the 95% level).")
+    assert "**equal within ±0.5 points**: the interval includes 0 and its half-width" in lines[1]
+
+    page = (tmp_path / "out" / "report.html").read_text()  # report.md rendered: bold, code spans, tables
+    assert "<strong>cannot tell</strong> at n = 2" in page and "<code>val/acc_best</code>" in page
+    assert "`" not in page and "**" not in page and page.count("<table>") == 2
+
+
+def test_multiply_adds_read_as_people_write_them() -> None:
+    from inception_lab.compare.report import count
+
+    assert [count(v) for v in (32_019_712, 32_100_352, 275_564_800, 1.5e9, 250_000, 12, None)] == [
+        "32M", "32.1M", "276M", "1.5G", "250k", "12", "—"]
+
+
+def test_compare_reports_holm_beside_the_raw_intervals(tmp_path: Path) -> None:
+    """compare's Holm table: every cell's raw interval and p, its Holm p and its interval at its step's level."""
+    path, out = synthetic_sweep(tmp_path), tmp_path / "out"
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
+    compare([out], out=tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    table = md.split("## Holm's correction over the 3 comparisons with the baseline\n\n")[1].split("\n\n")[1]
+    rows = [r.split(" | ") for r in table.splitlines()[2:]]
+    raw = [float(r[2]) for r in rows]
+    assert [float(r[3]) for r in rows] == pytest.approx([float(f"{p:.3g}") for p in holm(raw)], rel=1e-2)
+    levels = holm_levels(raw)
+    assert [r[4].split(" at ")[1] for r in rows] == [f"{100 * lv:.2f}%" for lv in levels]
