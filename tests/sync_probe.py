@@ -107,6 +107,6 @@ class ProgressBarLoss(InceptionClassifier):
     """The step loss on the progress bar: Lightning reads it on the host after every step (the probe's control)."""
 
     def training_step(self, batch, batch_idx):
-        loss = self._step(batch, "train")
+        loss = self._evaluate(batch, "train")[0]
         self.log("train/loss_total", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss

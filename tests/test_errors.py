@@ -18,12 +18,13 @@ from jsonargparse.typing import PositiveInt
 
 from inception_lab.__main__ import COMMANDS, LIGHTNING
 from inception_lab.arguments import UnitInterval, refusal
+from inception_lab.cli import UserError, parse
 from inception_lab.data import CIFARDataModule, DigitsDataModule, ImageNetDataModule
 from inception_lab.errors import ArgumentValueError, user_message
 from inception_lab.models import Inception
 from inception_lab.module import InceptionClassifier
 from inception_lab.schedules import WarmupCosineLR
-from tests.conftest import QUICKSTART, one_error_line
+from tests.conftest import QUICKSTART, REPO, one_error_line, short
 
 
 # ---- every file a command reads ------------------------------------------------------------------------------------
@@ -261,8 +262,6 @@ def test_the_convention_holds_in_a_real_process(tmp_path: Path, run_cli) -> None
 def test_the_command_line_and_the_constructor_say_the_same(override: str, build) -> None:
     """jsonargparse's refusal (from the type) and the constructor's (the same type, or its own rule) read alike:
     ``key=value: reason``, the key in full on the command line."""
-    from inception_lab.cli import UserError, parse
-
     key, value = override.split("=", 1)
     with pytest.raises(UserError) as cli_error:
         parse(["fit", "--config", str(QUICKSTART), f"--{key}={value}"])
@@ -271,3 +270,131 @@ def test_the_command_line_and_the_constructor_say_the_same(override: str, build)
     assert str(cli_error.value) == user_message(python_error.value)  # the constructor's line, its keys in full
     assert override.replace(" ", "") in str(cli_error.value).replace(" ", "")
     assert not str(python_error.value).startswith(("model.", "data."))
+
+
+# ---- a fit's bad input: the config, its values, its files, its data --------------------------------------------
+def test_a_fit_trains(tmp_path: Path, cli) -> None:
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), "--trainer.max_epochs=0", "--run_dir", str(tmp_path / "r")])
+    assert one_error_line(code, err, "fit").startswith("inception_lab fit: error: trainer.max_epochs=0: ")
+    assert not (tmp_path / "r").exists()
+
+
+def _bad_yaml(tmp_path: Path) -> tuple[list[str], str]:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  aux_weight: [0.3\n")
+    return ["--config", str(QUICKSTART), "--config", str(bad)], f"--config {bad}: not valid YAML at line 3"
+
+
+def _not_a_checkpoint(tmp_path: Path) -> tuple[list[str], str]:
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    return ["--config", str(QUICKSTART), "--ckpt_path", str(text)], f"--ckpt_path {text}: not a checkpoint (a text file"
+
+
+def _truncated_checkpoint(tmp_path: Path) -> tuple[list[str], str]:
+    path = tmp_path / "cut.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "epoch": 0}, path)
+    path.write_bytes(path.read_bytes()[:-200])
+    return ["--config", str(QUICKSTART), "--ckpt_path", str(path)], (
+        f"--ckpt_path {path}: not a checkpoint (a torch.save archive cut short")
+
+
+def _duplicate_key(tmp_path: Path) -> tuple[list[str], str]:
+    path = tmp_path / "twice.yaml"
+    path.write_text("model:\n  aux_weight: 0.3\n  label_smoothing: 0.1\n  aux_weight: 1.0\n")
+    return ["--config", str(QUICKSTART), "--config", str(path)], (
+        f"--config {path}: not valid YAML at line 4, column 3: duplicate key 'aux_weight'")
+
+
+def _checkpoint_as_config(tmp_path: Path) -> tuple[list[str], str]:
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(10)}, "epoch": 0}, path)
+    return ["--config", str(path)], f"--config {path}: not a YAML config: not UTF-8 text"
+
+
+def _directory_as_config(tmp_path: Path) -> tuple[list[str], str]:
+    return ["--config", str(tmp_path)], f"--config {tmp_path}: a directory, not a config file"
+
+
+def _gpu(tmp_path: Path) -> tuple[list[str], str]:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    return ["--config", str(QUICKSTART), "--trainer.accelerator=gpu"], "No supported gpu backend found"
+
+
+BAD = {
+    "unknown key": (["--config", str(QUICKSTART), "--model.aux_wieght=0.1"], "aux_wieght"),
+    "not a number": (["--config", str(QUICKSTART), "--model.aux_weight=abc"], "model.aux_weight"),
+    "negative weight": (["--config", str(QUICKSTART), "--model.aux_weight=-0.5"], "model.aux_weight"),
+    "smoothing of 1.5": (["--config", str(QUICKSTART), "--model.label_smoothing=1.5"], "model.label_smoothing"),
+    "dropout of 1": (["--config", str(QUICKSTART), "--model.net.init_args.dropout=1"], "model.net.init_args.dropout"),
+    "too many held out": (["--config", str(QUICKSTART), "--data.init_args.val_size=1500"],
+                          "data.init_args.test_size=300, data.init_args.val_size=1500: leaves no training images"),
+    "unknown head": (["--config", str(QUICKSTART), "--model.net.init_args.head=mlp"], "model.net.init_args.head"),
+    "width": (["--config", str(QUICKSTART), "--model.net.init_args.width_mult=0"], "model.net.init_args.width_mult"),
+    "even kernel": (["--config", str(QUICKSTART), "--model.net.init_args.filter_sizes=[3, 4]"],
+                    "model.net.init_args.filter_sizes=[3, 4]: kernel sizes must be odd"),
+    "epochs": (["--config", str(QUICKSTART), "--trainer.max_epochs=many"], "trainer.max_epochs"),
+    "interval": (["--config", str(QUICKSTART), "--model.lr_interval=epoch"],
+                 "model.lr_interval='epoch': does not fit lr_scheduler"),
+    "resume of no run": (["--config", str(QUICKSTART), "--ckpt_path", "last"], "--ckpt_path last: "),
+    "negative lr": (["--config", str(QUICKSTART), "--model.optimizer.init_args.lr=-1"],
+                    "model.optimizer.init_args.lr=-1.0: Invalid learning rate: -1"),
+    "nan lr": (["--config", str(QUICKSTART), "--model.optimizer.init_args.lr", "nan"],
+               "model.optimizer.init_args.lr: expected float | Tensor; got 'nan'"),
+    "invalid yaml": _bad_yaml,
+    "text file as checkpoint": _not_a_checkpoint,
+    "truncated checkpoint": _truncated_checkpoint,
+    "checkpoint as config": _checkpoint_as_config,
+    "duplicate key": _duplicate_key,
+    "directory as config": _directory_as_config,
+    "no gpu": _gpu,
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_input_is_one_line_error(tmp_path: Path, case: str, cli) -> None:
+    args, message = BAD[case](tmp_path) if callable(BAD[case]) else BAD[case]
+    run_dir = tmp_path / "run"
+    code, _, err = cli(["fit", *args, *short(batches=1, val_batches=1, wandb=False), "--run_dir", str(run_dir)])
+    assert message in one_error_line(code, err, "fit"), err[-2000:]
+    assert not run_dir.exists()  # refused before anything is written: the corrected command with the same --run_dir
+
+
+def test_parse_reports_one_line() -> None:
+    with pytest.raises(UserError, match=r"^model.net.init_args.head: "):
+        parse(["fit", "--config", str(QUICKSTART), "--model.net.init_args.head=mlp"])
+
+
+@pytest.mark.parametrize("case", ["missing_cifar", "missing_imagenet", "corrupt_cifar"])
+def test_bad_data_is_one_line_error(tmp_path: Path, tiny_cifar: Path, case: str, cli) -> None:
+    if case == "missing_cifar":
+        args = ["--config", str(REPO / "experiments/googlenet_cifar10.yaml"),
+                f"--data.init_args.root={tmp_path / 'nowhere'}"]
+        expect = str(tmp_path / "nowhere")
+    elif case == "missing_imagenet":
+        args = ["--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
+                f"--data.init_args.root={tmp_path / 'nowhere'}", "--data.init_args.num_workers=0"]
+        expect = str(tmp_path / "nowhere")
+    else:
+        batch = tiny_cifar / "cifar-10-batches-py" / "data_batch_1"
+        batch.write_bytes(batch.read_bytes()[:100])
+        args = ["--config", str(REPO / "experiments/googlenet_cifar10.yaml"), f"--data.init_args.root={tiny_cifar}"]
+        expect = "data_batch_1"
+    run_dir = tmp_path / "run"
+    code, _, err = cli(["fit", *args, "--trainer.accelerator=cpu", "--trainer.precision=32-true",
+                        "--wandb.enabled=false", "--run_dir", str(run_dir)])
+    assert expect in one_error_line(code, err, "fit"), err[-2000:]
+    assert not run_dir.exists()  # refused before the run is written: the data's source is checked first
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--data.init_args.num_workers=2", "data.init_args.num_workers=2: a resident dataset is gathered on the device"),
+    ("--data.init_args.batch_size=0", "data.init_args.batch_size=0: must be > 0"),
+    ("--data.init_args.val_size=1797", "data.init_args.test_size=300, data.init_args.val_size=1797: leaves no "),
+])
+def test_data_constructor_errors_are_one_line(arg: str, message: str, tmp_path: Path, cli) -> None:
+    """A DataModule's own check reaches the user as its one line (not jsonargparse's Union wrapping)."""
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), arg])
+    assert one_error_line(code, err, "fit").startswith(f"inception_lab fit: error: {message}")
+    assert not (tmp_path / "runs").exists()

@@ -1,21 +1,17 @@
-"""The learning-rate schedule, step by step against its formula, built as the LightningModule builds it; the
-optimizer and scheduler callables through a copy of the module (EMA)."""
+"""The learning-rate schedule (``schedules.py``), step by step against its formula, built as the LightningModule builds
+it; schedulers stepped per epoch, built without the run's length."""
 
 from __future__ import annotations
 
-import copy
-import functools
 import math
-import threading
-from types import SimpleNamespace
 
 import pytest
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from inception_lab.models import Inception
 from inception_lab.module import InceptionClassifier
 from inception_lab.schedules import WarmupCosineLR
+from tests.conftest import trainer_stub
 
 BASE_LR, TOTAL, WARMUP_FRACTION, FINAL = 0.4, 200, 0.1, 0.05
 
@@ -38,7 +34,7 @@ def test_warmup_cosine_follows_its_formula_from_the_first_step() -> None:
         optimizer=lambda p: torch.optim.SGD(p, lr=BASE_LR),
         lr_scheduler=lambda opt, total_steps: WarmupCosineLR(opt, total_steps, WARMUP_FRACTION, FINAL),
         lr_interval="step")
-    model.trainer = SimpleNamespace(estimated_stepping_batches=TOTAL)
+    model.trainer = trainer_stub(estimated_stepping_batches=TOTAL)
     config = model.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["interval"] == "step"
@@ -68,30 +64,9 @@ def test_epoch_schedulers_are_built_without_a_length() -> None:
     model = InceptionClassifier(
         Inception(num_classes=10, in_channels=1, image_size=32, stem="cifar", width_mult=0.125),
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=8, gamma=0.96))
-    model.trainer = SimpleNamespace(estimated_stepping_batches=TOTAL)
+    model.trainer = trainer_stub(estimated_stepping_batches=TOTAL)
     config = model.configure_optimizers()
     assert config["lr_scheduler"]["interval"] == "epoch"
     assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
 
 
-def test_a_copy_of_the_module_shares_its_optimizer_callables() -> None:
-    """EMAWeightAveraging deep-copies the module (torch's AveragedModel). The CLI's optimizer callable holds
-    jsonargparse's instantiator, and through it the trainer, whose DDP launcher holds its child processes (a lock
-    here): the copy shares the callables instead of failing with "cannot pickle '_thread.lock'"."""
-    optimizer = functools.partial(torch.optim.SGD, lr=0.1)
-    optimizer.holds = threading.Lock()  # like jsonargparse's partial: something deepcopy cannot copy
-    with pytest.raises(TypeError, match="_thread.lock"):
-        copy.deepcopy(optimizer)
-    model = InceptionClassifier(Inception(num_classes=10, in_channels=1, image_size=32, stem="cifar",
-                                          width_mult=0.125), optimizer=optimizer)
-    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999))
-    clone = average.module
-    assert clone.optimizer is optimizer and clone.lr_scheduler is None and clone.heads == model.heads
-    weights = dict(model.named_parameters())
-    assert all(p is not weights[k] and torch.equal(p, weights[k]) for k, p in clone.named_parameters())
-    with torch.no_grad():
-        next(model.parameters()).add_(1.0)
-    average.update_parameters(model)
-    assert torch.equal(next(clone.parameters()), next(model.parameters()))  # the first update copies
-    x = torch.randn(2, 1, 32, 32)
-    assert torch.allclose(clone.eval()(x), model.eval()(x))

@@ -3,6 +3,7 @@ needs one: tests then resume, move, evaluate and break copies of a real run dire
 
 from __future__ import annotations
 
+import csv
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from inception_lab.run.layout import RunDir
 from tests.conftest import QUICKSTART, clean_env, short
 
 
@@ -37,3 +39,9 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
     """Every file of a run directory, byte for byte (the lock file aside: it is no record)."""
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
             if p.is_file() and p.name != ".lock"}
+
+
+def val_curve(run_dir: Path) -> list[float]:
+    """The run's val/acc, epoch by epoch, as its metrics.csv holds it."""
+    with open(RunDir(run_dir).metrics()) as f:
+        return [float(r["val/acc"]) for r in csv.DictReader(f) if r.get("val/acc")]

@@ -1,5 +1,5 @@
 """The paper preset and ``experiments/googlenet_imagenet.yaml`` against BVLC Caffe's reproduction of GoogLeNet
-(``models/bvlc_googlenet/``, transcribed as data in ``tests/bvlc_googlenet.py``): the layers, their init, how the
+(``models/bvlc_googlenet/``, transcribed as data in ``tests/models/bvlc_googlenet.py``): the layers, their init, how the
 solver treats each parameter, and how the network behaves on real photographs at init."""
 
 from __future__ import annotations
@@ -7,20 +7,17 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
-from torchvision.transforms import v2
 
 from inception_lab.data import ImageNetDataModule
-from inception_lab.data.imagenet import PAPER_INTERPOLATIONS, RandomInterpolationResizedCrop, train_crop
 from inception_lab.models import googlenet
-from tests import bvlc_googlenet as bvlc
-from tests.conftest import REPO
+from tests.conftest import REPO, trainer_stub
+from tests.models import bvlc_googlenet as bvlc
 
 RECIPE = REPO / "experiments/googlenet_imagenet.yaml"
 BRANCHES = {"1x1": "branch1.conv", "3x3_reduce": "branch2.0.conv", "3x3": "branch2.1.conv",
@@ -163,11 +160,6 @@ def _recipe(tmp_path: Path, *overrides: str):
     return model, data, config
 
 
-def _trainer(data, devices: int = 1, nodes: int = 1, accumulate: int = 1) -> SimpleNamespace:
-    return SimpleNamespace(world_size=devices * nodes, num_devices=devices, num_nodes=nodes,
-                           accumulate_grad_batches=accumulate, datamodule=data, estimated_stepping_batches=1000)
-
-
 def test_the_recipe_optimizes_as_bvlc_s_solver(tmp_path: Path) -> None:
     """solver.prototxt's SGD (base_lr per batch of 32, momentum, weight decay, x 0.96 every 320k iterations =
     every 8 epochs, 10M iterations = 250 epochs), each layer's lr_mult / decay_mult (weights 1 / 1, biases 2 / 0),
@@ -189,7 +181,7 @@ def test_the_recipe_optimizes_as_bvlc_s_solver(tmp_path: Path) -> None:
     assert [round(s * 255, 6) for s in data.std] == [1, 1, 1] and bvlc.INPUT["scale"] is None
     assert data.image_size == bvlc.INPUT["crop_size"]
 
-    model._trainer = _trainer(data)
+    model._trainer = trainer_stub(datamodule=data)
     optimizer = model.configure_optimizers()["optimizer"]
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     modules = dict(model.net.named_modules())
@@ -210,25 +202,13 @@ def test_the_lr_follows_the_global_batch(tmp_path: Path, devices: int, nodes: in
     """0.01 per 32 images: x devices x nodes x batch x accumulation / 32, in one place (the module's
     ``optimization``), with the figures the run records."""
     model, data, _ = _recipe(tmp_path, f"--data.init_args.batch_size={batch}")
-    model._trainer = _trainer(data, devices, nodes, accumulate)
+    model._trainer = trainer_stub(devices=devices, nodes=nodes, accumulate_grad_batches=accumulate, datamodule=data)
     global_batch = devices * nodes * batch * accumulate
     resolved = model.optimization()
     assert resolved["global_batch"] == global_batch and resolved["lr"] == pytest.approx(0.01 * global_batch / 32)
     optimizer = model.configure_optimizers()["optimizer"]
     assert {g["name"]: g["lr"] for g in optimizer.param_groups} == pytest.approx(
         {"weights": 0.01 * global_batch / 32, "biases": 0.02 * global_batch / 32})
-
-
-def test_the_batch_norm_presets_keep_one_group_and_the_given_lr() -> None:
-    """Without lr_reference_batch and bias multipliers (every experiment but ImageNet's), one parameter group at
-    the config's LR, as before."""
-    from inception_lab.module import InceptionClassifier
-
-    model = InceptionClassifier(googlenet("cifar", width_mult=0.125), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
-    model._trainer = _trainer(SimpleNamespace(batch_size=128), devices=4)
-    optimizer = model.configure_optimizers()
-    assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["lr"] == 0.1
-    assert model.optimization() == {"lr_scale": 1.0}
 
 
 def _photographs(root: Path) -> Path:
@@ -292,28 +272,3 @@ def test_the_paper_aux_pool_is_caffe_s_and_torchvision_s_stays_adaptive() -> Non
     assert not torch.allclose(F.avg_pool2d(x, 5, 3, ceil_mode=True), F.adaptive_avg_pool2d(x, 4))  # not the same
 
 
-def test_random_interpolation_draws_the_paper_s_four_with_equal_probability() -> None:
-    """Section 6: bilinear, area, nearest and bicubic with equal probability, per image; each draw's output is that
-    interpolation's resize of the drawn crop. The default (and every other data path) stays bilinear."""
-    crop = RandomInterpolationResizedCrop(32)
-    image = torch.randint(0, 256, (3, 120, 90), dtype=torch.uint8)
-    torch.manual_seed(0)
-    draws = [crop.make_params([image])["mode"] for _ in range(4000)]
-    assert {mode: draws.count(mode) for mode in PAPER_INTERPOLATIONS} == pytest.approx(
-        dict.fromkeys(PAPER_INTERPOLATIONS, 1000), abs=100)
-    params = crop.make_params([image])
-    box = (params["top"], params["left"], params["height"], params["width"])
-    for mode in PAPER_INTERPOLATIONS:
-        out = crop.transform(image, {**params, "mode": mode})
-        assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
-        patch = image[:, box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
-        if mode == "area":
-            expected = F.interpolate(patch[None].float(), size=32, mode="area")[0].round().to(torch.uint8)
-        else:
-            expected = v2.functional.resize(patch, [32, 32], interpolation=RandomInterpolationResizedCrop.MODES[mode],
-                                            antialias=True)
-        assert torch.equal(out, expected), mode
-    assert isinstance(train_crop(224).transforms[0], v2.RandomResizedCrop)
-    assert not isinstance(train_crop(224).transforms[0], RandomInterpolationResizedCrop)
-    assert isinstance(train_crop(224, "random").transforms[0], RandomInterpolationResizedCrop)
-    assert yaml.safe_load(RECIPE.read_text())["data"]["init_args"]["interpolation"] == "random"

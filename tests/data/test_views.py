@@ -1,4 +1,5 @@
-"""Test-time views against their definitions (the paper's Section 7), on images whose pixels say where they are."""
+"""Test-time views (``data/views.py``) against their definitions (the paper's Section 7), on images whose pixels say
+where they are."""
 
 from __future__ import annotations
 
@@ -8,15 +9,12 @@ from torchvision.transforms import v2
 
 from inception_lab.data.views import (
     VIEW_COUNTS,
-    ViewBatch,
     make_views,
     multi144,
     multi144_sides,
     six_crops,
     squares,
 )
-from inception_lab.models import Inception
-from inception_lab.module import InceptionClassifier
 
 S = 32  # crop side: the tests run the protocols scaled down from 224
 
@@ -120,26 +118,3 @@ def test_single_and_flip_are_the_center_crop() -> None:
         p: n for p, n in VIEW_COUNTS.items() if p != "single"}
 
 
-def test_model_averages_probabilities_over_views_in_chunks() -> None:
-    """The model evaluates views at most ``views_per_forward`` at a time and averages softmax probabilities (not
-    logits) over each image's views; the batch of ``N`` images gives ``N`` rows whatever the chunking."""
-    torch.manual_seed(0)
-    net = Inception(num_classes=10, in_channels=1, image_size=32, stem="cifar", width_mult=0.125)
-    views = torch.randint(0, 256, (3, 6, 1, 32, 32), dtype=torch.uint8)
-    normalize = lambda x: (x.float() / 255 - 0.5) / 0.5  # noqa: E731
-    probs, calls = {}, []
-    for chunk in (4, 18, 256):
-        model = InceptionClassifier(net, views_per_forward=chunk).eval()
-        calls.clear()
-        hook = model.net.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
-        with torch.no_grad():
-            probs[chunk] = model(ViewBatch(views, normalize))
-        hook.remove()
-        assert max(calls) <= chunk and sum(calls) == 18
-    with torch.no_grad():
-        per_view = model.net(normalize(views.flatten(0, 1))).logits.softmax(-1).view(3, 6, 10)
-    assert probs[256].shape == (3, 10)
-    for chunk in (4, 18):
-        torch.testing.assert_close(probs[chunk], probs[256], rtol=0, atol=1e-6)
-    torch.testing.assert_close(probs[256], per_view.mean(1), rtol=0, atol=1e-6)
-    assert not torch.allclose(probs[256], per_view.log().mean(1).softmax(-1), atol=1e-4)  # not a logit average

@@ -1,29 +1,22 @@
-"""Fast defaults that leave the maths unchanged: resident in-memory datasets, no host sync per training step."""
+"""Resident in-memory datasets and their sampler (``sampling.py``): the DataLoader's batches in the DataLoader's
+order, an epoch resumed mid-way, shards as DistributedSampler's, the tensors on the trainer's device once."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
-from types import SimpleNamespace
 
-import lightning as L
 import pytest
 import torch
 
 from inception_lab.data import CIFARDataModule, DigitsDataModule
 from inception_lab.data.base import ImageDataModule
-from inception_lab.models import Inception
 from inception_lab.sampling import EpochShuffleSampler, ResidentLoader
-from tests.conftest import QUICKSTART, short
-from tests.sync_probe import ProgressBarLoss, SyncProbe
+from tests.conftest import trainer_stub
 
 
 def _fit_ready(dm: ImageDataModule, rank: int = 0, world_size: int = 1, device: str = "cpu") -> ImageDataModule:
     dm.setup("fit")
-    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world_size, strategy=SimpleNamespace(
-        root_device=torch.device(device)))
+    dm.trainer = trainer_stub(global_rank=rank, world_size=world_size, device=device)
     return dm
 
 
@@ -107,81 +100,3 @@ def test_resident_tensors_live_on_the_trainer_device_and_are_copied_once() -> No
     next(iter(dm.train_dataloader()))  # a second loader (and epoch): no second copy
     assert all(a is b for a, b in zip(held, dm._on_device[id(dm.train_set)]))
     assert dm.train_set.tensors[0].device.type == "cpu"  # the host copy stays for non-resident uses
-
-
-@pytest.mark.parametrize("arg, message", [
-    ("--data.init_args.num_workers=2", "data.init_args.num_workers=2: a resident dataset is gathered on the device"),
-    ("--data.init_args.batch_size=0", "data.init_args.batch_size=0: must be > 0"),
-    ("--data.init_args.val_size=1797", "data.init_args.test_size=300, data.init_args.val_size=1797: leaves no "),
-])
-def test_data_constructor_errors_are_one_line(arg: str, message: str, tmp_path: Path, cli) -> None:
-    """A DataModule's own check reaches the user as its one line (not jsonargparse's Union wrapping)."""
-    code, _, err = cli(["fit", "--config", str(QUICKSTART), arg])
-    err = err.strip().splitlines()
-    assert code == 2 and err[-1].startswith(f"inception_lab fit: error: {message}") and "Traceback" not in "".join(err)
-    assert not (tmp_path / "runs").exists()
-
-
-def _probe_fit(tmp_path: Path, model_cls: type) -> SyncProbe:
-    torch.manual_seed(0)
-    net = Inception(num_classes=10, in_channels=1, image_size=32, stem="cifar", width_mult=0.125)
-    model = model_cls(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
-    probe = SyncProbe()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=6, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[probe],
-                        enable_progress_bar=False)
-    trainer.fit(model, DigitsDataModule(batch_size=32))
-    return probe
-
-
-@pytest.mark.slow
-def test_probe_sees_a_host_sync(tmp_path: Path) -> None:
-    """The control: the step loss on the progress bar is read on the host after every step, and the probe says so."""
-    probe = _probe_fit(tmp_path, ProgressBarLoss)
-    assert probe.watched == 3 and any("_local_scalar_dense" in f for f in probe.found), probe.found
-
-
-@pytest.mark.slow
-def test_training_steps_never_wait_on_the_device(tmp_path: Path, cli) -> None:
-    """The whole quickstart fit loop through the CLI (W&B offline, run record, CSV log, checkpoints, warm-up cosine
-    schedule): between the start of one step and the start of the next nothing reads a device value on the host,
-    makes an output whose size depends on the data, or copies Python data to the device. Loggers read values every
-    ``log_every_n_steps`` (kept outside the probe's window here) and at epoch ends, by design."""
-    run_dir = tmp_path / "run"
-    code, _, err = cli(["fit", "--config", str(QUICKSTART), *short(),
-                        "--trainer.log_every_n_steps=50", "--trainer.callbacks+=tests.sync_probe.SyncProbe",
-                        "--run_dir", str(run_dir)])
-    assert code == 0, err[-2000:]
-    record = json.loads((run_dir / "sync_probe.json").read_text())
-    assert record["watched"] == 3 and record["found"] == []
-
-
-_FAULTS = """
-import resource, sys
-if sys.argv[1] == "keep":
-    from inception_lab.hostmem import keep_freed_memory
-    assert keep_freed_memory()
-import torch
-from inception_lab.bench import train_step
-from inception_lab.models.inception import googlenet
-net = googlenet("cifar", width_mult=0.5).to(memory_format=torch.channels_last).train()
-opt = torch.optim.SGD(net.parameters(), lr=0.01)
-x, y = torch.randn(16, 3, 32, 32).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (16,))
-for _ in range(2):
-    train_step(net, opt, x, y, "32-true")
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    train_step(net, opt, x, y, "32-true")
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_freed_host_memory_is_reused_without_page_faults() -> None:
-    """glibc hands a training step's freed activations back to the OS, and the next step faults them in again page
-    by page (here 8,000 to 50,000 page faults per step); with the CLI's setting the memory is reused."""
-    faults = {mode: int(subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True,
-                                       check=True).stdout) for mode in ("default", "keep")}
-    # seen over runs: 7,990 to 50,103 faults per step by default (it depends on the host), 0 to 426 with the setting
-    assert faults["keep"] < 2_000 and 5 * faults["keep"] < faults["default"], faults

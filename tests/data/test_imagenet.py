@@ -1,17 +1,19 @@
-"""ImageNet's input pipeline (issue 15): uint8 crops from the workers, the paper's distortions per image on the device,
-evaluation views as before, the DALI backend (where DALI is installed) and its one-line error where it is not."""
+"""The ImageNet DataModule (``data/imagenet.py``) on a JPEG tree: splits, batches and test views; decoding; uint8 crops
+from the workers and the paper's distortions per image on the device (its area, aspect, interpolations and colour
+jitter); evaluation views as the float path's; the device-decode backend; DALI's one-line error where it is not
+installed; one-epoch fits."""
 
 from __future__ import annotations
 
-import json
 import math
+import shutil
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from scipy import stats
 from torchvision.transforms import v2
@@ -21,29 +23,21 @@ from inception_lab.data.imagenet import (
     CROP_AREA,
     CROP_RATIO,
     MEAN,
+    PAPER_INTERPOLATIONS,
     STD,
+    RandomInterpolationResizedCrop,
     color_jitter,
     jitter_params,
     load_image,
     train_crop,
 )
-from inception_lab.data.views import make_views
+from inception_lab.data.views import ViewBatch, make_views
+from inception_lab.errors import ArgumentValueError
 from inception_lab.run.files import read_summary
-from tests.conftest import REPO
+from tests.conftest import REPO, one_error_line, trainer_stub
+from tests.data.conftest import first_batch, imagenet_data
 
 F = v2.functional
-
-
-def datamodule(root: Path, **kwargs: object) -> ImageNetDataModule:
-    args = dict(root=str(root), image_size=32, eval_resize=37, num_classes=3, batch_size=4, num_workers=0,
-                val_size=4)
-    dm = ImageNetDataModule(**{**args, **kwargs})
-    dm.setup("fit")
-    return dm
-
-
-def fake_trainer(stage: str) -> SimpleNamespace:
-    return SimpleNamespace(training=stage == "train", testing=stage == "test", predicting=False)
 
 
 # ---- decoding ---------------------------------------------------------------------------------------------------
@@ -68,12 +62,58 @@ def test_load_image_jpeg_png_and_cmyk(tmp_path: Path) -> None:
         assert (decoded.int() - expected.int()).abs().max() <= 1, name  # within JPEG decoders' rounding
 
 
+# ---- the DataModule: splits, batches, test views, bad roots ---------------------------------------------------
+def test_imagenet_batches(tiny_imagenet: Path) -> None:
+    dm = imagenet_data(tiny_imagenet, image_size=64, eval_resize=72)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (14, 4, 6)
+    assert not set(dm.train_set.dataset.indices) & set(dm.val_set.dataset.indices)  # val held out of train/
+    for name in ("train", "val", "test"):
+        x, y = first_batch(dm, name)
+        assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        assert -3 < x.mean() < 3 and x.min() < 0  # normalized with ImageNet mean/std (eval: on the device)
+
+
+@pytest.mark.parametrize(("views", "count"), [("ten_crop", 10), ("flip", 2), ("multi144", 144)])
+def test_imagenet_test_views(tiny_imagenet: Path, views: str, count: int) -> None:
+    """Cut in the workers as uint8, normalized on the device a chunk at a time; each view followed by its mirror."""
+    dm = imagenet_data(tiny_imagenet, image_size=64, eval_resize=72, test_views=views)
+    x, y = first_batch(dm, "test")
+    assert isinstance(x, ViewBatch) and x.shape == (4, count, 3, 64, 64) and x.views.dtype == torch.uint8
+    assert y.shape == (4,) and torch.equal(x.views[:, 1::2], x.views[:, 0::2].flip(-1))
+    assert len({v.numpy().tobytes() for v in x.views[0]}) == count
+    single, _ = first_batch(imagenet_data(tiny_imagenet, image_size=64, eval_resize=72), "test")
+    chunks = list(x.chunks(7))
+    assert [len(c) for c in chunks] == [7] * (4 * count // 7) + ([4 * count % 7] if 4 * count % 7 else [])
+    normalized = torch.cat(chunks).unflatten(0, (4, count))
+    assert normalized.dtype == torch.float32 and torch.equal(normalized, dm.normalize(x.views.flatten(0, 1)).view(
+        normalized.shape))
+    if views != "multi144":  # its first scale is not eval_resize; its views are checked in tests/data/test_views.py
+        center = {10: 8, 2: 0}[count]  # ten_crop: top-left, top-right, bottom-left, bottom-right, center; each mirrored
+        assert torch.equal(normalized[:, center], single)  # the center view is the single-view input
+    x, _ = first_batch(dm, "val")
+    assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32
+
+
+def test_imagenet_class_count_mismatch(tiny_imagenet: Path) -> None:
+    with pytest.raises(ArgumentValueError, match="^num_classes=1000: .* holds 3 class folders; set it to 3"):
+        imagenet_data(tiny_imagenet, num_classes=1000)
+
+
+def test_imagenet_missing_directory(tmp_path: Path, tiny_imagenet: Path) -> None:
+    with pytest.raises(ArgumentValueError, match=str(tmp_path / "nowhere" / "train")):
+        imagenet_data(tmp_path / "nowhere")
+    shutil.rmtree(tiny_imagenet / "val")
+    with pytest.raises(ArgumentValueError, match=r"^root=.*: no ImageNet val directory .*<wnid>/\*\.JPEG"):
+        imagenet_data(tiny_imagenet, image_size=64, eval_resize=72)
+
+
 # ---- training: uint8 from the workers, distortions on the device --------------------------------------------------
 def test_train_batches_are_uint8_crops_distorted_on_the_device(tiny_imagenet: Path) -> None:
-    dm = datamodule(tiny_imagenet)
+    dm = imagenet_data(tiny_imagenet)
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
-    dm.trainer = fake_trainer("train")
+    dm.trainer = trainer_stub("train")
     torch.manual_seed(0)
     out, _ = dm.on_after_batch_transfer((x, y), 0)
     assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
@@ -131,12 +171,41 @@ def test_color_jitter_is_torchvisions_per_image() -> None:
     assert len({tuple(f) for f in factors.tolist()}) == 6
 
 
+def test_random_interpolation_draws_the_paper_s_four_with_equal_probability() -> None:
+    """Section 6: bilinear, area, nearest and bicubic with equal probability, per image; each draw's output is that
+    interpolation's resize of the drawn crop. The default (and every other data path) stays bilinear."""
+    crop = RandomInterpolationResizedCrop(32)
+    image = torch.randint(0, 256, (3, 120, 90), dtype=torch.uint8)
+    torch.manual_seed(0)
+    draws = [crop.make_params([image])["mode"] for _ in range(4000)]
+    assert {mode: draws.count(mode) for mode in PAPER_INTERPOLATIONS} == pytest.approx(
+        dict.fromkeys(PAPER_INTERPOLATIONS, 1000), abs=100)
+    params = crop.make_params([image])
+    box = (params["top"], params["left"], params["height"], params["width"])
+    for mode in PAPER_INTERPOLATIONS:
+        out = crop.transform(image, {**params, "mode": mode})
+        assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+        patch = image[:, box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
+        if mode == "area":
+            expected = torch.nn.functional.interpolate(patch[None].float(), size=32, mode="area")[0]
+            expected = expected.round().to(torch.uint8)
+        else:
+            expected = v2.functional.resize(patch, [32, 32], interpolation=RandomInterpolationResizedCrop.MODES[mode],
+                                            antialias=True)
+        assert torch.equal(out, expected), mode
+    assert isinstance(train_crop(224).transforms[0], v2.RandomResizedCrop)
+    assert not isinstance(train_crop(224).transforms[0], RandomInterpolationResizedCrop)
+    assert isinstance(train_crop(224, "random").transforms[0], RandomInterpolationResizedCrop)
+    recipe = yaml.safe_load((REPO / "experiments/googlenet_imagenet.yaml").read_text())
+    assert recipe["data"]["init_args"]["interpolation"] == "random"
+
+
 # ---- evaluation: the same views as the float path ------------------------------------------------------------------
 @pytest.mark.parametrize("views", ["single", "ten_crop"])
 def test_eval_views_match_the_float_path(tiny_imagenet: Path, views: str) -> None:
     """The uint8 views (torchvision.io decode, uint8 resize) normalized on the device equal the float path's (PIL
     decode, float conversion, float resize, normalize) to within 2/255 of a pixel."""
-    dm = datamodule(tiny_imagenet, test_views=views)
+    dm = imagenet_data(tiny_imagenet, test_views=views)
     float_path = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
     normalize = v2.Normalize(MEAN, STD)
     std = torch.tensor(STD).view(3, 1, 1)
@@ -149,7 +218,7 @@ def test_eval_views_match_the_float_path(tiny_imagenet: Path, views: str) -> Non
         assert ((new - old).abs() * std).max() <= 2 / 255 + 1e-6, path
 
 
-# ---- DALI -------------------------------------------------------------------------------------------------------
+# ---- DALI, where it is not installed ------------------------------------------------------------------------
 def test_missing_dali_is_one_line(tiny_imagenet: Path, monkeypatch: pytest.MonkeyPatch, cli) -> None:
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # as if not installed
     with pytest.raises(ValueError, match=r"^backend='dali': .*pip install inception_lab\[dali\]") as error:
@@ -158,40 +227,14 @@ def test_missing_dali_is_one_line(tiny_imagenet: Path, monkeypatch: pytest.Monke
     code, _, err = cli(["fit", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
                         f"--data.init_args.root={tiny_imagenet}", "--data.init_args.backend=dali",
                         "--data.init_args.interpolation=bilinear"])
-    assert code == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("inception_lab fit: error: data.init_args.backend='dali': NVIDIA "
-                                                   "DALI is not installed") and "pip install inception_lab[dali]" in err
+    line = one_error_line(code, err, "fit")
+    assert line.startswith("inception_lab fit: error: data.init_args.backend='dali': NVIDIA DALI is not installed")
+    assert "pip install inception_lab[dali]" in line
     with pytest.raises(ValueError, match="^backend='pil': allowed values are 'torchvision', 'dali'"):
         ImageNetDataModule(backend="pil")
     with pytest.raises(ValueError, match="^interpolation='random': the DALI pipeline resizes bilinearly .* set "
                                          "interpolation to 'bilinear'$"):
         ImageNetDataModule(backend="dali", interpolation="random")
-
-
-def dali_loader(root: Path, rank: int = 0, world_size: int = 1, epoch: int = 0, seed: int = 0):
-    from inception_lab.data.dali import DaliTrainLoader
-
-    files = sorted(str(p) for p in (root / "train").glob("*/*.JPEG"))
-    loader = DaliTrainLoader(files, list(range(len(files))), 4, 32, seed=seed, rank=rank, world_size=world_size)
-    loader.set_epoch(epoch)
-    return loader
-
-
-def test_dali_shards_and_epoch_order(tiny_imagenet: Path) -> None:
-    """Ranks read disjoint shards of one length covering the epoch; (seed, epoch) alone fixes the order: a resumed
-    epoch reads what the uninterrupted one read. Labels here are file indices, so they show the order."""
-    pytest.importorskip("nvidia.dali")
-    shards = []
-    for rank in (0, 1):
-        batches = list(dali_loader(tiny_imagenet, rank, 2, epoch=3))
-        assert all(x.dtype == torch.uint8 and x.shape[1:] == (3, 32, 32) for x, _ in batches)
-        assert len(batches) == len(dali_loader(tiny_imagenet, rank, 2))
-        shards.append(torch.cat([y for _, y in batches]).tolist())
-    assert len(shards[0]) == len(shards[1]) == 9  # 18 images, 2 ranks
-    assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == list(range(18))
-    again = torch.cat([y for _, y in dali_loader(tiny_imagenet, 0, 2, epoch=3)]).tolist()
-    other = torch.cat([y for _, y in dali_loader(tiny_imagenet, 0, 2, epoch=4)]).tolist()
-    assert again == shards[0] and other != shards[0]
 
 
 # ---- real fits ---------------------------------------------------------------------------------------------------
@@ -214,123 +257,6 @@ def test_one_epoch_fit_on_jpeg_folders(backend: str, tmp_path: Path, tiny_imagen
     assert summary["status"] == "finished" and math.isfinite(summary["metrics"]["val/acc"])
 
 
-DALI_PROBE = """
-import json
-from pathlib import Path
-
-from lightning import Callback
-
-
-class DaliProbe(Callback):
-    labels = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.labels += batch[1].tolist()
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        loader = trainer.train_dataloader
-        record = {"loader": type(loader).__name__, "rank": loader.rank, "world_size": loader.world_size,
-                  "batches": len(loader), "labels": self.labels,
-                  "callbacks": sorted(type(c).__name__ for c in trainer.callbacks)}
-        Path(trainer.default_root_dir, f"dali{trainer.global_rank}-{trainer.current_epoch}.json").write_text(
-            json.dumps(record))
-        self.labels = []
-"""
-
-
-@pytest.mark.slow
-def test_dali_ddp_ranks_read_disjoint_equal_shards(tmp_path: Path, tiny_imagenet: Path, run_cli,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """2 DDP ranks on gloo: the DataModule hands DALI the trainer's rank and world size (Lightning injects no
-    sampler), each rank reads 8 of the 16 training images each epoch, together all of them. The recipe's
-    EMAWeightAveraging copies the module on both ranks (that copy once failed under DDP: "cannot pickle
-    '_thread.lock'")."""
-    pytest.importorskip("nvidia.dali")
-    (tmp_path / "dali_probe.py").write_text(DALI_PROBE)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the launcher re-runs the CLI for rank 1 with it
-    run_cli("fit", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
-            f"--data.init_args.root={tiny_imagenet}", "--data.init_args.backend=dali",
-            "--data.init_args.interpolation=bilinear", "--data.init_args.batch_size=4",
-            "--data.init_args.num_workers=1", "--data.init_args.num_classes=3",
-            "--data.init_args.val_size=2", "--data.init_args.image_size=64", "--data.init_args.eval_resize=72",
-            "--data.init_args.test_views=single", "--trainer.max_epochs=2", "--trainer.accelerator=cpu",
-            "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.precision=32-true",
-            # the experiment's own callbacks (EMAWeightAveraging's copy of the module under DDP) and the probe
-            "--trainer.callbacks+=dali_probe.DaliProbe", "--wandb.enabled=false",
-            "--run_dir", str(tmp_path / "run"), cwd=tmp_path, timeout=600)
-    dm = datamodule(tiny_imagenet, val_size=2)
-    train_labels = sorted(dm.train_set.dataset.dataset.targets[i] for i in dm.train_set.dataset.indices)
-    for epoch in (0, 1):
-        ranks = [json.loads((tmp_path / "run" / f"dali{r}-{epoch}.json").read_text()) for r in (0, 1)]
-        assert [(r["loader"], r["rank"], r["world_size"], r["batches"]) for r in ranks] == [
-            ("DaliTrainLoader", 0, 2, 2), ("DaliTrainLoader", 1, 2, 2)]
-        assert all("EMAWeightAveraging" in r["callbacks"] for r in ranks)  # the recipe's Polyak averaging, under DDP
-        assert len(ranks[0]["labels"]) == len(ranks[1]["labels"]) == 8
-        assert sorted(ranks[0]["labels"] + ranks[1]["labels"]) == train_labels
-
-
-# ---- bench: the input paths side by side ------------------------------------------------------------------------
-def test_make_imagenet_writes_imagenet_sized_jpegs(tmp_path: Path) -> None:
-    from inception_lab.data.pipelines import make_imagenet
-
-    assert make_imagenet(tmp_path / "inet", images=24, classes=4) == (20, 4)
-    files = sorted((tmp_path / "inet").glob("*/*/*.JPEG"))
-    assert len(files) == 24 and {f.parent.parent.name for f in files} == {"train", "val"}
-    with Image.open(files[0]) as image:
-        assert image.format == "JPEG" and image.size == (500, 375) and image.mode == "RGB"
-        assert np.asarray(image).std() > 20  # a photograph, not a flat field
-    dm = datamodule(tmp_path / "inet", num_classes=4, val_size=4)
-    assert len(dm.train_set) == 16
-    # each image from its own seed: written by 2 processes, the same files, byte for byte, as by one
-    make_imagenet(tmp_path / "one", images=100, classes=4, processes=1)
-    make_imagenet(tmp_path / "two", images=100, classes=4, processes=2)
-    one, two = (sorted((tmp_path / d).glob("*/*/*.JPEG")) for d in ("one", "two"))
-    assert len(one) == 100 and [f.relative_to(tmp_path / "one") for f in one] == [
-        f.relative_to(tmp_path / "two") for f in two]
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two))
-
-
-def test_input_paths_run_and_say_what_is_missing(tiny_imagenet: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from inception_lab.data.pipelines import PATHS, input_paths
-
-    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
-    dm = datamodule(tiny_imagenet)
-    runs, missing = input_paths(dm, 10, torch.device("cpu"))
-    assert set(runs) == {"torchvision_float", "torchvision_uint8", "torchvision_device", "device"}
-    assert set(missing) == {"dali"}
-    assert "pip install inception_lab[dali]" in missing["dali"] and set(PATHS) == set(runs) - {"device"} | {"dali"}
-    assert all(run() == 12 for run in runs.values())  # 10 images in batches of 4
-
-
-@pytest.mark.slow
-def test_bench_reports_the_input_paths(tmp_path: Path, cli) -> None:
-    assert cli(["bench", "--make-imagenet", str(tmp_path / "inet"), "--images", "120"])[0] == 0
-    code, out, err = cli(["bench", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
-                          f"--data.init_args.root={tmp_path / 'inet'}", "--data.init_args.num_classes=10",
-                          "--data.init_args.val_size=10", "--data.init_args.num_workers=0",
-                          "--data.init_args.image_size=96", "--batch-size", "4", "--warmup", "1",
-                          "--steps-per-window", "1", "--windows", "1", "--json"])
-    assert code == 0, err[-3000:]
-    r = json.loads(out[out.index("{"):])
-    assert set(r["data_paths"]) == {"torchvision_float", "torchvision_uint8", "torchvision_device", "dali"}
-    for name, ips in r["data_paths"].items():
-        assert (ips is None) == (name in r["data_paths_missing"]), name
-        assert ips is None or (math.isfinite(ips) and ips > 0), name
-    assert r["data_paths"]["torchvision_uint8"] > 0 and r["data_img_per_s"] > 0
-    # the suite's loader steps: the real DataLoader with workers handing over bytes, decoded in the transfer as in
-    # a fit (this hung before FileBatch), the input paths not timed
-    code, out, err = cli(["bench", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
-                          f"--data.init_args.root={tmp_path / 'inet'}", "--data.init_args.num_classes=10",
-                          "--data.init_args.val_size=10", "--data.init_args.num_workers=2",
-                          "--data.init_args.backend=torchvision_device", "--data.init_args.image_size=96",
-                          "--batch-size", "4", "--no-input-paths", "--warmup", "1", "--steps-per-window", "1",
-                          "--windows", "1", "--json"])
-    assert code == 0, err[-3000:]
-    r = json.loads(out[out.index("{"):])
-    assert r["data_img_per_s"] > 0 and set(r["data_paths"].values()) == {None}
-    assert set(r["data_paths_missing"].values()) == {"not asked for (--no-input-paths)"}
-
-
 # ---- backend: torchvision_device (the GPU JPEG path, as far as a CPU shows it) ---------------------------------------
 def test_the_device_decode_path_makes_the_worker_path_s_crops(tiny_imagenet: Path) -> None:
     """``backend: torchvision_device``: the workers hand over file bytes (a PNG and a CMYK JPEG decoded there), the
@@ -347,7 +273,7 @@ def test_the_device_decode_path_makes_the_worker_path_s_crops(tiny_imagenet: Pat
     Image.open(next(folder.glob("*.JPEG"))).convert("CMYK").save(folder / "cmyk.JPEG", format="JPEG")
     batches = {}
     for backend in ("torchvision", "torchvision_device"):
-        dm = datamodule(tiny_imagenet, backend=backend, val_size=2, batch_size=18)
+        dm = imagenet_data(tiny_imagenet, backend=backend, val_size=2, batch_size=18)
         loader = dm.train_dataloader()
         assert loader.collate_fn is (collate_bytes if backend == "torchvision_device" else default_collate)
         torch.manual_seed(7)
@@ -374,7 +300,7 @@ def test_the_device_decode_path_crosses_from_worker_processes(tiny_imagenet: Pat
 
     labels = {}
     for backend in ("torchvision", "torchvision_device"):
-        dm = datamodule(tiny_imagenet, backend=backend, val_size=2, batch_size=5, num_workers=2)
+        dm = imagenet_data(tiny_imagenet, backend=backend, val_size=2, batch_size=5, num_workers=2)
         loader, seen = dm.train_dataloader(), []
         for _ in range(2):  # the persistent workers serve a second epoch too
             for batch in loader:

@@ -1,0 +1,85 @@
+"""The writers (``run/record.py``): an evaluation adds its own files and metrics and never rewrites what the fit
+wrote (config.yaml, hparams.yaml, metrics.csv, checkpoints, summary.json), also while the fit still trains; the
+record is enough to repeat the run. (The manifest: tests/run/test_files.py; atomic writes: the same; checkpoints on
+a full disk and last.ckpt's epoch: tests/run/test_resume.py.)"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from inception_lab.run.files import read_summary
+from tests.conftest import QUICKSTART, clean_env, short
+
+
+@pytest.mark.slow
+def test_evaluating_a_run_never_rewrites_what_the_fit_wrote(tmp_path: Path, cli) -> None:
+    """validate, test (twice) and predict on a run's checkpoint add to the run under their own names; the fit's
+    metrics.csv, config.yaml, hparams.yaml, checkpoints and val metrics stay byte for byte. A resume of the finished
+    run, which trains and logs nothing, leaves metrics.csv as it was (the CSV logger used to delete it)."""
+    run_dir = tmp_path / "run"
+    fit = ["fit", "--config", str(QUICKSTART), *short(epochs=2, batches=4, wandb=False), "--run_dir", str(run_dir)]
+    assert cli(fit)[0] == 0
+    files = ["metrics.csv", "config.yaml", "hparams.yaml",
+             *(f"checkpoints/{p.name}" for p in (run_dir / "checkpoints").iterdir())]
+    before = {name: (run_dir / name).read_bytes() for name in files}
+    fit_metrics = read_summary(run_dir)["metrics"]
+    last = str(run_dir / "checkpoints/last.ckpt")
+    for stage in ("validate", "test", "test", "predict"):
+        code, _, err = cli([stage, "--ckpt_path", last, "--wandb.enabled=false"])
+        assert code == 0, err[-2000:]
+    assert {name: (run_dir / name).read_bytes() for name in files} == before
+    record = read_summary(run_dir)
+    assert record["status"] == "finished" and {k: record["metrics"][k] for k in fit_metrics} == fit_metrics
+    assert {"test/acc", "validate/acc"} <= set(record["metrics"])
+    assert {"validate-config.yaml", "test-config.yaml", "predict-config.yaml", "predictions.csv"} <= {
+        p.name for p in run_dir.iterdir()}
+    with open(run_dir / "test-metrics.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2  # one row per test run, appended
+    assert cli([*fit, "--ckpt_path", "last"])[0] == 0
+    assert (run_dir / "metrics.csv").read_bytes() == before["metrics.csv"]
+    # the record is enough to repeat the run: its config.yaml, in a new directory, gives the same metrics
+    again = tmp_path / "again"
+    code, _, err = cli(["fit", "--config", str(run_dir / "config.yaml"), "--run_dir", str(again)])
+    assert code == 0, err[-2000:]
+    repeated = read_summary(again)
+    assert repeated["variant"] == record["variant"] and repeated["seed"] == record["seed"]
+    for key in ("val/acc", "val/acc_best", "val/loss", "train/loss"):
+        assert repeated["metrics"][key] == pytest.approx(fit_metrics[key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_test_during_the_fit_adds_its_metrics_and_changes_nothing_of_the_fits(tmp_path: Path, cli) -> None:
+    """``test`` on the first epoch's checkpoint while the fit trains on: the fit ends "finished" with all its epochs
+    in one attempt, and the run's record has the test's metrics beside the fit's (each process its own file)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "inception_lab", "fit", "--config", str(QUICKSTART),
+                             *short(epochs=3, batches=4), "--run_dir", str(run_dir)],
+                            cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        last = run_dir / "checkpoints/last.ckpt"
+        deadline = time.time() + 300
+        while not last.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert last.exists(), "no checkpoint after the first epoch"
+        code, _, err = cli(["test", "--ckpt_path", str(last)])
+        assert code == 0, err[-3000:]
+        assert proc.poll() is None, "the fit ended before the test did: nothing concurrent was tested"
+        assert read_summary(run_dir)["status"] == "running"  # the fit's, while it trains
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+    finally:
+        proc.kill()
+    record = read_summary(run_dir)
+    assert record["status"] == "finished" and "error" not in record
+    assert [(a["status"], a["epochs"]) for a in record["attempts"]] == [("finished", 3)]
+    assert {"val/acc", "val/acc_best", "test/acc", "test/loss"} <= set(record["metrics"])
+    fit_only = json.loads((run_dir / "summary.json").read_text())
+    assert not [k for k in fit_only["metrics"] if k.startswith("test/")]
+    assert record["evaluations"]["test"]["status"] == "finished"
