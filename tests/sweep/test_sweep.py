@@ -5,9 +5,9 @@ torch."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -81,25 +81,6 @@ def test_a_broken_copy_of_the_sweep_file_is_one_line(tmp_path: Path, capsys) -> 
     assert line == err.strip() and line.startswith(f"inception_lab sweep: error: {out / 'sweep.yaml'}: invalid YAML")
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def _all_waiting(procs: list[subprocess.Popen], quiet_s: float = 1.5) -> None:
-    """Returns once every process has started (0.5 s of CPU: its imports) and then used none for ``quiet_s``: each
-    waits on a lock."""
-    deadline, last, since = time.monotonic() + 120, [-1.0] * len(procs), time.monotonic()
-    while True:
-        now = [_cpu_s(p.pid) for p in procs]
-        if any(n - t > 0.03 for n, t in zip(now, last)):
-            last, since = now, time.monotonic()
-        elif min(now) >= 0.5 and time.monotonic() - since >= quiet_s:
-            return
-        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, [p.poll() for p in procs]
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_two_sweeps_started_at_once_on_one_directory(tmp_path: Path) -> None:
     """Two sweep files with the same values and other commands, their runners started at once on one sweep
@@ -112,17 +93,34 @@ def test_two_sweeps_started_at_once_on_one_directory(tmp_path: Path) -> None:
             "python", "-c", FAKE_TRIAL.replace("{sleep}", "0"), f"--who={who}", "${args}", "${args_json_file}"]))
     out = tmp_path / "out"
     out.mkdir()
+    # a shared lock on state.json: both runners read it and pass the early check, then wait to write it (exclusive)
     hold = ("import sys, time; from inception_lab.run.lock import PathLock; "
-            "lock = PathLock(sys.argv[1]); assert lock.acquire(0); print('held', flush=True); time.sleep(600)")
+            "lock = PathLock(sys.argv[1], shared=True); assert lock.acquire(0); print('held', flush=True); "
+            "time.sleep(600)")
+    (out / "state.json").touch()
     holder = subprocess.Popen([sys.executable, "-c", hold, str(out / "state.json")], cwd=REPO, stdout=subprocess.PIPE,
                               text=True)
+    logs = ["", ""]
+
+    def read(i: int, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            logs[i] += line
+
     try:
         assert holder.stdout.readline() == "held\n"
         procs = [start_runner(path, out, wandb="disabled") for path in paths]
-        _all_waiting(procs)
+        readers = [threading.Thread(target=read, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+        for reader in readers:
+            reader.start()
+        deadline = time.monotonic() + 120
+        while not all("validating" in log for log in logs):  # both past the early check: the lock decides
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), logs
+            time.sleep(0.1)
     finally:
         holder.kill()
-    logs = [p.communicate(timeout=120)[0] for p in procs]
+    for proc, reader in zip(procs, readers):
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
     assert sorted(p.returncode for p in procs) == [0, 2], logs
     won = [p.returncode for p in procs].index(0)
     lost = 1 - won
