@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import Namespace
 from lightning import Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
@@ -129,7 +130,7 @@ def check_checkpoint_network(ckpt: str, checkpoint: dict[str, Any], net_config: 
     saved = _as_config(checkpoint.get("hyper_parameters") or {}).get("net")
     differences = {}
     if isinstance(saved, dict):
-        was, now = (flatten(json.loads(json.dumps(c, default=str)), "model.net") for c in (saved, net_config))
+        was, now = (flatten(_plain(c), "model.net") for c in (saved, net_config))
         differences = {k: (was[k], now[k]) for k in was.keys() & now.keys()
                        if k.rsplit(".", 1)[-1] not in LINKED and was[k] != now[k]}
     if not differences:  # the same arguments (or none recorded): the weights decide
@@ -142,6 +143,14 @@ def check_checkpoint_network(ckpt: str, checkpoint: dict[str, Any], net_config: 
         more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
         raise UserError(f"--ckpt_path {ckpt}: a checkpoint of another network than the config's ({shown}{more}); "
                         "pass the config it was trained with, or no --config")
+
+
+def _plain(value: Any) -> Any:
+    """A config as plain data: Namespaces (also inside lists) as dicts, tuples as lists."""
+    value = value.as_dict() if isinstance(value, Namespace) else value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, list | tuple) else value
 
 
 def _shape(weights: dict[str, Any], key: str) -> tuple[int, ...] | str:

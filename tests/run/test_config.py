@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from jsonargparse import Namespace
 
 from inception_lab.cli import parse
+from inception_lab.errors import UserError
+from inception_lab.run.config import check_checkpoint_network
 from inception_lab.run.files import read_summary
 from inception_lab.run.layout import RunDir
 from tests.conftest import QUICKSTART, REPO, one_error_line, short
@@ -86,3 +89,14 @@ def test_hyperparameters_load_as_plain_data(experiment: Path) -> None:
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=True)
     assert loaded["hyper_parameters"]["net"]["init_args"]["num_classes"] == data.num_classes
+
+
+def test_a_network_config_with_nested_namespaces_matches_its_checkpoint() -> None:
+    """jsonargparse keeps list items as Namespaces (``stages:``): as plain data they equal the checkpoint's dicts."""
+    stages = [{"name": "3a", "ch1x1": 64}, {"kernel_size": 3, "stride": 2}]
+    checkpoint = {"hyper_parameters": {"net": {"class_path": "X", "init_args": {"stages": stages}}}, "state_dict": {}}
+    config = Namespace(class_path="X", init_args=Namespace(stages=[Namespace(**s) for s in stages]))
+    check_checkpoint_network("c.ckpt", checkpoint, config.as_dict(), {})
+    config.init_args.stages[0].ch1x1 = 32
+    with pytest.raises(UserError, match=r"model.net.init_args.stages: checkpoint"):
+        check_checkpoint_network("c.ckpt", checkpoint, config.as_dict(), {})
