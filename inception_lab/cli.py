@@ -54,7 +54,7 @@ from inception_lab.run.resume import (
     resume_checkpoint,
 )
 from inception_lab.slurm import requeued
-from inception_lab.sweep.state import CLAIM_ENV, check_trial_claim
+from inception_lab.sweep.claim import CLAIM_ENV, check_trial_claim
 from inception_lab.tracking import WandbOptions, make_wandb_logger
 
 __all__ = ["cli_main", "option_values", "parse"]

@@ -24,9 +24,10 @@ from inception_lab.run.files import read_summary
 from inception_lab.run.layout import RunDir
 from inception_lab.run.lock import PathLock
 from inception_lab.sweep import spec
+from inception_lab.sweep.claim import CLAIM_ENV, LOCK_WAIT_S
 from inception_lab.sweep.commands import check_trials, cli_args, describe, trial_command, write_args_json
 from inception_lab.sweep.spec import Sweep, SweepError, Trial
-from inception_lab.sweep.state import CLAIM_ENV, HEARTBEAT_S, LOCK_WAIT_S, RESUMABLE, State
+from inception_lab.sweep.state import HEARTBEAT_S, RESUMABLE, State
 
 ERROR_TAIL_LINES = 20
 
@@ -77,7 +78,7 @@ def _die_with_parent(parent: int) -> None:
 def start_trial(sweep: Sweep, state: State, trial: Trial, slot: str, env: dict[str, str],
                 trial_args: list[str] = ()) -> Running:
     """Starts a claimed trial's program; the runner holds its run directory's lock until the CLI's fit is started (the
-    fit then takes it and checks the claim: :func:`inception_lab.sweep.state.check_trial_claim`), or, for another
+    fit then takes it and checks the claim: :func:`inception_lab.sweep.claim.check_trial_claim`), or, for another
     program, for as long as it runs. Another program gets the command line the agent would give it, nothing added."""
     run = RunDir(run_dir := state.run_dir(trial))
     resume = read_summary(run_dir).get("status") in RESUMABLE and bool(run.checkpoint_files())

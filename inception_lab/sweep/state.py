@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from typing import Any
 from inception_lab.run.files import process_start, read_summary, write_atomic
 from inception_lab.run.layout import RunDir
 from inception_lab.run.lock import NoLocks, PathLock, run_lock
+from inception_lab.sweep.claim import LOCK_WAIT_S
 from inception_lab.sweep.commands import check_trials
 from inception_lab.sweep.spec import Sweep, SweepError, Trial
 
@@ -28,8 +28,6 @@ TRIAL_KEYS = tuple(f.name for f in dataclasses.fields(Trial))
 
 LEASE_S = float(os.environ.get("INCEPTION_LAB_SWEEP_LEASE_S", 120))  # a claim's life without renewal
 HEARTBEAT_S = LEASE_S / 6  # how often a runner renews the claims of its trials
-LOCK_WAIT_S = float(os.environ.get("INCEPTION_LAB_SWEEP_LOCK_WAIT_S", 300))  # then a one-line error
-CLAIM_ENV = "INCEPTION_LAB_SWEEP_CLAIM"  # a trial's claim, for its fit: {"state", "trial", "claim"} (start_trial)
 
 
 def take(lock: PathLock, timeout: float) -> bool:
@@ -38,30 +36,6 @@ def take(lock: PathLock, timeout: float) -> bool:
         return lock.acquire(timeout=timeout)
     except NoLocks as error:
         raise SweepError(f"{error.filename}: {error.strerror}") from None
-
-
-def check_trial_claim() -> None:
-    """In a fit started by a runner (``CLAIM_ENV`` set), once it holds its run directory: one line (SweepError) unless
-    the sweep's ``state.json``, read under its lock, still gives the trial to its runner's claim (another runner may
-    have reclaimed it while its runner was stopped); the fit then writes nothing. Any other fit: nothing to check."""
-    if not os.environ.get(CLAIM_ENV):
-        return
-    claim = json.loads(os.environ[CLAIM_ENV])
-    trial, path = claim["trial"], Path(claim["state"])
-    lock = PathLock(path, shared=True)
-    try:
-        if not lock.acquire(timeout=LOCK_WAIT_S):
-            raise OSError(errno.EAGAIN, f"its lock was held for {LOCK_WAIT_S:.0f} s")
-        entries = json.loads(lock.read()).get("trials", [])
-        holds = any(isinstance(e, dict) and (e.get("name"), e.get("claim")) == (trial, claim["claim"]) for e in entries)
-    except (OSError, ValueError, AttributeError) as error:
-        why = error.strerror if isinstance(error, OSError) else f"not a sweep state ({error})"
-        raise SweepError(f"sweep trial {trial}: cannot check its claim in {path}: {why}") from None
-    finally:
-        lock.release()
-    if not holds:
-        raise SweepError(f"sweep trial {trial}: another runner holds it now ({path}); this fit stops before writing "
-                         "anything")
 
 
 class State:

@@ -1,5 +1,5 @@
-"""sweep/state.py: a sweep directory's state.json under its lock: claims (and the check a trial's fit makes of
-its own), a lock that cannot be deleted away, a broken or lost state.json in one line and its repair."""
+"""sweep/state.py: a sweep directory's state.json under its lock: claims (a fit whose claim was taken writes
+nothing), a lock that cannot be deleted away, a broken or lost state.json in one line and its repair."""
 
 from __future__ import annotations
 
@@ -14,48 +14,12 @@ from typing import Any
 import pytest
 
 from inception_lab.__main__ import main as lab_main
-from inception_lab.errors import UserError
 from inception_lab.sweep import runner, spec
 from inception_lab.sweep import state as sweep_state
-from inception_lab.sweep.state import CLAIM_ENV, State, check_trial_claim
+from inception_lab.sweep.claim import CLAIM_ENV
+from inception_lab.sweep.state import State
 from tests.conftest import REPO, SHORT, one_error_line, read_state, state_trials, write_run
 from tests.sweep.conftest import executions, fake_sweep
-
-_HOLD = ("import sys, time; from inception_lab.run.lock import PathLock; lock = PathLock(sys.argv[1]); "
-         "assert lock.acquire(0); print('held', flush=True); time.sleep(float(sys.argv[2]))")
-
-
-def _refused(message: str) -> None:
-    """check_trial_claim refuses in one line, ``message`` (ending in "(" where it goes on with a parser's words)."""
-    with pytest.raises(UserError) as refused:
-        check_trial_claim()
-    line = str(refused.value)
-    assert "\n" not in line and (line.startswith(message) if message.endswith("(") else line == message), line
-
-
-def test_a_trials_claim_is_checked_under_the_state_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fit a runner started checks, under ``state.json``'s lock, that the trial is still its runner's claim: one
-    line otherwise (the state unreadable, its lock held too long, another claim); a fit no runner started checks
-    nothing."""
-    state = tmp_path / "state.json"
-    monkeypatch.delenv(CLAIM_ENV, raising=False)
-    check_trial_claim()  # no runner, no state: nothing to check
-    monkeypatch.setenv(CLAIM_ENV, json.dumps({"state": str(state), "trial": "000", "claim": "mine"}))
-    _refused(f"sweep trial 000: cannot check its claim in {state}: No such file or directory")
-    state.write_text('{"trials": [')
-    _refused(f"sweep trial 000: cannot check its claim in {state}: not a sweep state (")
-    state.write_text(json.dumps({"trials": [{"name": "000", "values": {}, "claim": "theirs"}]}))
-    _refused(f"sweep trial 000: another runner holds it now ({state}); this fit stops before writing anything")
-    state.write_text(json.dumps({"trials": [{"name": "000", "values": {}, "claim": "mine"}]}))
-    check_trial_claim()
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(state), "3"], cwd=REPO, stdout=subprocess.PIPE,
-                              text=True)
-    assert holder.stdout.readline() == "held\n"
-    monkeypatch.setattr(sweep_state, "LOCK_WAIT_S", 1.0)
-    _refused(f"sweep trial 000: cannot check its claim in {state}: its lock was held for 1 s")
-    monkeypatch.setattr(sweep_state, "LOCK_WAIT_S", 30.0)
-    check_trial_claim()  # once the holder is done
-    assert holder.wait(timeout=10) == 0
 
 
 def _fake_state(tmp_path: Path) -> tuple[spec.Sweep, Path]:
@@ -107,12 +71,12 @@ def test_a_fit_whose_claim_was_taken_writes_nothing(tmp_path: Path, cli: Any, mo
     state, run_dir = tmp_path / "state.json", tmp_path / "run"
     state.write_text(json.dumps({"trials": [{"name": "000", "values": {}, "claim": "theirs"}]}))
     fit = ["fit", "--config", str(REPO / "experiments/quickstart.yaml"), *SHORT, "--run_dir", str(run_dir)]
-    monkeypatch.setenv(sweep_state.CLAIM_ENV, json.dumps({"state": str(state), "trial": "000", "claim": "mine"}))
+    monkeypatch.setenv(CLAIM_ENV, json.dumps({"state": str(state), "trial": "000", "claim": "mine"}))
     code, _, err = cli(fit)
     assert one_error_line(code, err, "fit") == (f"inception_lab fit: error: sweep trial 000: another runner holds it "
                                                 f"now ({state}); this fit stops before writing anything")
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
-    monkeypatch.delenv(sweep_state.CLAIM_ENV)
+    monkeypatch.delenv(CLAIM_ENV)
     hold = ("import os, sys, time; from inception_lab.run.lock import run_lock; lock = run_lock(sys.argv[1]); "
             "assert lock.acquire(0); os.ftruncate(lock.fd, 0); "
             "os.write(lock.fd, f'pid {os.getpid()} on here'.encode()); print('held', flush=True); time.sleep(60)")
