@@ -241,12 +241,14 @@ class RunRecord(Callback):
     def _write(self, trainer: Trainer) -> None:
         if not trainer.is_global_zero:
             return
-        best = next((c.best_model_path for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), "")
-        run = RunDir(self.run_dir)
         if self.stage != "fit":  # the checkpoint an evaluation restored (Lightning knows it after setup)
             self.record.checkpoint = self.record.checkpoint or _ckpt_path(trainer)
-        elif best and (run.checkpoints / Path(best).name).is_file():
-            self.record.extra["best_checkpoint"] = str((run.checkpoints / Path(best).name).relative_to(run.path))
+        else:  # by name in this run's checkpoints/: a resumed callback's path may name where the run used to be
+            best = next((Path(c.best_model_path).name for c in trainer.checkpoint_callbacks
+                         if getattr(c, "monitor", None) and c.best_model_path), None)
+            run = RunDir(self.run_dir)
+            if best and (run.checkpoints / best).is_file():
+                self.record.extra["best_checkpoint"] = str((run.checkpoints / best).relative_to(run.path))
         if self._throughputs:  # the first epoch carries warm-up (allocator, cuDNN autotune, compile)
             steady = self._throughputs[1:] or self._throughputs
             self.record.extra["throughput_img_per_s"] = round(statistics.median(steady), 2)
