@@ -1,18 +1,10 @@
 """What run records are made of, with no torch import (so `compare` and a sweep runner start in a second): dotted
-config keys, what makes a run a variant of its experiment, short value names, atomic writes, and the one reader and
-writer of a run's record (:class:`RunSummary`, :func:`read_summary`, :func:`read_metrics`).
-
-Who writes what in a run directory (one writer per file):
-
-| file | writer |
-|---|---|
-| ``summary.json``, ``config.yaml``, ``metrics.csv``, ``checkpoints/``, ``wandb_run.json``, ``.heartbeat`` | the fit
-  (rank 0) |
-| ``<stage>-summary.json``, ``<stage>-config.yaml``, ``<stage>-metrics.csv`` (stage: validate, test, predict);
-  ``predictions.csv``, ``predictions/*.npz`` | that evaluation |
+config keys, short value names, atomic writes, the one seed-mixing function, and the one reader and writer of a run's
+record (:class:`RunSummary`, :func:`read_summary`, :func:`read_metrics`). Which file each stage writes:
+:mod:`~inception_lab.run.layout` (one writer per file: the fit's, and each evaluation's ``<stage>-`` files).
 
 :func:`read_summary` reads them together: the fit's record, each evaluation's metrics added under ``metrics`` (an
-evaluation never changes the fit's status, attempts or metrics), and a fit whose process is gone without ending
+evaluation never changes the fit's status, attempts or metrics), and a stage whose process is gone without ending
 reported as ``killed``.
 """
 
@@ -33,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from inception_lab.run.layout import RunDir
+from inception_lab.run.layout import STAGES, RunDir
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -156,7 +148,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 # ---- a run's record ---------------------------------------------------------------------------------------------
-EVALUATIONS = ("validate", "test", "predict")
 Status = Literal["running", "finished", "interrupted", "failed", "killed", "unreadable"]
 HEARTBEAT_S = 30.0  # the fit touches <run dir>/.heartbeat this often
 STALE_S = 600.0  # a fit on another host whose heartbeat is older than this is reported killed
@@ -229,7 +220,7 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     record = {} if fit is None else fit.as_dict()  # a directory of evaluations alone: no status of its own
     record["metrics"] = {} if fit is None else dict(fit.metrics)
     evaluations = {}
-    for stage in EVALUATIONS:
+    for stage in STAGES[1:]:  # the evaluations
         try:
             evaluation = RunSummary.load(run_dir, stage)
         except ValueError:

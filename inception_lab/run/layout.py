@@ -53,15 +53,11 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RunDir) and self.same(other)
+    def __eq__(self, other: object) -> bool:  # one directory, symlinks and ``..`` resolved
+        return isinstance(other, RunDir) and self.path.resolve() == other.path.resolve()
 
     def __hash__(self) -> int:
         return hash(self.path.resolve())
-
-    def same(self, other: RunDir | str | os.PathLike) -> bool:
-        """Whether two paths name one directory (symlinks and ``..`` resolved)."""
-        return self.path.resolve() == Path(other).resolve()
 
     # ---- the record, per stage -----------------------------------------------------------------------------------
     def _staged(self, name: str, stage: str) -> Path:
@@ -109,7 +105,7 @@ class RunDir:
     def owns(self, checkpoint: str | os.PathLike) -> bool:
         """Whether ``checkpoint`` is one of this run's (in ``checkpoints/`` or an HPC checkpoint), by real path."""
         run = RunDir.of_checkpoint(checkpoint)
-        return run is not None and run.same(self)
+        return run == self
 
     # ---- liveness, claims, tracking, SLURM and sweeps: one file each -------------------------------------------------
     heartbeat = property(lambda self: self.path / ".heartbeat")

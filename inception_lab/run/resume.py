@@ -305,16 +305,14 @@ def hold_run(run_dir: Path, fresh: bool = False, wait_s: float = 0) -> None:
         held = lock.acquire(timeout=wait_s)
     except NoLocks as error:
         raise UserError(f"--run_dir {run_dir}: {error.strerror}") from None
-    holder = ""
-    with contextlib.suppress(OSError):
-        holder = lock.read().decode().strip() if held else lock.path.read_text().strip()
+    alive = None
     while held and (alive := live_fit(run_dir)) and time.monotonic() < deadline:
         time.sleep(1)
-    if held and alive:
+    if not held or alive:  # the lock's holder, or the live fit the record names (the lock was then ours: let go)
         lock.release()
-        holder = alive
-    if not held or alive:
-        raise UserError(f"--run_dir {run_dir}: a fit is running in it{f' ({holder})' if holder else ''}; wait for "
+        with contextlib.suppress(OSError):
+            alive = alive or lock.path.read_text().strip()
+        raise UserError(f"--run_dir {run_dir}: a fit is running in it{f' ({alive})' if alive else ''}; wait for "
                         "it to end, or start a new run in a new --run_dir")
     HELD.append((lock, made))
     if fresh and RunDir(run_dir).holds_run():  # another fit wrote it between our check and our lock

@@ -1,7 +1,5 @@
-"""A sweep trial's claim, as its fit checks it: the one thing of the sweep's that the CLI asks (and all this module
-imports is the lock and the sweep's error, so the CLI, which the sweep's trial check imports, depends on no more of
-the sweep). The runner hands a trial's fit ``CLAIM_ENV``; the fit calls :func:`check_trial_claim` once it holds its
-run directory."""
+"""A sweep trial's claim, as its fit checks it once it holds its run directory: all of the sweep the CLI imports (the
+lock and the sweep's error, nothing that imports the CLI back)."""
 
 from __future__ import annotations
 
