@@ -10,7 +10,7 @@ import sys
 
 COMMANDS = {  # command: (module, function); fit/validate/test/predict go to LightningCLI
     "summary": ("inception_lab.commands", "summary_main"), "bench": ("inception_lab.bench", "main"),
-    "sweep": ("inception_lab.sweep", "main"), "compare": ("inception_lab.compare", "main"),
+    "sweep": ("inception_lab.sweep.main", "main"), "compare": ("inception_lab.compare", "main"),
     "ensemble": ("inception_lab.ensemble", "main"), "slurm": ("inception_lab.commands", "slurm_main"),
 }
 LIGHTNING = ("fit", "validate", "test", "predict")

@@ -1,4 +1,4 @@
-"""The ``sweep`` command (sweep/__init__.py): one sweep directory holds one sweep (its sweep file, its seed),
+"""The ``sweep`` command (sweep/main.py): one sweep directory holds one sweep (its sweep file, its seed),
 decided under its state's lock even when two start at once; a runner of other programs than the CLI imports no
 torch."""
 
@@ -138,7 +138,7 @@ def test_a_runner_of_other_programs_imports_no_torch(tmp_path: Path) -> None:
     """The runner reads and writes run records without torch or Lightning (2 s to start, not 12): only checking
     trials of the inception_lab CLI imports them."""
     path, out = fake_sweep(tmp_path, sleep=0.0), tmp_path / "out"
-    code = ("import sys; import inception_lab.sweep as s; code = s.main([sys.argv[1], '--out', sys.argv[2]]); "
+    code = ("import sys; from inception_lab.sweep.main import main; code = main([sys.argv[1], '--out', sys.argv[2]]); "
             "print(code, *(m in sys.modules for m in ('torch', 'lightning')))")
     proc = subprocess.run([sys.executable, "-c", code, str(path), str(out)], cwd=REPO,
                           env={**clean_env(), "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=120)
