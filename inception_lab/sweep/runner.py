@@ -175,9 +175,11 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
             if not running:
                 if state.rule is None or not any(t.status in RESUMABLE for t in state.trials):
                     break
-                time.sleep(2)  # until resolved: another runner's trials end a round this runner may follow up
+                time.sleep(0.5)  # until resolved: another runner's trials end a round this runner may follow up
                 continue
-            time.sleep(0.5)
+            deadline = time.monotonic() + 0.5  # or until a trial ends: the next one starts at once
+            while time.monotonic() < deadline and all(r.proc.poll() is None for r in running):
+                time.sleep(0.02)
             if time.monotonic() - renewed > HEARTBEAT_S:
                 with state.locked():
                     state.renew()
