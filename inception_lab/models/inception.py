@@ -19,6 +19,7 @@ from typing import Literal, NamedTuple, Union
 import torch
 from jsonargparse.typing import PositiveFloat, PositiveInt
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from inception_lab.arguments import UnitInterval, check_arguments
 from inception_lab.errors import ArgumentValueError
@@ -308,11 +309,11 @@ class Inception(nn.Module):
         self._order.append(name)
 
     def _side(self, image_size: int) -> int:
-        """The side of the feature map the trunk built so far makes of an ``image_size`` input (a dry run)."""
-        with torch.no_grad():
-            x = torch.zeros(1, self.in_channels, image_size, image_size)
-            for name in self._order:
-                x = getattr(self, name)(x)
+        """The side of the feature map the trunk built so far makes of an ``image_size`` input (a meta dry run)."""
+        x = torch.zeros(1, self.in_channels, image_size, image_size, device="meta")
+        for module in map(self.get_submodule, self._order):
+            if not isinstance(module, LocalResponseNorm):  # which keeps the shape (its autocast knows no meta device)
+                x = functional_call(module, {k: v.to("meta") for k, v in module.state_dict(keep_vars=True).items()}, x)
         return x.shape[-1]
 
     def _stem(self, stem: Stem, in_channels: int, width, norm: Norm, bn_eps: float) -> int:
