@@ -62,16 +62,9 @@ __all__ = ["cli_main", "option_values", "parse"]
 
 class InceptionCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(
-            InceptionClassifier,
-            ImageDataModule,
-            *args,
-            subclass_mode_data=True,
-            save_config_callback=RunConfigCallback,
-            save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
-            auto_configure_optimizers=False,
-            **kwargs,
-        )
+        super().__init__(InceptionClassifier, ImageDataModule, *args, subclass_mode_data=True,
+                         save_config_callback=RunConfigCallback, auto_configure_optimizers=False,
+                         save_config_kwargs={"overwrite": True, "save_to_log_dir": False}, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment", type=str | None, default=None,
