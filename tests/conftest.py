@@ -81,23 +81,29 @@ def run_cli() -> CliRun:
 def cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable:
     """``cli(args, cwd=tmp_path) -> (exit code, stdout, stderr)``: the CLI in this process (where fixtures such as
     the tiny CIFAR's md5s are patched in), as ``python -m inception_lab`` runs it."""
-    from inception_lab.__main__ import main
 
     def run(args: list[str], cwd: Path = tmp_path) -> tuple[int, str, str]:
         monkeypatch.chdir(cwd)
         capsys.readouterr()
-        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):  # handlers made under an earlier capture
-            for handler in logging.getLogger(name).handlers:
-                if isinstance(handler, logging.StreamHandler):
-                    handler.stream = sys.stderr
-        try:
-            code = main(args)
-        except SystemExit as exit_:  # argparse's exit, as the shell would see it
-            code = exit_.code if isinstance(exit_.code, int) else 1
+        code = in_process(args)
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 
     return run
+
+
+def in_process(args: list[str]) -> int:
+    """``python -m inception_lab *args``'s exit code, run in this process."""
+    from inception_lab.__main__ import main
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):  # handlers made under an earlier capture
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.stream = sys.stderr
+    try:
+        return main(args)
+    except SystemExit as exit_:  # argparse's exit, as the shell would see it
+        return exit_.code if isinstance(exit_.code, int) else 1
 
 
 def _md5(path: Path) -> str:

@@ -232,12 +232,12 @@ def test_under_slurm_only_rank_0_keeps_the_run_id(tmp_path, monkeypatch, capsys)
 @pytest.mark.parametrize("mode", ["auto", "online"])
 def test_a_fit_beside_a_silent_wandb_server_finishes_offline(tmp_path, mode) -> None:
     """The real CLI, W&B as a user has it, a server that accepts and never answers: ``auto`` gives up after the
-    probe; ``online`` (forced: no probe) after wandb.init's timeout (10 s here, not INIT_TIMEOUT, to keep the test
+    probe; ``online`` (forced: no probe) after wandb.init's timeout (4 s here, not INIT_TIMEOUT, to keep the test
     short). Either way the fit finishes, logged offline."""
     run_dir = tmp_path / "r"
     env = {k: v for k, v in os.environ.items() if k not in {*DIST_ENV, "WANDB_MODE", "WANDB_INIT_TIMEOUT"}}
     if mode == "online":
-        env["WANDB_INIT_TIMEOUT"] = "10"
+        env["WANDB_INIT_TIMEOUT"] = "4"
     with silent_server() as url:
         env.update(WANDB_BASE_URL=url, WANDB_API_KEY=KEY, NETRC=str(tmp_path / "netrc"), PYTHONUNBUFFERED="1")
         start = time.monotonic()

@@ -1,28 +1,31 @@
-"""A finished run, made once per session by the real CLI (one short quickstart fit), copied into each test that
-needs one: tests then resume, move, evaluate and break copies of a real run directory."""
+"""A finished run, made once per session by the real CLI (one short quickstart fit, in this process), copied into
+each test that needs one: tests then resume, move, evaluate and break copies of a real run directory."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from inception_lab.run.layout import RunDir
-from tests.conftest import QUICKSTART, clean_env, short
+from tests.conftest import QUICKSTART, REPO, in_process, short
 
 
 @pytest.fixture(scope="session")
 def finished_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("finished")
     run_dir = root / "runs" / "quickstart" / "r"
-    proc = subprocess.run([sys.executable, "-m", "inception_lab", "fit", "--config", str(QUICKSTART),
-                           *short(wandb=False), "--run_dir", str(run_dir.relative_to(root))],
-                          cwd=root, env=clean_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = ["fit", "--config", str(QUICKSTART), *short(wandb=False), "--run_dir", str(run_dir.relative_to(root))]
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()) as err:
+        patch.chdir(root)  # in this process (no second start-up of torch), as `python -m inception_lab` runs it
+        patch.setattr(sys, "argv", [str(REPO / "inception_lab" / "__main__.py"), *args])
+        code = in_process(args)
+    assert code == 0, err.getvalue()[-3000:]
     return run_dir
 
 

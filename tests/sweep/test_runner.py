@@ -19,7 +19,17 @@ import yaml
 
 from inception_lab.__main__ import main as lab_main
 from inception_lab.sweep import runner, spec
-from tests.conftest import QUICKSTART, REPO, clean_env, fit_command, read_state, state_trials, write_run, write_sweep
+from tests.conftest import (
+    QUICKSTART,
+    REPO,
+    clean_env,
+    fit_command,
+    read_state,
+    short,
+    state_trials,
+    write_run,
+    write_sweep,
+)
 from tests.sweep.conftest import executions, fake_sweep, start_runner, starts_logged, tiny_sweep
 
 
@@ -294,14 +304,17 @@ def _held(run_dir: Path) -> bool:
 
 @pytest.mark.slow
 def test_a_runner_stopped_past_its_lease_never_doubles_a_trial(tmp_path: Path) -> None:
-    """Runner A is SIGSTOPped past its lease while its trial's fit runs on (a stuck NFS call does the same); runner B
-    starts: it runs the other trial and leaves A's alone (its fit holds the run directory), never a second fit of it
+    """Runner A is SIGSTOPped past its lease while its trial's fit runs on (a stuck NFS call does the same; the fit
+    waits at step 3, tests/ddp_probe.PauseAt, until the test lets it go); runner B starts: it runs the other trial
+    (2 steps: it never waits) and leaves A's alone (its fit holds the run directory), never a second fit of it
     (before: B moved the live run aside and started a second fit with the same --run_dir). A, continued, finishes
     its trial: one start, one attempt, one set of checkpoints."""
-    path = tiny_sweep(tmp_path, "stopped", {"trainer.max_epochs": {"values": [40, 1]},
-                                            "trainer.limit_train_batches": {"value": 2}})
+    path = write_sweep(tmp_path / "stopped.yaml", {"trainer.max_epochs": {"values": [3, 1]}},
+                       fit_command(*short(epochs=None, batches=2, val_batches=1),
+                                   "--trainer.callbacks+=ddp_probe.PauseAt"))
     out = tmp_path / "sweep"
-    env = {**clean_env(), "WANDB_MODE": "disabled", "INCEPTION_LAB_SWEEP_LEASE_S": "3"}
+    env = {**clean_env(), "WANDB_MODE": "disabled", "INCEPTION_LAB_SWEEP_LEASE_S": "3", "PAUSE_AT_STEP": "3",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
 
     def start() -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(out)],
@@ -309,9 +322,10 @@ def test_a_runner_stopped_past_its_lease_never_doubles_a_trial(tmp_path: Path) -
 
     a = start()
     deadline = time.monotonic() + 120
-    while not (trials := state_trials(out)) or not _held(first := out / "runs" / trials[0]["name"]):
+    while not (trials := state_trials(out)) or not (paused := out / "runs" / trials[0]["name"] / "paused0").exists():
         assert a.poll() is None and time.monotonic() < deadline, a.communicate()[0]
         time.sleep(0.2)
+    first = paused.parent
     a.send_signal(signal.SIGSTOP)
     try:
         time.sleep(4)  # past A's lease
@@ -321,18 +335,19 @@ def test_a_runner_stopped_past_its_lease_never_doubles_a_trial(tmp_path: Path) -
             time.sleep(0.2)
         log_b = b.communicate()[0]
         assert b.returncode == 0 and f"start {trials[0]['name']}" not in log_b, log_b
-        assert _held(first), "A's fit ended before B had to leave it alone: make its trial longer"
+        assert _held(first) and paused.exists()
         mid = state_trials(out)
         assert (mid[0]["status"], mid[0]["owner"]) == ("running", trials[0]["owner"]) and \
             (mid[1]["status"], mid[1]["starts"]) == ("finished", 1)
     finally:
         a.send_signal(signal.SIGCONT)
+        paused.unlink(missing_ok=True)
     log_a = a.communicate(timeout=300)[0]
     assert a.returncode == 0, log_a
     done = state_trials(out)
     assert [(t["status"], t["starts"], t["owner"]) for t in done] == [("finished", 1, None)] * 2
     summary = json.loads((first / "summary.json").read_text())
-    assert [x["status"] for x in summary["attempts"]] == ["finished"] and summary["attempts"][0]["epochs"] == 40
+    assert [x["status"] for x in summary["attempts"]] == ["finished"] and summary["attempts"][0]["epochs"] == 3
     assert len(list((first / "checkpoints").glob("best-*.ckpt"))) == 1 and not list(first.rglob("*-v1.ckpt"))
     assert "another runner holds it now" not in log_a
 
