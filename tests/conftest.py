@@ -18,11 +18,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
 os.environ.setdefault("WANDB_MODE", "offline")  # tests never reach for a W&B server
+if os.environ.get("PYTEST_XDIST_WORKER"):  # the fast tier's `-n 2`: a core per worker (two threads each thrash)
+    os.environ["OMP_NUM_THREADS"] = "1"  # and for the processes its tests start
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
