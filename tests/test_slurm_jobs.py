@@ -95,8 +95,8 @@ def test_a_sweep_array_runs_every_trial_once_and_a_cancel_cancels(tmp_path: Path
     tasks run a trial: that task is cancelled for good (not requeued: a cancel is SIGTERM, the time-limit warning
     is USR1), its trial recorded interrupted for a later run to resume; no trial failed."""
     cluster = slurm_cluster
-    path, out = _sweep(tmp_path, "pair", {"model.net.init_args.head": {"values": ["gap", "fc"]},
-                                          "seed_everything": {"values": [0, 1]}}), tmp_path / "pair"
+    path, out = _sweep(tmp_path, "pair", {"trainer.max_epochs": {"value": 1}, "model.net.init_args.head": {
+        "values": ["gap", "fc"]}, "seed_everything": {"values": [0, 1]}}), tmp_path / "pair"
     array = _submit(["sweep", str(path), "--out", str(out), "--slurm", "--array-parallelism", "2",
                      "--gpus-per-trial", "0"], _env(cluster))
     records = cluster.wait_all(array, timeout=420)

@@ -95,7 +95,8 @@ def test_a_full_disk_under_out_is_one_line_and_keeps_the_old_report(tmp_path: Pa
 
 @pytest.mark.slow
 def test_real_sweep_compared(tmp_path: Path, run_cli) -> None:
-    """A real sweep on the digits (2 cells x 2 seeds) through the runner, then compare against its summary.json."""
+    """A real sweep on the digits (2 cells x 2 seeds), two trials at once through the runner: each trial's run holds
+    its values, config and metrics; then compare against its summary.json."""
     sweep_file = tmp_path / "heads.yaml"
     spec = yaml.safe_load((REPO / "sweeps/head_gap_vs_fc.digits.yaml").read_text())
     spec["parameters"]["seed_everything"] = {"values": [0, 1]}
@@ -104,7 +105,24 @@ def test_real_sweep_compared(tmp_path: Path, run_cli) -> None:
     spec["command"][i:i + 1] = [str(QUICKSTART), *short(val_batches=3)]
     sweep_file.write_text(yaml.safe_dump(spec))
     out = tmp_path / "sweep"
-    run_cli("sweep", str(sweep_file), "--out", str(out), "--parallel", "2", cwd=REPO, timeout=900)  # asserts exit 0
+    log = run_cli("sweep", str(sweep_file), "--out", str(out), "--parallel", "2", cwd=REPO, timeout=900).stdout
+    assert (out / "sweep.yaml").read_text() == sweep_file.read_text()
+    state = json.loads((out / "state.json").read_text())
+    names = ["000-seed0", "001-seed1", "002-head=fc-seed0", "003-head=fc-seed1"]  # gap: the experiment's own head
+    assert [t["name"] for t in state["trials"]] == names
+    for trial in state["trials"]:
+        run_dir = out / "runs" / trial["name"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert trial["status"] == summary["status"] == "finished" and trial["starts"] == 1
+        assert trial["metrics"] == summary["metrics"] and 0 <= trial["metrics"]["val/acc_best"] <= 1
+        assert json.loads((run_dir / "args.json").read_text()) == trial["values"]
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["model"]["net"]["init_args"]["head"] == trial["values"][HEAD]
+        assert config["seed_everything"] == trial["values"]["seed_everything"]
+        assert config["run_dir"] == str(run_dir) and config["wandb"]["group"] == spec["name"]
+    starts = [line for line in log.splitlines() if " start " in line]
+    assert "(cpu0" in starts[0] and "(cpu1" in starts[1]  # two at once
+    assert "per cell, mean ± std over seeds" in log and f'{HEAD}="fc"' in log
     # no --baseline: the runs' recorded variants ({} for the experiment's own head) make gap the baseline
     proc = run_cli("compare", str(out), cwd=REPO, timeout=120)
     assert "head=gap (baseline)" in proc.stdout and "head=fc" in proc.stdout

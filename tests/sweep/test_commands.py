@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from inception_lab.__main__ import main as lab_main
 from inception_lab.run.files import flatten
 from inception_lab.run.identity import variant_name
 from inception_lab.sweep import commands, spec
-from tests.conftest import REPO, SHORT, clean_env, fit_command, one_error_line, state_trials, write_sweep
+from tests.conftest import DIST_ENV, REPO, SHORT, fit_command, one_error_line, state_trials, write_sweep
 from tests.sweep.conftest import SWEEP_FILES
 
 
@@ -171,16 +170,19 @@ def test_every_form_of_the_cli_is_checked_and_told_its_run(form: str, tmp_path: 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("form", ["console_script", "program"])
-def test_trials_run_whatever_form_gives_the_cli(form: str, tmp_path: Path) -> None:
-    """A trial run by the console script or by W&B's ``${interpreter} ${program}`` runs as with ``-m inception_lab``:
-    the runner lets its fit take the run directory (each one failed after 60 s, "a fit is running in it": the runner
-    held the directory itself)."""
+def test_trials_run_whatever_form_gives_the_cli(form: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """A trial run by the console script or by W&B's ``${interpreter} ${program}`` runs as with ``-m inception_lab``
+    (the runner in this process, the trial in its own): the runner lets its fit take the run directory (each one
+    failed after 60 s, "a fit is running in it": the runner held the directory itself)."""
     path = _form_sweep(tmp_path, form, {"seed_everything": {"value": 0}}, *SHORT)
     out = tmp_path / "sweep"
-    env = {**clean_env(), "WANDB_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(out)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in DIST_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.chdir(REPO)
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 0, capsys.readouterr()
     [trial] = state_trials(out)
     run_dir = out / "runs" / trial["name"]
     assert (trial["name"], trial["status"], trial["starts"]) == ("000-seed0", "finished", 1)

@@ -1,7 +1,7 @@
 """sweep/runner.py: trials run, resumed and recorded: a fake CLI's interrupted trial resumes from its last
-checkpoint; bayes and hyperband through the engine; real sweeps on the digits (in parallel, a SIGKILL of the runner, a
-crashing trial, Ctrl-C); many runners on one sweep directory, one of them dead or stopped past its lease; a SLURM
-array task requeued only by the time limit's warning."""
+checkpoint; bayes and hyperband through the engine; real sweeps on the digits (a SIGKILL of the runner, a crashing
+trial, Ctrl-C; two trials at once: tests/compare/test_compare.py's real sweep); many runners on one sweep directory,
+one of them dead or stopped past its lease; a SLURM array task requeued only by the time limit's warning."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from inception_lab.__main__ import main as lab_main
 from inception_lab.sweep import runner, spec
@@ -91,33 +90,6 @@ def test_bayes_draws_are_seeded_and_hyperband_is_asked(tmp_path: Path, engine: A
     runs = [state_trials(tmp_path / d) for d in "ab"]
     assert [t["values"] for t in runs[0]] == [t["values"] for t in runs[1]] and len(runs[0]) == 3
     assert all(t["status"] == "finished" and t["name"].startswith(f"{i:03d}-lr=") for i, t in enumerate(runs[0]))
-
-
-@pytest.mark.slow
-def test_small_sweep_runs_in_parallel(tmp_path: Path) -> None:
-    path = tiny_sweep(tmp_path, "tiny", {"model.net.init_args.head": {"values": ["gap", "fc"]},
-                                         "seed_everything": {"values": [0, 1]}})
-    out = tmp_path / "sweep"
-    proc = start_runner(path, out, "--parallel", "2")
-    log, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, log
-    assert (out / "sweep.yaml").read_text() == path.read_text()
-    state = read_state(out)
-    names = ["000-seed0", "001-seed1", "002-head=fc-seed0", "003-head=fc-seed1"]  # gap: the experiment's own head
-    assert [t["name"] for t in state["trials"]] == names
-    for trial in state["trials"]:
-        run_dir = out / "runs" / trial["name"]
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert trial["status"] == summary["status"] == "finished" and trial["starts"] == 1
-        assert trial["metrics"] == summary["metrics"] and 0 <= trial["metrics"]["val/acc_best"] <= 1
-        assert json.loads((run_dir / "args.json").read_text()) == trial["values"]
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        assert config["model"]["net"]["init_args"]["head"] == trial["values"]["model.net.init_args.head"]
-        assert config["seed_everything"] == trial["values"]["seed_everything"]
-        assert config["run_dir"] == str(run_dir) and config["wandb"]["group"] == "tiny"
-    starts = [line for line in log.splitlines() if " start " in line]
-    assert "(cpu0" in starts[0] and "(cpu1" in starts[1]  # two at once
-    assert "per cell, mean ± std over seeds" in log and 'model.net.init_args.head="fc"' in log
 
 
 @pytest.mark.slow
