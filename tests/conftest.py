@@ -48,6 +48,12 @@ DIST_ENV = ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "RANK", "WORLD_SIZE", "N
             "WANDB_SERVICE")
 
 
+def probe_path() -> str:
+    """PYTHONPATH for a child that loads a test callback (``--trainer.callbacks+=ddp_probe.RankProbe``): tests/ and
+    the repository, then this process's own."""
+    return os.pathsep.join(filter(None, [str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH")]))
+
+
 def clean_env() -> dict[str, str]:
     """This process's environment for a child CLI: W&B offline, no distributed variables."""
     return {**{k: v for k, v in os.environ.items() if k not in DIST_ENV}, "WANDB_MODE": "offline",

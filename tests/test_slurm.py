@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from inception_lab.run.files import read_summary
-from tests.conftest import QUICKSTART, REPO, clean_env, one_error_line, short
+from tests.conftest import QUICKSTART, REPO, clean_env, one_error_line, probe_path, short
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -148,7 +148,7 @@ def test_two_slurm_tasks_train_one_fit(tmp_path: Path) -> None:
         variables = {**_SLURM, "SLURM_JOB_ID": "777", "SLURM_NTASKS": "2", "SLURM_NNODES": "2",
                      "SLURM_NODELIST": "node[1-2]", "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1",
                      "MASTER_PORT": str(29500 + os.getpid() % 1000), "PATH": f"{scontrol.parent}:{os.environ['PATH']}",
-                     "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]), **env}
+                     "PYTHONPATH": probe_path(), **env}
         procs = [subprocess.Popen(command, cwd=tmp_path, env={**clean_env(), **variables, "SLURM_PROCID": str(rank),
                                                               "SLURM_NODEID": str(rank)},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]

@@ -6,7 +6,6 @@ the real ``scontrol`` and ends as the uninterrupted fit; a 2-task sweep array ru
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 from inception_lab.run.files import read_summary
-from tests.conftest import QUICKSTART, REPO, clean_env, fit_command, short, state_trials, write_sweep
+from tests.conftest import QUICKSTART, REPO, clean_env, fit_command, probe_path, short, state_trials, write_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +26,7 @@ FIT = ["--config", str(QUICKSTART), *short(epochs=2), "--gpus-per-node", "0"]
 def _env(cluster: Any, **extra: str) -> dict[str, str]:
     """The job's environment (sbatch exports it): this cluster's, W&B off, the test callbacks importable."""
     env = {**clean_env(), **{k: v for k, v in cluster.env.items() if k == "SLURM_CONF"}, "WANDB_MODE": "disabled",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), **extra}
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": probe_path(), **extra}
     return {k: v for k, v in env.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_")) or k == "SLURM_CONF"}
 
 

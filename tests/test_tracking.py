@@ -12,7 +12,7 @@ import pytest
 from inception_lab import tracking
 from inception_lab.run.files import read_summary as summary
 from inception_lab.tracking import WandbOptions, resolve_mode
-from tests.conftest import REPO, short
+from tests.conftest import REPO, probe_path, short
 from tests.wandb_records import run_info
 
 QUICK = short(batches=4)
@@ -81,7 +81,7 @@ def test_one_process_two_fits_make_two_runs(tmp_path: Path, monkeypatch) -> None
 def test_ddp_on_two_cpu_processes(tmp_path: Path, run_cli, cli, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = tmp_path / "ddp"
     # the launcher re-runs the CLI for rank 1 with this environment
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", probe_path())
     # the LR given per 128 images: 2 ranks x 64 train at the config's (quickstart's) LR
     run_cli("fit", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.max_epochs=1",
             "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",

@@ -4,7 +4,6 @@ its checkpoints keep plain keys and load into an eager model, EMA averages it, a
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import lightning as L
@@ -16,7 +15,7 @@ from inception_lab.models import Inception
 from inception_lab.models.inception import InceptionSpec, PoolSpec
 from inception_lab.module import InceptionClassifier
 from inception_lab.run.files import read_summary as summary
-from tests.conftest import REPO
+from tests.conftest import REPO, probe_path
 
 # Two inception blocks of the CIFAR preset and one aux head, at an eighth of the widths: every kind of layer the
 # quickstart has, in a graph inductor compiles in a minute on two cores (the whole quickstart takes several)
@@ -117,7 +116,7 @@ def test_compile_under_two_rank_gloo_ddp(tmp_path: Path, run_cli, cli, monkeypat
     on one process to the run's own val/acc (its 2 ranks x 2 batches are the one process's first 4)."""
     (tmp_path / "small.yaml").write_text(SMALL_NET)
     # the launcher re-runs the CLI for rank 1 with this environment
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", probe_path())
     runs = {}
     for compile in (False, True):
         runs[compile] = run_dir = tmp_path / f"compile-{compile}"

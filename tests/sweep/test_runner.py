@@ -23,6 +23,7 @@ from tests.conftest import (
     REPO,
     clean_env,
     fit_command,
+    probe_path,
     read_state,
     short,
     state_trials,
@@ -286,7 +287,7 @@ def test_a_runner_stopped_past_its_lease_never_doubles_a_trial(tmp_path: Path) -
                                    "--trainer.callbacks+=ddp_probe.PauseAt"))
     out = tmp_path / "sweep"
     env = {**clean_env(), "WANDB_MODE": "disabled", "INCEPTION_LAB_SWEEP_LEASE_S": "3", "PAUSE_AT_STEP": "3",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
+           "PYTHONPATH": probe_path()}
 
     def start() -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "inception_lab", "sweep", str(path), "--out", str(out)],
