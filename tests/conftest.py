@@ -110,10 +110,14 @@ def in_process(args: list[str]) -> int:
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler):
                 handler.stream = sys.stderr
+    environ = dict(os.environ)
     try:
         return main(args)
     except SystemExit as exit_:  # argparse's exit, as the shell would see it
         return exit_.code if isinstance(exit_.code, int) else 1
+    finally:  # what the command set for itself (Lightning's PL_GLOBAL_SEED: the samplers' seed) ends with it
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def _md5(path: Path) -> str:
