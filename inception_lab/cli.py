@@ -24,16 +24,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from inception_lab.data import ImageDataModule
-from inception_lab.errors import UserError, user_message
+from inception_lab.errors import LINKED, UserError, user_message
 from inception_lab.hostmem import keep_freed_memory
 from inception_lab.module import InceptionClassifier
 from inception_lab.run.config import (
-    LINKED,
     SUBCOMMANDS,
     RunConfigCallback,
     check_checkpoint_network,
     command_line,
     option_values,
+    set_seed,
 )
 from inception_lab.run.files import STALE_S, flatten, read_summary
 from inception_lab.run.identity import variant
@@ -80,6 +80,9 @@ class InceptionCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv, self.first_config = command_line(list(sys.argv[1:] if args is None else args))
         self.config = parser.parse_args(argv)
+
+    def _set_seed(self) -> None:
+        set_seed(self.config[self.subcommand] if self.subcommand else self.config)
 
     def _parse_ckpt_path(self) -> None:
         """Off: Lightning's merges a checkpoint's hyperparameters over the command line's values, after parsing, so

@@ -22,6 +22,7 @@ CONFIG_KEYS = {
     "inception_lab.data.base.ImageDataModule": "data.init_args.",
     "inception_lab.schedules.WarmupCosineLR": "model.lr_scheduler.init_args.",
 }
+LINKED = ("num_classes", "in_channels", "image_size")  # the network's, given as the DataModule's (data.init_args.*)
 
 
 class UserError(Exception):
@@ -37,7 +38,9 @@ class ArgumentValueError(UserError, ValueError):
         super().__init__(self.describe())
 
     def describe(self, prefix: str = "") -> str:
-        named = ", ".join(f"{prefix}{name}" if value is ... else f"{prefix}{name}={value!r}"
+        keys = {name: f"{'data.init_args.' if prefix == 'model.net.init_args.' and name in LINKED else prefix}{name}"
+                for name in self.arguments}  # a linked argument by the key the user gives it
+        named = ", ".join(keys[name] if value is ... else f"{keys[name]}={value!r}"
                           for name, value in self.arguments.items())
         return f"{named}: {self.reason}" if named else self.reason
 

@@ -130,15 +130,30 @@ def parse_args(argv: list[str]) -> tuple[Any, list[str]]:
                                                                       "--qos=high")
     parser.add_argument("--dry-run", action="store_true", help="write the job file; submit nothing")
     args, rest = parser.parse_known_args(sbatch_options(argv))
-    if args.nodes < 1:
-        raise UserError(f"--nodes {args.nodes}: expected a positive integer")
     if args.gpus_per_node < 0:
         raise UserError(f"--gpus-per-node {args.gpus_per_node}: expected 0 (a CPU job) or more")
+    check_job_options(args, REQUEUE_SIGNAL)
+    return args, rest
+
+
+def check_job_options(args: Any, signal: str) -> None:
+    """The options a job file takes (``slurm fit``'s and ``sweep --slurm``'s), checked as sbatch would take them and
+    set to what the job file holds (``--time`` stripped): UserError, one line naming the option."""
+    for flag in ("nodes", "cpus_per_task", "array_parallelism", "count"):
+        if (value := getattr(args, flag, None)) is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} {value}: expected a positive integer")
+    for flag in ("partition", "account", "time"):
+        if (value := getattr(args, flag, None)) is not None:
+            if not re.fullmatch(r"\S+", value.strip()):
+                raise UserError(f"--{flag} {value!r}: expected one word, as sbatch takes it")
+            setattr(args, flag, value.strip())
+    for option in args.sbatch:
+        if not re.fullmatch(r"-\S.*", option.strip()) or "\n" in option:
+            raise UserError(f"--sbatch {option!r}: expected one sbatch option on one line, e.g. --qos=high")
     try:
-        check_time(args.time, REQUEUE_SIGNAL)
+        check_time(args.time, signal)
     except ValueError as error:
         raise UserError(str(error)) from None
-    return args, rest
 
 
 # ---- a job started again, and the signal before the time limit ------------------------------------------------

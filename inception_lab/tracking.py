@@ -26,7 +26,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from inception_lab.run.files import write_atomic
+from inception_lab.errors import UserError
+from inception_lab.run.files import read_json, write_atomic
 from inception_lab.run.identity import variant_name
 from inception_lab.run.layout import RunDir
 
@@ -207,7 +208,12 @@ def make_wandb_logger(config: Any, run_dir: Path, variant: dict[str, Any], stage
 
     run_dir.mkdir(parents=True, exist_ok=True)
     id_file = RunDir(run_dir).wandb_run
-    fit_id = json.loads(id_file.read_text())["id"] if id_file.is_file() else None
+    try:
+        fit_id = (read_json(id_file) or {}).get("id")
+        if fit_id is not None and not isinstance(fit_id, str):
+            raise ValueError(f"{id_file}: its id is {fit_id!r}, not a W&B run id")
+    except ValueError as error:
+        raise UserError(f"{error} (delete it, and the run logs to a new W&B run)") from None
     if stage != "fit":
         run_id = secrets.token_hex(4)
     elif fit_id is not None:

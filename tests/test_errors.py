@@ -248,6 +248,12 @@ def test_the_convention_holds_in_a_real_process(tmp_path: Path, run_cli) -> None
     proc = run_cli("sweep", str(tmp_path / "none.yaml"), cwd=tmp_path, timeout=120, check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"inception_lab sweep: error: {tmp_path / 'none.yaml'}: no such sweep file\n"
+    # a fit refused after its config is parsed and its seed set: the one line alone (no "Seed set to 0" first)
+    proc = run_cli("fit", "--config", str(QUICKSTART), "--trainer.accumulate_grad_batches=0", "--run_dir",
+                   str(tmp_path / "run"), cwd=tmp_path, timeout=300, check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", "inception_lab fit: error: "
+                                                           "trainer.accumulate_grad_batches=0: must be >= 1 (batches "
+                                                           "per optimizer step)\n")
 
 
 @pytest.mark.parametrize(("override", "build"), [
@@ -338,6 +344,20 @@ BAD = {
     "interval": (["--config", str(QUICKSTART), "--model.lr_interval=epoch"],
                  "model.lr_interval='epoch': does not fit lr_scheduler"),
     "resume of no run": (["--config", str(QUICKSTART), "--ckpt_path", "last"], "--ckpt_path last: "),
+    "empty checkpoint path": (["--config", str(QUICKSTART), "--ckpt_path", ""], "--ckpt_path '': empty; "),
+    "no accumulation": (["--config", str(QUICKSTART), "--trainer.accumulate_grad_batches=0"],
+                        "trainer.accumulate_grad_batches=0: must be >= 1"),
+    "no training batch": (["--config", str(QUICKSTART), "--trainer.limit_train_batches=0"],
+                          "trainer.limit_train_batches=0: a fit trains at least one batch"),
+    "step schedule, no end": (["--config", str(QUICKSTART), "--trainer.max_epochs=-1"],
+                              "trainer.max_epochs=-1: a run that trains until stopped has no length for "
+                              "model.lr_scheduler"),
+    "step schedule, a time limit": (["--config", str(QUICKSTART), "--trainer.max_epochs=null",
+                                     "--trainer.max_time=00:00:10:00"],
+                                    "trainer.max_time=00:00:10:00: a run that trains until stopped"),
+    "seed out of numpy's range": (["--config", str(QUICKSTART), "--seed_everything=99999999999"],
+                                  "seed_everything=99999999999: must be in [0, 4294967295]"),
+    "negative seed": (["--config", str(QUICKSTART), "--seed_everything=-1"], "seed_everything=-1: must be in "),
     "negative lr": (["--config", str(QUICKSTART), "--model.optimizer.init_args.lr=-1"],
                     "model.optimizer.init_args.lr=-1.0: Invalid learning rate: -1"),
     "nan lr": (["--config", str(QUICKSTART), "--model.optimizer.init_args.lr", "nan"],
@@ -356,7 +376,9 @@ BAD = {
 def test_bad_input_is_one_line_error(tmp_path: Path, case: str, cli) -> None:
     args, message = BAD[case](tmp_path) if callable(BAD[case]) else BAD[case]
     run_dir = tmp_path / "run"
-    code, _, err = cli(["fit", *args, *short(batches=1, val_batches=1, wandb=False), "--run_dir", str(run_dir)])
+    at = max((i + 2 for i, arg in enumerate(args) if arg == "--config"), default=0)  # the case's values over short's
+    code, _, err = cli(["fit", *args[:at], *short(batches=1, val_batches=1, wandb=False), *args[at:], "--run_dir",
+                        str(run_dir)])
     assert message in one_error_line(code, err, "fit"), err[-2000:]
     assert not run_dir.exists()  # refused before anything is written: the corrected command with the same --run_dir
 

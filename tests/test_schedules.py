@@ -4,14 +4,16 @@ it; schedulers stepped per epoch, built without the run's length."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from inception_lab.models import Inception
 from inception_lab.module import InceptionClassifier
+from inception_lab.run.layout import RunDir
 from inception_lab.schedules import WarmupCosineLR
-from tests.conftest import trainer_stub
+from tests.conftest import QUICKSTART, short, trainer_stub
 
 BASE_LR, TOTAL, WARMUP_FRACTION, FINAL = 0.4, 200, 0.1, 0.05
 
@@ -70,3 +72,14 @@ def test_epoch_schedulers_are_built_without_a_length() -> None:
     assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
 
 
+
+
+def test_a_run_until_stopped_takes_the_schedules_length_from_max_steps(tmp_path: Path, cli) -> None:
+    """``max_epochs: -1`` trains until stopped: a schedule stepped per step runs over ``max_steps`` (without it the
+    fit is refused in one line: tests/test_errors.py)."""
+    run_dir = tmp_path / "run"
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), *short(epochs=-1, batches=2, val_batches=1, wandb=False),
+                        "--trainer.max_steps=3", "--run_dir", str(run_dir)])
+    assert code == 0, err[-3000:]
+    last = torch.load(RunDir(run_dir).last, map_location="cpu", weights_only=True)
+    assert last["global_step"] == 3 and last["lr_schedulers"][0]["total_steps"] == 3

@@ -86,15 +86,31 @@ def test_cpu_jobs_ask_for_cpus_not_gpus(tmp_path: Path, cli) -> None:
     assert "--gpus-per-node" not in options and options["--cpus-per-task"] == "1"
 
 
-@pytest.mark.parametrize("time_limit", ["garbage", "1:2:3:4", "2-", "00:01:30"])
-def test_a_bad_time_limit_is_one_line(time_limit: str, tmp_path: Path, cli) -> None:
-    code, _, err = cli(["slurm", "fit", "--config", str(QUICKSTART), "--time", time_limit, "--run_dir",
-                        str(tmp_path / "run"), "--dry-run"])
-    assert f"--time {time_limit}: " in one_error_line(code, err, "slurm")
-    assert not (tmp_path / "run").exists()
-    code, _, err = cli(["sweep", "sweeps/head_gap_vs_fc.digits.yaml", "--out", str(tmp_path / "sweep"), "--slurm",
-                        "--time", time_limit, "--dry-run"], cwd=REPO)
-    assert one_error_line(code, err, "sweep").startswith(f"inception_lab sweep: error: --time {time_limit}: ")
+@pytest.mark.parametrize(("option", "value"), [
+    *(("--time", t) for t in ("garbage", "1:2:3:4", "2-", "00:01:30", "10:00 00")), ("--cpus-per-task", "-4"),
+    ("--cpus-per-task", "0"), ("--nodes", "0"), ("--array-parallelism", "0"), ("--partition", "gpu a"),
+    ("--account", ""), ("--sbatch", "--qos=high\n#SBATCH --x"), ("--sbatch", "qos")])
+def test_a_bad_job_option_is_one_line(option: str, value: str, tmp_path: Path, cli) -> None:
+    """Every option the job file takes, for `slurm fit` and `sweep --slurm` alike: one line naming it, no file."""
+    if option != "--array-parallelism":
+        code, _, err = cli(["slurm", "fit", "--config", str(QUICKSTART), option, value, "--run_dir",
+                            str(tmp_path / "run"), "--dry-run"])
+        assert one_error_line(code, err, "slurm").startswith(f"inception_lab slurm: error: {option} ")
+        assert not (tmp_path / "run").exists()
+    if option != "--nodes":
+        code, _, err = cli(["sweep", "sweeps/head_gap_vs_fc.digits.yaml", "--out", str(tmp_path / "sweep"),
+                            "--slurm", option, value, "--dry-run"], cwd=REPO)
+        assert one_error_line(code, err, "sweep").startswith(f"inception_lab sweep: error: {option} ")
+        assert not (tmp_path / "sweep").exists()
+
+
+def test_a_job_option_is_written_as_sbatch_reads_it(tmp_path: Path, cli) -> None:
+    """``--time ' 10:00:00'`` is checked and written stripped (sbatch would not read the space)."""
+    code, _, err = cli(["slurm", "fit", "--config", str(QUICKSTART), "--time", " 10:00:00 ", "--partition", " gpu",
+                        "--run_dir", str(tmp_path / "run"), "--dry-run"])
+    assert code == 0, err
+    options = _sbatch_options((tmp_path / "run" / "fit.sbatch").read_text())
+    assert (options["--time"], options["--partition"]) == ("10:00:00", "gpu")
 
 
 def test_sbatch_refusing_a_job_is_one_line(tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:

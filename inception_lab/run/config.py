@@ -15,17 +15,17 @@ from typing import Any
 
 import yaml
 from jsonargparse import Namespace
-from lightning import Trainer
+from lightning import Trainer, seed_everything
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
 
-from inception_lab.errors import UserError
+from inception_lab.errors import LINKED, UserError
 from inception_lab.run.files import flatten, load_yaml, short_value, write_atomic
 from inception_lab.run.layout import RunDir
 from inception_lab.run.resume import read_checkpoint
 
-LINKED = ("num_classes", "in_channels", "image_size")  # the DataModule says these; never set them in a config
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SEED_MAX = 2**32 - 1
 
 
 def option_values(argv: list[str], *names: str) -> list[str]:
@@ -69,6 +69,18 @@ def command_line(argv: list[str]) -> tuple[list[str], str | None]:
         if run is not None and not given_dir:
             argv = [*argv, "--run_dir", str(run.path)]
     return argv, next(iter(option_values(argv, "--config", "-c")), None)
+
+
+def set_seed(config: Namespace) -> None:
+    """LightningCLI's seeding (``seed_everything``: a seed, true for a random one, false for none), in the range numpy
+    takes (one line naming the key) and quiet: Lightning's "Seed set to 0" came before a refused command's one line,
+    and the seed is in the run's config.yaml."""
+    seed = config.get("seed_everything")
+    if seed is False:
+        return
+    if seed is not True and not 0 <= seed <= SEED_MAX:
+        raise UserError(f"seed_everything={seed}: must be in [0, {SEED_MAX}] (numpy's seeds), or true for a random one")
+    config.seed_everything = seed_everything(None if seed is True else seed, workers=True, verbose=False)
 
 
 def check_yaml(path: str) -> None:

@@ -143,6 +143,21 @@ def write_all_atomic(files: dict[Path, str | bytes]) -> None:
         os.replace(tmp, path)
 
 
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A run file's JSON object; None where there is no file; ValueError naming the file where it cannot be read."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: {'empty' if not error.doc.strip() else f'not valid JSON ({error})'}") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(data, indent=2) + "\n")
 
@@ -190,14 +205,8 @@ class RunSummary:
     def load(cls, run_dir: Path, stage: str = "fit") -> RunSummary | None:
         """The stage's record; None where there is none; ValueError naming the file where it cannot be read."""
         path = RunDir(run_dir).summary(stage)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        if (data := read_json(path)) is None:
             return None
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{path}: {error}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: not a JSON object")
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as error:

@@ -189,6 +189,9 @@ def resolve_run(config: Namespace, subcommand: str, run_variant: dict[str, Any],
                   file=sys.stderr)
             config[key] = safe_name(given)
     ckpt = config.get("ckpt_path")
+    if ckpt is not None and not ckpt.strip():
+        raise UserError(f"--ckpt_path {ckpt!r}: empty; give a checkpoint file, or last (the run's newest), or leave "
+                        "the option out")
     if not config.run_dir and ckpt and ckpt != "last" and (run := RunDir.of_checkpoint(ckpt)) is not None:
         config.run_dir = str(run.path)  # validate/test a checkpoint: report into its run
     if not config.run_dir and ckpt == "last" and not config.run_name:
@@ -205,14 +208,29 @@ def resolve_run(config: Namespace, subcommand: str, run_variant: dict[str, Any],
         config.run_name = Path(config.run_dir).name
 
 
+def check_training(config: Namespace) -> None:
+    """What Lightning takes but a fit cannot train with, one line before anything is written."""
+    trainer, model = config.trainer, config.model
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
+        if trainer.get(key) == 0:
+            raise UserError(f"trainer.{key}=0: a fit trains at least one batch (use validate or test to evaluate "
+                            "a checkpoint without training)")
+    if trainer.get("accumulate_grad_batches", 1) < 1:
+        raise UserError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: must be >= 1 (batches "
+                        "per optimizer step)")
+    # Lightning trains until stopped (or max_time) at max_epochs -1, and at max_epochs null with max_time
+    open_ended = trainer.get("max_epochs") == -1 or (trainer.get("max_epochs") is None and trainer.get("max_time"))
+    if open_ended and trainer.get("max_steps", -1) == -1 and model.get("lr_scheduler") and model.lr_interval == "step":
+        given = "max_epochs=-1" if trainer.get("max_epochs") == -1 else f"max_time={trainer.max_time}"
+        raise UserError(f"trainer.{given}: a run that trains until stopped has no length for model.lr_scheduler, "
+                        "stepped per step (model.lr_interval: step); give trainer.max_steps or trainer.max_epochs")
+
+
 def check_fit(config: Namespace, run_dir: Path, resolved: Callable[[], dict[str, Any]]) -> None:
     """One run, one directory: a fit into a directory that holds a run must resume it, as the same run (its
     ``config.yaml`` against ``resolved()``, this command's flat resolved config). Checked before anything is
     written; a SLURM job started again resumes its own run."""
-    for key in ("max_epochs", "max_steps"):
-        if config.trainer.get(key) == 0:
-            raise UserError(f"trainer.{key}=0: a fit trains at least one epoch (use validate or test to evaluate "
-                            "a checkpoint without training)")
+    check_training(config)
     run, ckpt = RunDir(run_dir), config.get("ckpt_path")
     if ckpt is None and requeued() and run.holds_run():  # SLURM started this job again: go on, don't refuse
         try:

@@ -211,8 +211,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                             "`wandb agent --count N` on it instead of the local runner")
     jobs.add_argument("--count", type=int, default=1, help="trials per array task with --wandb-sweep (default 1)")
     args = parser.parse_args(slurm.sbatch_options(argv))
-    for flag, value in (("parallel", args.parallel), ("run-cap", args.run_cap),
-                        ("array-parallelism", args.array_parallelism), ("max-seeds", args.max_seeds),
+    for flag, value in (("parallel", args.parallel), ("run-cap", args.run_cap), ("max-seeds", args.max_seeds),
                         ("seeds-per-round", args.seeds_per_round)):
         if value is not None and value < 1:
             raise SweepError(f"--{flag} {value}: expected a positive integer")
@@ -222,10 +221,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise SweepError(f"--alpha {args.alpha}: expected a level in (0, 1), e.g. 0.05")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise SweepError(f"--gpus-per-trial {args.gpus_per_trial}: expected 0 (CPU) or more")
-    try:
-        slurm.check_time(args.time, slurm.SWEEP_SIGNAL)
-    except ValueError as error:
-        raise SweepError(str(error)) from None
+    slurm.check_job_options(args, slurm.SWEEP_SIGNAL)
     return args
 
 

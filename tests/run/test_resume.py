@@ -331,3 +331,17 @@ def test_a_fit_on_a_full_disk_says_so_and_resumes_once_freed(tmp_path: Path, cli
             assert code == 1 and "Traceback" not in err
             assert "Read-only file system (EROFS)" in err.strip().splitlines()[-1]
             assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("content", ["", "{\"id\": 5}", "[1]"])
+def test_an_unreadable_wandb_run_id_is_one_line_naming_it(content: str, finished_run: Path, cli) -> None:
+    """A resume that logs to W&B reads the run's id from wandb_run.json: one that cannot be read is one line naming
+    the file and what to do, before the fit writes anything."""
+    id_file = RunDir(finished_run).wandb_run
+    id_file.write_text(content)
+    before = snapshot(finished_run)
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), *short(epochs=2, wandb=False), "--wandb.enabled=true",
+                        "--ckpt_path", "last", "--run_dir", str(finished_run)])
+    line = one_error_line(code, err, "fit")
+    assert line.startswith(f"inception_lab fit: error: {id_file}: ") and "a new W&B run" in line, line
+    assert snapshot(finished_run) == before
