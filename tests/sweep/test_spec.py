@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import yaml
 
 from inception_lab.sweep import spec
 from tests.conftest import REPO, one_error_line, validate_wandb_schema, write_sweep
-from tests.sweep.conftest import SWEEP_FILES
+from tests.sweep.conftest import SWEEP_FILES, fake_sweep
 
 ABLATIONS = ("filter_sizes", "reduce_widths", "aux_weights", "head_gap_vs_fc")
 
@@ -142,13 +143,19 @@ def test_fallback_grid_is_the_engines(path: Path | str, tmp_path: Path, engine: 
     s = spec.load_sweep(Path(path))
     theirs = spec.grid_values(s)
     _without_engine(monkeypatch)
-    assert spec.grid_values(s) == theirs
+    assert repr(spec.grid_values(s)) == repr(theirs)  # and of the same types: 1 == 1.0
+
+
+def test_grid_values_of_two_types_keep_the_last_ones(tmp_path: Path, either: str) -> None:
+    """The engine's yaml_hash makes 1.0 and 1 one value, in the first one's place, with the last one's type."""
+    path = write_sweep(tmp_path / "g.yaml", {"a": {"values": [1.0, 1, 2, 2.0]}, "b": {"values": [True, 1]}})
+    assert repr(spec.grid_values(spec.load_sweep(path))) == repr(
+        [{"a": 1, "b": True}, {"a": 1, "b": 1}, {"a": 2.0, "b": True}, {"a": 2.0, "b": 1}])
 
 
 def test_fallback_random_draws_are_the_engines(tmp_path: Path, engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     distributions = {
         "uniform": {"min": 0.5, "max": 2.0}, "q_uniform": {"min": 0, "max": 10, "q": 2},
-        "log_uniform": {"min": -3.0, "max": 1.0}, "q_log_uniform": {"min": 0.0, "max": 3.0, "q": 0.5},
         "log_uniform_values": {"min": 1e-4, "max": 1e-1}, "q_log_uniform_values": {"min": 1.0, "max": 100.0, "q": 5},
         "int_uniform": {"min": -2, "max": 4}, "categorical": {"values": ["gap", "fc", [3, 3]]},
         "constant": {"value": {"a": 1}}}
@@ -197,11 +204,39 @@ BAD_SWEEPS = {
     "directory": (..., "a directory, not a sweep file"),
     "duplicate_key": ("method: grid\nparameters: {a: {values: [1]}}\nmethod: random\n",
                       "invalid YAML (line 3): duplicate key 'method' (the last one would win, silently)"),
+    # what W&B's engine refuses (its schema, its search's and hyperband's own checks), with or without it installed
+    "key_misspelled": ("method: grid\nparameters: {a: {vals: [1, 2]}}\n",
+                       "parameters.a: has vals: expected values, value, min and max, or a distribution"),
+    "key_unknown": ("method: grid\nparameters: {a: {values: [1, 2], default: 1}}\n",
+                    "parameters.a: 'default' is not a key of a categorical parameter; allowed: values, distribution"),
+    "top_key_unknown": ("method: grid\nparameters: {a: {values: [1]}}\nearly_terminat: {type: hyperband}\n",
+                        "'early_terminat' is not a key of a W&B sweep file; allowed: apiVersion, kind, controller"),
+    "int_uniform_floats": ("method: random\nrun_cap: 2\nparameters: {a: {distribution: int_uniform, min: 0.5, "
+                           "max: 3}}\n", "parameters.a.min=0.5: expected an integer"),
+    "bayes_no_metric": ("method: bayes\nrun_cap: 2\nparameters: {lr: {min: 0.1, max: 1.0}}\n",
+                        "bayes search needs the metric it optimizes: metric: {name: val/acc_best, goal: maximize}"),
+    "hyperband_no_min_iter": ("method: grid\nmetric: {name: loss}\nearly_terminate: {type: hyperband}\n"
+                              "parameters: {a: {values: [1]}}\n", "early_terminate: hyperband needs min_iter"),
+    "hyperband_eta": ("method: grid\nmetric: {name: loss}\nearly_terminate: {type: hyperband, min_iter: 1, eta: 1}\n"
+                      "parameters: {a: {values: [1]}}\n", "early_terminate.eta=1: expected a number > 1"),
+    "goal": ("method: grid\nmetric: {name: loss, goal: minimise}\nparameters: {a: {values: [1]}}\n",
+             "metric.goal='minimise': expected one of minimize, maximize"),
+    "run_cap": ("method: random\nrun_cap: 2.5\nparameters: {a: {min: 0.1, max: 1.0}}\n",
+                "run_cap=2.5: expected an integer > 0"),
+    "deprecated": ("method: random\nrun_cap: 2\nparameters: {a: {distribution: log_uniform, min: -3, max: 0}}\n",
+                   "parameters.a: distribution log_uniform (min and max as base-e exponents) is refused by W&B: use "
+                   "log_uniform_values"),
+    "parameter_name": ("method: grid\nparameters: {trainer/max_epochs: {values: [1]}}\n",
+                       "parameters.trainer/max_epochs: W&B's parameter names match [A-Za-z_][A-Za-z0-9_.-]*"),
+    "probabilities": ("method: random\nrun_cap: 2\nparameters: {a: {values: [1, 2], probabilities: [0.5, 0.6]}}\n",
+                      "parameters.a.probabilities: expected a number >= 0 per value, summing to 1"),
+    "scheduler": ("method: grid\nscheduler: {engine: wandb}\nparameters: {a: {values: [1]}}\n",
+                  "scheduler: for a custom scheduler (method: custom), which W&B's sweeps engine does not run"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_SWEEPS)
-def test_bad_sweep_is_one_line_error(case: str, tmp_path: Path, cli: Any) -> None:
+def test_bad_sweep_is_one_line_error(case: str, tmp_path: Path, cli: Any, either: str) -> None:
     text, message = BAD_SWEEPS[case]
     path = tmp_path / "s.yaml"
     if text is ...:
@@ -218,3 +253,80 @@ def test_bayes_without_engine_says_how_to_install(tmp_path: Path, cli: Any, monk
     monkeypatch.setitem(sys.modules, "sweeps", None)  # as if the engine were not installed: import fails
     code, _, err = cli(["sweep", str(REPO / "sweeps" / "lr_wd_bayes.digits.yaml"), "--out", str(tmp_path / "o")])
     assert "pip install 'inception-lab[sweeps]'" in one_error_line(code, err, "sweep")
+
+
+# W&B's engine's own test configs (wandb/sweeps' tests/), each with the engine's answer
+ENGINE_CONFIGS = yaml.safe_load((Path(__file__).parent / "engine_configs.yaml").read_text())
+
+
+def _engine_takes(sweeps: Any, config: dict[str, Any]) -> bool:
+    """W&B's engine's answer: its schema (validate=True), then what its search and its hyperband check."""
+    config = json.loads(json.dumps(config))
+    try:
+        with spec._seeded(0), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sweeps.next_run(config, [], validate=True)
+            if "early_terminate" in config:
+                sweeps.stop_runs(config, [], validate=True)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("case", ENGINE_CONFIGS, ids=[f"{i}-{c['test'].split('::')[1]}"
+                                                      for i, c in enumerate(ENGINE_CONFIGS)])
+def test_engine_test_configs_are_answered_as_the_engine_does(case: dict[str, Any], tmp_path: Path, cli: Any,
+                                                             either: str) -> None:
+    """Accepted or refused as the engine does (``ours`` says where, and why, this project refuses more), with the
+    engine and without it; a refusal is one line at --dry-run."""
+    if either == "engine":
+        assert _engine_takes(spec.engine(), case["config"]) == (case["engine"] == "accept"), "the record is stale"
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(case["config"]))
+    if case.get("ours", case["engine"]) == "accept":
+        s = spec.load_sweep(path)  # and the trials it plans come out (the fallback's random draws: tested above)
+        if s.method == "grid":
+            assert spec.grid_values(s)
+        elif either == "engine":
+            assert spec.random_values(s, 2, seed=0) if s.method == "random" else spec.bayes_value(s, [], seed=0)
+    else:
+        with pytest.raises(spec.SweepError) as refused:  # the file itself, not a later check (--run-cap, ...)
+            spec.load_sweep(path)
+        code, _, err = cli(["sweep", str(path), "--out", str(tmp_path / "out"), "--run-cap", "2", "--dry-run"])
+        assert one_error_line(code, err, "sweep") == f"inception_lab sweep: error: {refused.value}"
+        assert str(refused.value).startswith(f"{path}: ") and not (tmp_path / "out").exists()
+
+
+def test_real_sweep_with_a_bad_hyperband_block_starts_nothing(tmp_path: Path, cli: Any, either: str) -> None:
+    path = fake_sweep(tmp_path, 0, early_terminate={"type": "hyperband", "eta": 2})  # no min_iter (nor max_iter, s)
+    code, _, err = cli(["sweep", str(path), "--out", str(out := tmp_path / "out")])
+    assert "early_terminate: hyperband needs min_iter" in one_error_line(code, err, "sweep")
+    assert not out.exists()  # no state.json, no trial started
+
+
+def test_fallback_rules_are_the_engines_schema(engine: Any) -> None:
+    """The fallback's tables (spec.TOP_KEYS, ...) say what the engine's JSON schema says, key by key."""
+    from sweeps.config.schema import dereferenced_sweep_config_jsonschema as schema
+    from sweeps.config.schema import sweep_config_jsonschema as written
+    from sweeps.params import PARAM_DEPRECATION_MAP
+
+    def rule(prop: dict[str, Any]) -> Any:
+        prop = prop.get("oneOf", [prop])[0]
+        if "enum" in prop:
+            return tuple(prop["enum"])
+        bound = [f"{op}{prop[k]:g}" for k, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("minItems", ">="),
+                                                   ("minProperties", ">=")) if k in prop]
+        return prop.get("type", "any") + "".join(bound)
+
+    definitions = schema["definitions"]
+    assert {k: rule(v) for k, v in schema["properties"].items()} == spec.TOP_KEYS
+    assert {k: rule(v) for k, v in definitions["metric"]["properties"].items()} == spec.METRIC_KEYS
+    assert {k: rule(v) for k, v in definitions["hyperband_stopping"]["properties"].items()} == spec.HYPERBAND_KEYS
+    assert definitions["parameters"]["propertyNames"]["pattern"].strip("^$") == spec.PARAMETER_NAME
+    forms = [definitions[d["$ref"].split("/")[-1]] for d in written["definitions"]["parameter"]["anyOf"]]
+    forms = [p for f in forms if "parameters" not in (p := f.get("anyOf", [f])[0]["properties"])]  # uniform: anyOf
+    keys = {f["distribution"]["enum"][0]: {k: rule(v) for k, v in f.items() if k != "distribution"} for f in forms}
+    deprecated = {definitions[d]["properties"]["distribution"]["enum"][0] for d in PARAM_DEPRECATION_MAP}
+    assert deprecated == set(spec.DEPRECATED)
+    assert {k: v for k, v in keys.items() if k not in deprecated} == spec.PARAMETER_KEYS
+    assert {k for f in forms for k, v in f.items() if "default" in v} - {"distribution"} == set(spec.DEFAULTED)
