@@ -180,6 +180,9 @@ class InceptionCLI(LightningCLI):
 class _ParseOnlyCLI(InceptionCLI):
     """Parses and builds model and data, but no trainer: nothing is written, no logger starts."""
 
+    def _set_seed(self) -> None:
+        set_seed(self.config, check_only=True)
+
     def before_instantiate_classes(self) -> None:
         self.variant = self.compute_variant()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -383,9 +384,15 @@ def test_bad_input_is_one_line_error(tmp_path: Path, case: str, cli) -> None:
     assert not run_dir.exists()  # refused before anything is written: the corrected command with the same --run_dir
 
 
-def test_parse_reports_one_line() -> None:
+def test_parse_reports_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UserError, match=r"^model.net.init_args.head: "):
         parse(["fit", "--config", str(QUICKSTART), "--model.net.init_args.head=mlp"])
+    with pytest.raises(UserError, match=r"^seed_everything=-3: must be in \[0, 4294967295\]"):
+        parse(["fit", "--config", str(QUICKSTART), "--seed_everything=-3"])
+    # parsing runs nothing: the samplers' seed (PL_GLOBAL_SEED) stays as it was (a sweep runner parses every trial)
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    parse(["fit", "--config", str(QUICKSTART), "--seed_everything=3"])
+    assert "PL_GLOBAL_SEED" not in os.environ
 
 
 @pytest.mark.parametrize("case", ["missing_cifar", "missing_imagenet", "corrupt_cifar"])

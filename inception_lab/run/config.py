@@ -71,16 +71,18 @@ def command_line(argv: list[str]) -> tuple[list[str], str | None]:
     return argv, next(iter(option_values(argv, "--config", "-c")), None)
 
 
-def set_seed(config: Namespace) -> None:
+def set_seed(config: Namespace, check_only: bool = False) -> None:
     """LightningCLI's seeding (``seed_everything``: a seed, true for a random one, false for none), in the range numpy
     takes (one line naming the key) and quiet: Lightning's "Seed set to 0" came before a refused command's one line,
-    and the seed is in the run's config.yaml."""
+    and the seed is in the run's config.yaml. ``check_only``: the range alone (``parse`` runs nothing, so it leaves
+    the process's RNGs and ``PL_GLOBAL_SEED``, the samplers' seed, as they were)."""
     seed = config.get("seed_everything")
     if seed is False:
         return
     if seed is not True and not 0 <= seed <= SEED_MAX:
         raise UserError(f"seed_everything={seed}: must be in [0, {SEED_MAX}] (numpy's seeds), or true for a random one")
-    config.seed_everything = seed_everything(None if seed is True else seed, workers=True, verbose=False)
+    if not check_only:
+        config.seed_everything = seed_everything(None if seed is True else seed, workers=True, verbose=False)
 
 
 def check_yaml(path: str) -> None:
