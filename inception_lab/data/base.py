@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from typing import Any, NamedTuple
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
@@ -24,6 +28,94 @@ CROP_AREA, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
 class DataError(UserError, RuntimeError):
     """Data missing or unreadable: reported to the user as one line naming the file or directory."""
+
+
+BadImagePolicy = Literal["skip", "error"]
+T = TypeVar("T")
+
+
+class UndecodableImage(Exception):
+    """A file the decoder refused (empty, cut short, not an image): its path and the decoder's reason."""
+
+    def __init__(self, path: str, error: BaseException) -> None:
+        line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        # torchvision's line: "decode_jpeg, <its source file>:171, Image is incomplete or truncated"
+        self.path, self.reason = path, re.sub(r"^\w+, \S+:\d+, ", "", line).split(". ")[0]
+        super().__init__(f"{path}: {self.reason}")
+
+
+class BadImageError(DataError):
+    """``bad_images: error``'s stop, one line. A loader worker's exception reaches the main process as
+    ``BadImageError(<the worker's traceback>)`` (torch's ``ExceptionWrapper.reraise``): the line is its last."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message.strip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1])
+
+
+class BadImages:
+    """What a DataModule's loaders do with an undecodable file (``mode``): ``skip`` it (the next file of its split
+    that decodes takes its place: batches keep their size and DDP ranks their step counts; counted, and the first
+    named on stderr once) or stop on it (``error``: :class:`BadImageError`). Its state is in shared memory made before
+    the loader workers (separate processes) start, so that their skips count with the main process's: a flag per file
+    of each split (a file counts once however often it is drawn) and the first file skipped."""
+
+    def __init__(self, mode: BadImagePolicy, key: str) -> None:
+        self.mode, self.key = mode, key
+        self.first = multiprocessing.Array("c", 4096)  # "path\nreason"; its lock makes one process the first
+        self.splits: list[tuple[Tensor, Callable[[int], str]]] = []  # each split's flags, and its files' paths
+        self.announced = False  # (this process) the first one's line was printed
+
+    def flags(self, n: int, path: Callable[[int], str]) -> Tensor:
+        """A split of ``n`` files (``path(i)``: the i-th one's path): its flags."""
+        self.splits.append((torch.zeros(n, dtype=torch.bool).share_memory_(), path))
+        return self.splits[-1][0]
+
+    def get(self, fetch: Callable[[int], T], index: int, flags: Tensor) -> tuple[int, T]:
+        """``(i, fetch(i))`` for the first ``i`` from ``index`` on (cyclically) whose file decodes."""
+        for step in range(len(flags)):
+            i = (index + step) % len(flags)
+            try:
+                return i, fetch(i)
+            except UndecodableImage as error:
+                self.met(error, flags, i)
+        raise DataError(f"none of the {len(flags)} files of a split decodes ({self.record()['first']}, ...)")
+
+    def met(self, error: UndecodableImage, flags: Tensor, index: int) -> None:
+        if self.mode == "error":
+            raise BadImageError(f"{self.key}='error': {error.path} cannot be decoded ({error.reason}); replace it "
+                                "with a readable image (removing it would change the held-out split) and run the "
+                                f"command again (a fit resumes with --ckpt_path last), or set {self.key}=skip to skip "
+                                "such files")
+        flags[index] = True
+        with self.first.get_lock():
+            self.first.value = self.first.value or f"{error.path}\n{error.reason}".encode()[:4095]
+
+    def announce(self) -> None:
+        """In the main process, once: the line naming the first file skipped (by any worker)."""
+        if not self.announced and self.first.value:
+            self.announced = True
+            path, _, reason = self.first.value.decode(errors="replace").partition("\n")
+            print(f"inception_lab: skipped an undecodable image: {path} ({reason}); the next file of its split takes "
+                  "its place, and every file skipped is counted in the run's summary.json (bad_images), named here "
+                  f"only once ({self.key}=error stops instead)", file=sys.stderr)
+
+    def merge(self, reduce: Callable[[Tensor], Tensor]) -> None:
+        """Every rank's flags made their union, ``reduce`` being the ranks' elementwise max (DDP, at an epoch's end)."""
+        if self.splits:
+            flags = [f for f, _ in self.splits]
+            merged = reduce(torch.cat(flags).to(torch.uint8)).cpu().bool()
+            for f, part in zip(flags, merged.split([len(f) for f in flags])):
+                f.copy_(part)
+
+    def record(self) -> dict[str, Any] | None:
+        """``{"count": files skipped, "first": its path, "reason": the decoder's}`` (the first this process met; under
+        DDP, perhaps one another rank skipped, with no reason); None where none was."""
+        count = sum(int(f.sum()) for f, _ in self.splits)
+        if not count:
+            return None
+        first, _, reason = self.first.value.decode(errors="replace").partition("\n")
+        first = first or next(path(int(f.nonzero()[0])) for f, path in self.splits if f.any())
+        return {"count": count, "first": first, **({"reason": reason} if reason else {})}
 
 
 def random_crop_flip(images: Tensor, pad: int, flip: bool) -> Tensor:
@@ -56,6 +148,7 @@ class FileBatch(NamedTuple):
 
     data: Tensor  # uint8, (sum of the items' sizes,)
     shapes: tuple[tuple[int, ...], ...]
+    index: tuple[int, ...] = ()  # each item's index in its dataset: names (and flags) a file the device cannot decode
 
     def items(self) -> list[Tensor]:
         sizes = [int(torch.Size(shape).numel()) for shape in self.shapes]
@@ -114,6 +207,16 @@ class ImageDataModule(LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self._bad_images: BadImages | None = None  # made in setup by DataModules that decode files
+
+    def skipped_images(self) -> dict[str, Any] | None:
+        """The undecodable files the loaders skipped (``BadImages.record``: the run's record holds it)."""
+        return None if self._bad_images is None else self._bad_images.record()
+
+    def share_skipped_images(self, reduce: Callable[[Tensor], Tensor]) -> None:
+        """Under DDP, on every rank at once: each rank's skipped files made every rank's (``BadImages.merge``)."""
+        if self._bad_images is not None:
+            self._bad_images.merge(reduce)
 
     def check_source(self) -> None:
         """Where the data is to come from exists (cheap: no download, no scan). The CLI calls it before a fit's run
@@ -161,16 +264,22 @@ class ImageDataModule(LightningDataModule):
         """The DataLoader's ``collate_fn`` (None: PyTorch's default)."""
         return None
 
-    def decode(self, items: list[Tensor], device: torch.device) -> Tensor:
-        """A batch that arrived as a list of undecoded items (file bytes, on the host), as uint8 images
-        ``(N, C, H, W)`` on ``device``: for DataModules whose workers hand over bytes."""
+    def decode(self, batch: FileBatch, labels: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+        """A batch that arrived undecoded (file bytes, on the host) as uint8 images ``(N, C, H, W)`` on ``device``,
+        and its labels (another file's where one could not be decoded and was skipped): for DataModules whose
+        workers hand over bytes."""
         raise DataError(f"{type(self).__name__}: its loaders hand over images, not bytes")
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         x, *rest = batch if isinstance(batch, (tuple, list)) else (batch,)
         if isinstance(x, FileBatch):  # the workers' file bytes: decoded straight onto the device
-            return [self.decode(x.items(), device), *super().transfer_batch_to_device(rest, device, dataloader_idx)]
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+            images, labels = self.decode(x, rest[0], device)
+            batch = [images, super().transfer_batch_to_device(labels, device, dataloader_idx)]
+        else:
+            batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if self._bad_images is not None:
+            self._bad_images.announce()
+        return batch
 
     def train_dataloader(self) -> DataLoader | ResidentLoader:
         return self._loader(self.train_set, train=True)

@@ -12,13 +12,25 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset, get_worker_info
 from torchvision import tv_tensors
 from torchvision.datasets import ImageFolder, ImageNet
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import v2
 
 from inception_lab.arguments import check_arguments
-from inception_lab.data.base import CROP_AREA, CROP_RATIO, DataError, FileBatch, ImageDataModule, split_indices
+from inception_lab.data.base import (
+    CROP_AREA,
+    CROP_RATIO,
+    BadImagePolicy,
+    BadImages,
+    DataError,
+    FileBatch,
+    ImageDataModule,
+    UndecodableImage,
+    split_indices,
+)
 from inception_lab.data.views import TestViews, ViewMaker
-from inception_lab.errors import ArgumentValueError
+from inception_lab.errors import ArgumentValueError, config_prefix
+from inception_lab.run.identity import DATA_BOOKKEEPING
 from inception_lab.sampling import trainer_progress
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -45,7 +57,10 @@ def is_jpeg(data: Tensor) -> bool:
 def read_bytes(path: str) -> Tensor:
     """For ``backend: torchvision_device``: a JPEG's bytes as a uint8 tensor ``(L,)``, decoded later on the training
     device; anything else (ImageNet's few PNG and CMYK files) decoded here, ``(3, H, W)``."""
-    data = read_file(path)
+    try:
+        data = read_file(path)
+    except RuntimeError as error:  # empty, or gone
+        raise UndecodableImage(path, error) from None
     if is_jpeg(data):
         try:
             torchvision_jpeg_header(data)
@@ -72,35 +87,44 @@ def torchvision_jpeg_header(data: Tensor) -> None:
 
 
 class _FileBytes(Dataset):
-    """Training images as their files' bytes (``read_bytes``) and labels: ``backend: torchvision_device``."""
+    """Training images as their files' bytes (``read_bytes``), labels and indices: ``backend: torchvision_device``."""
 
-    def __init__(self, samples: list[tuple[str, int]]) -> None:
-        self.samples = samples
+    def __init__(self, samples: list[tuple[str, int]], bad_images: BadImages) -> None:
+        self.samples, self.bad_images = samples, bad_images
+        self.flags = bad_images.flags(len(samples), self.path)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        path, label = self.samples[index]
-        return read_bytes(path), label
+    def path(self, index: int) -> str:
+        return self.samples[index][0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        index, data = self.bad_images.get(lambda i: read_bytes(self.path(i)), index, self.flags)
+        return data, self.samples[index][1], index
 
 
-def collate_bytes(batch: list[tuple[Tensor, int]]) -> tuple[FileBatch, Tensor]:
+def collate_bytes(batch: list[tuple[Tensor, int, int]]) -> tuple[FileBatch, Tensor]:
     """A batch of file bytes (of different lengths) packed as one :class:`FileBatch`, the labels as a tensor."""
-    items = [x for x, _ in batch]
+    items = [x for x, _, _ in batch]
     size = sum(x.numel() for x in items)
     out = None
     if get_worker_info() is not None:  # straight into shared memory, as default_collate does in a worker
         out = items[0].new(items[0].untyped_storage()._new_shared(size)).resize_(size)
     data = torch.cat([x.reshape(-1) for x in items], out=out)
-    return FileBatch(data, tuple(tuple(x.shape) for x in items)), torch.tensor([y for _, y in batch])
+    shapes, index = tuple(tuple(x.shape) for x in items), tuple(i for _, _, i in batch)
+    return FileBatch(data, shapes, index), torch.tensor([y for _, y, _ in batch])
 
 
 def load_image(path: str) -> Tensor:
     """A file as a uint8 RGB tensor ``(3, H, W)``, by ``torchvision.io.decode_image`` (libjpeg-turbo, libpng, ...
     straight into a tensor: faster than PIL's decode and copy): JPEG, CMYK JPEG, PNG (gray, palette, alpha dropped)
-    whatever the file's name says (ImageNet holds a PNG and CMYK files saved as .JPEG), as PIL's ``convert("RGB")``."""
-    return decode_image(path, mode=ImageReadMode.RGB)
+    whatever the file's name says (ImageNet holds a PNG and CMYK files saved as .JPEG), as PIL's ``convert("RGB")``.
+    A file that does not decode (empty, cut short, not an image): :class:`UndecodableImage`."""
+    try:
+        return decode_image(path, mode=ImageReadMode.RGB)
+    except RuntimeError as error:
+        raise UndecodableImage(path, error) from None
 
 
 class RandomInterpolationResizedCrop(v2.RandomResizedCrop):
@@ -175,17 +199,36 @@ def color_jitter(images: Tensor, strength: float, params: tuple[Tensor, Tensor] 
 
 
 class _Transformed(Dataset):
-    """A view of a dataset with its own transform (one directory scan serves train and held-out val)."""
+    """A view of a folder (or of a Subset of one) with its own transform (one directory scan serves train and
+    held-out val); a file that does not decode is skipped or stops the loader, as ``bad_images`` says."""
 
-    def __init__(self, dataset: Dataset, transform: Any) -> None:
-        self.dataset, self.transform = dataset, transform
+    def __init__(self, dataset: Dataset, transform: Any, bad_images: BadImages) -> None:
+        self.dataset, self.transform, self.bad_images = dataset, transform, bad_images
+        self.flags = bad_images.flags(len(self), self.path)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def path(self, index: int) -> str:
+        if isinstance(self.dataset, Subset):
+            return self.dataset.dataset.samples[self.dataset.indices[index]][0]
+        return self.dataset.samples[index][0]
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image, label = self.dataset[index]
+        _, (image, label) = self.bad_images.get(self.dataset.__getitem__, index, self.flags)
         return self.transform(image), label
+
+
+def _holds_image(folder: str) -> bool:
+    """Whether ``folder`` (or a folder in it) holds a file ImageFolder takes: stops at the first one."""
+    with os.scandir(folder) as entries:
+        subfolders = []
+        for entry in entries:
+            if entry.is_dir():
+                subfolders.append(entry.path)
+            elif entry.name.lower().endswith(IMG_EXTENSIONS):
+                return True
+    return any(_holds_image(subfolder) for subfolder in subfolders)
 
 
 class ImageNetDataModule(ImageDataModule):
@@ -215,16 +258,24 @@ class ImageNetDataModule(ImageDataModule):
     the JPEGs' bytes; ``torchvision.io.decode_jpeg`` decodes the batch on the training device, nvJPEG on a GPU, and
     the random crop and flip run there, per image, with the worker path's own transform and draws:
     :meth:`decode`). Evaluation always runs on torchvision in the workers.
+
+    ``bad_images``: a file that cannot be decoded (empty, cut short, not an image), in any split: ``skip`` (the next
+    file of its split takes its place, so batches keep their size and DDP ranks their step counts; in a test or
+    predict split the substitute's output stands at the bad file's index; each file skipped is counted in the run's
+    ``summary.json``, ``bad_images``, and the first is named on stderr once) or ``error`` (the run stops in one line
+    naming the file and resumes from its last checkpoint once the file is replaced). DALI's decoder has no such
+    choice: a bad file stops its pipeline.
     """
 
     views_supported = get_args(TestViews)
+    BOOKKEEPING = (*DATA_BOOKKEEPING, "bad_images")  # what to do on a broken file, not what a run computes
 
     def __init__(self, root: str = "data/imagenet", image_size: PositiveInt = 224, eval_resize: PositiveInt = 256,
                  num_classes: PositiveInt = 1000, batch_size: PositiveInt = 256, num_workers: NonNegativeInt = 8,
                  pin_memory: bool = True, persistent_workers: bool = True, val_size: PositiveInt = 10000,
                  split_seed: int = 0, color_jitter: NonNegativeFloat = 0.4, test_views: TestViews = "single",
                  backend: Backend = "torchvision", normalization: Normalization = "imagenet",
-                 interpolation: Interpolation = "bilinear") -> None:
+                 interpolation: Interpolation = "bilinear", bad_images: BadImagePolicy = "skip") -> None:
         check_arguments(ImageNetDataModule, locals())
         super().__init__(batch_size, num_workers, test_views)
         if backend == "dali":
@@ -236,7 +287,7 @@ class ImageNetDataModule(ImageDataModule):
 
             require_dali(type(self))
         self.mean, self.std = NORMALIZATIONS[normalization]
-        self.normalization, self.interpolation = normalization, interpolation
+        self.normalization, self.interpolation, self.bad_images = normalization, interpolation, bad_images
         self.save_hyperparameters()
         self.backend = backend
         self.root, self.eval_resize, self.val_size, self.split_seed = root, eval_resize, val_size, split_seed
@@ -252,18 +303,37 @@ class ImageNetDataModule(ImageDataModule):
     def collate(self, train: bool) -> Any:
         return collate_bytes if train and self.backend == "torchvision_device" else None
 
-    def decode(self, items: list[Tensor], device: torch.device) -> Tensor:
+    def decode(self, batch: FileBatch, labels: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
         """``backend: torchvision_device``: the batch's JPEG bytes decoded on their device (one batched
         ``decode_jpeg``), then each image's random crop (Section 6's area and aspect, resized to ``image_size``) and
         flip by the worker path's own transform (:func:`train_crop`), drawn image by image in the same order: uint8
-        ``(N, 3, S, S)``. Items already decoded by a worker (PNG, CMYK) join the batch as they are."""
+        ``(N, 3, S, S)``. Items already decoded by a worker (PNG, CMYK) join the batch as they are. One bad JPEG fails
+        the batched decode: its files are then decoded one by one, a bad one's place taken by the next file of the
+        split that decodes, as in the workers (``bad_images``), its label with it."""
+        items = batch.items()
         jpegs = [i for i, x in enumerate(items) if x.ndim == 1]
         decoded = [x.to(device, non_blocking=True) if x.ndim == 3 else x for x in items]
         if jpegs:  # the bytes stay on the host; the decoder writes the images onto the device
-            images = decode_jpeg([items[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
-            for i, image in zip(jpegs, images):
-                decoded[i] = image
-        return torch.stack([self._train_crop(image) for image in decoded])
+            try:
+                for i, image in zip(jpegs, decode_jpeg([items[i] for i in jpegs], mode=ImageReadMode.RGB,
+                                                       device=device)):
+                    decoded[i] = image
+            except RuntimeError:
+                labels = labels.clone()
+                for i in jpegs:
+                    index, decoded[i] = self._bad_images.get(lambda j: self._decode_file(j, device), batch.index[i],
+                                                             self.train_set.flags)
+                    labels[i] = self.train_set.samples[index][1]
+        return torch.stack([self._train_crop(image) for image in decoded]), labels
+
+    def _decode_file(self, index: int, device: torch.device) -> Tensor:
+        """The ``index``-th training file decoded onto ``device`` on its own, or :class:`UndecodableImage`."""
+        path = self.train_set.path(index)
+        data = read_bytes(path)
+        try:
+            return data.to(device) if data.ndim == 3 else decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError as error:
+            raise UndecodableImage(path, error) from None
 
     def augment(self, images: Tensor) -> Tensor:
         """On the device, per image: the photometric distortions on the uint8 crops, as float in [0, 1]."""
@@ -275,14 +345,35 @@ class ImageNetDataModule(ImageDataModule):
         return (root / "meta.bin").is_file() or (root / "ILSVRC2012_devkit_t12.tar.gz").is_file()
 
     def check_source(self) -> None:
+        """The split directories; in each class folder a file ImageFolder takes (the first found will do: ImageNet
+        has 1.28M files); the same class folders in train/ as in val/, ``num_classes`` of them."""
         root = Path(self.root)
         if self._devkit_layout():
             return
+        classes = []
         for split in ("train", "val"):
             if not (root / split).is_dir():
                 raise ArgumentValueError(type(self), f"no ImageNet {split} directory {root / split} (expected "
                                          f"{root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG, or torchvision's "
                                          "ImageNet layout with its devkit)", root=self.root)
+            folders = sorted(entry.path for entry in os.scandir(root / split) if entry.is_dir())
+            empty = next((folder for folder in folders if not _holds_image(folder)), None)
+            if empty or not folders:
+                what = f"class folder {empty} holds no image" if empty else f"{root / split} holds no class folder"
+                raise ArgumentValueError(type(self), f"{what}: ImageFolder takes files ending in "
+                                         f"{', '.join(IMG_EXTENSIONS)} (in any case) in each class folder; add them, "
+                                         "or remove the folder from train/ and val/", root=self.root)
+            classes.append([Path(folder).name for folder in folders])
+        if classes[0] != classes[1]:
+            raise ArgumentValueError(type(self), f"train/ and val/ hold different class folders (in one only: "
+                                     f"{', '.join(sorted(set(classes[0]) ^ set(classes[1]))[:3])}, ...)",
+                                     root=self.root)
+        self._check_classes(len(classes[0]))
+
+    def _check_classes(self, classes: int) -> None:
+        if classes != self.num_classes:
+            raise ArgumentValueError(type(self), f"{self.root} holds {classes} class folders; set it to {classes}",
+                                     num_classes=self.num_classes)
 
     def _folders(self) -> tuple[Dataset, Dataset, int]:
         root = Path(self.root)
@@ -299,8 +390,6 @@ class ImageNetDataModule(ImageDataModule):
             test = ImageFolder(str(root / "val"), loader=load_image)
         except FileNotFoundError as error:
             raise DataError(f"{root}: {error}") from None
-        if train.classes != test.classes:
-            raise DataError(f"{root}: train/ and val/ hold different class folders")
         return train, test, len(train.classes)
 
     def prepare_data(self) -> None:
@@ -310,18 +399,17 @@ class ImageNetDataModule(ImageDataModule):
         if self.train_set is not None:
             return
         train, test, classes = self._folders()
-        if classes != self.num_classes:
-            raise ArgumentValueError(type(self), f"{self.root} holds {classes} class folders; set it to {classes}",
-                                     num_classes=self.num_classes)
+        self._check_classes(classes)
         transforms = self._transforms()
         val, fit = split_indices(len(train), {"val_size": self.val_size}, self.split_seed)
         self._train_crop = transforms["train"]  # the workers' crop, or the device's (decode)
+        bad = self._bad_images = BadImages(self.bad_images, f"{config_prefix(type(self))}bad_images")
         if self.backend == "torchvision_device":  # bytes: decoded, cropped and flipped on the device (decode)
-            self.train_set = _FileBytes([train.samples[i] for i in fit.tolist()])
+            self.train_set = _FileBytes([train.samples[i] for i in fit.tolist()], bad)
         else:
-            self.train_set = _Transformed(Subset(train, fit.tolist()), transforms["train"])
-        self.val_set = _Transformed(Subset(train, val.tolist()), transforms["eval"])
-        self.test_set = _Transformed(test, transforms["test"])
+            self.train_set = _Transformed(Subset(train, fit.tolist()), transforms["train"], bad)
+        self.val_set = _Transformed(Subset(train, val.tolist()), transforms["eval"], bad)
+        self.test_set = _Transformed(test, transforms["test"], bad)
 
     def train_dataloader(self) -> Any:
         if self.backend != "dali":

@@ -87,9 +87,8 @@ def input_paths(data: ImageNetDataModule, images: int, device: torch.device
 
     def device_decode() -> int:  # the worker's half (bytes) and the device's (decode, crop, flip) in one
         for _ in range(batches):
-            packed, _ = collate_bytes([(read_bytes(samples[i][0]), samples[i][1])
-                                       for i in (next(order) for _ in range(data.batch_size))])
-            data.decode(packed.items(), device)
+            data.decode(*collate_bytes([(read_bytes(samples[i][0]), samples[i][1], i)
+                                        for i in (next(order) for _ in range(data.batch_size))]), device)
         return batches * data.batch_size
 
     runs = {"torchvision_float": worker(pil_load, reference), "torchvision_uint8": worker(load_image, crop),

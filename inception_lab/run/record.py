@@ -193,6 +193,9 @@ class RunRecord(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._close_epoch(trainer, pl_module)
+        share = getattr(trainer.datamodule, "share_skipped_images", None)
+        if share is not None and trainer.world_size > 1:  # every rank at once: the files any rank skipped
+            share(lambda flags: trainer.strategy.reduce(flags.to(pl_module.device), reduce_op="max"))
         if self._attempt is not None:
             self._attempt["epochs"] += 1
         if self._throughputs:
@@ -249,6 +252,9 @@ class RunRecord(Callback):
             run = RunDir(self.run_dir)
             if best and (run.checkpoints / best).is_file():
                 self.record.extra["best_checkpoint"] = str((run.checkpoints / best).relative_to(run.path))
+        skipped = getattr(getattr(trainer, "datamodule", None), "skipped_images", None)
+        if skipped is not None and (found := skipped()):  # undecodable files the loaders skipped (bad_images)
+            self.record.extra["bad_images"] = found
         if self._throughputs:  # the first epoch carries warm-up (allocator, cuDNN autotune, compile)
             steady = self._throughputs[1:] or self._throughputs
             self.record.extra["throughput_img_per_s"] = round(statistics.median(steady), 2)

@@ -1,5 +1,5 @@
 """What every DataModule shares (``data/base.py``): typed constructors whose linked values exist before setup, the
-per-sample crop and flip, and splits that must leave training images."""
+per-sample crop and flip, splits that must leave training images, and the record of undecodable files skipped."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from inception_lab.data import CIFARDataModule, DigitsDataModule, ImageDataModule, ImageNetDataModule, random_crop_flip
-from inception_lab.data.base import split_indices
+from inception_lab.data.base import BadImages, UndecodableImage, split_indices
 from inception_lab.errors import ArgumentValueError
 from tests.data.conftest import rows
 
@@ -43,3 +43,26 @@ def test_split_sizes_that_leave_nothing_name_the_key() -> None:
         DigitsDataModule(val_size=1000, test_size=900)
     with pytest.raises(ArgumentValueError, match="^val_size=10: leaves no training images out of the 10"):
         split_indices(10, {"val_size": 10}, seed=0)
+
+
+def test_skipped_files_are_counted_once_and_merged_across_ranks() -> None:
+    """A file skipped twice counts once, and its place goes to the next file that decodes (from the split's start past
+    its end); under DDP the ranks' flags become their union (an elementwise max): a rank that skipped nothing records
+    the others' files and names one."""
+    ranks = [BadImages("skip", "data.init_args.bad_images") for _ in range(2)]
+    flags = [[rank.flags(n, lambda i, s=s: f"s{s}/{i}.JPEG") for s, n in enumerate((5, 3))] for rank in ranks]
+
+    def fetch(split: int, i: int) -> int:
+        if (split, i) in {(0, 1), (1, 2)}:
+            raise UndecodableImage(f"s{split}/{i}.JPEG", RuntimeError("Unsupported image file. Only jpeg, png ..."))
+        return i
+
+    assert [ranks[0].get(lambda i: fetch(0, i), 1, flags[0][0]) for _ in range(2)] == [(2, 2)] * 2
+    assert ranks[0].get(lambda i: fetch(1, i), 2, flags[0][1]) == (0, 0)
+    assert ranks[0].record() == {"count": 2, "first": "s0/1.JPEG", "reason": "Unsupported image file"}
+    assert ranks[1].record() is None
+    union = torch.stack([torch.cat(f).to(torch.uint8) for f in flags]).amax(0)
+    for rank in ranks:
+        rank.merge(lambda t: union.clone())
+    assert ranks[0].record() == {"count": 2, "first": "s0/1.JPEG", "reason": "Unsupported image file"}
+    assert ranks[1].record() == {"count": 2, "first": "s0/1.JPEG"}

@@ -1,11 +1,13 @@
 """The ImageNet DataModule (``data/imagenet.py``) on a JPEG tree: splits, batches and test views; decoding; uint8 crops
 from the workers and the paper's distortions per image on the device (its area, aspect, interpolations and colour
 jitter); evaluation views as the float path's; the device-decode backend; DALI's one-line error where it is not
-installed; one-epoch fits."""
+installed; one-epoch fits; undecodable files (skipped and counted, or one line that leaves the run resumable) and
+class folders ImageFolder would refuse (one line before the run is written)."""
 
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ from scipy import stats
 from torchvision.transforms import v2
 
 from inception_lab.data import ImageNetDataModule
+from inception_lab.data.base import BadImageError
 from inception_lab.data.imagenet import (
     CROP_AREA,
     CROP_RATIO,
@@ -34,7 +37,7 @@ from inception_lab.data.imagenet import (
 from inception_lab.data.views import ViewBatch, make_views
 from inception_lab.errors import ArgumentValueError
 from inception_lab.run.files import read_summary
-from tests.conftest import REPO, one_error_line, trainer_stub
+from tests.conftest import QUICKSTART, REPO, one_error_line, trainer_stub
 from tests.data.conftest import first_batch, imagenet_data
 
 F = v2.functional
@@ -311,3 +314,158 @@ def test_the_device_decode_path_crosses_from_worker_processes(tiny_imagenet: Pat
         labels[backend] = torch.cat(seen)
     assert len(labels["torchvision"]) == 2 * len(dm.train_set)
     assert torch.equal(labels["torchvision"], labels["torchvision_device"])
+
+
+# ---- files no decoder takes; class folders ImageFolder refuses ------------------------------------------------------
+def break_images(root: Path) -> list[Path]:
+    """Three training files no decoder takes, as a copy or a disk can leave them: empty, a JPEG cut short, text."""
+    folder = root / "train" / "n00000001"
+    jpeg = next(folder.glob("*.JPEG")).read_bytes()
+    bad = [folder / "empty.JPEG", folder / "cut.JPEG", folder / "notes.JPEG"]
+    bad[0].write_bytes(b"")
+    bad[1].write_bytes(jpeg[:len(jpeg) // 2])
+    bad[2].write_text("not an image\n")
+    return bad
+
+
+def imagenet_fit(root: Path, run_dir: Path, *args: str) -> list[str]:
+    """A one-epoch fit of the quickstart's network on the ImageNet tree at ``root``: 32-pixel crops, batches of 4."""
+    return ["fit", "--config", str(QUICKSTART), "--data", "inception_lab.data.ImageNetDataModule",
+            f"--data.init_args.root={root}", "--data.init_args.image_size=32", "--data.init_args.eval_resize=37",
+            "--data.init_args.num_classes=3", "--data.init_args.batch_size=4", "--data.init_args.val_size=4",
+            "--data.init_args.num_workers=0", "--trainer.max_epochs=1", "--wandb.enabled=false",
+            "--run_dir", str(run_dir), *args]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["torchvision", "torchvision_device"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_undecodable_files_are_skipped_counted_once_and_named_once(tiny_imagenet: Path, backend: str, workers: int,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """``bad_images: skip`` (the default), decoded in the workers (separate processes) or batched on the device: every
+    batch keeps its size (the next file of the split takes a bad one's place), each bad file counts once however often
+    it is drawn, and one line on stderr names the first."""
+    bad = break_images(tiny_imagenet)
+    dm = imagenet_data(tiny_imagenet, backend=backend, num_workers=workers)
+    for _ in range(2):  # the second epoch meets the same files again
+        for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+            sizes = [len(dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)[1]) for batch in loader]
+            n = len(loader.dataset)
+            assert sizes == [4] * (n // 4) + ([n % 4] if n % 4 else [])
+    record = dm.skipped_images()
+    assert record is not None and record["count"] == 3, record
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "undecodable" in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"inception_lab: skipped an undecodable image: {record['first']} ("
+                                                   f"{record['reason']}); ")
+    assert record["first"] in map(str, bad)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["torchvision", "torchvision_device"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_images_error_is_one_line_from_any_process(tiny_imagenet: Path, backend: str, workers: int) -> None:
+    """``bad_images: error``: the first undecodable file stops the loader with one line naming the key and the file,
+    also when a worker process raised it (the DataLoader re-raises it as ``type(message with the worker's
+    traceback)``)."""
+    bad = break_images(tiny_imagenet)
+    dm = imagenet_data(tiny_imagenet, backend=backend, num_workers=workers, bad_images="error")
+    with pytest.raises(BadImageError) as error:
+        for loader in (dm.train_dataloader(), dm.val_dataloader()):
+            for batch in loader:
+                dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    names = "|".join(re.escape(str(path)) for path in bad)
+    assert re.fullmatch(rf"data\.init_args\.bad_images='error': ({names}) cannot be decoded \([^)]+\); replace it "
+                        r"with a readable image \(removing it would change the held-out split\) and run the command "
+                        r"again \(a fit resumes with --ckpt_path last\), or set data\.init_args\.bad_images=skip to "
+                        r"skip such files", str(error.value)), str(error.value)
+
+
+@pytest.mark.slow
+def test_a_fit_skips_undecodable_files_and_records_them(tmp_path: Path, tiny_imagenet: Path, cli) -> None:
+    """A 0-byte file, a truncated JPEG and a text file named .JPEG: the fit finishes, one line names the first, and
+    summary.json counts the three."""
+    bad = break_images(tiny_imagenet)
+    code, _, err = cli(imagenet_fit(tiny_imagenet, tmp_path / "run"))
+    assert code == 0, err[-3000:]
+    record = read_summary(tmp_path / "run")
+    assert record["status"] == "finished" and record["bad_images"]["count"] == 3, record
+    first, reason = record["bad_images"]["first"], record["bad_images"]["reason"]
+    assert first in map(str, bad)
+    lines = [ln for ln in err.splitlines() if "undecodable" in ln]
+    assert lines == [f"inception_lab: skipped an undecodable image: {first} ({reason}); the next file of "
+                     "its split takes its place, and every file skipped is counted in the run's summary.json "
+                     "(bad_images), named here only once (data.init_args.bad_images=error stops instead)"]
+
+
+@pytest.mark.slow
+def test_bad_images_error_stops_a_fit_in_one_line_and_the_run_resumes(tmp_path: Path, tiny_imagenet: Path,
+                                                                      cli) -> None:
+    """A file that breaks after the first epoch (days into a real run), with loader workers: one line naming it,
+    exit 2, the run directory and its checkpoints kept; once the file is replaced, ``--ckpt_path last`` goes on."""
+    run_dir = tmp_path / "run"
+    fit = imagenet_fit(tiny_imagenet, run_dir, "--data.init_args.bad_images=error", "--data.init_args.num_workers=2")
+    code, _, err = cli(fit)
+    assert code == 0, err[-3000:]
+    victim = sorted((tiny_imagenet / "train" / "n00000001").glob("*.JPEG"))[0]
+    jpeg = victim.read_bytes()
+    victim.write_text("not an image\n")
+    resume = [*fit, "--trainer.max_epochs=2", "--ckpt_path", "last"]
+    code, _, err = cli(resume)
+    line = one_error_line(code, err, "fit")
+    assert line.startswith(f"inception_lab fit: error: data.init_args.bad_images='error': {victim} cannot be decoded ("
+                           "Unsupported image file); replace it with a readable image"), line
+    record = read_summary(run_dir)
+    assert record["status"] == "failed" and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    victim.write_bytes(jpeg)
+    code, _, err = cli(resume)
+    assert code == 0, err[-3000:]
+    record = read_summary(run_dir)
+    assert record["status"] == "finished" and [a["epochs"] for a in record["attempts"]] == [1, 0, 1]
+
+
+def test_class_folders_imagefolder_refuses_are_refused_by_check_source(tiny_imagenet: Path) -> None:
+    """What ImageFolder would refuse inside the fit is refused by ``check_source`` (before the run is written): a
+    class folder with no image file in it (a file in a folder below counts, as ImageFolder counts it), no class
+    folder at all, train/ and val/ with different classes, a class count that is not ``num_classes``."""
+    dm = ImageNetDataModule(root=str(tiny_imagenet), num_classes=3)
+    folder = tiny_imagenet / "val" / "n00000002"
+    for image in folder.glob("*.JPEG"):
+        image.rename(image.with_suffix(".txt"))
+    with pytest.raises(ArgumentValueError, match=rf"^root='.*': class folder {folder} holds no image: ImageFolder "
+                                                 r"takes files ending in \.jpg, \.jpeg, .*; add them, or remove"):
+        dm.check_source()
+    (folder / "deeper").mkdir()
+    shutil.copy(next((tiny_imagenet / "val" / "n00000001").glob("*.JPEG")), folder / "deeper" / "x.JPEG")
+    dm.check_source()
+    (tiny_imagenet / "train" / "n00000003").mkdir()
+    shutil.copy(folder / "deeper" / "x.JPEG", tiny_imagenet / "train" / "n00000003")
+    with pytest.raises(ArgumentValueError, match=r"hold different class folders \(in one only: n00000003, \.\.\.\)"):
+        dm.check_source()
+    shutil.copytree(tiny_imagenet / "train" / "n00000003", tiny_imagenet / "val" / "n00000003")
+    with pytest.raises(ArgumentValueError, match=r"^num_classes=3: .* holds 4 class folders; set it to 4$"):
+        dm.check_source()
+    for split in ("train", "val"):
+        shutil.rmtree(tiny_imagenet / split)
+        (tiny_imagenet / split).mkdir()
+    with pytest.raises(ArgumentValueError, match=r"train holds no class folder: ImageFolder takes"):
+        dm.check_source()
+
+
+@pytest.mark.slow
+def test_an_empty_class_folder_is_one_line_before_the_run_is_written(tmp_path: Path, tiny_imagenet: Path,
+                                                                      cli) -> None:
+    """One line naming the folder and the files ImageFolder takes, exit 2, no run directory; the corrected command,
+    with the same ``--run_dir``, runs."""
+    folder, aside = tiny_imagenet / "train" / "n00000002", tmp_path / "aside"
+    folder.rename(aside)
+    folder.mkdir()
+    run_dir = tmp_path / "run"
+    code, _, err = cli(imagenet_fit(tiny_imagenet, run_dir))
+    line = one_error_line(code, err, "fit")
+    assert line.startswith(f"inception_lab fit: error: data.init_args.root='{tiny_imagenet}': class folder {folder} "
+                           "holds no image: ImageFolder takes files ending in .jpg, .jpeg, .png"), line
+    assert not run_dir.exists()
+    folder.rmdir()
+    aside.rename(folder)
+    code, _, err = cli(imagenet_fit(tiny_imagenet, run_dir))
+    assert code == 0 and read_summary(run_dir)["status"] == "finished", err[-3000:]
