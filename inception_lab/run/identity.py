@@ -27,7 +27,8 @@ BOOKKEEPING = (
     "trainer.enable_autolog_hparams", "trainer.model_registry")
 # ImageDataModule.BOOKKEEPING: where the data lives and how it is loaded (the order of a training epoch depends on
 # neither: (seed, epoch) fixes it); also what compare assumes for a record that lists no "bookkeeping".
-DATA_BOOKKEEPING = ("root", "download", "num_workers", "pin_memory", "persistent_workers", "resident")
+DATA_BOOKKEEPING = ("root", "download", "num_workers", "pin_memory", "persistent_workers", "resident",
+                    "bad_images")
 TRAINING_LENGTH = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")  # what a resume may change
 
 

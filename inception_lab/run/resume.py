@@ -366,15 +366,16 @@ def remove_temporaries(run_dir: Path, min_age_s: float = 60) -> None:
 
 def release_runs(refused: bool = False) -> None:
     """Lets go of this process's run directories. ``refused``: the command stopped on a user error; a run directory
-    this process made that holds nothing but its lock is removed (with the parents made for it), so that a refused
-    fit leaves no run behind and the corrected command can use the same ``--run_dir``. One whose fit started (its
-    ``summary.json`` written) stays: the record of a failed run."""
+    this process made that holds no checkpoint is removed (with the parents made for it), so that a refused fit
+    leaves no run behind and the corrected command can use the same ``--run_dir`` (a fit stopped on a user error
+    mid-epoch, e.g. ``bad_images: error``, before its first checkpoint: nothing could resume it). One with a
+    checkpoint stays, and resumes with ``--ckpt_path last``."""
     while HELD:
         lock, made = HELD.pop()
         run_dir = lock.path.parent
-        if refused and made is not None and not RunDir(run_dir).holds_run():  # made here, and its fit never started
+        if refused and made is not None and not RunDir(run_dir).checkpoint_files():  # made here, nothing to resume
             with contextlib.suppress(OSError):
-                shutil.rmtree(run_dir)  # the lock and the W&B run id picked for it: nothing else was written
+                shutil.rmtree(run_dir)  # what the fit wrote before its user error: no record of a run
                 for directory in run_dir.absolute().parents:
                     if not directory.is_relative_to(made):
                         break

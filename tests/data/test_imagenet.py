@@ -400,14 +400,19 @@ def test_a_fit_skips_undecodable_files_and_records_them(tmp_path: Path, tiny_ima
 @pytest.mark.slow
 def test_bad_images_error_stops_a_fit_in_one_line_and_the_run_resumes(tmp_path: Path, tiny_imagenet: Path,
                                                                       cli) -> None:
-    """A file that breaks after the first epoch (days into a real run), with loader workers: one line naming it,
-    exit 2, the run directory and its checkpoints kept; once the file is replaced, ``--ckpt_path last`` goes on."""
+    """With loader workers, a bad file met before the first checkpoint: one line naming it, exit 2, no run directory
+    (the corrected command takes the same --run_dir); one met after the first epoch (days into a real run): one line,
+    the run directory and its checkpoints kept, and once the file is replaced ``--ckpt_path last`` goes on."""
     run_dir = tmp_path / "run"
     fit = imagenet_fit(tiny_imagenet, run_dir, "--data.init_args.bad_images=error", "--data.init_args.num_workers=2")
-    code, _, err = cli(fit)
-    assert code == 0, err[-3000:]
     victim = sorted((tiny_imagenet / "train" / "n00000001").glob("*.JPEG"))[0]
     jpeg = victim.read_bytes()
+    victim.write_text("not an image\n")
+    code, _, err = cli(fit)  # stopped before its first checkpoint: nothing could resume it, so nothing is left
+    assert f"{victim} cannot be decoded" in one_error_line(code, err, "fit") and not run_dir.exists()
+    victim.write_bytes(jpeg)
+    code, _, err = cli(fit)  # the same command, once the file is replaced
+    assert code == 0, err[-3000:]
     victim.write_text("not an image\n")
     resume = [*fit, "--trainer.max_epochs=2", "--ckpt_path", "last"]
     code, _, err = cli(resume)

@@ -48,7 +48,7 @@ def test_trainer_bookkeeping_is_listed_key_by_key() -> None:
 @pytest.mark.parametrize(("cls", "where", "what"), [
     (DigitsDataModule, {"num_workers", "resident"}, {"batch_size", "val_size", "split_seed", "pad", "test_views"}),
     (CIFARDataModule, {"root", "download", "num_workers", "resident"}, {"dataset", "batch_size", "val_size"}),
-    (ImageNetDataModule, {"root", "num_workers", "pin_memory", "persistent_workers"},
+    (ImageNetDataModule, {"root", "num_workers", "pin_memory", "persistent_workers", "bad_images"},
      {"image_size", "batch_size", "color_jitter", "backend", "normalization", "interpolation", "split_seed"}),
 ])
 def test_each_datamodule_declares_its_bookkeeping(cls: type, where: set[str], what: set[str]) -> None:
