@@ -9,9 +9,9 @@ from pathlib import Path
 
 from inception_lab import slurm
 from inception_lab.cli import parse
-from inception_lab.errors import ArgumentParser, UserError
+from inception_lab.errors import ArgumentParser, ArgumentValueError, UserError
 from inception_lab.models import format_table, googlenet, summarize
-from inception_lab.models.cost import smallest_image_size
+from inception_lab.models.footprint import host_memory
 from inception_lab.models.inception import PRESETS
 from inception_lab.run.config import option_values
 from inception_lab.run.files import write_atomic
@@ -30,19 +30,18 @@ def summary_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.image_size is not None and args.image_size < 1:
         raise UserError(f"--image-size {args.image_size}: expected a positive integer")
-    if args.config:
-        model, data, _ = parse(["--config", args.config])
-        net, image_size, in_channels = model.net, args.image_size or data.image_size, data.in_channels
-    else:
-        preset = args.preset or "paper"
-        image_size = args.image_size or PRESETS[preset].get("image_size", 224)
-        net, in_channels = googlenet(preset, image_size=image_size), 3
-    try:
-        summary = summarize(net, image_size, in_channels)
-    except RuntimeError:  # pooling left no pixel: name the size that works instead of torch's shapes
-        smallest = smallest_image_size(net, in_channels, too_small=image_size)
-        raise UserError(f"--image-size {image_size}: too small for this network; the smallest input it runs at is "
-                        f"{smallest}") from None
+    try:  # the network refuses a size it cannot take (outside [smallest, largest]) before it allocates anything
+        if args.config:
+            model, data, _ = parse(["--config", args.config])
+            net, image_size, in_channels = model.net, args.image_size or data.image_size, data.in_channels
+            net.check_input(image_size, host_memory())
+        else:
+            preset = args.preset or "paper"
+            image_size = args.image_size or PRESETS[preset].get("image_size", 224)
+            net, in_channels = googlenet(preset, image_size=image_size), 3
+    except ArgumentValueError as error:
+        raise UserError(f"--image-size {image_size}: {error.reason}") from None
+    summary = summarize(net, image_size, in_channels)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0
 

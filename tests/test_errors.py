@@ -141,6 +141,7 @@ def _text(value: Any) -> str:
 RULES = {  # (class, argument): what its constructor checks beyond the type, where one value alone cannot say
     ("Inception", "filter_sizes"): ("kernel sizes must be odd",),
     ("Inception", "aux_positions"): ("is not an inception block",),
+    ("Inception", "image_size"): ("a smaller input leaves no pixel",),
     ("DigitsDataModule", "num_workers"): ("a resident dataset",),
     ("CIFARDataModule", "num_workers"): ("a resident dataset",),
     ("DigitsDataModule", "val_size"): ("leaves no training images",),
@@ -427,3 +428,19 @@ def test_data_constructor_errors_are_one_line(arg: str, message: str, tmp_path: 
     code, _, err = cli(["fit", "--config", str(QUICKSTART), arg])
     assert one_error_line(code, err, "fit").startswith(f"inception_lab fit: error: {message}")
     assert not (tmp_path / "runs").exists()
+
+
+# ---- input sizes the network cannot take: refused by the network before it builds anything -----------------------
+@pytest.mark.parametrize("command, args, key", [
+    ("fit", ["--model.net.init_args.stem", "imagenet", "--data.init_args.image_size", "16"],
+     "data.init_args.image_size=16"),
+    ("fit", ["--data.init_args.image_size", "100000"], "data.init_args.image_size=100000"),
+    ("summary", ["--preset", "paper", "--image-size", "100000"], "--image-size 100000"),
+], ids=["fit-16-imagenet-stem", "fit-100000", "summary-100000"])
+def test_an_input_size_the_network_cannot_take_is_one_line(command: str, args: list[str], key: str, tmp_path: Path,
+                                                           cli) -> None:
+    run_dir = tmp_path / "run"
+    fit = ["--config", str(QUICKSTART), *short(batches=1, val_batches=1, wandb=False), "--run_dir", str(run_dir)]
+    code, _, err = cli([command, *(fit if command == "fit" else []), *args])
+    assert one_error_line(code, err, command).startswith(f"inception_lab {command}: error: {key}: must be in [")
+    assert not run_dir.exists() and not (tmp_path / "runs").exists()

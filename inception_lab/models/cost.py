@@ -66,29 +66,6 @@ def summarize(net: Inception, image_size: int = 224, in_channels: int | None = N
             "aux_params": sum(r["params"] for r in aux_rows), "aux_macs": sum(r["macs"] for r in aux_rows)}
 
 
-def smallest_image_size(net: Inception, in_channels: int | None = None, too_small: int = 1,
-                        largest: int = 4096) -> int | None:
-    """The smallest input side above ``too_small`` (a side it does not run at) that the network runs at: its strides
-    and pooling leave at least one pixel. A doubling, then a bisection (a larger input never leaves fewer pixels)."""
-
-    def runs(size: int) -> bool:
-        try:
-            summarize(net, size, in_channels)
-        except RuntimeError:
-            return False
-        return True
-
-    low, high = too_small, max(2 * too_small, 2)
-    while not runs(high):
-        low, high = high, 2 * high
-        if high > largest:
-            return None
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if runs(middle) else (middle, high)
-    return high
-
-
 def _row_name(name: str) -> str:
     return f"inception({name.removeprefix('inception')})" if name.startswith("inception") else name
 

@@ -19,10 +19,10 @@ from typing import Literal, NamedTuple, Union
 import torch
 from jsonargparse.typing import PositiveFloat, PositiveInt
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from inception_lab.arguments import UnitInterval, check_arguments
 from inception_lab.errors import ArgumentValueError
+from inception_lab.models.footprint import dry_run, host_memory, largest_side, smallest_side
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ Stem = Literal["imagenet", "cifar"]
 Head = Literal["gap", "fc"]
 Stages = Literal["table1", "torchvision"]
 AuxPool = Literal["adaptive", "caffe"]
+WeightInit = Literal["caffe", "kaiming", "torchvision"]
 KernelStack = Union[int, tuple[int, ...]]
 
 
@@ -216,7 +217,8 @@ class Inception(nn.Module):
     Args:
         num_classes: classes of the linear classifier(s); linked from the DataModule in configs.
         in_channels: image channels.
-        image_size: input side in pixels; only the ``fc`` head depends on it. Linked from the DataModule.
+        image_size: input side in pixels; only the ``fc`` head and the ``caffe`` aux pool depend on it. Linked from
+            the DataModule. Refused outside [``smallest_input()``, ``largest_input(this host's memory)``].
         stem: ``imagenet`` (7x7/2, pool, 1x1, 3x3, pool: Table 1) or ``cifar`` (one 3x3 conv to 192 channels at
             full resolution, for 32x32 inputs).
         stages: the table the network is built from: ``table1`` (the paper's Table 1, ``TABLE1``), ``torchvision``
@@ -240,6 +242,10 @@ class Inception(nn.Module):
             classifiers), so the activations keep their scale through the 22 layers; LRN's alpha (1e-4) is set for
             Caffe's input scale, 0-255 pixels less the mean (``ImageNetDataModule(normalization="caffe")``).
         bn_eps: batch-norm epsilon (torchvision: 1e-3).
+        weight_init: ``caffe`` (BVLC's, above), ``kaiming`` (fan-out normal convs, linear weights from a truncated
+            N(0, 0.01), biases 0) or ``torchvision`` (``torchvision.models.googlenet``'s: every conv and linear weight
+            from a truncated N(0, 0.01), linear biases at PyTorch's default; on torchvision's architecture the same
+            seed gives torchvision's weights). Default: ``caffe`` without batch norm, ``kaiming`` with it.
     """
 
     def __init__(self, num_classes: PositiveInt = 1000, in_channels: PositiveInt = 3, image_size: PositiveInt = 224,
@@ -248,7 +254,8 @@ class Inception(nn.Module):
                  reduce_width_mult: Union[PositiveFloat, Literal["naive"]] = 1.0, pool_proj_mult: PositiveFloat = 1.0,
                  width_mult: PositiveFloat = 1.0, aux_positions: tuple[str, ...] = ("4a", "4d"),
                  aux_dropout: UnitInterval = 0.7, aux_pool: AuxPool = "adaptive", head: Head = "gap",
-                 dropout: UnitInterval = 0.4, norm: Norm = "batch", bn_eps: PositiveFloat = 1e-3) -> None:
+                 dropout: UnitInterval = 0.4, norm: Norm = "batch", bn_eps: PositiveFloat = 1e-3,
+                 weight_init: WeightInit | None = None) -> None:
         super().__init__()
         check_arguments(Inception, locals())
         kernels = _kernel_stacks(filter_sizes)
@@ -263,12 +270,12 @@ class Inception(nn.Module):
         def width(channels: float) -> int:
             return make_divisible(channels * width_mult)
 
-        self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
+        self.num_classes, self.in_channels, self.image_size, self.head = num_classes, in_channels, image_size, head
         self.aux_positions = tuple(aux_positions)
         self._order: list[str] = []  # forward order of the children; names follow torchvision's
-        channels = self._stem(stem, in_channels, width, norm, bn_eps)
-
         self._aux_after: dict[str, str] = {}
+        self._aux_args = (width(128), width(1024), aux_dropout, norm, bn_eps, aux_pool)
+        channels = self._stem(stem, in_channels, width, norm, bn_eps)
         pools = 2
         for stage in stages:
             if isinstance(stage, PoolSpec):
@@ -287,34 +294,64 @@ class Inception(nn.Module):
             self._add(f"inception{stage.name}", block)
             channels = block.out_channels
             if stage.name in aux_positions:
-                aux_name = f"aux{len(self._aux_after) + 1}"
-                self._aux_after[f"inception{stage.name}"] = aux_name
-                side = self._side(image_size) if aux_pool == "caffe" else 14
-                self.add_module(aux_name, InceptionAux(channels, num_classes, width(128), width(1024),
-                                                       aux_dropout, norm, bn_eps, aux_pool, side))
+                aux = self._aux_after[f"inception{stage.name}"] = f"aux{len(self._aux_after) + 1}"
+                self.add_module(aux, None)  # its place; built after the trunk (torchvision's order), for a checked size
         self.out_channels = channels
-
         self.avgpool = GlobalAvgPool() if head == "gap" else nn.Identity()
         self.dropout = nn.Dropout(p=dropout)
-        self.head = head
-        if head == "gap":
-            features = channels
-        else:  # the size of the last feature map, from a dry run of the trunk
-            features = channels * self._side(image_size) ** 2
-        self.fc = nn.Linear(features, num_classes)
-        self._init_weights()
+        sides = self.check_input(image_size, host_memory())
+        for name, module in self._heads(sides).items():  # the parts whose size follows the input's, once it is checked
+            setattr(self, name, module)
+        self._init_weights(weight_init or ("kaiming" if norm == "batch" else "caffe"))
+
+    def smallest_input(self) -> int:
+        """The smallest input side the network runs at: the one its strides and pools leave a pixel of."""
+        return smallest_side(lambda size: self._footprint(size)[0])
+
+    def largest_input(self, memory_bytes: int) -> int:
+        """The largest input side whose one-image training footprint fits ``memory_bytes`` (0: none does). The
+        footprint is the activations autograd keeps for backward of one image and the parameters (the ``fc`` head's
+        and the ``caffe`` aux heads' grow with the input): less than a step needs, so a larger side never fits."""
+        return largest_side(lambda size: self._footprint(size)[0], memory_bytes, self.smallest_input())
+
+    def check_input(self, image_size: int, memory_bytes: int, memory: str = "this host's memory") -> dict[str, int]:
+        """Refuse an input side the network cannot take in ``memory_bytes`` (``memory`` names them: "GPU 0's
+        memory"): ``ArgumentValueError`` naming ``image_size`` and the allowed range. Else the side of each trunk
+        module's output."""
+        try:
+            footprint, sides = self._footprint(image_size)
+        except RuntimeError:  # the strides and pools leave no pixel
+            footprint, sides = None, {}
+        if footprint is None or footprint > memory_bytes:
+            smallest, largest = self.smallest_input(), self.largest_input(memory_bytes)
+            raise ArgumentValueError(type(self), f"must be in [{smallest}, {largest}]: a smaller input leaves no pixel "
+                                     f"after the strides and pools; a larger one's training footprint (one image: "
+                                     f"activations kept for backward, parameters) exceeds {memory} "
+                                     f"({memory_bytes / 2**30:.1f} GiB)", image_size=image_size)
+        return sides
+
+    def _footprint(self, image_size: int) -> tuple[int, dict[str, int]]:
+        """One image's training footprint in bytes (:func:`dry_run`'s activations, the parameters) and the side of
+        each trunk module's output."""
+        trunk = [(name, self.get_submodule(name)) for name in self._order]
+        activations, sides = dry_run(trunk, self.in_channels, image_size)
+        with torch.device("meta"):
+            heads = self._heads(sides)
+        return activations + sum(p.nbytes for _, m in (*trunk, *heads.items()) for p in m.parameters()), sides
+
+    def _heads(self, sides: dict[str, int]) -> dict[str, nn.Module]:
+        """The aux heads and the classifier for the trunk's output sides: the ``caffe`` aux pool's width and the
+        ``fc`` head's follow the input size."""
+        heads: dict[str, nn.Module] = {
+            aux: InceptionAux(self.get_submodule(block).out_channels, self.num_classes, *self._aux_args,
+                              side=sides[block]) for block, aux in self._aux_after.items()}
+        last = sides[self._order[-1]]  # N x 1024 x 7 x 7 at 224
+        heads["fc"] = nn.Linear(self.out_channels * (last ** 2 if self.head == "fc" else 1), self.num_classes)
+        return heads
 
     def _add(self, name: str, module: nn.Module) -> None:
         self.add_module(name, module)
         self._order.append(name)
-
-    def _side(self, image_size: int) -> int:
-        """The side of the feature map the trunk built so far makes of an ``image_size`` input (a meta dry run)."""
-        x = torch.zeros(1, self.in_channels, image_size, image_size, device="meta")
-        for module in map(self.get_submodule, self._order):
-            if not isinstance(module, LocalResponseNorm):  # which keeps the shape (its autocast knows no meta device)
-                x = functional_call(module, {k: v.to("meta") for k, v in module.state_dict(keep_vars=True).items()}, x)
-        return x.shape[-1]
 
     def _stem(self, stem: Stem, in_channels: int, width, norm: Norm, bn_eps: float) -> int:
         if stem == "cifar":  # 32x32 stays 32x32 into 3a; widths of Table 1's conv3 row
@@ -332,25 +369,27 @@ class Inception(nn.Module):
         self._add("maxpool2", nn.MaxPool2d(3, stride=2, ceil_mode=True))  # N x 192 x 28 x 28
         return width(192)
 
-    def _init_weights(self) -> None:
-        batch_norm = any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
-        aux_fc1 = {id(m.fc1) for m in self.modules() if isinstance(m, InceptionAux)}
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) and m.bias is None:  # batch norm follows (torchvision's init)
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.Conv2d, nn.Linear)) and not batch_norm:  # the paper's network: BVLC's
-                # reproduction, Caffe's "xavier" (uniform, variance 1 / fan_in) and biases 0.2 but on the
-                # classifiers (loss{1,2,3}/classifier: 0). Fan-out init grew the activations ~500x from the stem to
-                # 5b (logits' rms 32 at init), and the recipe's SGD diverged to NaN.
+    def _init_weights(self, weight_init: WeightInit) -> None:
+        # torchvision's init redraws every conv and linear weight in the order it builds them (trunk, aux heads,
+        # classifier: the order they are built here too) and keeps the linear biases PyTorch's default drew
+        tops = (*self._order, *self._aux_after.values(), "fc")
+        built = [m for top in tops for m in self.get_submodule(top).modules()]
+        aux_fc1 = {id(self.get_submodule(aux).fc1) for aux in self._aux_after.values()}
+        for m in built if weight_init == "torchvision" else self.modules():
+            if not isinstance(m, (nn.Conv2d, nn.Linear)):
+                continue
+            if weight_init == "caffe":  # the paper's network: BVLC's reproduction, Caffe's "xavier" (uniform,
+                # variance 1 / fan_in) and biases 0.2 but on the classifiers (loss{1,2,3}/classifier: 0). Fan-out init
+                # grew the activations ~500x from the stem to 5b (logits' rms 32 at init); the recipe's SGD went to NaN.
                 bound = math.sqrt(3 / m.weight[0].numel())
                 nn.init.uniform_(m.weight, -bound, bound)
-                nn.init.constant_(m.bias, 0.2 if isinstance(m, nn.Conv2d) or id(m) in aux_fc1 else 0.0)
-            elif isinstance(m, nn.Linear):  # with batch norm: torchvision's
+            elif weight_init == "kaiming" and isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
                 nn.init.trunc_normal_(m.weight, std=0.01, a=-2, b=2)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            if m.bias is not None and weight_init != "torchvision":
+                caffe_bias = weight_init == "caffe" and (isinstance(m, nn.Conv2d) or id(m) in aux_fc1)
+                nn.init.constant_(m.bias, 0.2 if caffe_bias else 0.0)
 
     def forward(self, x: Tensor, with_aux: bool | None = None) -> InceptionOutput:
         """``with_aux`` defaults to ``self.training``; pass True to evaluate the aux heads in eval mode."""
@@ -371,8 +410,9 @@ PRESETS: dict[str, dict] = {
     # norm, dropout 0.4, the aux heads' 5x5/3 pool.
     "paper": dict(norm="lrn", filter_sizes=(3, 5), aux_pool="caffe"),
     # torchvision.models.googlenet(aux_logits=True): 3x3 in its "5x5" branch (vision#906), BN eps 1e-3,
-    # dropout 0.2 and a 2x2 pool before 5a.
-    "torchvision": dict(norm="batch", bn_eps=1e-3, filter_sizes=(3, 3), dropout=0.2, stages="torchvision"),
+    # dropout 0.2, a 2x2 pool before 5a and its init (a seed gives its weights).
+    "torchvision": dict(norm="batch", bn_eps=1e-3, filter_sizes=(3, 3), dropout=0.2, stages="torchvision",
+                        weight_init="torchvision"),
     # GoogLeNet widths on 32x32 inputs (CIFAR): the 3x3-to-192 stem, batch norm, the paper's 5x5 branches.
     "cifar": dict(stem="cifar", norm="batch", filter_sizes=(3, 5), num_classes=10, image_size=32),
 }

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from inception_lab.models import Inception, googlenet, summarize
+from inception_lab.models.inception import host_memory
 from tests.conftest import REPO, one_error_line
 
 # Table 1 of the paper, inception 3a..5b: params (the paper's K is 1024) and ops (multiply-adds, M = 1e6).
@@ -117,10 +118,14 @@ def test_summary_command(cli) -> None:
     assert "invalid choice: 'nope'" in one_error_line(code, err, "summary")
 
 
-def test_summary_names_the_smallest_input(cli) -> None:
-    code, _, err = cli(["summary", "--image-size", "17"])
-    assert one_error_line(code, err, "summary") == err.strip() == (
-        "inception_lab summary: error: --image-size 17: too small for this network; the smallest input it runs at "
-        "is 31")
+def test_summary_names_the_inputs_the_network_takes(cli) -> None:
+    """The network states its smallest input and its largest for this host's memory before anything is built."""
+    net = googlenet("paper")
+    smallest, largest = net.smallest_input(), net.largest_input(host_memory())
+    assert smallest == 31 and 224 < largest < 100_000
+    for size in ("30", "100000"):
+        code, _, err = cli(["summary", "--image-size", size])
+        assert one_error_line(code, err, "summary").startswith(
+            f"inception_lab summary: error: --image-size {size}: must be in [31, {largest}]: ")
     code, out, _ = cli(["summary", "--image-size", "31"])
     assert code == 0 and "total" in out

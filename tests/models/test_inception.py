@@ -7,30 +7,65 @@ import pytest
 import torch
 import torchvision
 
+from inception_lab.errors import ArgumentValueError
 from inception_lab.models import TORCHVISION_STAGES, Inception, InceptionOutput, googlenet
 from inception_lab.models.inception import _avg_pool_to
 
 
-def test_torchvision_state_dict_and_outputs() -> None:
-    torch.manual_seed(0)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_torchvision_preset_starts_as_torchvision_does(seed: int) -> None:
+    """The same seed gives torchvision's weights, every tensor of the state_dict, and leaves the generator where
+    torchvision leaves it."""
+    torch.manual_seed(seed)
     tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=True)
+    after_tv = torch.rand(4)
+    torch.manual_seed(seed)
     ours = googlenet("torchvision")
+    assert torch.equal(torch.rand(4), after_tv)
+    theirs, mine = tv.state_dict(), ours.state_dict()
+    assert theirs.keys() == mine.keys()
+    assert [k for k in theirs if not torch.equal(theirs[k], mine[k])] == []
+
+
+def test_torchvision_outputs_with_trained_looking_weights() -> None:
+    """torchvision's state_dict loads (``strict=True``) and gives torchvision's outputs, in eval and train. Not at
+    init, where every activation shrinks 100-fold a layer and the eval logits are ``fc.bias`` whatever the input:
+    weights at a trained scale and batch-norm statistics of real batches, so that a wrong trunk fails."""
+    torch.manual_seed(0)
+    tv = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    for m in tv.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                torch.nn.init.normal_(m.bias, std=0.1)
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5), torch.nn.init.normal_(m.bias, std=0.2)
+            m.momentum = None  # running statistics: the plain average of the batches below
+    # smooth images at ImageNet's normalized scale: random 7x7 colour fields, upsampled
+    images = torch.nn.functional.interpolate(torch.randn(4, 3, 7, 7), 224, mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        tv.train()(images[:2])
+    ours = googlenet("torchvision", weight_init="kaiming")  # a quicker init: the state_dict replaces it
     ours.load_state_dict(tv.state_dict(), strict=True)
-    x = torch.randn(2, 3, 224, 224)
+    x = images[2:]
     tv.eval(), ours.eval()
     with torch.no_grad():
-        out = ours(x)
-        torch.testing.assert_close(out.logits, tv(x), atol=1e-5, rtol=0)
-    assert out.aux == ()
+        ref, out = tv(x), ours(x)
+    torch.testing.assert_close(out.logits, ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4)
+    assert out.aux == () and torch.isfinite(ref).all()
+    assert (ref[0] - ref[1]).abs().mean() > 0.1 * ref.abs().mean()  # the input, not fc.bias, decides the logits
+    wrong = googlenet("torchvision", stages="table1", weight_init="kaiming").eval()  # 3x3/2 before 5a, same weights
+    wrong.load_state_dict(tv.state_dict(), strict=True)
+    with torch.no_grad():
+        assert not torch.allclose(wrong(x).logits, ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4)
     tv.train(), ours.train()
     with torch.no_grad():
         torch.manual_seed(1)
         ref = tv(x)  # GoogLeNetOutputs(logits, aux_logits2, aux_logits1): aux2 is the one after 4d
         torch.manual_seed(1)
         out = ours(x)
-    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.aux[0], ref.aux_logits1, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.aux[1], ref.aux_logits2, atol=1e-5, rtol=0)
+    for mine, theirs in zip((out.logits, *out.aux), (ref.logits, ref.aux_logits1, ref.aux_logits2)):
+        torch.testing.assert_close(mine, theirs, atol=1e-4 * theirs.abs().max().item(), rtol=1e-4)
     assert sum(p.numel() for p in googlenet("torchvision", aux_positions=()).parameters()) == 6_624_904
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in tv.parameters()) == 13_004_888
 
@@ -142,3 +177,23 @@ def test_pooling_equals_adaptive_pooling(side: int) -> None:
     torch.testing.assert_close(Inception().avgpool(x), torch.nn.functional.adaptive_avg_pool2d(x, 1))
 
 
+
+
+@pytest.mark.parametrize("kwargs", [{"stem": "imagenet"}, {"stem": "cifar"}, {"norm": "lrn", "aux_pool": "caffe"},
+                                    {"head": "fc", "stages": "torchvision"}], ids=["imagenet", "cifar", "paper", "fc"])
+def test_the_network_states_the_inputs_it_takes(kwargs: dict) -> None:
+    """The smallest side trains and one pixel less is refused before anything is built; the largest for a memory is
+    the last side whose one-image footprint fits it, and a side past the host's memory is refused."""
+    net = Inception(num_classes=5, width_mult=0.25, image_size=64, **kwargs)
+    smallest = net.smallest_input()
+    small = Inception(num_classes=5, width_mult=0.25, image_size=smallest, **kwargs)
+    out = small(torch.randn(2, 3, smallest, smallest))
+    (out.logits.sum() + sum(a.sum() for a in out.aux)).backward()
+    with pytest.raises(RuntimeError):  # a real tensor one pixel smaller: torch's own refusal
+        small(torch.randn(2, 3, smallest - 1, smallest - 1))
+    with pytest.raises(ArgumentValueError, match=rf"^image_size={smallest - 1}: must be in \[{smallest}, \d+\]: "):
+        Inception(num_classes=5, width_mult=0.25, image_size=smallest - 1, **kwargs)
+    at_64 = net._footprint(64)[0]
+    assert net.largest_input(at_64) == 64 and net._footprint(65)[0] > at_64
+    with pytest.raises(ArgumentValueError, match=r"^image_size=100000: must be in \[\d+, \d+\]: .* exceeds this host"):
+        Inception(num_classes=5, width_mult=0.25, image_size=100_000, **kwargs)
