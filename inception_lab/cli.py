@@ -19,10 +19,11 @@ from jsonargparse import ArgumentError, Namespace
 from lightning import Trainer
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from inception_lab.console import filter_noise, result
 from inception_lab.data import ImageDataModule
 from inception_lab.errors import LINKED, UserError, user_message
 from inception_lab.hostmem import keep_freed_memory
@@ -35,11 +36,11 @@ from inception_lab.run.config import (
     option_values,
     set_seed,
 )
-from inception_lab.run.files import STALE_S, flatten, read_summary
+from inception_lab.run.files import STALE_S, flatten, outcome, read_summary
 from inception_lab.run.identity import variant
 from inception_lab.run.layout import RunDir
 from inception_lab.run.predictions import ProbabilityWriter
-from inception_lab.run.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord
+from inception_lab.run.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord, checkpoint_callbacks
 from inception_lab.run.requeue import Requeued, RequeueOnSignal
 from inception_lab.run.resume import (
     RUN_NAME_ENV,
@@ -144,12 +145,7 @@ class InceptionCLI(LightningCLI):
         callbacks = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
         record_at = len(callbacks)  # the record's callback before the checkpoints (added once its W&B run is known)
         if self.subcommand in (None, "fit"):
-            callbacks.append(ModelCheckpoint(dirpath=RunDir(run_dir).checkpoints, filename=RunDir.BEST,
-                                             auto_insert_metric_name=False, monitor="val/acc", mode="max"))
-            # last.ckpt after every epoch, in a callback of its own: Lightning 2.6's save_last=True writes it only
-            # when the monitored value improved, so a crash would resume from the best epoch, not the last one
-            callbacks.append(ModelCheckpoint(dirpath=RunDir(run_dir).checkpoints, filename=RunDir.LAST, monitor=None,
-                                             save_top_k=1, enable_version_counter=False))
+            callbacks += checkpoint_callbacks(run_dir)
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter(run_dir))
         if self.subcommand in ("test", "predict"):  # predictions/<split>-<views>.npz, for `ensemble`
@@ -210,6 +206,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     "interrupted" by either signal and resumes with ``--ckpt_path last``); a user error raises :class:`UserError`
     (one line: ``__main__`` prints it, exit 2), and a fit refused before it wrote anything leaves no run directory."""
     keep_freed_memory()  # host allocations: a CPU step stops page-faulting its activations in (same maths)
+    filter_noise()
     interrupted: list[int] = []
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -220,7 +217,7 @@ def cli_main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     refused = False
     try:
-        InceptionCLI(args=argv, parser_kwargs={"exit_on_error": False})
+        cli = InceptionCLI(args=argv, parser_kwargs={"exit_on_error": False})
     except Requeued as error:
         then = {True: "the job resumes by itself when SLURM starts it again", None: "rank 0 requeues the job",
                 False: "it could not be requeued: submit its job file again, which resumes it"}[error.requeued]
@@ -245,4 +242,7 @@ def cli_main(argv: list[str] | None = None) -> int:
         release_runs(refused=refused)
         if main_thread:
             signal.signal(signal.SIGINT, previous)
+    if getattr(rank_zero_only, "rank", 0) == 0:  # what it did, one line on stdout
+        config = cli.config[cli.subcommand]
+        result(outcome(cli.subcommand, Path(config.run_dir), config.get("ckpt_path")))
     return 0

@@ -11,7 +11,7 @@ from inception_lab import slurm
 from inception_lab.cli import parse
 from inception_lab.errors import ArgumentParser, ArgumentValueError, UserError
 from inception_lab.models import format_table, googlenet, summarize
-from inception_lab.models.footprint import host_memory
+from inception_lab.models.footprint import training_memory
 from inception_lab.models.inception import PRESETS
 from inception_lab.run.config import option_values
 from inception_lab.run.files import write_atomic
@@ -34,7 +34,7 @@ def summary_main(argv: list[str] | None = None) -> int:
         if args.config:
             model, data, _ = parse(["--config", args.config])
             net, image_size, in_channels = model.net, args.image_size or data.image_size, data.in_channels
-            net.check_input(image_size, host_memory())
+            net.check_input(image_size, *training_memory())
         else:
             preset = args.preset or "paper"
             image_size = args.image_size or PRESETS[preset].get("image_size", 224)

@@ -150,6 +150,10 @@ class RunWandbLogger(WandbLogger):
 
     _closed = False  # finished (finalize): never started again, e.g. by a summary logged after a SLURM requeue
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._wandb_init.pop("anonymous", None)  # Lightning's None, which W&B warns "has no effect"
+
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
@@ -229,5 +233,8 @@ def make_wandb_logger(config: Any, run_dir: Path, variant: dict[str, Any], stage
         name=config.run_name if stage == "fit" else f"{config.run_name}-{stage}", save_dir=str(run_dir), id=run_id,
         project=options.project, entity=options.entity, group=group, tags=[t[:64] for t in tags],
         resume="allow" if stage == "fit" else None, mode=mode,
-        settings=wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT") or INIT_TIMEOUT)), **evaluation,
+        # W&B's own run summary stays in the run, not the terminal; offline, its lines too (ours says where and how
+        # to sync); online, its link to the run stays
+        settings=wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT") or INIT_TIMEOUT), quiet=True,
+                                silent=mode == "offline"), **evaluation,
     )

@@ -16,7 +16,7 @@ import yaml
 
 from inception_lab.cli import parse
 from inception_lab.run.files import flatten, read_summary
-from tests.conftest import QUICKSTART, REPO, clean_env
+from tests.conftest import QUICKSTART, REPO, clean_env, short
 from tests.run.conftest import val_curve
 
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
@@ -41,10 +41,15 @@ def test_quickstart_fit_learns_and_its_checkpoint_stands_alone(tmp_path: Path, r
     directory; then test and predict on its checkpoint with no experiment file (the CLI in this process), and
     load_from_checkpoint in a fresh process giving the same probabilities as `predict`."""
     run_dir = tmp_path / "run"
-    run_cli("fit", "--config", str(QUICKSTART), "--run_dir", str(run_dir), cwd=tmp_path)
+    proc = run_cli("fit", "--config", str(QUICKSTART), "--run_dir", str(run_dir), cwd=tmp_path)
     record = read_summary(run_dir)
     assert record["status"] == "finished" and record["variant"] == {}
     assert record["metrics"]["val/acc_best"] >= 0.97
+    # what the user sees: the result last on stdout; on stderr Lightning's two lines that say something, no warning
+    assert proc.stdout.strip().splitlines()[-1].startswith(
+        f"fit finished: {run_dir}: val/acc_best {record['metrics']['val/acc_best']:.4f}; 6 epochs in ")
+    assert [ln for ln in proc.stderr.splitlines() if not ln.startswith(
+        ("GPU available: False, used: False", "`Trainer.fit` stopped: `max_epochs=6` reached."))] == [], proc.stderr
     assert record["metrics"]["val/acc_best"] == pytest.approx(max(val_curve(run_dir)))
     assert record["params"] > 0 and record["macs"] > 0 and record["throughput_img_per_s"] > 0
     assert record["seed"] == 0 and record["wall_s"] > 0
@@ -62,9 +67,14 @@ def test_quickstart_fit_learns_and_its_checkpoint_stands_alone(tmp_path: Path, r
     code, out, err = cli(["test", "--ckpt_path", last])  # no --config: the checkpoint says it all
     record = read_summary(run_dir)  # test results land in the run the checkpoint came from
     assert code == 0 and record["status"] == "finished" and record["metrics"]["test/acc"] >= 0.9, out[-2000:]
+    metrics = record["metrics"]
+    assert out.strip().splitlines()[-1] == (f"test: {last}: test/loss {metrics['test/loss']:.4f}, test/acc "
+                                            f"{metrics['test/acc']:.4f}, test/acc_top5 {metrics['test/acc_top5']:.4f} "
+                                            f"({run_dir / 'test-summary.json'})")
 
-    code, _, err = cli(["predict", "--ckpt_path", last])
+    code, out, err = cli(["predict", "--ckpt_path", last])
     assert code == 0, err[-3000:]
+    assert out.strip().splitlines()[-1] == f"predict: {last}: wrote {run_dir / 'predictions.csv'} (300 rows)"
     with open(run_dir / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 300 and {"index", "class", "probability", "top5"} <= set(rows[0])
@@ -139,3 +149,18 @@ def test_print_config_and_overrides(tmp_path: Path, cli) -> None:
     # is not refused
 
 
+@pytest.mark.slow
+def test_quiet_keeps_the_result_line_alone(tmp_path: Path, run_cli) -> None:
+    """``--quiet``: a fit's stdout is its result line and its stderr empty (the processes it starts too); a refused
+    command still says why in one line; an evaluation with no checkpoint named takes the run's best."""
+    run_dir = tmp_path / "run"
+    proc = run_cli("fit", "--quiet", "--config", str(QUICKSTART), *short(batches=2, val_batches=1), "--run_dir",
+                   str(run_dir), cwd=tmp_path)
+    assert proc.stderr == "" and len(proc.stdout.splitlines()) == 1, proc.stdout + proc.stderr
+    assert proc.stdout.startswith(f"fit finished: {run_dir}: val/acc_best ")
+    proc = run_cli("test", "--quiet", "--run_dir", str(run_dir), cwd=tmp_path)
+    best = read_summary(run_dir)["best_checkpoint"]
+    assert proc.stderr == "" and proc.stdout.startswith(f"test: {run_dir / best}: test/loss "), proc.stdout
+    proc = run_cli("test", "--quiet", cwd=tmp_path, check=False)
+    assert (proc.returncode, proc.stdout) == (2, "") and proc.stderr.startswith(
+        "inception_lab test: error: test evaluates a checkpoint: give --ckpt_path ") and proc.stderr.count("\n") == 1

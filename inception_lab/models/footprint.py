@@ -89,3 +89,11 @@ def _first_change(test: Callable[[int], bool], low: int) -> int:
 def host_memory() -> int:
     """This host's physical memory in bytes: where a network's parameters are allocated when it is built."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def training_memory() -> tuple[int, str]:
+    """The memory a network's input is checked against, and its name: this host's (the parameters are allocated
+    there when it is built), or GPU 0's where CUDA is available and it is the smaller (a fit trains there)."""
+    if torch.cuda.is_available() and (gpu := torch.cuda.get_device_properties(0).total_memory) < host_memory():
+        return gpu, "GPU 0's memory"
+    return host_memory(), "this host's memory"

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from inception_lab.arguments import UnitInterval, check_arguments
 from inception_lab.errors import ArgumentValueError
-from inception_lab.models.footprint import dry_run, host_memory, largest_side, smallest_side
+from inception_lab.models.footprint import dry_run, largest_side, smallest_side, training_memory
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ class Inception(nn.Module):
         self.out_channels = channels
         self.avgpool = GlobalAvgPool() if head == "gap" else nn.Identity()
         self.dropout = nn.Dropout(p=dropout)
-        sides = self.check_input(image_size, host_memory())
+        sides = self.check_input(image_size, *training_memory())
         for name, module in self._heads(sides).items():  # the parts whose size follows the input's, once it is checked
             setattr(self, name, module)
         self._init_weights(weight_init or ("kaiming" if norm == "batch" else "caffe"))

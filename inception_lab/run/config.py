@@ -20,7 +20,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
 
 from inception_lab.errors import LINKED, UserError
-from inception_lab.run.files import flatten, load_yaml, short_value, write_atomic
+from inception_lab.run.files import best_checkpoint, flatten, load_yaml, short_value, write_atomic
 from inception_lab.run.layout import RunDir
 from inception_lab.run.resume import read_checkpoint
 
@@ -45,7 +45,8 @@ def command_line(argv: list[str]) -> tuple[list[str], str | None]:
     """The command line LightningCLI parses, and its first ``--config`` (the experiment file, which names the
     experiment and which a run's variant is measured from). Every config file is checked first (one line each).
 
-    - ``validate``/``test``/``predict --ckpt_path FILE`` with no ``--config``: the checkpoint's network and data.
+    - ``validate``/``test``/``predict --ckpt_path FILE`` with no ``--config``: the checkpoint's network and data;
+      with neither, ``--run_dir``'s best checkpoint (one line saying what to give where there is none).
     - ``fit --ckpt_path`` with no ``--config``: the run's own ``config.yaml``.
     - ``fit --ckpt_path <run>/checkpoints/X.ckpt`` with no ``--run_dir``: that run, wherever its directory is now
       (moved, renamed, through a symlink), not the path its ``config.yaml`` recorded.
@@ -56,6 +57,13 @@ def command_line(argv: list[str]) -> tuple[list[str], str | None]:
     ckpt = next(iter(option_values(argv, "--ckpt_path")), None)
     no_config = not option_values(argv, "--config", "-c")
     given_dir = next(iter(option_values(argv, "--run_dir")), None)
+    if subcommand in ("validate", "test", "predict") and no_config and not ckpt:  # the run's best, or say what to give
+        if not given_dir or (chosen := best_checkpoint(Path(given_dir))) is None:
+            raise UserError(f"{subcommand} evaluates a checkpoint: give --ckpt_path <run>/checkpoints/<name>.ckpt (its "
+                            "network and data come with it), or --run_dir <a run> (its best checkpoint), or --config "
+                            "<experiment file> (an untrained network)")
+        ckpt = str(chosen)
+        argv = [*argv, "--ckpt_path", ckpt]
     run = RunDir.of_checkpoint(ckpt) if ckpt and ckpt != "last" else None
     if ckpt and ckpt != "last":
         checkpoint = read_checkpoint(ckpt)

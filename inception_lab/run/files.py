@@ -314,3 +314,28 @@ def best_checkpoint(run_dir: Path) -> Path | None:
         return run.path / recorded
     return next(iter(run.best()[-1:] or ([run.last] if run.last.is_file() else [])), None)
 
+
+
+def outcome(stage: str, run_dir: Path, ckpt: str | None = None) -> str:
+    """A Lightning command's result line, from what it recorded: ``fit``: its status, the run, val/acc_best (and
+    test/acc where the fit records it), epochs and wall time; ``validate``/``test``: the checkpoint and its metrics;
+    ``predict``: the checkpoint and the file written."""
+    run = RunDir(run_dir)
+    if stage == "predict":
+        rows = sum(1 for _ in open(run.predictions_csv())) - 1 if run.predictions_csv().is_file() else 0
+        return f"predict: {ckpt}: wrote {run.predictions_csv()} ({rows} rows)"
+    if stage != "fit":
+        record = RunSummary.load(run_dir, stage)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in (record.metrics if record else {}).items()
+                          if k.startswith(f"{stage}/") and k.count("/") == 1 and isinstance(v, int | float))
+        return f"{stage}: {ckpt}: {shown or 'no metrics'} ({run.summary(stage)})"
+    record = read_summary(run_dir)
+    metrics = record.get("metrics", {})
+    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("val/acc_best", "test/acc")
+                      if isinstance(metrics.get(k), int | float))
+    epochs = sum(a.get("epochs", 0) for a in record.get("attempts", []))
+    wall = float(record.get("wall_s") or 0)
+    took = f"{wall:.1f} s" if wall < 60 else f"{wall // 60:.0f} min {wall % 60:02.0f} s" if wall < 3600 else \
+        f"{wall // 3600:.0f} h {wall % 3600 // 60:02.0f} min"
+    return f"fit {record.get('status', 'stopped')}: {run_dir}: {shown or 'no val/acc_best'}; {epochs} epoch" \
+           f"{'' if epochs == 1 else 's'} in {took}"

@@ -23,7 +23,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -34,6 +34,17 @@ from inception_lab.run.layout import RunDir
 
 WALL_S_IS = ("the fit's wall time: the sum of its attempts' wall_s, each from the attempt's start to its end (a "
              "resumed run's includes the partial epoch an interruption lost)")
+
+
+def checkpoint_callbacks(run_dir: Path) -> list[ModelCheckpoint]:
+    """A fit's checkpoints: the best by val top-1, and ``last.ckpt`` after every epoch in a callback of its own
+    (Lightning 2.6's ``save_last=True`` writes it only when the monitored value improved, so a crash would resume
+    from the best epoch, not the last one)."""
+    run = RunDir(run_dir)
+    return [ModelCheckpoint(dirpath=run.checkpoints, filename=RunDir.BEST, auto_insert_metric_name=False,
+                            monitor="val/acc", mode="max"),
+            ModelCheckpoint(dirpath=run.checkpoints, filename=RunDir.LAST, monitor=None, save_top_k=1,
+                            enable_version_counter=False)]
 
 
 def interruption(exception: BaseException) -> str | None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from inception_lab.models import Inception, googlenet, summarize
-from inception_lab.models.inception import host_memory
+from inception_lab.models.footprint import training_memory
 from tests.conftest import REPO, one_error_line
 
 # Table 1 of the paper, inception 3a..5b: params (the paper's K is 1024) and ops (multiply-adds, M = 1e6).
@@ -121,7 +121,7 @@ def test_summary_command(cli) -> None:
 def test_summary_names_the_inputs_the_network_takes(cli) -> None:
     """The network states its smallest input and its largest for this host's memory before anything is built."""
     net = googlenet("paper")
-    smallest, largest = net.smallest_input(), net.largest_input(host_memory())
+    smallest, largest = net.smallest_input(), net.largest_input(training_memory()[0])
     assert smallest == 31 and 224 < largest < 100_000
     for size in ("30", "100000"):
         code, _, err = cli(["summary", "--image-size", size])

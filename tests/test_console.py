@@ -1,0 +1,46 @@
+"""What a command shows (console.py): the libraries' noise dropped by message, each entry with its reason, and
+nothing else dropped. (The commands' result lines and --quiet, end to end: tests/test_cli.py.)"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+
+from inception_lab import console
+
+
+def _shown(category: type[Warning], message: str) -> bool:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        console.filter_noise()
+        warnings.warn(message, category, stacklevel=1)
+    return bool(seen)
+
+
+@pytest.mark.parametrize(("category", "message", "reason"), console.WARNINGS)
+def test_each_dropped_warning_is_dropped_alone(category: type[Warning], message: str, reason: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    text = message.replace("\\", "") + " (the rest of the library's text)"
+    assert reason and not _shown(category, text)
+    assert _shown(category, "another " + text) and _shown(DeprecationWarning if category is FutureWarning
+                                                          else RuntimeWarning, text)
+
+
+def test_lightning_s_srun_hint_stays_inside_a_slurm_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    assert _shown(UserWarning, "The `srun` command is available on your system but is not used. HINT: ...")
+
+
+@pytest.mark.parametrize(("message", "reason"), console.LOG_LINES)
+def test_each_dropped_log_line_is_dropped_alone(message: str, reason: str) -> None:
+    console.filter_noise()
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where Lightning's rank_zero_info logs
+
+    def passes(text: str) -> bool:
+        return logger.filter(logging.LogRecord(logger.name, logging.INFO, "", 0, text, (), None))
+
+    text = message.replace("\\", "").replace("w+", "train") + " ..."
+    assert reason and not passes(text) and passes("GPU available: True (cuda), used: True") and passes("x " + text)
