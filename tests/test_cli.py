@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from inception_lab.cli import parse
+from inception_lab.models import googlenet
 from inception_lab.run.files import flatten, read_summary
 from tests.conftest import QUICKSTART, REPO, clean_env, short
 from tests.run.conftest import val_curve
@@ -122,6 +123,12 @@ def test_experiment_files_are_deltas() -> None:
     assert b["data.init_args.dataset"] == "cifar100"
     text = (REPO / "experiments/googlenet_imagenet_torchvision.yaml").read_text()
     assert "stages: torchvision" in text and "ch3x3red" not in text
+    torch.manual_seed(0)  # and it builds googlenet("torchvision") as it says, seed for seed (torchvision's init)
+    net = parse(["--config", str(REPO / "experiments/googlenet_imagenet_torchvision.yaml")])[0].net
+    torch.manual_seed(0)
+    preset = googlenet("torchvision").state_dict()
+    assert net.state_dict().keys() == preset.keys()
+    assert all(torch.equal(t, preset[k]) for k, t in net.state_dict().items())
 
 
 @pytest.mark.parametrize("experiment", [p for p in EXPERIMENTS if p.stem.startswith("googlenet_")],
