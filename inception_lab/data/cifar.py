@@ -37,6 +37,7 @@ class CIFARDataModule(ImageDataModule):
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
     pad, flip = 4, True
+    table3_views: tuple[TestViews, ...] = ("single",)  # `ensemble`'s default (the crops are ImageNet's; flip: asked)
 
     def __init__(self, dataset: Literal["cifar10", "cifar100"] = "cifar10", root: str = "data", download: bool = False,
                  batch_size: PositiveInt = 128, num_workers: NonNegativeInt = 0, val_size: PositiveInt = 5000,

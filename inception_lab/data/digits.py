@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch.utils.data import TensorDataset
 
 from inception_lab.arguments import check_arguments
 from inception_lab.data.base import ImageDataModule, TestViews, check_split, split_indices
+from inception_lab.errors import config_prefix
 
 DIGITS = 1797  # images in load_digits()
 
@@ -19,6 +22,17 @@ class DigitsDataModule(ImageDataModule):
     random crops after ``pad`` pixels of padding; no flips (a mirrored digit is another symbol). Needs no network.
     ``resident`` (default): the whole set lives on the training device (see ``ImageDataModule``).
     """
+
+    table3_views: tuple[TestViews, ...] = ("single",)  # `ensemble`'s default
+
+    @classmethod
+    def check_test_views(cls, test_views: str) -> None:
+        """As every DataModule's, and a note on ``flip``: allowed (it shows what mirroring costs), never a gain."""
+        super().check_test_views(test_views)
+        if test_views == "flip":
+            print(f"inception_lab: note: {config_prefix(cls)}test_views='flip': a mirrored digit is another glyph "
+                  "(training never mirrors one), so flip raises the digits' test error; 'single' is their protocol",
+                  file=sys.stderr)
 
     def __init__(self, batch_size: PositiveInt = 64, num_workers: NonNegativeInt = 0, image_size: PositiveInt = 32,
                  val_size: PositiveInt = 300, test_size: PositiveInt = 300, pad: NonNegativeInt = 2,

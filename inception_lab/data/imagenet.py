@@ -28,7 +28,7 @@ from inception_lab.data.base import (
     UndecodableImage,
     split_indices,
 )
-from inception_lab.data.views import TestViews, ViewMaker
+from inception_lab.data.views import PAPER_VIEWS, TestViews, ViewMaker
 from inception_lab.errors import ArgumentValueError, config_prefix
 from inception_lab.run.identity import DATA_BOOKKEEPING
 from inception_lab.sampling import trainer_progress
@@ -268,6 +268,7 @@ class ImageNetDataModule(ImageDataModule):
     """
 
     views_supported = get_args(TestViews)
+    table3_views = PAPER_VIEWS  # what `ensemble` compares by default
     BOOKKEEPING = (*DATA_BOOKKEEPING, "bad_images")  # what to do on a broken file, not what a run computes
 
     def __init__(self, root: str = "data/imagenet", image_size: PositiveInt = 224, eval_resize: PositiveInt = 256,

@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 TestViews = Literal["single", "flip", "ten_crop", "multi144"]
 VIEW_COUNTS: dict[str, int] = {"single": 1, "flip": 2, "ten_crop": 10, "multi144": 144}
 assert set(VIEW_COUNTS) == set(get_args(TestViews))
+PAPER_VIEWS: tuple[TestViews, ...] = ("single", "ten_crop", "multi144")  # Table 3's 1, 10 and 144 crops (Section 7)
 
 PAPER_CROP = 224
 # Section 7: the shorter side resized to 256, 288, 320 and 352 for 224x224 crops; scaled with the crop size

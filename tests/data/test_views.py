@@ -7,7 +7,9 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from inception_lab.data import CIFARDataModule, DigitsDataModule, ImageNetDataModule
 from inception_lab.data.views import (
+    PAPER_VIEWS,
     VIEW_COUNTS,
     make_views,
     multi144,
@@ -118,3 +120,14 @@ def test_single_and_flip_are_the_center_crop() -> None:
         p: n for p, n in VIEW_COUNTS.items() if p != "single"}
 
 
+
+
+@pytest.mark.parametrize("data", [DigitsDataModule, CIFARDataModule, ImageNetDataModule], ids=lambda c: c.__name__)
+def test_each_datamodule_declares_table3_views_it_can_cut(data: type, capsys: pytest.CaptureFixture) -> None:
+    """``ensemble``'s default protocols: the paper's three for ImageNet, one view for the 32x32 sets (no room for
+    ImageNet's crops); each passes the DataModule's own check without a note."""
+    assert tuple(VIEW_COUNTS[v] for v in PAPER_VIEWS) == (1, 10, 144)
+    assert data.table3_views == (PAPER_VIEWS if data is ImageNetDataModule else ("single",))
+    for views in data.table3_views:
+        data.check_test_views(views)
+    assert capsys.readouterr().err == ""
