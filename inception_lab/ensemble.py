@@ -1,13 +1,14 @@
 """The paper's Table 3: top-1 and top-5 error of 1..N models at 1, 10 and 144 crops, and what each costs.
 
-    python -m inception_lab ensemble RUN_DIR... [--views single,ten_crop,multi144] [--out DIR] [-- TEST_ARGS...]
+    python -m inception_lab ensemble RUN_DIR... [--views V,...] [--out DIR] [-- TEST_ARGS...]
 
 Each run's stored predictions (``<run>/predictions/test-<views>.npz``, :mod:`inception_lab.run.predictions`) are read;
 where one is missing, or was made from another checkpoint than the run's best (else last), ``test`` computes it, in
 this process (``test --ckpt_path <run>/checkpoints/<ckpt> --data.init_args.test_views <views> TEST_ARGS...``, e.g.
 ``-- --data.init_args.batch_size 8`` for ``multi144``). Softmax probabilities are averaged over
 an image's views (in ``test``), then over models (here: Section 7). For k = 1..N the ensemble is the first k runs;
-cost is models x crops; deltas are against one model at one crop (``single``, always computed: the base).
+cost is models x crops; deltas are against one model at one crop (``single``, always computed: the base). The
+default views are the protocols the runs' DataModule declares (``table3_views``: ImageNet's are the paper's).
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import contextlib
 import importlib
 import io
 import json
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import get_args
@@ -24,14 +28,15 @@ from typing import get_args
 import numpy as np
 import yaml
 
+from inception_lab import console
 from inception_lab.data.views import VIEW_COUNTS, TestViews
 from inception_lab.errors import ArgumentParser, UserError, user_message
 from inception_lab.run.files import best_checkpoint, write_atomic
 from inception_lab.run.layout import RunDir
 from inception_lab.run.predictions import SPLIT, Predictions, checkpoint_name, predictions_path
 
-DEFAULT_VIEWS = ("single", "ten_crop", "multi144")
 BASE = "single"
+DEFAULT_OUT = Path("reports/ensemble")  # under reports/, which git ignores
 
 
 class EnsembleError(UserError):
@@ -82,20 +87,34 @@ def table3(predictions: dict[str, list[Predictions]]) -> list[Row]:
 
 
 # ---- runs, their checkpoints and stored predictions -------------------------------------------------------------
-def check_views_supported(run_dir: Path, views: str) -> None:
-    """A view protocol the run's data cannot cut (``multi144`` on the digits): the DataModule's own one line."""
+def data_class(run_dir: Path) -> type | None:
+    """The DataModule class the run's ``config.yaml`` names; None where there is no readable record of it."""
     try:
         config = yaml.safe_load(RunDir(run_dir).config().read_text()) or {}
         module, _, name = config["data"]["class_path"].rpartition(".")
-        data_class = getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), name)
     except (OSError, KeyError, TypeError, ValueError, ImportError, AttributeError, yaml.YAMLError):
-        return  # no readable record of its data: `test` itself will say
-    check = getattr(data_class, "check_test_views", None)
-    if check is not None:
-        try:
-            check(views)
-        except ValueError as error:
-            raise EnsembleError(f"{run_dir}: {user_message(error)}") from None
+        return None  # `test` itself will say, if it has to run
+
+
+def default_views(runs: list[Path]) -> list[str]:
+    """The view protocols the first run's DataModule declares for Table 3 (only the base where it declares none)."""
+    return list(getattr(data_class(runs[0]), "table3_views", (BASE,)))
+
+
+def check_views_supported(runs: list[Path], views: list[str]) -> None:
+    """A view protocol a run's data cannot cut (``multi144`` on the digits): the DataModule's own one line; a note
+    it gives (``flip`` on the digits) is given once per DataModule and protocol."""
+    checked = set()
+    for run_dir in runs:
+        check = getattr(data_class(run_dir), "check_test_views", None)
+        for v in views:
+            if check is not None and (check, v) not in checked:
+                checked.add((check, v))
+                try:
+                    check(v)
+                except ValueError as error:
+                    raise EnsembleError(f"{run_dir}: {user_message(error)}") from None
 
 
 def stored(run_dir: Path, views: str, checkpoint: Path | None) -> Predictions | None:
@@ -112,21 +131,41 @@ def stored(run_dir: Path, views: str, checkpoint: Path | None) -> Predictions | 
     return predictions
 
 
+@contextlib.contextmanager
+def quiet_test() -> Iterator[io.StringIO]:
+    """For an inner ``test``: its output (metrics table, notes: yielded), Lightning's info lines ("GPU available",
+    "Seed set to 0", tips) and library warnings kept from the terminal, as they were after. ``test`` itself shows
+    them; the DataModule's notes were given before (:func:`check_views_supported`)."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    captured = io.StringIO()
+    try:
+        for logger in loggers:  # their handlers hold the stderr of Lightning's import: a redirect misses them
+            logger.setLevel(logging.WARNING)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            warnings.simplefilter("ignore")
+            yield captured
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def run_test(run_dir: Path, checkpoint: Path, views: str, test_args: list[str]) -> None:
     """``test`` on the run's checkpoint with these views, in this process (one import of torch and Lightning for
-    every run and protocol); it stores the predictions. Its metrics table is not printed: Table 3 is."""
+    every run and protocol); it stores the predictions. Its output is not shown (:func:`quiet_test`): Table 3 is."""
     from inception_lab.cli import cli_main
 
     command = ["test", "--ckpt_path", str(checkpoint), "--data.init_args.test_views", views,
                "--trainer.enable_progress_bar=false", *test_args]
-    print(f"{run_dir}: testing {checkpoint.name} with {views} views", flush=True)
+    print(f"{run_dir}: testing {checkpoint.name} with {views} views", file=sys.stderr, flush=True)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet_test() as output:
             code = cli_main(command)
     except UserError as error:
         raise EnsembleError(f"{run_dir}: test with {views} views: {error}") from None
     if code != 0:
-        raise EnsembleError(f"{run_dir}: test with {views} views stopped (exit {code})")
+        last = (output.getvalue().strip().splitlines() or [""])[-1]
+        raise EnsembleError(f"{run_dir}: test with {views} views stopped (exit {code}){': ' + last if last else ''}")
 
 
 def collect(runs: list[Path], views: list[str], test_args: list[str]) -> dict[str, list[Predictions]]:
@@ -137,13 +176,14 @@ def collect(runs: list[Path], views: list[str], test_args: list[str]) -> dict[st
         if not run_dir.is_dir():
             what = "a file, not a run directory" if run_dir.exists() else "no such run directory"
             raise EnsembleError(f"{run_dir}: {what}")
+    check_views_supported(runs, views)
+    for run_dir in runs:
         checkpoint = best_checkpoint(run_dir)  # the one a run is evaluated from
         for v in views:
             if stored(run_dir, v, checkpoint) is None:
                 if checkpoint is None:
                     raise EnsembleError(f"{run_dir}: no stored {predictions_path(run_dir, v).name} and no "
                                         f"checkpoint in {RunDir(run_dir).checkpoints} to compute it from")
-                check_views_supported(run_dir, v)
                 missing.append((run_dir, checkpoint, v))
     if test_args and not missing:  # what follows -- is for the test runs, and every protocol is stored
         print(f"inception_lab ensemble: note: every protocol's predictions are stored: no test runs, so the arguments "
@@ -192,6 +232,16 @@ def markdown(rows: list[Row], runs: list[Path], images: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def headline(rows: list[Row], out: Path) -> str:
+    """The command's last line: where Table 3 is, and its best row's top-1 error against one model at one crop."""
+    base, best = rows[0], min(rows, key=lambda r: (r.top1_error, r.cost))
+    figure = (f"no row beats 1 model x {BASE}: top-1 error {_percent(base.top1_error)}" if best == base else
+              f"best top-1 error {_percent(best.top1_error)} ({best.models} model{'s' * (best.models > 1)} x "
+              f"{best.views}, cost {best.cost}) against {_percent(base.top1_error)} for 1 model x {BASE} "
+              f"({_percent(best.delta_top1, True)} points)")
+    return f"ensemble: {out / 'table3.md'}: {figure}"
+
+
 def ensemble(runs: list[Path], views: list[str], out: Path, test_args: list[str]) -> tuple[list[Row], str]:
     """Table 3 for ``runs``: rows, and the markdown written to ``out/table3.md`` (and ``out/table3.json``)."""
     views = [BASE, *(v for v in views if v != BASE)]
@@ -216,23 +266,25 @@ def main(argv: list[str] | None = None) -> int:
                      epilog="TEST_ARGS go to every `test` the ensemble runs, e.g. -- --data.init_args.batch_size 8 "
                             "--data.init_args.root /data/imagenet")
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (the first k make the k-model ensemble)")
-    parser.add_argument("--views", default=",".join(DEFAULT_VIEWS),
-                        help=f"view protocols, comma-separated, of {', '.join(get_args(TestViews))} (default: "
-                             f"%(default)s; {BASE} is always added: the base)")
-    parser.add_argument("--out", type=Path, default=Path("report"), help="where table3.md and table3.json go "
-                                                                          "(default: ./report)")
+    parser.add_argument("--views", help=f"view protocols, comma-separated, of {', '.join(get_args(TestViews))} "
+                        f"(default: those the runs' DataModule declares, its table3_views; {BASE} is always added: "
+                        "the base)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where table3.md and table3.json go "
+                                                                      "(default: %(default)s)")
     parsed = parser.parse_args(args)
-    views = [v.strip() for v in parsed.views.split(",") if v.strip()]
+    given = parsed.views if parsed.views is not None else ",".join(default_views(parsed.runs))
+    views = [v.strip() for v in given.split(",") if v.strip()]
     unknown = [v for v in views if v not in VIEW_COUNTS]
     if unknown or not views:
-        raise EnsembleError(f"--views {parsed.views}: expected a comma-separated list of "
+        raise EnsembleError(f"--views {given}: expected a comma-separated list of "
                             f"{', '.join(get_args(TestViews))}")
     seen: dict[Path, Path] = {}
     for run in parsed.runs:  # one model counted twice would be an ensemble of one at twice the cost
         if (key := run.resolve()) in seen:
             raise EnsembleError(f"{run}: given twice (as {seen[key]}); an ensemble's runs are different models")
         seen[key] = run
-    _, text = ensemble(parsed.runs, list(dict.fromkeys(views)), parsed.out, test_args)
+    rows, text = ensemble(parsed.runs, list(dict.fromkeys(views)), parsed.out, test_args)
     print(text, end="")
     print(f"wrote {parsed.out / 'table3.md'}, {parsed.out / 'table3.json'}")
+    console.result(headline(rows, parsed.out))  # the last line; --quiet (every command's) keeps only it
     return 0

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from inception_lab.console import result
+from inception_lab.data import DigitsDataModule
 from inception_lab.ensemble import ensemble, top_k_error
 from inception_lab.run.files import read_summary
 from inception_lab.run.predictions import Predictions, predictions_path
-from tests.conftest import DIST_ENV, QUICKSTART, SHORT, one_error_line
+from tests.conftest import DIST_ENV, QUICKSTART, REPO, SHORT, clean_env, one_error_line, probe_path
 
 CLASSES, IMAGES = 10, 200
 
@@ -89,12 +95,115 @@ def test_models_average_probabilities_and_errors_match_the_npz_files(tmp_path: P
             assert top_k_error(geometric, labels, 1) != rows[k, "single"]["top1_error"]
 
 
-def _digits_run(run_dir: Path) -> Path:
+def _checkpointed_run(run_dir: Path, data: str = "DigitsDataModule") -> Path:
+    """A run of ``data``: its config and a checkpoint file (a placeholder: nothing here loads it)."""
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"not reached")
     (run_dir / "config.yaml").write_text(yaml.safe_dump(
-        {"data": {"class_path": "inception_lab.data.DigitsDataModule", "init_args": {"batch_size": 64}}}))
+        {"data": {"class_path": f"inception_lab.data.{data}", "init_args": {"batch_size": 64}}}))
     return run_dir
+
+
+def printed(out_dir: Path) -> list[str]:
+    """What ``ensemble --out out_dir`` prints on stdout: its table, where it wrote it, and the last line: the best
+    row's top-1 error against one model at one crop."""
+    rows = json.loads((out_dir / "table3.json").read_text())["rows"]
+    base, best = rows[0], min(rows, key=lambda r: (r["top1_error"], r["cost"]))
+    models = f"{best['models']} model{'s' * (best['models'] > 1)}"
+    figure = (f"no row beats 1 model x single: top-1 error {100 * base['top1_error']:.2f}%" if best == base else
+              f"best top-1 error {100 * best['top1_error']:.2f}% ({models} x {best['views']}, cost {best['cost']}) "
+              f"against {100 * base['top1_error']:.2f}% for 1 model x single "
+              f"({100 * (best['top1_error'] - base['top1_error']):+.2f} points)")
+    return [*(out_dir / "table3.md").read_text().splitlines(),
+            f"wrote {out_dir / 'table3.md'}, {out_dir / 'table3.json'}", f"ensemble: {out_dir / 'table3.md'}: {figure}"]
+
+
+DEFAULT_VIEWS = {"DigitsDataModule": ("single",), "CIFARDataModule": ("single",),
+                 "ImageNetDataModule": ("single", "ten_crop", "multi144")}
+
+
+@pytest.mark.parametrize("data", DEFAULT_VIEWS)
+def test_default_views_are_the_datamodules(tmp_path: Path, data: str, cli) -> None:
+    """No --views: the protocols the runs' DataModule declares (digits and CIFAR cannot cut ImageNet's crops)."""
+    runs = [_checkpointed_run(tmp_path / f"seed{i}", data) for i in range(2)]
+    for i, run in enumerate(runs):  # stored, from the run's checkpoint: nothing is tested
+        fake_run(run, seed=i, views=DEFAULT_VIEWS[data])
+    code, out, err = cli(["ensemble", *map(str, runs), "--out", "t3"])
+    assert code == 0 and err == "", err
+    rows = json.loads(Path("t3/table3.json").read_text())["rows"]
+    assert [(r["models"], r["views"]) for r in rows] == [(k, v) for k in (1, 2) for v in DEFAULT_VIEWS[data]]
+
+
+def test_output_is_the_table_where_and_the_last_line(tmp_path: Path, cli) -> None:
+    """Stdout: the table, where it went, and a last line with the best row's top-1 error against one model's; by
+    default under reports/ensemble/, which git ignores."""
+    runs = [tmp_path / f"seed{i}" for i in range(3)]
+    for i, run in enumerate(runs):
+        fake_run(run, seed=i)
+    code, out, err = cli(["ensemble", *map(str, runs), "--views", "flip"])
+    assert code == 0 and err == "", err
+    assert out.splitlines() == printed(Path("reports/ensemble"))
+    ignored = subprocess.run(["git", "check-ignore", "-q", "reports/ensemble/table3.md"], cwd=REPO)
+    assert ignored.returncode == 0  # not a file for `git add`
+
+
+def test_quiet_prints_the_last_line_alone(tmp_path: Path) -> None:
+    """--quiet (every command's): where the table is and its headline figure, nothing else, on either stream."""
+    runs = [tmp_path / f"seed{i}" for i in range(3)]
+    for i, run in enumerate(runs):
+        fake_run(run, seed=i)
+    command = ["ensemble", *map(str, runs), "--views", "flip", "--out", str(tmp_path / "t3"), "--quiet"]
+    done = subprocess.run([sys.executable, "-m", "inception_lab", *command], cwd=tmp_path, capture_output=True,
+                          env={**clean_env(), "PYTHONPATH": probe_path()}, text=True, timeout=120)  # fds 1, 2 sent away
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.splitlines() == printed(tmp_path / "t3")[-1:] != []
+
+
+def test_flip_on_digits_is_noted_once_as_test_notes_it(tmp_path: Path, cli, capsys: pytest.CaptureFixture) -> None:
+    """Mirrored digits are other glyphs: flip raises their error. One line says so, in `ensemble` (once for all its
+    runs) as in `test` (the DataModule's own check)."""
+    DigitsDataModule(test_views="flip")
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and "a mirrored digit is another glyph" in note, note
+    runs = [_checkpointed_run(tmp_path / f"seed{i}") for i in range(2)]
+    for i, run in enumerate(runs):
+        fake_run(run, seed=i)
+    code, out, err = cli(["ensemble", *map(str, runs), "--views", "flip", "--out", "t3"])
+    assert code == 0 and err == note, err
+    assert "| 2 | 2 | flip | 4 |" in out
+
+
+def test_inner_tests_print_nothing(tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `test`s the ensemble runs: their metrics, result lines, Lightning's info lines and warnings are not shown
+    (a progress line each on stderr is); Lightning's loggers are as they were after."""
+    import inception_lab.cli
+
+    runs = [_checkpointed_run(tmp_path / f"seed{i}") for i in range(2)]
+    lightning = logging.getLogger("lightning.pytorch")
+    level, shown = lightning.level, []
+
+    def fake_test(argv: list[str]) -> int:
+        run = Path(argv[argv.index("--ckpt_path") + 1]).parents[1]  # its checkpoints/last.ckpt, as fake_run names it
+        fake_run(run, seed=int(run.name[-1]), views=(argv[argv.index("--data.init_args.test_views") + 1],))
+        result("test: done")  # a `test`'s own last line
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").info("GPU available: False, used: False")
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", UserWarning, stacklevel=1)
+        print("test/acc 0.5")
+        print("inception_lab: note: from the test", file=sys.stderr)
+        return 0
+
+    handler = logging.Handler()
+    handler.emit = shown.append
+    lightning.addHandler(handler)
+    try:
+        monkeypatch.setattr(inception_lab.cli, "cli_main", fake_test)
+        code, out, err = cli(["ensemble", *map(str, runs), "--views", "single", "--out", "t3"])
+    finally:
+        lightning.removeHandler(handler)
+    assert code == 0, err
+    assert err.splitlines() == [f"{run}: testing last.ckpt with single views" for run in runs] and not shown
+    assert out.splitlines() == printed(Path("t3"))
+    assert lightning.level == level
 
 
 def _different_labels(tmp_path: Path) -> tuple[list[str], str]:
@@ -106,7 +215,7 @@ def _different_labels(tmp_path: Path) -> tuple[list[str], str]:
 BAD = {
     "no_run_dir": lambda tmp: ([str(tmp / "nowhere")], "nowhere: no such run directory"),
     "unknown_view": lambda tmp: ([str(tmp), "--views", "single,twelve"], "--views single,twelve: expected"),
-    "multi144_on_digits": lambda tmp: ([str(_digits_run(tmp / "digits")), "--views", "single,multi144"],
+    "multi144_on_digits": lambda tmp: ([str(_checkpointed_run(tmp / "digits")), "--views", "single,multi144"],
                                        "data.init_args.test_views='multi144': only for ImageNet-sized inputs; "
                                        "DigitsDataModule allows 'single' or 'flip'"),
     "nothing_to_test": lambda tmp: ([str(tmp)], "and no checkpoint in"),
@@ -154,10 +263,13 @@ def test_table3_end_to_end(tmp_path: Path, tiny_imagenet: Path, cli, monkeypatch
     line = one_error_line(code, err, "ensemble")
     assert line == err.strip() and "DigitsDataModule allows 'single' or 'flip'" in line, err
 
-    code, out, err = cli(["ensemble", *map(str, runs), "--views", "single,flip", "--out", str(tmp_path / "digits")])
+    code, out, err = cli(["ensemble", *map(str, runs), "--views", "single,flip", "--out", "digits"])
     assert code == 0, err[-3000:]
     print(out)  # the table, as the README shows it
-    assert out.count("testing") == 3  # 2 runs x 2 protocols, less the one stored above
+    assert out.splitlines() == printed(Path("digits"))  # none of the `test`s' output
+    lines = err.splitlines()  # the flip note, and a line for each `test` run: 2 runs x 2 protocols, less one stored
+    assert len(lines) == 4 and "a mirrored digit is another glyph" in lines[0], err
+    assert all(": testing best-" in line for line in lines[1:]), err
     assert predictions_path(runs[0], "single").stat().st_mtime_ns == before
     record = json.loads((tmp_path / "digits" / "table3.json").read_text())
     assert [(r["models"], r["crops"], r["cost"]) for r in record["rows"]] == [
