@@ -1,11 +1,14 @@
 """``python -m inception_lab compare <sweep dir | run dirs...>``: ablation cells, mean ± std over seeds, paired
-differences with 95% confidence intervals, plots, and ``report.md`` / ``report.html``.
+differences with their intervals, a verdict per cell (higher, lower, equal within ±δ, cannot tell) with Holm's
+correction across the cells, plots, and ``report.md`` / ``report.html`` / ``report.json``.
 
 Reads run directories (``summary.json``, ``config.yaml``, ``metrics.csv``) offline, or a W&B sweep (``--wandb``),
 and can save a W&B workspace or report grouped by the same keys. A cell is the runs of one identity (the resolved
 ``config.yaml`` less the seed and bookkeeping: ``inception_lab.run.identity``), named by the keys that differ among the
 runs compared; the baseline is the experiment as its file was written when the runs started (their recorded variant
-sets none of those keys), else the first cell.
+sets none of those keys), else the first cell. The verdicts are the rule's (``compare.sequential``): a sweep directory
+that ``sweep --until-resolved`` grew is judged by the looks it grew by (its state.json keeps the rule), on the rule's
+metric, δ and alpha unless ``--metric``, ``--half-width`` or ``--alpha`` say otherwise; anything else looked once.
 
     python -m inception_lab compare runs/sweeps/head_gap_vs_fc.digits
     python -m inception_lab compare runs/quickstart/a runs/quickstart/b --by model.net.init_args.head
@@ -14,14 +17,17 @@ sets none of those keys), else the first cell.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inception_lab.compare.cells import Cell, group, grouping_keys, pick_baseline, sweep_order
+from inception_lab.compare.cells import PRIMARY, Cell, group, grouping_keys, pick_baseline, sweep_order
 from inception_lab.compare.report import EFFECT, header, plots, render, tables, tables_markdown, text_table, title
 from inception_lab.compare.runs import CompareError, Run, load, parse_wandb_path, wandb_runs
+from inception_lab.compare.sequential import Design
+from inception_lab.compare.verdicts import Family, judge, record
 from inception_lab.compare.wandb_views import build_report, build_workspace
 from inception_lab.errors import ArgumentParser
 from inception_lab.run.files import write_all_atomic
@@ -39,13 +45,26 @@ class Comparison:
     out: Path
     table: str  # the terminal table
     tables_markdown: str
+    family: Family  # the verdicts
+
+
+def grown_by(paths: list[Path]) -> tuple[Any, Design] | None:
+    """The --until-resolved rule (``sweep.resolve.Rule``) and looks of one sweep directory given alone (or its
+    ``runs/``), as its state.json recorded them; None for anything else."""
+    if len(paths) != 1:
+        return None
+    from inception_lab.sweep.resolve import recorded_design
+
+    path = paths[0]
+    return recorded_design(path) or (recorded_design(path.parent) if path.name == "runs" else None)
 
 
 def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] | None = None,
-            out: Path | None = None, wandb_path: str | None = None, api: Any = None, half_width: float = EFFECT,
-            alpha: float = 0.05) -> Comparison:
-    """Load, group, compute, plot and write the report; raises CompareError on bad input. ``half_width`` (δ, a
-    fraction) and ``alpha``: the verdicts' rule (``cells.verdict``) and Holm's family level."""
+            out: Path | None = None, wandb_path: str | None = None, api: Any = None, half_width: float | None = None,
+            alpha: float | None = None, metric: str | None = None) -> Comparison:
+    """Load, group, judge, plot and write the report; raises CompareError on bad input. ``half_width`` (δ, a
+    fraction), ``alpha`` and ``metric``: the rule's (``sequential.Design``); None: what an --until-resolved sweep
+    directory recorded, else 0.5 points, 0.05 and ``cells.PRIMARY``. Holm's families are at ``alpha`` too."""
     runs, swept, sweep = wandb_runs(wandb_path, api) if wandb_path else load(paths)
     finished = [r for r in runs if r.status == "finished"]
     excluded = [r for r in runs if r.status != "finished"]
@@ -57,17 +76,24 @@ def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] 
     if sweep:  # the cells as the sweep file lists them
         cell_list = sweep_order(cell_list, keys, sweep.get("parameters") or {})
     base = pick_baseline(cell_list, keys, baseline)
+    grown = None if wandb_path else grown_by(paths)
+    rule = grown[0] if grown else None
+    design = Design(alpha if alpha is not None else rule.alpha if rule else 0.05,
+                    half_width if half_width is not None else rule.half_width if rule else EFFECT,
+                    grown[1].looks if grown else ())
+    metric = metric or (rule.metric if rule else PRIMARY)
+    family = judge(cell_list, base, metric, design)
     if out is None:  # <sweep dir>/report for one sweep directory, else ./report
         one_sweep = len(paths) == 1 and paths[0].is_dir() and not RunDir(paths[0]).summary().is_file()
         out = paths[0] / "report" if one_sweep else Path("report")
-    images = plots(cell_list, keys, base)
-    head = header(finished, sweep, [wandb_path] if wandb_path else [str(p) for p in paths])
-    markdown, page = render(cell_list, keys, base, excluded, images, title(finished, keys, base, sweep), head,
-                            half_width, alpha)
+    images = plots(cell_list, keys, base, metric)
+    head = header(finished, sweep, [wandb_path] if wandb_path else [str(p) for p in paths], metric)
+    markdown, page = render(cell_list, keys, family, excluded, images, title(finished, keys, base, sweep, metric), head)
+    summary = json.dumps(record(cell_list, keys, family), indent=2) + "\n"
     write_all_atomic({out / name: data for name, data in [*images.items(), ("report.md", markdown),
-                                                          ("report.html", page)]})
-    return Comparison(keys, cell_list, base, excluded, out, text_table(tables(cell_list, keys, base)[0]),
-                      "\n".join(tables_markdown(cell_list, keys, base)))
+                                                          ("report.html", page), ("report.json", summary)]})
+    return Comparison(keys, cell_list, base, excluded, out, text_table(tables(cell_list, keys, family)[0]),
+                      "\n".join(tables_markdown(cell_list, keys, family)), family)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,11 +106,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="the baseline cell (repeatable); default: the experiment as written, else the first cell")
     parser.add_argument("--out", type=Path, help="report directory (default: <sweep dir>/report, else ./report)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT/SWEEP_ID", help="read a W&B sweep instead of directories")
-    parser.add_argument("--half-width", type=float, default=100 * EFFECT, metavar="POINTS",
-                        help="δ of the verdict 'equal within ±δ' (an interval that includes 0 and is no wider than "
-                             "±δ), in points of top-1 (default 0.5)")
-    parser.add_argument("--alpha", type=float, default=0.05,
-                        help="1 - the intervals' confidence, and Holm's family level (default 0.05)")
+    parser.add_argument("--metric", metavar="KEY",
+                        help=f"the runs' summary metric the verdicts judge (default: an --until-resolved sweep's, else "
+                             f"{PRIMARY})")
+    parser.add_argument("--half-width", type=float, metavar="POINTS",
+                        help="δ of the verdict 'equal within ±δ' (two one-sided tests reject a difference of δ or "
+                             f"more), in points of top-1 (default: an --until-resolved sweep's, else {100 * EFFECT:g})")
+    parser.add_argument("--alpha", type=float,
+                        help="each verdict's error rate (a false higher-or-lower, a false equal) and Holm's family "
+                             "level (default: an --until-resolved sweep's, else 0.05)")
     parser.add_argument("--wandb-workspace", action="store_true",
                         help="also save a W&B workspace of the sweep grouped by the same keys (needs --wandb)")
     parser.add_argument("--wandb-report", action="store_true",
@@ -94,21 +124,24 @@ def main(argv: list[str] | None = None) -> int:
         raise CompareError("give a sweep directory or run directories, or --wandb ENTITY/PROJECT/SWEEP_ID (not both)")
     if (args.wandb_workspace or args.wandb_report) and not args.wandb:
         raise CompareError("--wandb-workspace and --wandb-report need --wandb ENTITY/PROJECT/SWEEP_ID")
-    if not args.half_width > 0:
+    if args.half_width is not None and not args.half_width > 0:
         raise CompareError(f"--half-width {args.half_width}: expected points of top-1 > 0, e.g. 0.5")
-    if not 0 < args.alpha < 1:
+    if args.alpha is not None and not 0 < args.alpha < 1:
         raise CompareError(f"--alpha {args.alpha}: expected a level in (0, 1), e.g. 0.05")
-    result = compare(args.paths, args.by, args.baseline, args.out, args.wandb, half_width=args.half_width / 100,
-                     alpha=args.alpha)
+    if args.metric is not None and not args.metric.strip():
+        raise CompareError("--metric '': expected a key of the runs' summary metrics, e.g. val/acc_best")
+    result = compare(args.paths, args.by, args.baseline, args.out, args.wandb, metric=args.metric,
+                     half_width=None if args.half_width is None else args.half_width / 100, alpha=args.alpha)
     print(result.table)
     for run in result.excluded:
         print(f"not averaged in: {run.name} ({run.status}{': ' + run.error_tail if run.error_tail else ''})")
-    print(f"report: {result.out / 'report.md'}, {result.out / 'report.html'}")
+    print(f"report: {result.out / 'report.md'}, {result.out / 'report.html'}, {result.out / 'report.json'}")
     if args.wandb_workspace or args.wandb_report:
         where = (*parse_wandb_path(args.wandb), result.by)  # entity, project, sweep id, grouping keys
-        views = [("workspace", build_workspace(*where))] if args.wandb_workspace else []
+        metric = result.family.metric
+        views = [("workspace", build_workspace(*where, metric=metric))] if args.wandb_workspace else []
         if args.wandb_report:
-            views.append(("report", build_report(*where, result.tables_markdown)))
+            views.append(("report", build_report(*where, result.tables_markdown, metric=metric)))
         for kind, view in views:
             try:
                 print(f"W&B {kind}: {view.save().url}")

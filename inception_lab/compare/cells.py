@@ -1,23 +1,24 @@
 """Cells: the keys that tell the runs apart (where their identities, the config less seed and bookkeeping, differ;
 ``--by`` first), one cell per combination of values, the baseline cell (the experiment as its file was written, or
-``--baseline``); and the statistics of cells: mean ± sample std over seeds, and cell - baseline with a two-sided 95% t
-interval from ``scipy.stats``, paired by seed where at least two seeds pair, Welch's (unequal variances) otherwise."""
+``--baseline``); and the statistics of cells: mean ± sample std over seeds, cell - baseline with its t interval
+(paired by seed where at least two seeds pair, Welch's otherwise), and its verdict by the rule
+(``sequential.Design``: one implementation for ``compare``, ``sweep --until-resolved`` and ``power``)."""
 
 from __future__ import annotations
 
 import math
 import statistics
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from inception_lab.compare.runs import CompareError, Run
+from inception_lab.compare.sequential import CANNOT_TELL, EQUAL, Design, t_quantile, t_tail
 from inception_lab.run.files import flatten, short_value
 from inception_lab.run.identity import identity
 
-PRIMARY = "val/acc_best"  # the metric a cell is judged by
+PRIMARY = "val/acc_best"  # the metric a cell is judged by, unless --metric names another
 
 
 @dataclass
@@ -45,7 +46,8 @@ class Cell:
 
 @dataclass
 class Difference:
-    """cell - baseline, with a two-sided 95% confidence interval."""
+    """cell - baseline, with a two-sided t interval at ``confidence`` (each alone: the verdict's own interval, which
+    a sweep grown by looks corrects, is :class:`Verdict`'s)."""
 
     diff: float
     low: float
@@ -57,6 +59,7 @@ class Difference:
     sd: float | None = None  # of the paired differences; Welch: sqrt(var cell + var baseline), as if unpaired
     p: float | None = None  # two-sided p of the t test (None: the differences did not vary)
     confidence: float = 0.95
+    se: float | None = None  # standard error of ``diff`` (None: read from the interval)
 
     @property
     def half_width(self) -> float:
@@ -66,21 +69,9 @@ class Difference:
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
 
-    def seeds_needed(self, half_width: float) -> int | None:
-        """Seeds per cell (pairs) for an interval of this one's confidence to be at most ±``half_width`` wide at the
-        spread these differences had: the smallest n with t((1 + confidence) / 2, n - 1) * sd / sqrt(n) <=
-        half_width. Such an interval resolves the cell whatever the true difference (it excludes 0, or says equal
-        within ±δ). None without a spread; 2 when the differences did not vary."""
-        if self.sd is None:
-            return None
-        if self.sd == 0:
-            return 2
-        from scipy import stats
-
-        for n in range(2, 100_001):
-            if stats.t.ppf((1 + self.confidence) / 2, n - 1) * self.sd / math.sqrt(n) <= half_width:
-                return n
-        return None
+    @property
+    def standard_error(self) -> float:
+        return self.se if self.se is not None else self.half_width / t_quantile((1 - self.confidence) / 2, self.df)
 
 
 def freeze(value: Any) -> Any:
@@ -201,7 +192,7 @@ def _by_seed(runs: list[Run], metric: str) -> dict[Any, float]:
 def paired_difference(cell: Cell, baseline: Cell, metric: str = PRIMARY, confidence: float = 0.95) -> Difference | None:
     """Mean of cell - baseline with a ``confidence`` t interval: paired by seed when >= 2 seeds pair, else Welch's
     (unequal variances); None when a side has fewer than 2 values. The one implementation ``compare``'s tables and
-    verdicts and ``sweep --until-resolved``'s stopping rule share."""
+    verdicts, ``sweep --until-resolved``'s stopping rule and ``power``'s check share."""
     a, b = _by_seed(cell.runs, metric), _by_seed(baseline.runs, metric)
     common = [s for s in a if s in b]
     if paired := len(common) >= 2:
@@ -212,48 +203,71 @@ def paired_difference(cell: Cell, baseline: Cell, metric: str = PRIMARY, confide
         x, y, note = cell.values(metric), baseline.values(metric), "seeds do not pair"
         if len(x) < 2 or len(y) < 2:
             return None
-    from scipy import stats  # ~2 s to import: only when an interval is computed, so that bad input fails at once
-
-    with warnings.catch_warnings():  # equal values: scipy warns of precision loss, the interval has zero width
-        warnings.simplefilter("ignore", RuntimeWarning)
-        test = stats.ttest_rel(x, y) if paired else stats.ttest_ind(x, y, equal_var=False)
-        interval = test.confidence_interval(confidence)
-    diff = statistics.fmean(u - v for u, v in zip(x, y)) if paired else statistics.fmean(x) - statistics.fmean(y)
-    sd = (statistics.stdev(u - v for u, v in zip(x, y)) if paired
-          else math.sqrt(statistics.variance(x) + statistics.variance(y)))
-    p = float(test.pvalue) if math.isfinite(test.pvalue) else None
-    return Difference(diff, float(interval.low), float(interval.high), min(len(x), len(y)), float(test.df),
-                      "paired" if paired else "welch", note, sd, p, confidence)
+    if paired:
+        diffs = [u - v for u, v in zip(x, y)]
+        diff, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+        se, df = sd / math.sqrt(len(diffs)), float(len(diffs) - 1)
+    else:  # Welch-Satterthwaite
+        vx, vy = statistics.variance(x) / len(x), statistics.variance(y) / len(y)
+        diff, sd = statistics.fmean(x) - statistics.fmean(y), math.sqrt(statistics.variance(x) + statistics.variance(y))
+        se = math.sqrt(vx + vy)
+        df = ((vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1)) if se > 0
+              else float(len(x) + len(y) - 2))
+    half = t_quantile((1 - confidence) / 2, df) * se  # scipy (~2 s to import) only now: bad input fails at once
+    p = 2 * t_tail(abs(diff) / se, df) if se > 0 else None
+    return Difference(diff, diff - half, diff + half, min(len(x), len(y)), df, "paired" if paired else "welch", note,
+                      sd, p, confidence, se)
 
 
 @dataclass
 class Verdict:
-    """What one cell's interval against the baseline says: ``higher`` or ``lower`` (it excludes 0), ``equal``
-    (within ±``half_width``: it includes 0 and is no wider than that either side), or ``cannot tell``."""
+    """What the rule (``design``) says of one cell against the baseline: ``higher`` or ``lower`` (its interval for
+    the difference, ``low``-``high``, excludes 0), ``equal`` (within ±δ: TOST's interval, ``equal_low``-``equal_high``,
+    lies inside ±δ), or ``cannot tell``."""
 
     word: str
     diff: Difference | None
-    half_width: float  # δ, a fraction (0.005: half a point of top-1)
+    design: Design
+    low: float = math.nan
+    high: float = math.nan
+    equal_low: float = math.nan
+    equal_high: float = math.nan
 
     @property
     def resolved(self) -> bool:
-        return self.word != "cannot tell"
+        return self.word != CANNOT_TELL
+
+    @property
+    def half_width(self) -> float:
+        return self.design.half_width
 
     def text(self) -> str:
-        delta = f"{100 * self.half_width:g}"
-        return f"equal within ±{delta}" if self.word == "equal" else self.word
+        return f"equal within ±{100 * self.half_width:g}" if self.word == EQUAL else self.word
+
+    def method(self) -> str:
+        """What gave the verdict: the difference's kind and the test (report.md and report.json say it)."""
+        if self.diff is None:
+            return "no interval (a cell with fewer than 2 runs)"
+        kind = f"paired by seed over {self.diff.n} seeds" if self.diff.method == "paired" else (
+            f"Welch's (unpaired, unequal variances), n = {self.diff.n}")
+        return f"{kind}: {self.design.describe(self.diff.n)}"
+
+    def p_values(self) -> tuple[float | None, float | None]:
+        """(p of higher-or-lower, p of equal within ±δ) at this cell's look: ``Design.p_values``."""
+        if self.diff is None or not math.isfinite(self.diff.diff):
+            return None, None
+        return self.design.p_values(self.diff.diff, self.diff.standard_error, self.diff.n, self.diff.df)
 
 
-def verdict(diff: Difference | None, half_width: float) -> Verdict:
-    """The rule ``compare`` reports and ``sweep --until-resolved`` stops by: resolved when the interval excludes 0
-    (higher / lower) or its half-width is at most ``half_width`` (equal within ±δ)."""
-    if diff is None or diff.low != diff.low:  # no interval, or one of NaNs
-        return Verdict("cannot tell", diff, half_width)
-    if diff.excludes_zero:
-        return Verdict("higher" if diff.diff > 0 else "lower", diff, half_width)
-    if diff.half_width <= half_width:
-        return Verdict("equal", diff, half_width)
-    return Verdict("cannot tell", diff, half_width)
+def verdict(diff: Difference | None, design: Design) -> Verdict:
+    """The rule ``compare`` reports, ``sweep --until-resolved`` stops by and ``power`` simulates: ``design.decide`` on
+    the difference, with the intervals it decided by."""
+    if diff is None or not math.isfinite(diff.diff) or not math.isfinite(diff.standard_error):
+        return Verdict(CANNOT_TELL, diff, design)
+    se = diff.standard_error
+    differs, equal = design.critical(diff.n, diff.df)
+    return Verdict(design.decide(diff.diff, se, diff.n, diff.df), diff, design, diff.diff - differs * se,
+                   diff.diff + differs * se, diff.diff - equal * se, diff.diff + equal * se)
 
 
 def holm(p_values: list[float | None]) -> list[float | None]:
@@ -265,14 +279,3 @@ def holm(p_values: list[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (m - rank) * p))
         adjusted[i] = running
     return adjusted
-
-
-def holm_levels(p_values: list[float | None], alpha: float = 0.05) -> list[float | None]:
-    """Each comparison's confidence level in Holm's step-down procedure: 1 - alpha / (m - i + 1) for the i-th
-    smallest p (an interval at that level excludes 0 exactly when Holm rejects at ``alpha``, the steps before it
-    having rejected)."""
-    order = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
-    levels: list[float | None] = [None] * len(p_values)
-    for rank, (_, i) in enumerate(order):
-        levels[i] = 1 - alpha / (len(order) - rank)
-    return levels

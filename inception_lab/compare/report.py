@@ -1,5 +1,6 @@
 """What ``compare`` shows: the tables (on the terminal, and in markdown for a W&B report too), the plots as PNG bytes
-(matplotlib's Agg canvas), ``report.md`` (images linked) and a self-contained ``report.html`` (images inlined)."""
+(matplotlib's Agg canvas), ``report.md`` (images linked) and a self-contained ``report.html`` (images inlined); the
+verdicts themselves are ``compare.verdicts``'."""
 
 from __future__ import annotations
 
@@ -14,21 +15,13 @@ from typing import Any
 
 import markdown
 
-from inception_lab.compare.cells import (
-    PRIMARY,
-    Cell,
-    Difference,
-    Stat,
-    describe,
-    holm,
-    holm_levels,
-    paired_difference,
-    verdict,
-)
+from inception_lab.compare.cells import PRIMARY, Cell, Difference, Stat, describe, paired_difference
 from inception_lab.compare.runs import Run
+from inception_lab.compare.sequential import EQUAL, HIGHER, LOWER
+from inception_lab.compare.verdicts import Family, Judgement, rule_words
 
 ACCURACIES = (("val/acc_best", "val top-1"), ("val/acc_top5", "val top-5"), ("test/acc", "test top-1"),
-              ("test/acc_top5", "test top-5"))  # PRIMARY first: the cell table's Δ column is its difference
+              ("test/acc_top5", "test top-5"))
 COSTS = (("params", "params"), ("macs", "MACs"), ("throughput_img_per_s", "img/s"))
 Table = tuple[str, list[str], list[list[str]]]  # heading ("" for none), header, rows
 
@@ -57,21 +50,41 @@ def format_difference(diff: Difference | None) -> str:
             + " *" * diff.excludes_zero)
 
 
-def tables(cell_list: list[Cell], by: list[str], base: Cell) -> list[Table]:
-    """One row per cell (accuracies in %, Δ val top-1 against the baseline); then, when there are other cells, the Δ
-    of every accuracy in percentage points. Test accuracies only when tested."""
-    accuracies = [(k, label) for k, label in ACCURACIES if k == PRIMARY or any(c.values(k) for c in cell_list)]
+def metric_label(metric: str) -> str:
+    """A metric as the tables name it: ``val top-1`` for ``val/acc_best``; other keys as they are."""
+    return dict(ACCURACIES).get(metric, metric)
+
+
+def format_verdict(judged: Judgement | None) -> str:
+    """The rule's difference and interval, * where it says higher or lower."""
+    diff = None if judged is None else judged.verdict.diff
+    if judged is None or diff is None:
+        return "—"
+    said = judged.verdict
+    return (f"{100 * diff.diff:+.2f} [{100 * said.low:+.2f}, {100 * said.high:+.2f}] {diff.method} n={diff.n}"
+            + " *" * (said.word in (HIGHER, LOWER)))
+
+
+def tables(cell_list: list[Cell], by: list[str], family: Family) -> list[Table]:
+    """One row per cell (accuracies in %, the judged metric's Δ against the baseline with the rule's interval);
+    then, when there are other cells, every accuracy's Δ in percentage points, each with a plain interval. Test
+    accuracies only when tested."""
+    base, metric = family.base, family.metric
+    accuracies = [(k, name) for k, name in ACCURACIES if k == metric or any(c.values(k) for c in cell_list)]
+    accuracies = accuracies if metric in dict(accuracies) else [(metric, metric), *accuracies]
     rows, differences = [], []
     for cell in cell_list:
         diffs = [None if cell is base else paired_difference(cell, base, key) for key, _ in accuracies]
         rows.append([describe(cell, by) + (" (baseline)" if cell is base else ""), str(len(cell.runs)),
                      *(_pct(cell.stat(key)) for key, _ in accuracies), *(_cost(cell.stat(key)) for key, _ in COSTS),
-                     format_difference(diffs[0])])
+                     format_verdict(family.of(cell))])
         if cell is not base:
             notes = sorted({d.note for d in diffs if d is not None and d.note})
             differences.append([describe(cell, by), *map(format_difference, diffs), "; ".join(notes)])
-    header = ["cell", "n", *(label for _, label in (*accuracies, *COSTS)), "Δ val top-1 vs baseline [95% CI]"]
-    dheader = ["cell", *(f"Δ {label}" for _, label in accuracies), "note"]
+    level = f"{100 * (1 - family.design.alpha):g}% CI" + ", corrected for the looks" * family.design.sequential
+    header = ["cell", "n", *(name for _, name in (*accuracies, *COSTS)),
+              f"Δ {metric_label(metric)} vs baseline [{level}]"]
+    dheader = ["cell", *(f"Δ {name}" for _, name in accuracies), "note"]
     return [("", header, rows), *([("Differences against the baseline", dheader, differences)] if differences else [])]
 
 
@@ -82,29 +95,30 @@ def text_table(table: Table) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
-def notes(by: list[str], base: Cell, cell_list: list[Cell]) -> str:
-    paired = all(d is None or d.method == "paired" for c in cell_list if c is not base
-                 for d in [paired_difference(c, base)])
+def notes(by: list[str], family: Family) -> str:
+    paired = all(j.verdict.diff is None or j.verdict.diff.method == "paired" for j in family.judged)
     welch = "." if paired else "; Welch's interval (unequal variances) where the seeds do not pair."
+    level = f"{100 * (1 - family.design.alpha):g}%"
+    interval = (f"its {level} interval by the rule, corrected for the looks the cells grew by (a repeated "
+                "confidence interval: see the verdicts)" if family.design.sequential
+                else f"a {level} confidence interval from Student's t")
     return (f"Cells grouped by {', '.join(f'`{k}`' for k in by) or 'nothing (one cell)'}. Accuracies in %, mean ± "
             "sample std over the finished runs of a cell (n; — when n = 1). Δ is the cell minus the baseline "
-            f"({describe(base, by)}) in percentage points with a 95% confidence interval from Student's t: paired "
-            f"by seed{welch} * marks an interval that excludes 0.")
+            f"({describe(family.base, by)}) in percentage points with {interval}: paired by seed{welch} * marks a "
+            "verdict of higher or lower. The differences table gives every accuracy a plain 95% t interval of its "
+            "own, uncorrected.")
 
 
-def tables_markdown(cell_list: list[Cell], by: list[str], base: Cell) -> list[str]:
+def tables_markdown(cell_list: list[Cell], by: list[str], family: Family) -> list[str]:
     """The notes and the tables as markdown lines (the W&B report shows them too)."""
-    lines = [notes(by, base, cell_list)]
-    for heading, header, rows in tables(cell_list, by, base):
+    lines = [notes(by, family)]
+    for heading, header, rows in tables(cell_list, by, family):
         lines += ["", *([f"## {heading}", ""] if heading else []), "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
     return lines
 
 
 EFFECT = 0.005  # δ of a verdict's "equal within ±δ" (compare --half-width): 0.5 points, the size of the paper's claims
-HOLM_NOTE = ("The verdicts above judge each comparison alone. Across the family, Holm's step-down procedure keeps the "
-             "chance of any false \"higher\" or \"lower\" at alpha: the Holm p is the adjusted p-value, the Holm "
-             "interval each cell's interval at its step's level.")
 METRIC_WORDS = {"val/acc_best": "val top-1 (`val/acc_best`: the best validation top-1 over a run's epochs)"}
 
 
@@ -129,15 +143,15 @@ def _when(runs: list[Run]) -> str:
     return span + (f"; {sum(walls) / 60:.1f} min of fits over {len(walls)} runs" if walls else "")
 
 
-def title(runs: list[Run], by: list[str], base: Cell, sweep: dict[str, Any] | None) -> str:
+def title(runs: list[Run], by: list[str], base: Cell, sweep: dict[str, Any] | None, metric: str = PRIMARY) -> str:
     """``head_gap_vs_fc.digits: val top-1 by head``: the sweep (else the experiment's runs) and what it compares."""
     keys = ", ".join(part.split("=")[0] for part in describe(base, by).split(", ")) if by else ""
-    what = f"{METRIC_WORDS.get(PRIMARY, PRIMARY).split(' (')[0]}{' by ' + keys if keys else ''}"
+    what = f"{metric_label(metric)}{' by ' + keys if keys else ''}"
     source = str(sweep.get("name")) if sweep else f"runs of {runs[0].experiment}"
     return f"{source}: {what}"
 
 
-def header(runs: list[Run], sweep: dict[str, Any] | None, paths: list[str]) -> list[str]:
+def header(runs: list[Run], sweep: dict[str, Any] | None, paths: list[str], metric: str = PRIMARY) -> list[str]:
     """What a reader needs before the numbers: the sweep or the run directories, the metric, the protocol (experiment,
     epochs, seeds, data) and when the runs ran."""
     lines = []
@@ -147,7 +161,7 @@ def header(runs: list[Run], sweep: dict[str, Any] | None, paths: list[str]) -> l
     else:
         shown = ", ".join(f"`{p}`" for p in paths[:6]) + (f" and {len(paths) - 6} more" if len(paths) > 6 else "")
         lines.append(f"Run directories: {shown}")
-    lines.append(f"Metric: {METRIC_WORDS.get(PRIMARY, f'`{PRIMARY}`')}, in %; higher is better.")
+    lines.append(f"Metric: {METRIC_WORDS.get(metric, f'`{metric}`')}, in %; higher is better.")
     config = [r.config for r in runs]
     seeds = sorted({r.seed for r in runs if r.seed is not None}, key=repr)
     data = _distinct([str(c.get("data.class_path", "")).rsplit(".", 1)[-1] or None for c in config])
@@ -162,61 +176,66 @@ def header(runs: list[Run], sweep: dict[str, Any] | None, paths: list[str]) -> l
     return lines
 
 
-def verdicts(cell_list: list[Cell], by: list[str], base: Cell, half_width: float = EFFECT,
-             alpha: float = 0.05) -> list[str]:
-    """One line per cell against the baseline, the verdict of ``cells.verdict`` (the rule ``sweep
-    --until-resolved`` stops by): higher / lower (the interval excludes 0), equal within ±δ (it includes 0 and is no
-    wider than ±δ), or cannot tell (n, and the seeds per cell a ±δ interval would need at this spread)."""
-    lines = []
-    for cell in cell_list:
-        if cell is base:
-            continue
-        name, diff = f"{describe(cell, by)} vs {describe(base, by)}", paired_difference(cell, base,
-                                                                                         confidence=1 - alpha)
+def _interval(low: float, high: float) -> str:
+    return f"[{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
+def verdicts(by: list[str], family: Family) -> list[str]:
+    """One line per cell against the baseline: the rule's verdict and what it tested. higher / lower: the rule's
+    interval excludes 0 (the t test rejects no difference); equal within ±δ: TOST's interval lies inside ±δ (both
+    one-sided tests reject a difference of δ or more); cannot tell: neither, with the ``power`` command that says
+    how often more seeds would answer at this spread."""
+    lines, design = [], family.design
+    delta = f"{100 * design.half_width:g}"
+    for judged in family.judged:
+        name, said = f"{describe(judged.cell, by)} vs {describe(family.base, by)}", judged.verdict
+        diff = said.diff
         if diff is None:
             lines.append(f"- {name}: no interval (a cell with fewer than 2 runs): cannot tell.")
             continue
-        said = verdict(diff, half_width)
-        interval = (f"{100 * diff.diff:+.2f} points [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}], "
+        interval = (f"{100 * diff.diff:+.2f} points {_interval(said.low, said.high)}, "
                     f"{'paired over' if diff.method == 'paired' else 'Welch, unpaired,'} n = {diff.n}")
-        level = f"{100 * (1 - alpha):g}%"
-        if said.word in ("higher", "lower"):
-            lines.append(f"- {name}: {interval}. **{said.word}**: the interval excludes 0 ({said.word} than the "
-                         f"baseline at the {level} level).")
-        elif said.word == "equal":
-            lines.append(f"- {name}: {interval}. **{said.text()} points**: the interval includes 0 and its "
-                         f"half-width ({100 * diff.half_width:.2f}) is at most {100 * half_width:g}.")
+        p = "" if judged.p is None else f"p = {judged.p:.3g}"
+        equal = f"TOST's interval {_interval(said.equal_low, said.equal_high)}"
+        if said.word in (HIGHER, LOWER):
+            lines.append(f"- {name}: {interval}. **{said.word}**: the interval excludes 0 (the t test rejects no "
+                         f"difference at {design.alpha:g}; {p}).")
+        elif said.word == EQUAL:
+            lines.append(f"- {name}: {interval}. **{said.text()} points**: both one-sided t tests reject a difference "
+                         f"of {delta} points or more at {design.alpha:g} ({equal} lies inside ±{delta}; p = "
+                         f"{judged.p_equal:.3g}).")
         else:
-            need = diff.seeds_needed(half_width)
-            spread = (f" At this spread (sd of the differences {100 * diff.sd:.2f} points) a ±{100 * half_width:g}"
-                      f"-point interval needs about {need if need is not None else 'more than 100,000'} seeds per "
-                      f"cell ({max(0, need - diff.n) if need is not None else 'many'} more)." if diff.sd else "")
-            lines.append(f"- {name}: {interval}. **cannot tell** at n = {diff.n}: the interval includes 0 and is "
-                         f"wider than ±{100 * half_width:g}." + spread)
+            plan = (f" `python -m inception_lab power --sd {100 * diff.sd:.2f} --half-width {delta} --seeds {diff.n}` "
+                    "gives the chance of each verdict with more seeds at this spread." if diff.sd else "")
+            lines.append(f"- {name}: {interval}. **cannot tell** at n = {diff.n}: the interval includes 0 and "
+                         f"{equal} reaches beyond ±{delta}." + plan)
     return lines
 
 
-def holm_table(cell_list: list[Cell], by: list[str], base: Cell, half_width: float = EFFECT,
-               alpha: float = 0.05) -> Table | None:
-    """Holm's correction over the family of the sweep's comparisons with the baseline: each cell's raw p and
-    interval, its Holm-adjusted p, and its interval at Holm's step-down level (1 - alpha / (m - i + 1) for the i-th
-    smallest p), with the verdict each gives. None for fewer than two comparisons."""
-    others = [c for c in cell_list if c is not base]
-    diffs = [paired_difference(c, base, confidence=1 - alpha) for c in others]
-    if sum(d is not None and d.p is not None for d in diffs) < 2:
+def holm_table(by: list[str], family: Family) -> Table | None:
+    """Holm's correction over the sweep's comparisons with the baseline: each cell's p-values by the rule (of higher
+    or lower, of equal within ±δ), their Holm-adjusted values, and the verdict each gives. None for fewer than two
+    comparisons."""
+    if sum(j.p is not None for j in family.judged) < 2:
         return None
-    ps = [d.p if d is not None else None for d in diffs]
-    adjusted, levels = holm(ps), holm_levels(ps, alpha)
-    rows = []
-    for cell, diff, p, level in zip(others, diffs, adjusted, levels):
-        wide = paired_difference(cell, base, confidence=level) if level is not None else None
-        rows.append([describe(cell, by), format_difference(diff), "—" if diff is None or diff.p is None else
-                     f"{diff.p:.3g}", "—" if p is None else f"{p:.3g}",
-                     "—" if wide is None else f"[{100 * wide.low:+.2f}, {100 * wide.high:+.2f}] at "
-                     f"{100 * level:.2f}%", verdict(diff, half_width).text(), verdict(wide, half_width).text()])
-    header = ["cell", f"Δ val top-1 [{100 * (1 - alpha):g}% CI]", "p", "Holm p", "Holm interval",
-              "verdict", "verdict (Holm)"]
-    return (f"Holm's correction over the {len(others)} comparisons with the baseline", header, rows)
+    def p(value: float | None) -> str:
+        return "—" if value is None else f"{value:.3g}"
+    rows = [[describe(j.cell, by), format_verdict(j), p(j.p), p(j.holm_p), p(j.p_equal), p(j.holm_p_equal),
+             j.verdict.text(), j.holm_text()] for j in family.judged]
+    design = family.design
+    header = ["cell", f"Δ {metric_label(family.metric)} [{100 * (1 - design.alpha):g}% CI]", "p", "Holm p",
+              f"p (equal ±{100 * design.half_width:g})", "Holm p (equal)", "verdict", "verdict (Holm)"]
+    return (f"Holm's correction over the {len(family.judged)} comparisons with the baseline", header, rows)
+
+
+def holm_note(family: Family) -> str:
+    kind = ("repeated p-values (valid at whatever look a cell stopped)" if family.design.sequential
+            else "the t tests' p-values")
+    return (f"Each verdict above keeps its own error rates for its cell: a false higher or lower at most "
+            f"{family.design.alpha:g}, a false equal at most {family.design.alpha:g}. Across the sweep's cells, Holm's "
+            f"step-down procedure on the rule's {kind} keeps the chance of any false higher or lower among them at "
+            f"{family.design.alpha:g}, and of any false equal at {family.design.alpha:g}: p tests a difference, p "
+            "(equal) an equivalence, each column a family of its own.")
 
 
 def _png(fig: Any) -> bytes:
@@ -226,7 +245,7 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def plots(cell_list: list[Cell], by: list[str], base: Cell) -> dict[str, bytes]:
+def plots(cell_list: list[Cell], by: list[str], base: Cell, metric: str = PRIMARY) -> dict[str, bytes]:
     """PNG images by file name: accuracy per cell, accuracy against MACs, val top-1 learning curves."""
     from matplotlib.figure import Figure  # Agg canvas, no pyplot state: safe to call from any process or thread
     from matplotlib.ticker import MaxNLocator
@@ -265,7 +284,7 @@ def plots(cell_list: list[Cell], by: list[str], base: Cell) -> dict[str, bytes]:
     where = (lambda m: math.log(m)) if log else (lambda m: m)
     span = (where(max(known)) - where(min(known))) or 1.0 if known else 1.0
     for i, (cell, name, x) in enumerate(zip(cell_list, names, macs)):
-        stat = cell.stat(PRIMARY)
+        stat = cell.stat(metric)
         if x is None or stat.mean is None:
             continue
         ax.errorbar([x], [100 * stat.mean], yerr=[100 * (stat.std or 0)], fmt="o", capsize=4, label=name)
@@ -281,7 +300,7 @@ def plots(cell_list: list[Cell], by: list[str], base: Cell) -> dict[str, bytes]:
                 ticks.append(m)
         ax.set_xticks(ticks, [count(t) for t in ticks], rotation=30 if len(ticks) > 3 else 0)
         ax.minorticks_off()
-    ax.set(xlabel="multiply-adds per image", ylabel="val top-1 (%)",
+    ax.set(xlabel="multiply-adds per image", ylabel=f"{metric_label(metric)} (%)",
            title="accuracy against compute (mean ± std; * baseline)")
     images["accuracy_vs_macs.png"] = _png(ax.figure)
 
@@ -304,24 +323,23 @@ def plots(cell_list: list[Cell], by: list[str], base: Cell) -> dict[str, bytes]:
     return images
 
 
-def render(cell_list: list[Cell], by: list[str], base: Cell, excluded: list[Run], images: dict[str, bytes],
-           title: str, head: list[str] | None = None, half_width: float = EFFECT,
-           alpha: float = 0.05) -> tuple[str, str]:
+def render(cell_list: list[Cell], by: list[str], family: Family, excluded: list[Run], images: dict[str, bytes],
+           title: str, head: list[str] | None = None) -> tuple[str, str]:
     """``report.md`` (images linked) and ``report.html``, the same markdown rendered by the ``markdown`` library,
-    self-contained (images as data URIs): the title, the ``head`` lines (sweep, metric, protocol, when), the tables,
-    a verdict per cell, the plots."""
+    self-contained (images as data URIs): the title, the ``head`` lines (sweep, metric, protocol, when), the rule,
+    the tables, a verdict per cell, Holm's table, the plots."""
     members = [f"{describe(c, by)}: {', '.join(r.name for r in c.runs)}" for c in cell_list]
     left_out = [f"{r.name}: {r.status}" + (f" ({r.error_tail})" if r.error_tail else "") for r in excluded]
-    head, said = head or [], verdicts(cell_list, by, base, half_width, alpha)
-    family = holm_table(cell_list, by, base, half_width, alpha)
-    level = f"{100 * (1 - alpha):g}% confidence, ±{100 * half_width:g} points"
+    head, said, family_table = head or [], verdicts(by, family), holm_table(by, family)
+    design = family.design
+    level = f"{100 * (1 - design.alpha):g}% confidence, ±{100 * design.half_width:g} points"
 
-    md = [f"# {title}", "", *(f"- {line}" for line in head), *([""] if head else []),
-          *tables_markdown(cell_list, by, base), ""]
+    md = [f"# {title}", "", *(f"- {line}" for line in head), f"- Rule: {rule_words(design)}.", "",
+          *tables_markdown(cell_list, by, family), ""]
     md += [f"## Verdicts (against the baseline, {level})", "", *said, ""] if said else []
-    if family is not None:
-        md += [f"## {family[0]}", "", HOLM_NOTE, "", "| " + " | ".join(family[1]) + " |", "|" + "---|" * len(family[1]),
-               *("| " + " | ".join(r) + " |" for r in family[2]), ""]
+    if family_table is not None:
+        md += [f"## {family_table[0]}", "", holm_note(family), "", "| " + " | ".join(family_table[1]) + " |",
+               "|" + "---|" * len(family_table[1]), *("| " + " | ".join(r) + " |" for r in family_table[2]), ""]
     md += ["## Runs not averaged in", "", *(f"- `{x}`" for x in left_out), ""] if left_out else []
     md += ["## Plots", "", *(f"![{Path(n).stem}]({n})\n" for n in images), "## Runs per cell", "",
            *(f"- {m}" for m in members), ""]

@@ -23,7 +23,7 @@ def run(argv: list[str]) -> int:
     check_command(sweep)
     rule = None
     if args.until_resolved:
-        rule = resolve.Rule(args.half_width / 100, args.max_seeds, args.alpha, args.seeds_per_round)
+        rule = resolve.Rule(args.half_width / 100, args.max_seeds, args.alpha, args.seeds_per_round, args.metric)
         resolve.check(sweep, rule)
         if args.emit_followup:
             return emit_followup(args, sweep, rule)
@@ -100,7 +100,7 @@ def check_one_sweep(state: State, seed: int, rule: resolve.Rule | None, planned:
 
 def _options(rule: resolve.Rule) -> str:
     return (f"--half-width {100 * rule.half_width:g} --max-seeds {rule.max_seeds} --alpha {rule.alpha:g} "
-            f"--seeds-per-round {rule.step}")
+            f"--seeds-per-round {rule.step} --metric {rule.metric}")
 
 
 def emit_followup(args: argparse.Namespace, sweep: spec.Sweep, rule: resolve.Rule) -> int:
@@ -153,7 +153,7 @@ def write_array_job(args: argparse.Namespace, sweep: spec.Sweep, directory: Path
                    *(["--run-cap", str(args.run_cap)] if args.run_cap else []),
                    *(["--retry-failed"] if args.retry_failed else []),
                    *(["--until-resolved", *_options(resolve.Rule(args.half_width / 100, args.max_seeds, args.alpha,
-                                                                 args.seeds_per_round)).split()]
+                                                                 args.seeds_per_round, args.metric)).split()]
                      if args.until_resolved else [])]
     text = slurm.sbatch_text(job_name=slurm.job_name(sweep.name, "sweep"), command=command, nodes=1,
                              tasks_per_node=1, gpus_per_node=gpus, cpus_per_task=args.cpus_per_task,
@@ -184,13 +184,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     until = parser.add_argument_group("until resolved: after the file's seeds, more seeds where a comparison with the "
                                       "baseline is not answered yet")
     until.add_argument("--until-resolved", action="store_true",
-                       help="add seeds, a few at a time, to the cells (and the baseline) whose paired interval "
-                            "includes 0 and is wider than ±--half-width, until each is resolved or at --max-seeds")
+                       help="add seeds, a few at a time, to the cells (and the baseline) that are neither higher, "
+                            "lower nor equal within ±--half-width (a group-sequential paired t test over the planned "
+                            "looks, TOST for equal: compare/sequential.py), until each is resolved or at --max-seeds")
     until.add_argument("--half-width", type=float, default=0.5, metavar="POINTS",
-                       help="δ: an interval that includes 0 and is no wider than ±δ says 'equal within ±δ' "
-                            "(points of top-1; default 0.5)")
+                       help="δ of 'equal within ±δ' (two one-sided tests) in points of top-1 (default 0.5)")
     until.add_argument("--max-seeds", type=int, default=20, help="seeds per cell at most (default 20)")
-    until.add_argument("--alpha", type=float, default=0.05, help="1 - the intervals' confidence (default 0.05)")
+    until.add_argument("--alpha", type=float, default=0.05,
+                       help="each cell's chance of a false higher-or-lower, and of a false equal, over all its looks "
+                            "(default 0.05)")
+    until.add_argument("--metric", default=resolve.Rule().metric, metavar="KEY",
+                       help=f"the runs' summary metric a cell is judged by (default {resolve.Rule().metric})")
     until.add_argument("--seeds-per-round", type=int, default=2, help="seeds added to a cell per round (default 2)")
     until.add_argument("--emit-followup", metavar="OUT.yaml",
                        help="write the next round as a W&B sweep file (the unresolved cells x new seeds) from the "

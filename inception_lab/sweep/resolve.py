@@ -2,18 +2,20 @@
 
 After the sweep file's own seeds, every cell (the values other than the seed) is compared with the baseline cell by
 ``compare``'s own code (its run directories grouped into cells, ``cells.pick_baseline``, ``cells.paired_difference``
-and ``cells.verdict``: one implementation). A cell is *resolved* when its interval excludes 0 (higher or lower) or
-is no wider than ±``half_width`` (equal within ±δ); an unresolved cell below ``max_seeds`` gets the next ``step``
-seeds, and the baseline gets every seed a cell gets (the comparison is paired by seed). A cell is judged only when
-all of its trials and the baseline's have ended, so a decision never rests on half a round.
+and ``cells.verdict``: one implementation), on the rule's metric. A cell is *resolved* when the rule's verdict is
+higher, lower or equal within ±``half_width`` (``compare.sequential``: a group-sequential t test over the planned
+looks, and TOST for "equal"); an unresolved cell below ``max_seeds`` gets the next ``step`` seeds, and the baseline
+gets every seed a cell gets (the comparison is paired by seed). A cell is judged only when all of its trials and the
+baseline's have ended, so a decision never rests on half a round.
+
+The looks are planned: the file's seeds, then ``step`` more a round, up to ``max_seeds``
+(:meth:`Rule.design`), and the boundaries spend ``alpha`` over them, so a cell stopped as "higher" at any look, or
+as "equal", keeps the error rate ``alpha`` states (per cell; ``compare`` adds Holm's correction across the cells).
 
 The decision is made under the sweep directory's lock (``runner.next_trial``), from the trials ``state.json``
 holds (pending and running ones count as planned): any number of runners share the sweep, each seed is added once,
-and a restart continues where the last runner stopped. The rule is kept in ``state.json`` (``until_resolved``).
-
-Each look at the data is an interval at ``1 - alpha``, not corrected for the looks before it: a cell stopped as
-"higher" after several rounds has a somewhat larger chance of a false "higher" than ``alpha`` (``compare`` reports
-Holm's correction across the cells, not across the looks).
+and a restart continues where the last runner stopped. The rule is kept in ``state.json`` (``until_resolved``),
+where ``compare`` finds it (:func:`recorded`) to judge the cells by the looks that grew them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from inception_lab.sweep.spec import Sweep, SweepError, Trial
+from inception_lab.compare.cells import PRIMARY, group, grouping_keys, paired_difference, pick_baseline, verdict
+from inception_lab.compare.sequential import Design
+from inception_lab.sweep.spec import Sweep, SweepError, Trial, load_sweep
 
 SEED = "seed_everything"
 DONE = ("finished", "failed", "stopped")  # a trial that will not change any more
@@ -31,13 +35,47 @@ DONE = ("finished", "failed", "stopped")  # a trial that will not change any mor
 
 @dataclass(frozen=True)
 class Rule:
+    """An --until-resolved sweep's options, kept in its state.json."""
+
     half_width: float = 0.005  # δ, a fraction of top-1 (0.005: half a point)
     max_seeds: int = 20  # per cell
     alpha: float = 0.05
     step: int = 2  # seeds added to a cell per round
+    metric: str = PRIMARY  # the run summary's key a cell is judged by
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def design(self, first: int) -> Design:
+        """The looks a cell may stop at, from the sweep file's ``first`` seeds: the rule as ``compare`` judges it."""
+        return Design.grown(first, self.step, self.max_seeds, self.alpha, self.half_width)
+
+
+def file_seeds(sweep: Sweep) -> list[Any]:
+    """The sweep file's own seeds (its ``seed_everything`` values; [] without)."""
+    seed = next((p for p in sweep.params if p.name == SEED), None)
+    return list(seed.spec.get("values") or []) if seed is not None and seed.kind == "categorical" else []
+
+
+def recorded(directory: Path) -> Rule | None:
+    """The rule an --until-resolved sweep directory grew its cells by (its state.json's ``until_resolved``, as
+    ``State`` keeps it), read as it is; None for a plain sweep's directory, or none."""
+    try:
+        data = json.loads((directory / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    rule = data.get("until_resolved") if isinstance(data, dict) else None
+    known = Rule.__dataclass_fields__
+    return Rule(**{k: v for k, v in rule.items() if k in known}) if isinstance(rule, dict) else None
+
+
+def recorded_design(directory: Path) -> tuple[Rule, Design] | None:
+    """:func:`recorded`'s rule and the design it gives over the directory's copy of its sweep file (sweep.yaml)."""
+    rule = recorded(directory)
+    if rule is None or not (directory / "sweep.yaml").is_file():
+        return None
+    seeds = file_seeds(load_sweep(directory / "sweep.yaml"))
+    return (rule, rule.design(len(seeds))) if len(seeds) >= 2 else None
 
 
 def check(sweep: Sweep, rule: Rule) -> list[int]:
@@ -45,10 +83,9 @@ def check(sweep: Sweep, rule: Rule) -> list[int]:
     where = f"{sweep.path}: --until-resolved"
     if sweep.method != "grid":
         raise SweepError(f"{where} needs method: grid (cells x seeds), not {sweep.method}")
-    seed = next((p for p in sweep.params if p.name == SEED), None)
-    if seed is None or seed.kind != "categorical":
+    seeds = file_seeds(sweep)
+    if not seeds:
         raise SweepError(f"{where} needs the seeds as a parameter: {SEED}: {{values: [0, 1, 2]}}")
-    seeds = seed.spec["values"]
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise SweepError(f"{where}: {SEED} values must be integers, got {seeds}")
     if len(sweep.params) < 2:
@@ -57,8 +94,8 @@ def check(sweep: Sweep, rule: Rule) -> list[int]:
         raise SweepError(f"{where}: {SEED} has {len(seeds)} value; an interval needs at least 2 seeds per cell")
     if rule.max_seeds < len(seeds):
         raise SweepError(f"--max-seeds {rule.max_seeds}: fewer than the sweep file's {len(seeds)} seeds")
-    if not rule.half_width > 0 or not 0 < rule.alpha < 1 or rule.step < 1:
-        raise SweepError("--half-width must be > 0, --alpha in (0, 1) and --seeds-per-round >= 1")
+    if not rule.half_width > 0 or not 0 < rule.alpha < 1 or rule.step < 1 or not rule.metric:
+        raise SweepError("--half-width must be > 0, --alpha in (0, 1), --seeds-per-round >= 1 and --metric a key")
     return seeds
 
 
@@ -88,7 +125,6 @@ def judge(sweep: Sweep, trials: list[Trial], run_dir: Any, rule: Rule) -> list[J
 
 def judge_runs(sweep: Sweep, trials: list[Trial], records: dict[str, Any], rule: Rule) -> list[Judged]:
     """:func:`judge` from run records (``compare``'s ``Run``) by trial name: a sweep directory's or a W&B sweep's."""
-    from inception_lab.compare.cells import group, grouping_keys, paired_difference, pick_baseline, verdict
     from inception_lab.compare.runs import sweep_keys
 
     cells: dict[str, Judged] = {}
@@ -110,12 +146,12 @@ def judge_runs(sweep: Sweep, trials: list[Trial], records: dict[str, Any], rule:
     base_key = of[id(base)]
     if base_key in cells:
         cells[base_key].baseline = True
+    design = rule.design(len(file_seeds(sweep)))
     for g in groups:
         entry = cells.get(of[id(g)])
         if entry is None or entry.baseline or not entry.done or not cells[base_key].done:
             continue
-        diff = paired_difference(g, base, sweep.metric, confidence=1 - rule.alpha)
-        entry.verdict = verdict(diff, rule.half_width)
+        entry.verdict = verdict(paired_difference(g, base, rule.metric, confidence=1 - rule.alpha), design)
     return list(cells.values())
 
 
@@ -152,8 +188,9 @@ def _ordered(sweep: Sweep, values: dict[str, Any]) -> dict[str, Any]:
 
 def summary_lines(sweep: Sweep, trials: list[Trial], run_dir: Any, rule: Rule) -> list[str]:
     """Per cell: its verdict, or why it has none, for the runner's closing table."""
-    lines = [f"until resolved (±{100 * rule.half_width:g} points, alpha {rule.alpha:g}, at most {rule.max_seeds} "
-             "seeds per cell):"]
+    looks = ", ".join(map(str, rule.design(len(file_seeds(sweep))).looks))
+    lines = [f"until resolved ({rule.metric}; ±{100 * rule.half_width:g} points, alpha {rule.alpha:g}, looks at "
+             f"{looks} seeds per cell):"]
     for entry in judge(sweep, trials, run_dir, rule):
         what = ", ".join(f"{k}={json.dumps(v)}" for k, v in entry.values.items()) or "(all)"
         if entry.baseline:

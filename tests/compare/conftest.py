@@ -1,5 +1,6 @@
 """Shared by compare's tests: run directories as the training CLI writes them (config.yaml, summary.json by the
-record's writer through ``tests.conftest.write_run``, metrics.csv), a sweep directory of them, and runs for cells."""
+record's writer through ``tests.conftest.write_run``, metrics.csv), a sweep directory of them, runs for cells, and
+sweeps of one cell simulated through the sweep's own judge (``simulated_sweeps``: the resolve and power tests')."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
 from inception_lab.compare.runs import Run
 from inception_lab.run.files import flatten
+from inception_lab.sweep import resolve, spec
 from tests.conftest import QUICKSTART, write_run, write_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -117,3 +120,29 @@ def write_variants(root: Path, own: dict[str, Any] | None = None) -> dict[str, P
             paths[f"{name}-{seed}"] = make_run(root, f"{name}-{seed}", head, seed, 0.8 + 0.05 * seed + 0.01 * len(name),
                                                filter_sizes=sizes, own=own, config=where)
     return paths
+
+
+def simulated_sweeps(tmp_path: Path, diff: float, sd: float, rule: resolve.Rule, sims: int, first: int = 5,
+                     seed: int = 0) -> list[tuple[str, int]]:
+    """``sims`` sweeps of one cell (x=1) against its baseline (x=0), normal paired differences (mean ``diff``, sd
+    ``sd``, fractions of top-1) drawn as ``power`` draws them, each judged by ``resolve.judge_runs`` at the looks
+    the runner grows it by (the file's ``first`` seeds, then ``rule.step`` more up to ``rule.max_seeds``): the
+    verdict and the seeds of each, where it stopped."""
+    path = write_sweep(tmp_path / "one.yaml", {"seed_everything": {"values": list(range(first))},
+                                               "x": {"values": [0, 1]}}, ["python", "trial.py", "${args}"])
+    sweep = spec.load_sweep(path)
+    looks = [*range(first, rule.max_seeds, rule.step), rule.max_seeds]
+    outcomes = []
+    for row in np.random.default_rng(seed).normal(diff, sd, size=(sims, rule.max_seeds)):
+        for n in looks:
+            trials = [spec.Trial(f"x{x}-s{s}", {"seed_everything": s, "x": x}, status="finished")
+                      for x in (0, 1) for s in range(n)]
+            records = {t.name: Run(t.name, "finished", dict(t.values), {
+                "seed": t.values["seed_everything"], "variant": {"x": 1} if t.values["x"] else {},
+                "metrics": {"val/acc_best": 0.9 + (row[t.values["seed_everything"]] if t.values["x"] else 0.0)}})
+                for t in trials}
+            said = next(j for j in resolve.judge_runs(sweep, trials, records, rule) if not j.baseline).verdict
+            if said.resolved or n == looks[-1]:
+                outcomes.append((said.word, n))
+                break
+    return outcomes

@@ -1,5 +1,6 @@
 """compare/cells.py: runs grouped into cells by their resolved configs (bookkeeping aside), the baseline, the
-paired and Welch intervals against printed t tables and by hand, the verdicts and Holm's correction."""
+paired and Welch intervals against printed t tables and by hand, the verdicts (equivalence as two one-sided tests)
+and Holm's correction."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 import yaml
 
 from inception_lab.compare import compare
-from inception_lab.compare.cells import Cell, Difference, holm, holm_levels, paired_difference, verdict
+from inception_lab.compare.cells import Cell, Difference, holm, paired_difference, verdict
+from inception_lab.compare.sequential import Design
 from tests.compare.conftest import FILTERS, HEAD, make_run, run, write_variants
 from tests.conftest import REPO, write_sweep
 
@@ -66,17 +68,53 @@ def test_paired_and_welch_intervals_by_hand() -> None:
 
 
 def _diff(low: float, high: float) -> Difference:
+    """A paired difference over 5 seeds whose 95% t interval is [low, high] (its standard error read from it)."""
     return Difference((low + high) / 2, low, high, 5, 4.0, "paired", sd=0.01, p=0.5)
 
 
 def test_the_verdicts() -> None:
-    """Excludes 0: higher / lower; includes 0 and no wider than ±δ: equal within ±δ; else cannot tell."""
-    assert verdict(_diff(0.001, 0.02), 0.005).word == "higher"
-    assert verdict(_diff(-0.02, -0.001), 0.005).word == "lower"
-    said = verdict(_diff(-0.004, 0.005), 0.005)
+    """The 95% interval excludes 0: higher / lower; TOST's 90% interval inside ±δ: equal within ±δ; else cannot
+    tell. The verdict keeps the intervals it decided by."""
+    assert verdict(_diff(0.001, 0.02), Design()).word == "higher"
+    assert verdict(_diff(-0.02, -0.001), Design()).word == "lower"
+    said = verdict(_diff(-0.004, 0.005), Design())  # 90%: +0.05 ± 0.45 x t(0.95, 4) / t(0.975, 4) = ±0.35 points
     assert said.word == "equal" and said.resolved and said.text() == "equal within ±0.5"
-    assert not verdict(_diff(-0.004, 0.007), 0.005).resolved
-    assert verdict(None, 0.005).word == "cannot tell"
+    assert (said.low, said.high) == pytest.approx((-0.004, 0.005))
+    assert (said.equal_low, said.equal_high) == pytest.approx((0.0005 - 0.0045 * 2.1318 / 2.7764,
+                                                                0.0005 + 0.0045 * 2.1318 / 2.7764), rel=1e-4)
+    assert not verdict(_diff(-0.004, 0.007), Design()).resolved
+    assert verdict(None, Design()).word == "cannot tell"
+    assert "TOST" in said.method() and "one look" in said.method()
+
+
+def test_equal_is_two_one_sided_tests_not_a_narrow_interval() -> None:
+    """Schuirmann's TOST: equal within ±δ only when the 1 - 2 alpha interval lies inside ±δ. An interval of
+    half-width 0.9 centred on +0.5 includes 0 and is narrower than ±1, but its 90% interval reaches +1.19: a true
+    difference of +1 is not ruled out, so it is not "equal within ±1"."""
+    said = verdict(_diff(-0.004, 0.014), Design(half_width=0.01))
+    assert said.word == "cannot tell" and said.equal_high == pytest.approx(0.005 + 0.009 * 2.1318 / 2.7764, rel=1e-4)
+    assert said.equal_high > 0.01
+    assert verdict(_diff(-0.004, 0.014), Design(half_width=0.012)).word == "equal"  # ±1.2 holds [-0.19, +1.19]
+    # the boundary is the 90% interval, and a p below alpha where it is inside
+    inside = verdict(_diff(-0.0055, 0.0055), Design(half_width=0.0043))
+    outside = verdict(_diff(-0.0055, 0.0055), Design(half_width=0.0042))
+    assert (inside.word, outside.word) == ("equal", "cannot tell")  # 0.55 x 2.1318 / 2.7764 = 0.4223 points
+    assert inside.p_values()[1] < 0.05 < outside.p_values()[1]
+
+
+def test_compare_says_equal_only_where_both_one_sided_tests_reject(tmp_path: Path) -> None:
+    """Run directories whose paired differences have mean +0.5 points and a 95% interval of ±0.9 over 5 seeds:
+    the report says cannot tell at ±1, not "equal within ±1", and says what was tested."""
+    sd = 0.009 * math.sqrt(5) / 2.7764  # a 95% half-width of 0.9 points over 5 seeds
+    for seed, z in enumerate(k / math.sqrt(2.5) for k in (-2, -1, 0, 1, 2)):  # mean 0, sd 1
+        make_run(tmp_path / "runs", f"gap-{seed}", "gap", seed, 0.90 + 0.01 * seed)
+        make_run(tmp_path / "runs", f"fc-{seed}", "fc", seed, 0.90 + 0.01 * seed + 0.005 + sd * z)
+    compare([tmp_path / "runs"], out=tmp_path / "out", half_width=0.01)
+    md = (tmp_path / "out" / "report.md").read_text()
+    line = md.split("- head=fc vs head=gap: ")[1].splitlines()[0]
+    assert line.startswith("+0.50 points [-0.40, +1.40], paired over n = 5. **cannot tell** at n = 5"), line
+    assert "TOST's interval [-0.19, +1.19] reaches beyond ±1" in line
+    assert "equal within" not in line.split("**")[1]
 
 
 def test_holm_against_a_hand_computed_family() -> None:
@@ -85,8 +123,6 @@ def test_holm_against_a_hand_computed_family() -> None:
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5, None, 0.9]) == pytest.approx([1.0, None, 1.0])  # m = 2: 2 x 0.5 = 1, then max(1, 0.9)
     assert holm([0.04, 0.5]) == pytest.approx([0.08, 0.5])
-    assert holm_levels([0.01, 0.04, 0.03, 0.005]) == pytest.approx([1 - 0.05 / 3, 1 - 0.05, 1 - 0.05 / 2,
-                                                                     1 - 0.05 / 4])
 
 
 def test_cells_follow_the_sweep_files_order() -> None:

@@ -1,8 +1,10 @@
-"""compare/report.py: report.md, report.html and the plots, their numbers against the runs' own records; the
-header (sweep, metric, protocol, when), the verdicts in words, Holm's table beside the raw intervals."""
+"""compare/report.py and compare/verdicts.py: report.md, report.html, report.json and the plots, their numbers against
+the runs' own records; the header (sweep, metric, rule, protocol, when), the verdicts in words, Holm's table; a sweep
+grown by looks judged by those looks."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -12,7 +14,8 @@ import yaml
 
 from inception_lab.__main__ import main as lab_main
 from inception_lab.compare import compare
-from inception_lab.compare.cells import Cell, holm, holm_levels, paired_difference
+from inception_lab.compare.cells import Cell, holm, paired_difference
+from inception_lab.compare.sequential import Design
 from inception_lab.run.files import RunSummary
 from tests.compare.conftest import ACCS, HEAD, PNG, pct, run, summaries
 from tests.conftest import write_sweep
@@ -103,28 +106,34 @@ def test_a_verdict_per_cell_in_words(sweep_dir: Path, tmp_path: Path) -> None:
 
     compare([sweep_dir], out=tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
+    assert ("- Rule: one look at the seeds there are; higher / lower: a two-sided paired t test; equal within ±0.5 "
+            "points: two one-sided t tests (TOST: the 90% interval inside ±0.5 points); each at 0.05, per cell.") in md
     heading = "## Verdicts (against the baseline, 95% confidence, ±0.5 points)\n\n"
     verdicts = md.split(heading)[1].split("\n\n")[0].splitlines()
     assert len(verdicts) == 1 and verdicts[0].startswith(
         "- head=fc vs head=gap: -4.50 points [-10.85, +1.85], paired over n = 2. **cannot tell** at n = 2: the "
-        "interval includes 0 and is wider than ±0.5.")
-    # seeds for a ±0.5-point 95% interval at the spread of fc - gap (-0.05, -0.04): resolved whatever the truth
+        "interval includes 0 and TOST's interval [-7.66, -1.34] reaches beyond ±0.5.")
+    # what more seeds would do at this spread: the power command, with the sd of fc - gap (-0.05, -0.04)
     sd = statistics.stdev([-0.05, -0.04])
-    need = int(verdicts[0].split("needs about ")[1].split(" seeds")[0])
-    def enough(n: int) -> bool:
-        return stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) <= 0.005
-    assert enough(need) and not enough(need - 1)
-    assert f"sd of the differences {100 * sd:.2f} points" in verdicts[0] and f"({need - 2} more)" in verdicts[0]
+    assert verdicts[0].endswith(f"`python -m inception_lab power --sd {100 * sd:.2f} --half-width 0.5 --seeds 2` "
+                                "gives the chance of each verdict with more seeds at this spread.")
 
     # an interval that excludes 0, and one within ±δ, in words
     base = Cell(("a",), [run(0, 0.90), run(1, 0.92), run(2, 0.91)])
     lower = Cell(("b",), [run(0, 0.85), run(1, 0.88), run(2, 0.86)])
     same = Cell(("c",), [run(0, 0.9005), run(1, 0.9198), run(2, 0.9101)])
     from inception_lab.compare.report import verdicts as say
-    lines = say([base, lower, same], ["model.net.init_args.head"], base)
-    assert lines[0].startswith("- head=b vs head=a: -4.67 points [") and lines[0].endswith(
-        "**lower**: the interval excludes 0 (lower than the baseline at the 95% level).")
-    assert "**equal within ±0.5 points**: the interval includes 0 and its half-width" in lines[1]
+    from inception_lab.compare.verdicts import judge
+    lines = say(["model.net.init_args.head"], judge([base, lower, same], base, "val/acc_best", Design()))
+    p = stats.ttest_rel([0.85, 0.88, 0.86], [0.90, 0.92, 0.91]).pvalue  # scipy's own paired t test
+    assert lines[0].startswith("- head=b vs head=a: -4.67 points [-6.10, -3.23], paired over n = 3")
+    assert lines[0].endswith("**lower**: the interval excludes 0 (the t test rejects no difference at 0.05; "
+                             f"p = {p:.3g}).")
+    d = [0.0005, -0.0002, 0.0001]  # TOST by scipy: the larger of the two one-sided p-values
+    p = max(stats.ttest_1samp(d, -0.005, alternative="greater").pvalue,
+            stats.ttest_1samp(d, 0.005, alternative="less").pvalue)
+    assert lines[1].endswith("**equal within ±0.5 points**: both one-sided t tests reject a difference of 0.5 points "
+                             f"or more at 0.05 (TOST's interval [-0.05, +0.07] lies inside ±0.5; p = {p:.3g}).")
 
     page = (tmp_path / "out" / "report.html").read_text()  # report.md rendered: bold, code spans, tables
     assert "<strong>cannot tell</strong> at n = 2" in page and "<code>val/acc_best</code>" in page
@@ -138,15 +147,73 @@ def test_multiply_adds_read_as_people_write_them() -> None:
         "32M", "32.1M", "276M", "1.5G", "250k", "12", "—"]
 
 
-def test_compare_reports_holm_beside_the_raw_intervals(tmp_path: Path) -> None:
-    """compare's Holm table: every cell's raw interval and p, its Holm p and its interval at its step's level."""
+def test_compare_reports_holm_across_the_cells(tmp_path: Path) -> None:
+    """compare's Holm table: every cell's interval, its p-values by the rule (a difference; an equivalence), their
+    Holm-adjusted values (each family on its own) and the verdict each gives."""
     path, out = synthetic_sweep(tmp_path), tmp_path / "out"
     assert lab_main(["sweep", str(path), "--out", str(out)]) == 0
-    compare([out], out=tmp_path / "report")
+    result = compare([out], out=tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
-    table = md.split("## Holm's correction over the 3 comparisons with the baseline\n\n")[1].split("\n\n")[1]
-    rows = [r.split(" | ") for r in table.splitlines()[2:]]
-    raw = [float(r[2]) for r in rows]
-    assert [float(r[3]) for r in rows] == pytest.approx([float(f"{p:.3g}") for p in holm(raw)], rel=1e-2)
-    levels = holm_levels(raw)
-    assert [r[4].split(" at ")[1] for r in rows] == [f"{100 * lv:.2f}%" for lv in levels]
+    section = md.split("## Holm's correction over the 3 comparisons with the baseline\n\n")[1]
+    assert section.startswith("Each verdict above keeps its own error rates for its cell: a false higher or lower at "
+                              "most 0.05, a false equal at most 0.05.")
+    rows = [r.strip("| ").split(" | ") for r in section.split("\n\n")[1].splitlines()[2:]]
+    assert [r[0] for r in rows] == ["x=1", "x=2", "x=3"]
+    for column in (2, 4):  # p and p (equal): Holm-adjusted as a family each
+        raw = [float(r[column]) for r in rows]
+        assert [float(r[column + 1]) for r in rows] == pytest.approx([float(f"{p:.3g}") for p in holm(raw)], rel=1e-2)
+    assert [r[6] for r in rows] == [j.verdict.text() for j in result.family.judged]
+    assert [r[7] for r in rows] == [j.holm_text() for j in result.family.judged]
+    # the verdicts by hand: Holm's adjusted p against alpha, a difference first
+    for j in result.family.judged:
+        assert j.holm_word == ("higher" if j.holm_p <= 0.05 and j.verdict.diff.diff > 0 else "lower"
+                               if j.holm_p <= 0.05 else "equal" if j.holm_p_equal <= 0.05 else "cannot tell")
+
+
+def test_report_json_holds_each_cell_and_its_verdict(sweep_dir: Path, tmp_path: Path) -> None:
+    """report.json beside report.md: per cell its runs, n, mean and std; against the baseline the difference, the
+    rule's interval, p, the verdict and the method; each against the runs' own records."""
+    from scipy import stats
+
+    compare([sweep_dir], out=tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (report["metric"], report["alpha"], report["half_width"], report["looks"]) == ("val/acc_best", 0.05,
+                                                                                          0.005, None)
+    assert report["baseline"] == "head=gap" and [c["cell"] for c in report["cells"]] == ["head=gap", "head=fc"]
+    for cell in report["cells"]:
+        head = cell["values"][HEAD]
+        own = summaries(sweep_dir, head)
+        values = [s["metrics"]["val/acc_best"] for s in own]
+        assert sorted(cell["runs"]) == sorted(s["run_name"] for s in own) and cell["n"] == 2
+        assert (cell["mean"], cell["std"]) == pytest.approx((statistics.fmean(values), statistics.stdev(values)))
+        assert cell["baseline"] == (head == "gap") and ("against_baseline" in cell) == (head == "fc")
+    fc = report["cells"][1]["against_baseline"]
+    test = stats.ttest_rel([ACCS[("fc", s)] for s in (0, 1)], [ACCS[("gap", s)] for s in (0, 1)])
+    interval = test.confidence_interval(0.95)
+    assert fc["difference"] == pytest.approx(-0.045) and fc["n"] == 2 and fc["p"] == pytest.approx(test.pvalue)
+    assert fc["interval"] == pytest.approx([interval.low, interval.high])
+    assert fc["verdict"] == "cannot tell" and fc["holm"]["verdict"] == "cannot tell"
+    assert fc["method"] == ("paired by seed over 2 seeds: a t test at 0.05 (one look, a fixed number of seeds); "
+                            "equal: two one-sided t tests (TOST) against ±0.005, each at 0.05")
+
+
+def test_the_metric_judged_is_a_parameter(sweep_dir: Path, tmp_path: Path) -> None:
+    """--metric test/acc: the verdicts, the table's Δ column, the header and report.json judge test/acc, where the
+    runs' val and test accuracies disagree (fc is lower on val, higher on test)."""
+    for path in (sweep_dir / "runs").glob("*/summary.json"):
+        summary = RunSummary.load(path.parent)
+        assert summary is not None
+        if summary.status == "finished":
+            summary.metrics["test/acc"] = {"fc": 0.95, "gap": 0.90}[summary.run_name.split("-")[0]] + (
+                0.001 * (summary.seed or 0))
+            summary.save(path.parent)
+    result = compare([sweep_dir], out=tmp_path / "out", metric="test/acc")
+    assert result.family.metric == "test/acc"
+    said = result.family.judged[0].verdict
+    assert said.word == "higher" and said.diff is not None and said.diff.diff == pytest.approx(0.05)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.startswith("# ") and "test top-1 by head" in md.splitlines()[0]
+    assert "- Metric: `test/acc`, in %; higher is better." in md and "Δ test top-1 vs baseline [95% CI]" in md
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["metric"] == "test/acc"
+    val = compare([sweep_dir], out=tmp_path / "val")  # the default: val/acc_best, on which fc is lower
+    assert val.family.metric == "val/acc_best" and val.family.judged[0].verdict.diff.diff == pytest.approx(-0.045)

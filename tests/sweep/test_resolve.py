@@ -15,8 +15,18 @@ from inception_lab.__main__ import main as lab_main
 from inception_lab.compare import compare
 from inception_lab.compare.runs import Run
 from inception_lab.sweep import resolve, spec
+from tests.compare.conftest import simulated_sweeps
 from tests.conftest import REPO, clean_env, one_error_line, read_state, state_trials, validate_wandb_schema, write_sweep
 from tests.sweep.conftest import synthetic_sweep
+
+
+def test_the_rule_holds_its_error_rate_at_whatever_look_it_stops(tmp_path: Path) -> None:
+    """No true difference, paired sd 2 points, δ = 1 point, 5 seeds then +2 a round up to 12 (issue 35's setting):
+    a plain 95% interval at every look says "higher" or "lower" in about 11% of sweeps; the rule must keep it at
+    5%. 600 sweeps: 5% passes below 8% with 3.4 standard errors to spare, 11% fails it by 2.6."""
+    outcomes = simulated_sweeps(tmp_path, 0.0, 0.02, resolve.Rule(half_width=0.01, max_seeds=12, step=2), 600)
+    false = sum(word in ("higher", "lower") for word, _ in outcomes) / len(outcomes)
+    assert false <= 0.08, f"false higher or lower in {false:.1%} of 600 sweeps (stated: 5%)"
 
 
 def _seeds(out: Path) -> dict[int, list[int]]:
@@ -38,17 +48,22 @@ def test_the_stopping_rule_on_synthetic_run_records(tmp_path: Path, capsys: pyte
     seeds = _seeds(out)
     assert seeds == {0: [0, 1, 2, 3, 4, 5, 6], 1: [0, 1, 2], 2: [0, 1, 2, 3, 4, 5, 6], 3: [0, 1, 2]}
     state = read_state(out)
-    assert state["until_resolved"] == {"half_width": 0.005, "max_seeds": 7, "alpha": 0.05, "step": 2}
+    assert state["until_resolved"] == {"half_width": 0.005, "max_seeds": 7, "alpha": 0.05, "step": 2,
+                                       "metric": "val/acc_best"}
     assert all(t["status"] == "finished" for t in state["trials"]) and len(state["trials"]) == 20
     printed = capsys.readouterr().out
-    assert "until resolved (±0.5 points, alpha 0.05, at most 7 seeds per cell):" in printed
+    assert "until resolved (val/acc_best; ±0.5 points, alpha 0.05, looks at 3, 5, 7 seeds per cell):" in printed
     lines = {line.split()[-1]: line for line in printed.splitlines() if line.startswith("  ") and "x=" in line}
     assert lines["x=1"].split()[0] == "higher" and "n=3" in lines["x=1"]
     assert "cannot tell at the cap (7 seeds)" in lines["x=2"] and "n=7" in lines["x=2"]
     assert "equal within ±0.5" in lines["x=3"] and "n=3" in lines["x=3"]
-    # what compare says of the same runs: the same verdicts, by the same code
-    result = compare([out], out=tmp_path / "report", half_width=0.005)
+    # what compare says of the same runs: the same verdicts, by the same code, over the looks the cells grew by
+    result = compare([out], out=tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
+    assert result.family.design == resolve.Rule(max_seeds=7).design(3) and result.family.design.looks == (3, 5, 7)
+    assert ("- Rule: grown by looks (`sweep --until-resolved`) at 3, 5, 7 seeds per cell; higher / lower: a two-sided "
+            "paired t test; equal within ±0.5 points: two one-sided t tests (TOST: the 90% interval inside ±0.5 "
+            "points), each group-sequential over those looks") in md
     assert "- x=1 vs x=0: " in md and "**higher**" in md.split("- x=1 vs x=0: ")[1].splitlines()[0]
     assert "**cannot tell** at n = 7" in md.split("- x=2 vs x=0: ")[1].splitlines()[0]
     assert "**equal within ±0.5 points**" in md.split("- x=3 vs x=0: ")[1].splitlines()[0]
@@ -59,8 +74,9 @@ def test_the_stopping_rule_on_synthetic_run_records(tmp_path: Path, capsys: pyte
     code = lab_main(["sweep", str(path), "--out", str(out), "--until-resolved", "--half-width", "1.0"])
     assert one_error_line(code, capsys.readouterr().err, "sweep") == (
         f"inception_lab sweep: error: {out / 'state.json'}: this sweep runs until resolved with --half-width 0.5 "
-        "--max-seeds 7 --alpha 0.05 --seeds-per-round 2; pass the same options (not --half-width 1 --max-seeds 20 "
-        "--alpha 0.05 --seeds-per-round 2), or --out DIR for a new sweep directory")
+        "--max-seeds 7 --alpha 0.05 --seeds-per-round 2 --metric val/acc_best; pass the same options (not "
+        "--half-width 1 --max-seeds 20 --alpha 0.05 --seeds-per-round 2 --metric val/acc_best), or --out DIR for a "
+        "new sweep directory")
 
 
 def test_a_plain_sweep_continues_until_resolved(tmp_path: Path) -> None:
