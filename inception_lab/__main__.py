@@ -14,6 +14,7 @@ COMMANDS = {  # command: (module, function); fit/validate/test/predict go to Lig
     "summary": ("inception_lab.commands", "summary_main"), "bench": ("inception_lab.bench", "main"),
     "sweep": ("inception_lab.sweep.main", "main"), "compare": ("inception_lab.compare", "main"),
     "ensemble": ("inception_lab.ensemble", "main"), "slurm": ("inception_lab.commands", "slurm_main"),
+    "power": ("inception_lab.compare.power", "main"),
 }
 LIGHTNING = ("fit", "validate", "test", "predict")
 
