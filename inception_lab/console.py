@@ -11,12 +11,13 @@ Torch-free: the sweep runner imports it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 # (category, message at its start, why dropping it is safe)
@@ -32,7 +33,8 @@ WARNINGS = [
 ]
 # Lightning's info lines (message at its start, why)
 LOG_LINES = [
-    (r"TPU available: ", "this project runs on CPUs and GPUs (the GPU line stays)"),
+    (r"TPU available: ", "this project runs on CPUs and GPUs"),
+    (r"GPU available: False, used: False", "no GPU here: nothing to act on (with one, the line stays: is it used?)"),
     (r"💡 Tip: ", "advertises Lightning's cloud products (litlogger, litmodels)"),
     (r"`Trainer\(limit_\w+_batches=1\.0\)` was configured so 100% of the batches", "repeats a value of the config"),
     (r"Loading `train_dataloader` to estimate number of stepping batches", "Lightning's bookkeeping (LR schedule)"),
@@ -86,8 +88,22 @@ def quiet() -> Callable[[], None]:
 
 
 def result(line: str) -> None:
-    """A command's result: one line on stdout, the last there (scripts read it); under ``--quiet`` the only one."""
-    print(line, file=_real.get("out", sys.stdout), flush=True)
+    """A command's result: one line on stdout, the last there (scripts read it); under ``--quiet`` the only one. A
+    command run inside another (:func:`nested`) writes it to ``sys.stdout`` as it is then: the outer one's to keep."""
+    print(line, file=sys.stdout if _nested else _real.get("out", sys.stdout), flush=True)
+
+
+_nested: list[None] = []
+
+
+@contextlib.contextmanager
+def nested() -> Iterator[None]:
+    """A command run by another in this process (``ensemble``'s ``test`` runs): its result line is not the user's."""
+    _nested.append(None)
+    try:
+        yield
+    finally:
+        _nested.pop()
 
 
 def error_stream() -> TextIO:

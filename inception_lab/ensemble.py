@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import sys
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -142,9 +141,8 @@ def quiet_test() -> Iterator[io.StringIO]:
     try:
         for logger in loggers:  # their handlers hold the stderr of Lightning's import: a redirect misses them
             logger.setLevel(logging.WARNING)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            warnings.simplefilter("ignore")
-            yield captured
+        with console.nested(), contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            yield captured  # its warnings too (shown on its stderr): not all warnings dropped
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)

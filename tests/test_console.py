@@ -44,3 +44,22 @@ def test_each_dropped_log_line_is_dropped_alone(message: str, reason: str) -> No
 
     text = message.replace("\\", "").replace("w+", "train") + " ..."
     assert reason and not passes(text) and passes("GPU available: True (cuda), used: True") and passes("x " + text)
+    assert passes("`Trainer.fit` stopped: `max_epochs=6` reached.")
+
+
+def test_a_nested_command_s_result_is_its_caller_s_to_keep() -> None:
+    """``ensemble`` runs ``test`` in its process: under ``--quiet`` too, the inner result line goes where the caller
+    points stdout (captured), not to the user's terminal."""
+    import contextlib
+    import io
+
+    outer, inner = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(outer):
+        console._real["out"] = outer  # as --quiet leaves it: the real stdout kept aside
+        try:
+            with console.nested(), contextlib.redirect_stdout(inner):
+                console.result("test: inner")
+            console.result("ensemble: outer")
+        finally:
+            console._real.clear()
+    assert (inner.getvalue(), outer.getvalue()) == ("test: inner\n", "ensemble: outer\n")

@@ -250,12 +250,16 @@ def test_the_convention_holds_in_a_real_process(tmp_path: Path, run_cli) -> None
     proc = run_cli("sweep", str(tmp_path / "none.yaml"), cwd=tmp_path, timeout=120, check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"inception_lab sweep: error: {tmp_path / 'none.yaml'}: no such sweep file\n"
-    # a fit refused after its config is parsed and its seed set: the one line alone (no "Seed set to 0" first)
-    proc = run_cli("fit", "--config", str(QUICKSTART), "--trainer.accumulate_grad_batches=0", "--run_dir",
-                   str(tmp_path / "run"), cwd=tmp_path, timeout=300, check=False)
-    assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", "inception_lab fit: error: "
-                                                           "trainer.accumulate_grad_batches=0: must be >= 1 (batches "
-                                                           "per optimizer step)\n")
+    # a fit refused after its config is parsed and its seed set (no "Seed set to 0" first), or by Lightning's Trainer
+    # (no device lines first): the one line alone
+    for value, line in (("accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: must be >= 1 (batches per "
+                                                      "optimizer step)"),
+                        ("limit_val_batches=-1", "You have passed invalid value -1.0 for limit_val_batches, it has to "
+                                                 "be in [0.0, 1.0] or an int.")):
+        proc = run_cli("fit", "--config", str(QUICKSTART), f"--trainer.{value}", "--run_dir", str(tmp_path / "run"),
+                       cwd=tmp_path, timeout=300, check=False)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"inception_lab fit: error: {line}\n")
+        assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(("override", "build"), [
