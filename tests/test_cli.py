@@ -77,7 +77,9 @@ def test_quickstart_fit_learns_and_its_checkpoint_stands_alone(tmp_path: Path, r
     assert out.strip().splitlines()[-1] == f"predict: {last}: wrote {run_dir / 'predictions.csv'} (300 rows)"
     with open(run_dir / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 300 and {"index", "class", "probability", "top5"} <= set(rows[0])
+    assert len(rows) == 300 and list(rows[0]) == ["index", "label", "class", "probability", "top5"]
+    hits = sum(r["label"] == r["class"] for r in rows) / len(rows)  # the true labels: predict's accuracy is test's
+    assert hits == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
     assert all(0 <= float(r["probability"]) <= 1 and len(r["top5"].split()) == 5 for r in rows)
 
     alone = subprocess.run([sys.executable, "-c", _LOAD_ALONE, last], cwd=tmp_path, env=clean_env(),
