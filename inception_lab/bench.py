@@ -7,15 +7,26 @@ callback pauses it and times one window of every other variant, so a drift of th
 Each figure is the median over windows. With an ImageNet config, the input paths (``data_paths``: today's float
 transform, the default uint8 path and DALI) are timed in the same windows, one worker each
 (``inception_lab.data.pipelines``); ``--make-imagenet DIR`` writes ImageNet-sized JPEGs to time them on.
+
+Output: a line per step on stderr as it goes; the table on stdout (rows that do not apply to the config left out,
+named once at its end) or, with ``--json``, the JSON as the whole of stdout; last, :func:`headline` (on stderr after
+the JSON). Contention: a calibration kernel (:func:`cpu_share`) runs just before and just after the measurement; on a
+quiet machine each of its threads gets about 1.0 of a core, and under ``CONTENDED_BELOW`` a line on stderr, the
+JSON's ``"contended"`` and the headline say so. (The load average, reported beside it, lags by a minute and counts
+bench's own threads.)
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -23,10 +34,37 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from inception_lab import console
 from inception_lab.data.pipelines import PATHS
 from inception_lab.errors import ArgumentParser, UserError
-from inception_lab.hostmem import keep_freed_memory
+from inception_lab.hostmem import keep_freed_memory, usable_cores
 from inception_lab.models.inception import PRESETS, googlenet
+
+# the calibration's share of a core under which the machine is called contended: 0.96-1.00 on this project's quiet
+# 2-core machine, 0.1-0.35 there at a load average of 4-6
+CONTENDED_BELOW = 0.8
+_thread_clock = time.thread_time  # the calibration's CPU clock, per thread
+
+
+def say(message: str) -> None:
+    """A progress line on stderr (``--quiet`` sends stderr away)."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def cpu_share(seconds: float = 0.25) -> tuple[float, int]:
+    """The calibration kernel: a thread per core the benchmark computes on (torch's threads, at most the usable
+    cores), each hashing a buffer for ``seconds`` (hashlib lets go of the GIL); the CPU time each got over the wall
+    time, averaged, and the thread count. About 1.0 where each thread has a core; less where others take them."""
+    threads, buffer = min(torch.get_num_threads(), usable_cores()), bytes(1 << 20)
+
+    def work(_: int) -> float:
+        cpu, wall = _thread_clock(), time.perf_counter()
+        while time.perf_counter() - wall < seconds:
+            hashlib.sha256(buffer)
+        return (_thread_clock() - cpu) / (time.perf_counter() - wall)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return statistics.mean(pool.map(work, range(threads))), threads
 
 
 def _sync(device: torch.device) -> None:
@@ -41,11 +79,8 @@ def _autocast(device: torch.device, precision: str):
 
 def _loss(out: Any, y: torch.Tensor, aux_weight: float) -> torch.Tensor:
     """Our InceptionOutput or torchvision's GoogLeNetOutputs: main loss + aux_weight x each aux loss."""
-    if hasattr(out, "aux"):
-        logits, aux = out.logits, out.aux
-    else:
-        logits, aux = out.logits, (out.aux_logits1, out.aux_logits2)
-    return F.cross_entropy(logits, y) + aux_weight * sum(F.cross_entropy(a, y) for a in aux)
+    aux = out.aux if hasattr(out, "aux") else (out.aux_logits1, out.aux_logits2)
+    return F.cross_entropy(out.logits, y) + aux_weight * sum(F.cross_entropy(a, y) for a in aux)
 
 
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -60,8 +95,7 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor
 def step_flops(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     """FLOPs of one training step (forward + backward), counted by torch.utils.flop_counter."""
     net = copy.deepcopy(net)
-    counter = FlopCounterMode(display=False)
-    with counter:
+    with (counter := FlopCounterMode(display=False)):
         _loss(net(x), y, 0.3).backward()
     return counter.get_total_flops()
 
@@ -94,9 +128,8 @@ class _Interleave:
                  others: dict[str, Callable[[], int]]) -> None:
         self.device, self.warmup, self.steps, self.windows, self.others = device, warmup, steps, windows, others
         self.results: dict[str, list[float]] = {"fit": [], **{k: [] for k in others}}
-        self.images = 0
-        self.t0: float | None = None
-        self.started, self.warmup_s = time.perf_counter(), None  # the warm-up steps: torch.compile's time is there
+        self.images, self.warmup_s = 0, None  # warmup_s: the warm-up steps, where torch.compile's time is
+        self.t0 = self.started = time.perf_counter()
 
     def on_batch_end(self, batch_size: int, step: int) -> bool:
         """Called after each fit step; returns True when the benchmark has enough windows."""
@@ -107,6 +140,8 @@ class _Interleave:
                 _sync(self.device)
                 self.t0, self.images = time.perf_counter(), 0
                 self.warmup_s = round(self.t0 - self.started, 2)
+                say(f"warm-up done in {self.warmup_s} s; timing {self.windows} windows of {self.steps} fit steps, "
+                    "each followed by one of every other variant")
             return False
         self.images += batch_size
         if (step - self.warmup + 1) % self.steps:
@@ -121,6 +156,8 @@ class _Interleave:
             images = run()
             _sync(self.device)
             self.results[name].append(images / (time.perf_counter() - t))
+        say(f"window {len(self.results['fit'])}/{self.windows}, img/s: "
+            + ", ".join(f"{name} {ips[-1]:.1f}" for name, ips in self.results.items()))
         self.t0, self.images = time.perf_counter(), 0
         return len(self.results["fit"]) >= self.windows
 
@@ -135,6 +172,10 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
     from inception_lab.data import ImageNetDataModule, pipelines
     from inception_lab.data.base import random_crop_flip
 
+    console.filter_noise()  # Lightning's loggers exist now
+
+    say("building the variants: bare loop, plain defaults, torchvision, data pipeline"
+        + (", input paths" if input_paths and isinstance(data, ImageNetDataModule) else ""))
     net = model.net
     in_channels = getattr(net, "in_channels", 3)
     x = torch.randn(batch_size, in_channels, image_size, image_size, device=device)
@@ -197,8 +238,8 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
             return images
 
         def drain() -> None:  # the workers' full queues: made while the fit window ran, so not in the loader's rate
-            for _ in range(getattr(train_loader, "num_workers", 0) * (getattr(train_loader, "prefetch_factor", 0)
-                                                                       or 0)):
+            workers = getattr(train_loader, "num_workers", 0)  # a resident loader has none
+            for _ in range(workers * (getattr(train_loader, "prefetch_factor", 0) or 0)):
                 next_batch()
 
         data_loop.prelude = drain  # type: ignore[attr-defined]
@@ -212,9 +253,9 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
 
     others["data"] = data_loop
     if not input_paths:
-        paths, missing = {}, {name: "not asked for (--no-input-paths)" for name in PATHS}
+        paths, missing = {}, {name: "not asked for: --no-input-paths" for name in PATHS}
     elif not isinstance(data, ImageNetDataModule):
-        paths, missing = {}, {name: "not an ImageNet config (the input paths are ImageNet's)" for name in PATHS}
+        paths, missing = {}, {name: "not an ImageNet config: the input paths read its JPEGs" for name in PATHS}
     else:
         paths, missing = pipelines.input_paths(data, max(64, steps * batch_size), device)
     others.update({f"path_{name}": run for name, run in paths.items()})
@@ -236,10 +277,15 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
     # cuDNN's autotuner on, as in the GPU recipes (benchmark: true); the bare loops run inside this fit and share it
     trainer = L.Trainer(accelerator=device.type, devices=1, precision=precision, max_steps=10_000, logger=False,
                         benchmark=device.type == "cuda", enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[_Timing()])
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[_Timing()])
     loader = torch.utils.data.DataLoader(_Synthetic(), batch_size=None)
-    trainer.fit(model, train_dataloaders=loader)
+    before, threads = cpu_share()
+    say(f"calibration: {before:.2f} of a core for each of {threads} threads; warm-up: {warmup} fit steps, then one "
+        f"window of every other variant{' (torch.compile compiles here)' if getattr(model, 'compile_net', 0) else ''}")
+    # a val loader that limit_val_batches=0 never reads: Lightning's "no val_dataloader" warning is not for a benchmark
+    trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
+    after = cpu_share()[0]
+    say(f"calibration: {after:.2f} of a core each; counting the step's FLOPs, timing the device's peak")
 
     flops = step_flops(bare_net, bare_x[:1], y[:1]) * batch_size
     peak = peak_flops(device, precision)
@@ -262,50 +308,57 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
                    for k in ("bare", "plain", "torchvision")})
     result["data_over_fit"] = round(result["data_img_per_s"] / fit_ips, 2)
     result["flops_fraction_of_peak"] = round(flops * fit_ips / batch_size / peak, 3)
+    if min(before, after) < CONTENDED_BELOW:
+        result["contended"] = {"cpu_share_before": round(before, 2), "cpu_share_after": round(after, 2),
+                               "quiet_from": CONTENDED_BELOW, "threads": threads,
+                               "load_1min": round(os.getloadavg()[0], 1), "cpus": os.cpu_count()}
     return result
 
 
 def format_table(r: dict[str, Any]) -> str:
-    rows = [
-        ("fit loop (Lightning, our defaults)", r["fit_img_per_s"], "1.00"),
-        ("bare PyTorch loop, same model", r["bare_img_per_s"], f"{r['fit_over_bare']:.2f}"),
-        ("same model, fp32 NCHW eager (bare)", r["plain_img_per_s"], f"{r['fit_over_plain']:.2f}"),
-        ("torchvision googlenet, fp32 NCHW eager", r["torchvision_img_per_s"], f"{r['fit_over_torchvision']:.2f}"),
-        ("data pipeline alone", r["data_img_per_s"], f"data/fit {r['data_over_fit']:.1f}"),
-    ]
+    rows = [("fit loop (Lightning, our defaults)", r["fit_img_per_s"], "1.00"),
+            ("bare PyTorch loop, same model", r["bare_img_per_s"], f"{r['fit_over_bare']:.2f}"),
+            ("same model, fp32 NCHW eager (bare)", r["plain_img_per_s"], f"{r['fit_over_plain']:.2f}"),
+            ("torchvision googlenet, fp32 NCHW eager", r["torchvision_img_per_s"], f"{r['fit_over_torchvision']:.2f}"),
+            ("data pipeline alone", r["data_img_per_s"], f"data/fit {r['data_over_fit']:.1f}")]
     lines = [f"device {r['device']} ({r['threads']} threads), batch {r['batch_size']}, {r['image_size']}px, "
              f"precision {r['precision']}, channels_last={r['channels_last']}",
              f"{'variant':<42}{'img/s':>10}  fit/variant"]
     lines += [f"{name:<42}{ips:>10.1f}  {ratio}" for name, ips, ratio in rows]
-    for name, ips in r.get("data_paths", {}).items():
-        reason = r["data_paths_missing"].get(name, "")
-        lines.append(f"{'input path ' + name + ', 1 worker':<42}" + (f"{ips:>10.1f}" if ips is not None else
-                                                                      f"{'-':>10}  {reason}"))
+    lines += [f"{'input path ' + name + ', 1 worker':<42}{ips:>10.1f}" for name, ips in r["data_paths"].items()
+              if ips is not None]
     if "data_paths_device_img_per_s" in r:
         lines.append(f"{'  its on-device half (jitter, normalize)':<42}{r['data_paths_device_img_per_s']:>10.1f}")
     lines.append(f"training step: {r['step_flops'] / 1e9:.1f} GFLOP; achieved "
                  f"{r['step_flops'] * r['fit_img_per_s'] / r['batch_size'] / 1e9:.1f} GFLOP/s of a measured peak "
                  f"{r['peak_flops'] / 1e9:.1f} GFLOP/s = {r['flops_fraction_of_peak']:.2f}")
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in r["data_paths_missing"].items():
+        by_reason.setdefault(reason, []).append(name)
+    if by_reason:
+        lines.append("not measured for this config: " + "; ".join(
+            f"input path{'s' * (len(names) > 1)} {', '.join(names)} ({reason})" for reason, names in by_reason.items()))
     return "\n".join(lines)
 
 
-def _make_imagenet(root: str, images: int) -> int:
-    from pathlib import Path
+def contended_line(r: dict[str, Any]) -> str | None:
+    """The one line that says the machine was contended (stderr), or None on a quiet one."""
+    if (c := r.get("contended")) is None:
+        return None
+    return (f"inception_lab bench: warning: the machine is contended: the calibration's {c['threads']} threads got "
+            f"{c['cpu_share_before']:.2f} of a core each before the measurement and {c['cpu_share_after']:.2f} after "
+            f"(quiet: {c['quiet_from']} or more); load average {c['load_1min']} on {c['cpus']} CPUs. The figures "
+            "are low and their ratios unreliable: measure on a quiet machine")
 
-    from inception_lab.data.pipelines import make_imagenet
 
-    classes = 10
-    if images < 2 * classes:
-        raise UserError(f"--images {images}: at least {2 * classes} (train and val images of {classes} classes)")
-    if Path(root).exists() and any(Path(root).iterdir()):
-        raise UserError(f"--make-imagenet {root}: exists and is not empty; name a new directory")
-    t = time.perf_counter()
-    train, val = make_imagenet(Path(root), images, classes)
-    print(f"wrote {train} train and {val} val JPEGs (500x375, quality 90, {classes} classes) into {root} in "
-          f"{time.perf_counter() - t:.0f} s; time the input paths on them:\n"
-          f"  python -m inception_lab bench --config experiments/googlenet_imagenet.yaml --data.init_args.root {root} "
-          f"--data.init_args.num_classes {classes} --data.init_args.val_size {val} --json")
-    return 0
+def headline(r: dict[str, Any], source: str) -> str:
+    """bench's last line: the fit's img/s, its ratio to the bare loop, what was measured, and whether to trust it."""
+    c = r.get("contended")
+    return (f"bench {source}: fit {r['fit_img_per_s']:.1f} img/s, fit/bare {r['fit_over_bare']:.2f} ({r['device']}, "
+            f"{r['threads']} thread{'s' * (r['threads'] > 1)}, batch {r['batch_size']}, {r['image_size']} px, "
+            f"{r['precision']})"
+            + (f"; CONTENDED (calibration {c['cpu_share_before']:.2f}/{c['cpu_share_after']:.2f} of a core): "
+               "figures low" if c else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,10 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (its time: warmup_s)")
     parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
                         help="torch.compile's mode (reduce-overhead: CUDA graphs)")
-    source.add_argument("--suite", choices=("gpu", "cpu"), help="every figure of docs/performance.md in one call: "
-                        "each step a bench of its own with its own time limit (going on past a failing one), its "
-                        "JSON and summary.md in --out; on a machine without CUDA the GPU-only steps are reported "
-                        "missing with the reason")
+    source.add_argument("--suite", choices=("gpu", "cpu"), help="every figure of docs/performance.md in one call, "
+                        "each step a bench process with its own time limit; their JSON and summary.md in --out")
     parser.add_argument("--out", help="--suite: the directory for summary.md and each step's JSON")
     parser.add_argument("--no-input-paths", action="store_true",
                         help="--config of ImageNet: time the loader alone, not also each input path on one worker")
@@ -333,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="fit steps before timing")
     parser.add_argument("--steps-per-window", type=int, default=3)
     parser.add_argument("--windows", type=int, default=3)
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--json", action="store_true", help="print JSON (the whole of stdout; the last line: stderr)")
     args, overrides = parser.parse_known_args(argv)
     if args.suite:
         from inception_lab.bench_suite import run_suite
@@ -342,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(overrides)}")
         return run_suite(args.suite, args.out or f"bench-{args.suite}")
     if args.make_imagenet:
-        return _make_imagenet(args.make_imagenet, args.images)
+        from inception_lab.bench_suite import write_jpegs
+
+        return write_jpegs(args.make_imagenet, args.images)
     keep_freed_memory()  # as the CLI does: every variant runs with it
     if overrides and not args.config:
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
@@ -381,8 +434,16 @@ def main(argv: list[str] | None = None) -> int:
         model.net.to(memory_format=torch.contiguous_format)
     if args.compile:
         model.compile_net, model.compile_mode = True, args.compile_mode
-    result = bench(model, data, image_size, batch_size, precision, device, args.warmup, args.steps_per_window,
-                   args.windows, getattr(model, "aux_weight", 0.3), not args.no_input_paths)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    r = bench(model, data, image_size, batch_size, precision, device, args.warmup, args.steps_per_window,
+              args.windows, getattr(model, "aux_weight", 0.3), not args.no_input_paths)
+    if warning := contended_line(r):
+        print(warning, file=sys.stderr, flush=True)
+    line = headline(r, f"--config {args.config}" if args.config else f"--preset {args.preset}")
+    if args.json:  # the JSON is the whole of stdout, for scripts (and --quiet keeps it); the line ends stderr
+        console.result(json.dumps(r, indent=2))
+        print(line, file=sys.stderr)
+    else:
+        print(format_table(r))
+        console.result(line)
     return 0
 

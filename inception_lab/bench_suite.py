@@ -8,7 +8,9 @@ bench's result, or ``{"missing": reason}`` / ``{"failed": ...}``), its stderr (`
 rewritten after every step: one table, eager vs each compile mode, fit vs bare, the ImageNet loader with a worker a
 core against the step, the input paths, compile time (``warmup_s``) apart from steady-state throughput. Without CUDA
 the same steps run at CPU sizes and the GPU-only ones (CUDA graphs) are reported missing with the reason:
-``--suite cpu`` is that run by name."""
+``--suite cpu`` is that run by name. A step measured on a contended machine (bench's calibration) is marked so in its
+row. On stderr a line as each step starts; on stdout each step's row as it ends, and last the summary's path with the
+first measured fit figure (under ``--quiet`` that line alone)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from inception_lab import console
+from inception_lab.errors import UserError
 from inception_lab.hostmem import usable_cores
 from inception_lab.run.files import write_atomic
 
@@ -108,7 +112,7 @@ def _run(step: Step, out: Path, gpu: bool) -> dict:
         tail = [line for line in (out / f"{step.name}.log").read_text(errors="replace").splitlines() if line.strip()]
         return {"failed": f"exit {proc.returncode}: {tail[-1][-300:] if tail else ''}", "wall_s": wall}
     if step.name == "imagenet_jpegs":
-        return {"wall_s": wall, "made": stdout.strip().splitlines()[0] if stdout.strip() else ""}
+        return {"wall_s": wall, "made": stdout.strip().splitlines()[-1] if stdout.strip() else ""}
     try:
         return {**json.loads(stdout[stdout.index("{"):]), "wall_s": wall}
     except ValueError:
@@ -127,7 +131,8 @@ def _row(step: Step, r: dict) -> str:
         v is not None for v in measured.values()) else ""  # a preset's bench has no input paths
     loader = (f"\n| | the loader alone: img/s, and over the fit step's | {r['data_img_per_s']:.1f} (data/fit "
               f"{r['data_over_fit']:.2f}) | | | | |" if step.name.startswith("loader_") else "")
-    return (f"| {step.name} | {step.what} | {r['fit_img_per_s']:.1f} | {r['fit_over_bare']:.2f} | "
+    contended = " (contended)" if "contended" in r else ""
+    return (f"| {step.name} | {step.what} | {r['fit_img_per_s']:.1f}{contended} | {r['fit_over_bare']:.2f} | "
             f"{r.get('flops_fraction_of_peak', 0):.3f} | {r.get('warmup_s')} | {r['wall_s']} |" + loader
             + (f"\n| | input paths, img/s per worker | {paths} | | | | |" if paths else ""))
 
@@ -144,7 +149,8 @@ def run_suite(kind: str, out_dir: str) -> int:
              f"torch {torch.__version__}; {'bf16-mixed' if gpu else 'fp32'}; each step its own process and time "
              "limit. img/s: the Lightning fit loop, steady state (median of windows); fit/bare: against the same "
              "model in a bare loop; peak: the step's FLOP/s over the measured peak; warmup_s: the warm-up steps, "
-             "torch.compile's time included.", "",
+             "torch.compile's time included; (contended): bench's calibration found other processes on the cores, "
+             "the figures are low.", "",
              "| step | what | fit img/s | fit/bare | of peak | warmup_s | wall_s |", "|---|---|---|---|---|---|---|"]
     if kind == "gpu" and not gpu:
         lines.insert(2, "No CUDA device here: the steps run at CPU sizes and the GPU-only ones are missing. None of "
@@ -152,21 +158,51 @@ def run_suite(kind: str, out_dir: str) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         suite = steps(gpu, Path(scratch) / "imagenet")
         budget = BUDGET_S["gpu" if gpu else "cpu"]
-        for step in suite:
+        results: dict[str, dict] = {}
+        for i, step in enumerate(suite, 1):
             left = budget - (_clock() - started)
             # a step cut to under half its limit would only time out: left to the steps after it, which may fit
             if left < max(min(step.limit_s, 15), step.limit_s / 2) and not (step.gpu_only and not gpu):
-                result = {"missing": f"{max(0, int(left))} s of the suite's {budget} s left, under half its "
-                                     f"{step.limit_s} s"}
+                r = {"missing": f"{max(0, int(left))} s of the suite's {budget} s left, under half its "
+                                f"{step.limit_s} s"}
             else:
                 step.limit_s = max(1, min(step.limit_s, int(left)))
-                result = _run(step, out, gpu)
-            write_atomic(out / f"{step.name}.json", json.dumps(result, indent=2) + "\n")
-            lines.append(_row(step, result))
+                print(f"bench --suite: step {i}/{len(suite)} {step.name} ({step.what}): started, up to "
+                      f"{step.limit_s} s", file=sys.stderr, flush=True)
+                r = _run(step, out, gpu)
+            results[step.name] = r
+            write_atomic(out / f"{step.name}.json", json.dumps(r, indent=2) + "\n")
+            lines.append(_row(step, r))
             print(lines[-1], flush=True)
             # after every step: a suite killed from outside still leaves the table of the steps it finished
             write_atomic(out / "summary.md", "\n".join(lines) + "\n")
     lines += ["", f"Total {_clock() - started:.0f} s."]
     write_atomic(out / "summary.md", "\n".join(lines) + "\n")
-    print(f"summary: {out / 'summary.md'}")
+    measured = [(name, r) for name, r in results.items() if "fit_img_per_s" in r]
+    contended = sum("contended" in r for r in results.values())
+    line = f"bench --suite {kind}: {out / 'summary.md'}: {len(measured)} of {len(suite)} steps measured"
+    if contended:
+        line += f", {contended} on a contended machine"
+    if measured:  # the first: the most wanted figure
+        name, r = measured[0]
+        line += f"; {name}: fit {r['fit_img_per_s']:.1f} img/s" + (" (contended)" if "contended" in r else "")
+    console.result(line)
+    return 0
+
+
+def write_jpegs(root: str, images: int) -> int:
+    """``bench --make-imagenet DIR``: ImageNet-sized JPEGs in ImageNet's folder layout, for the input paths."""
+    from inception_lab.data.pipelines import make_imagenet
+
+    classes = 10
+    if images < 2 * classes:
+        raise UserError(f"--images {images}: at least {2 * classes} (train and val images of {classes} classes)")
+    if Path(root).exists() and any(Path(root).iterdir()):
+        raise UserError(f"--make-imagenet {root}: exists and is not empty; name a new directory")
+    t = time.perf_counter()
+    train, val = make_imagenet(Path(root), images, classes)
+    print(f"time the input paths on them:\n  python -m inception_lab bench --config experiments/googlenet_imagenet.yaml"
+          f" --data.init_args.root {root} --data.init_args.num_classes {classes} --data.init_args.val_size {val}")
+    console.result(f"bench --make-imagenet: wrote {train} train and {val} val JPEGs (500x375, quality 90, {classes} "
+                   f"classes) into {root} in {time.perf_counter() - t:.0f} s")
     return 0

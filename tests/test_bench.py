@@ -1,15 +1,28 @@
 """``bench`` reports figures (it is a benchmark, not a timed test): keys present, consistent, finite; the input paths
-side by side; bad flags; the suite's steps apart and within its budget."""
+side by side; bad flags; what it prints (progress, a contended machine, the rows that apply, its last line); the
+suite's steps apart and within its budget."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import QUICKSTART, REPO, one_error_line
+
+TINY = ["--preset", "cifar", "--batch-size", "2", "--warmup", "1", "--steps-per-window", "1", "--windows", "1"]
+
+
+def machine(monkeypatch: pytest.MonkeyPatch, share: float) -> None:
+    """A machine whose calibration threads get ``share`` of a core each (1.0: quiet), at a load average of 6.2."""
+    from inception_lab import bench
+
+    monkeypatch.setattr(bench, "_thread_clock", lambda: time.perf_counter() * share)
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (6.2, 5.0, 4.0))
 
 
 @pytest.mark.slow
@@ -61,7 +74,7 @@ def test_bench_reports_the_input_paths(tmp_path: Path, cli) -> None:
     assert code == 0, err[-3000:]
     r = json.loads(out[out.index("{"):])
     assert r["data_img_per_s"] > 0 and set(r["data_paths"].values()) == {None}
-    assert set(r["data_paths_missing"].values()) == {"not asked for (--no-input-paths)"}
+    assert set(r["data_paths_missing"].values()) == {"not asked for: --no-input-paths"}
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -135,3 +148,81 @@ def test_the_suite_keeps_to_its_budget_and_writes_its_table_after_every_step(tmp
     assert missing == {"b": {"missing": "60 s of the suite's 100 s left, under half its 150 s"},
                        "d": {"missing": "0 s of the suite's 100 s left, under half its 30 s"}}
     assert (tmp_path / "suite" / "summary.md").read_text().count("\n| ") == 5
+
+
+@pytest.mark.slow
+def test_bench_says_when_the_machine_is_contended(monkeypatch: pytest.MonkeyPatch, cli) -> None:
+    """Contended (its calibration threads got 0.3 of a core): one line on stderr, ``"contended"`` in the JSON with
+    the figures seen, and the headline, the last line of stderr (the JSON is the whole of stdout), says so; a line
+    per step on stderr as it goes."""
+    from inception_lab.bench import cpu_share
+
+    machine(monkeypatch, 0.3)
+    code, out, err = cli(["bench", *TINY, "--json"])
+    assert code == 0, err[-3000:]
+    r = json.loads(out)
+    assert r["contended"] == {"cpu_share_before": 0.3, "cpu_share_after": 0.3, "quiet_from": 0.8,
+                              "threads": cpu_share(0.01)[1], "load_1min": 6.2, "cpus": os.cpu_count()}
+    warnings = [line for line in err.splitlines() if "contended" in line.lower()]
+    assert len(warnings) == 2, err  # the warning, and the headline after it
+    assert warnings[0].startswith("inception_lab bench: warning: the machine is contended: ") and (
+        "0.30 of a core each before the measurement and 0.30 after" in warnings[0]
+        and "load average 6.2 on" in warnings[0]), warnings[0]
+    last = err.strip().splitlines()[-1]
+    assert last == warnings[1] and last.startswith(f"bench --preset cifar: fit {r['fit_img_per_s']:.1f} img/s, "
+                                                   f"fit/bare {r['fit_over_bare']:.2f} (cpu, ")
+    assert last.endswith("; CONTENDED (calibration 0.30/0.30 of a core): figures low"), last
+    for step in ("bench: building the variants", "bench: calibration: 0.30", "bench: warm-up done in",
+                 "bench: window 1/1, img/s: fit ", "bench: calibration: 0.30 of a core each; counting"):
+        assert step in err, step
+
+
+@pytest.mark.slow
+def test_bench_on_a_quiet_machine_shows_the_rows_that_apply_and_ends_with_its_headline(
+        monkeypatch: pytest.MonkeyPatch, cli) -> None:
+    """Quiet: no word of contention. A preset has no input paths: no row for them, one line at the end names them;
+    the last line of stdout is the fit's img/s."""
+    machine(monkeypatch, 1.0)
+    code, out, err = cli(["bench", *TINY])
+    assert code == 0, err[-3000:]
+    assert "contended" not in (out + err).lower()
+    lines = out.strip().splitlines()
+    assert not [line for line in lines if line.startswith("input path")], out
+    assert lines[-2] == ("not measured for this config: input paths torchvision_float, torchvision_uint8, "
+                         "torchvision_device, dali (not an ImageNet config: the input paths read its JPEGs)")
+    assert sum("torchvision_float" in line for line in lines) == 1
+    fit = next(line for line in lines if line.startswith("fit loop (Lightning")).split()[-2]
+    assert lines[-1].startswith(f"bench --preset cifar: fit {fit} img/s, fit/bare "), lines[-1]
+    assert lines[-1].endswith(" batch 2, 32 px, 32-true)"), lines[-1]
+
+
+@pytest.mark.slow
+def test_bench_quiet_prints_its_headline_alone(tmp_path: Path, run_cli) -> None:
+    """``--quiet``: stdout is the headline alone (on a contended machine, saying so), stderr is empty."""
+    proc = run_cli("bench", *TINY, "--quiet", cwd=tmp_path)
+    assert proc.stderr == "" and len(proc.stdout.splitlines()) == 1, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("bench --preset cifar: fit "), proc.stdout
+
+
+def test_the_suite_marks_contended_steps_and_ends_with_its_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """A step measured on a contended machine is marked in its row; a line on stderr as each step starts; the last
+    line of stdout is where the summary is, with the first fit figure."""
+    from inception_lab import bench_suite
+    from inception_lab.bench_suite import Step
+
+    figures = {"fit_img_per_s": 40.0, "fit_over_bare": 1.0, "data_img_per_s": 1.0, "data_over_fit": 0.1,
+               "flops_fraction_of_peak": 0.5, "warmup_s": 1.0, "wall_s": 9.0}
+    outcomes = {"a": {"missing": "CUDA graphs need a CUDA device"}, "b": {**figures, "contended": {"threads": 2}},
+                "c": figures}
+    monkeypatch.setattr(bench_suite, "_run", lambda step, out, gpu: outcomes[step.name])
+    monkeypatch.setattr(bench_suite, "steps", lambda gpu, imagenet: [
+        Step("a", [], 40, what="graphs"), Step("b", [], 40, what="eager"), Step("c", [], 40, what="compiled")])
+    assert bench_suite.run_suite("cpu", str(tmp_path / "suite")) == 0
+    out, err = capsys.readouterr()
+    summary = (tmp_path / "suite" / "summary.md").read_text()
+    assert "| b | eager | 40.0 (contended) | 1.00 |" in summary and "| c | compiled | 40.0 | 1.00 |" in summary
+    assert err.splitlines() == [f"bench --suite: step {i}/3 {name}: started, up to 40 s"
+                                for i, name in ((1, "a (graphs)"), (2, "b (eager)"), (3, "c (compiled)"))]
+    assert out.splitlines()[-1] == (f"bench --suite cpu: {tmp_path / 'suite' / 'summary.md'}: 2 of 3 steps measured, "
+                                    "1 on a contended machine; b: fit 40.0 img/s (contended)")
