@@ -82,6 +82,10 @@ def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] 
                     half_width if half_width is not None else rule.half_width if rule else EFFECT,
                     grown[1].looks if grown else ())
     metric = metric or (rule.metric if rule else PRIMARY)
+    if not any(cell.values(metric) for cell in cell_list):
+        recorded = {key for run in finished for key in run.summary.get("metrics", {}) if run.metric(key) is not None}
+        known = ", ".join(sorted(recorded))
+        raise CompareError(f"--metric {metric}: no finished run records it (they record: {known or 'none'})")
     family = judge(cell_list, base, metric, design)
     if out is None:  # <sweep dir>/report for one sweep directory, else ./report
         one_sweep = len(paths) == 1 and paths[0].is_dir() and not RunDir(paths[0]).summary().is_file()
@@ -89,7 +93,7 @@ def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] 
     images = plots(cell_list, keys, base, metric)
     head = header(finished, sweep, [wandb_path] if wandb_path else [str(p) for p in paths], metric)
     markdown, page = render(cell_list, keys, family, excluded, images, title(finished, keys, base, sweep, metric), head)
-    summary = json.dumps(record(cell_list, keys, family), indent=2) + "\n"
+    summary = json.dumps(record(cell_list, keys, family), indent=2, ensure_ascii=False) + "\n"
     write_all_atomic({out / name: data for name, data in [*images.items(), ("report.md", markdown),
                                                           ("report.html", page), ("report.json", summary)]})
     return Comparison(keys, cell_list, base, excluded, out, text_table(tables(cell_list, keys, family)[0]),
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.alpha is not None and not 0 < args.alpha < 1:
         raise CompareError(f"--alpha {args.alpha}: expected a level in (0, 1), e.g. 0.05")
     if args.metric is not None and not args.metric.strip():
-        raise CompareError("--metric '': expected a key of the runs' summary metrics, e.g. val/acc_best")
+        raise CompareError(f"--metric {args.metric!r}: expected a key of the runs' summary metrics, e.g. val/acc_best")
     result = compare(args.paths, args.by, args.baseline, args.out, args.wandb, metric=args.metric,
                      half_width=None if args.half_width is None else args.half_width / 100, alpha=args.alpha)
     print(result.table)

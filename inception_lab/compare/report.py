@@ -223,7 +223,8 @@ def holm_table(by: list[str], family: Family) -> Table | None:
     rows = [[describe(j.cell, by), format_verdict(j), p(j.p), p(j.holm_p), p(j.p_equal), p(j.holm_p_equal),
              j.verdict.text(), j.holm_text()] for j in family.judged]
     design = family.design
-    header = ["cell", f"Δ {metric_label(family.metric)} [{100 * (1 - design.alpha):g}% CI]", "p", "Holm p",
+    level = f"{100 * (1 - design.alpha):g}% CI" + ", corrected for the looks" * design.sequential
+    header = ["cell", f"Δ {metric_label(family.metric)} [{level}]", "p", "Holm p",
               f"p (equal ±{100 * design.half_width:g})", "Holm p (equal)", "verdict", "verdict (Holm)"]
     return (f"Holm's correction over the {len(family.judged)} comparisons with the baseline", header, rows)
 

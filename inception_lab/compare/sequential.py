@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 HIGHER, LOWER, EQUAL, CANNOT_TELL = "higher", "lower", "equal", "cannot tell"  # a cell against its baseline
-SPENDING = "O'Brien-Fleming-type alpha spending (Lan & DeMets)"
+SPENDING = "Lan & DeMets' O'Brien-Fleming-type alpha spending"
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,6 @@ def spent(fraction: float, alpha: float) -> float:
 PATHS = 200_000  # null paths of the t statistic the boundaries are calibrated on: ±0.05% (1 SE) on a 5% level
 
 
-@functools.lru_cache(maxsize=8)
 def null_paths(looks: tuple[int, ...]) -> np.ndarray:
     """The paired t statistic at each look (columns) on ``PATHS`` sweeps of a cell whose true difference is 0 (rows):
     under the null its joint law is the same whatever the sd, so one sample serves every sd. Drawn exactly, two draws
@@ -154,7 +153,7 @@ def null_paths(looks: tuple[int, ...]) -> np.ndarray:
     return stats
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)  # a sweep's one design, both sides: 200,000 x looks x 16 bytes each
 def ranked(looks: tuple[int, ...], sides: int) -> tuple[np.ndarray, np.ndarray]:
     """Per look (rows), the null paths in descending order of the statistic a boundary is put on (|T| for ``sides``
     2, T for 1): their indices and their values."""

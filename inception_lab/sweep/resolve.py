@@ -59,11 +59,17 @@ def file_seeds(sweep: Sweep) -> list[Any]:
 
 def recorded(directory: Path) -> Rule | None:
     """The rule an --until-resolved sweep directory grew its cells by (its state.json's ``until_resolved``, as
-    ``State`` keeps it), read as it is; None for a plain sweep's directory, or none."""
-    try:
-        data = json.loads((directory / "state.json").read_text())
-    except (OSError, ValueError):
+    ``State`` keeps it), read as it is; None for a plain sweep's directory, or none. A state.json that cannot be read
+    is one line (SweepError): judged without it, cells grown by looks would read as a fixed sweep's."""
+    path = directory / "state.json"
+    if not path.is_file():
         return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SweepError(f"{path}: unreadable ({type(error).__name__}), so whether its cells grew by looks is "
+                         "unknown; `python -m inception_lab sweep <its sweep file> --out "
+                         f"{directory} --repair` puts it back") from None
     rule = data.get("until_resolved") if isinstance(data, dict) else None
     known = Rule.__dataclass_fields__
     return Rule(**{k: v for k, v in rule.items() if k in known}) if isinstance(rule, dict) else None

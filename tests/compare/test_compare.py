@@ -48,12 +48,21 @@ def test_main_prints_the_table_and_writes_into_the_sweep_dir(sweep_dir: Path, cl
         ("ok", ["--baseline", "head=mlp"], "no cell has that value (cells: head=gap; head=fc)"),  # sweep.yaml order
         ("unfinished", [], "no finished runs among 2 (statuses: failed, running)"),
         ("ok", ["--wandb", "me/project"], "expected ENTITY/PROJECT/SWEEP_ID"),
+        ("ok", ["--metric", " "], "--metric ' ': expected a key of the runs' summary metrics, e.g. val/acc_best"),
+        ("ok", ["--alpha", "0"], "--alpha 0.0: expected a level in (0, 1), e.g. 0.05"),
+        ("ok", ["--metric", "val/acc_bset"], "--metric val/acc_bset: no finished run records it (they record: "
+                                             "test/acc, test/acc_top5, test/loss, val/acc, val/acc_best, val/acc_top5, "
+                                             "val/loss)"),
+        ("broken state", [], "state.json: unreadable (JSONDecodeError), so whether its cells grew by looks is "
+                             "unknown; `python -m inception_lab sweep <its sweep file> --out "),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, sweep_dir: Path, cli, setup: str, args: list[str],
                                           message: str) -> None:
     target = {"empty": tmp_path / "empty", "missing": tmp_path / "missing", "ok": sweep_dir,
-              "mixed": sweep_dir, "unfinished": tmp_path / "unfinished"}[setup]
+              "mixed": sweep_dir, "unfinished": tmp_path / "unfinished", "broken state": sweep_dir}[setup]
+    if setup == "broken state":  # a sweep's state.json cut short: whether its cells grew by looks is unknown
+        (sweep_dir / "state.json").write_text('{"until_resolved": {"half_width": 0.0')
     if setup == "empty":
         target.mkdir()
     if setup == "mixed":
