@@ -280,8 +280,8 @@ def bench(model: Any, data: Any | None, image_size: int, batch_size: int, precis
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[_Timing()])
     loader = torch.utils.data.DataLoader(_Synthetic(), batch_size=None)
     before, threads = cpu_share()
-    say(f"calibration: {before:.2f} of a core for each of {threads} threads; warm-up: {warmup} fit steps, then one "
-        f"window of every other variant{' (torch.compile compiles here)' if getattr(model, 'compile_net', 0) else ''}")
+    say(f"calibration: {before:.2f} of a core for each of {threads} thread(s); warm-up: {warmup} fit step(s), then "
+        f"one window of every other variant{' (torch.compile compiles)' if getattr(model, 'compile_net', 0) else ''}")
     # a val loader that limit_val_batches=0 never reads: Lightning's "no val_dataloader" warning is not for a benchmark
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
     after = cpu_share()[0]
@@ -345,7 +345,7 @@ def contended_line(r: dict[str, Any]) -> str | None:
     """The one line that says the machine was contended (stderr), or None on a quiet one."""
     if (c := r.get("contended")) is None:
         return None
-    return (f"inception_lab bench: warning: the machine is contended: the calibration's {c['threads']} threads got "
+    return (f"inception_lab bench: warning: the machine is contended: the calibration's {c['threads']} thread(s) got "
             f"{c['cpu_share_before']:.2f} of a core each before the measurement and {c['cpu_share_after']:.2f} after "
             f"(quiet: {c['quiet_from']} or more); load average {c['load_1min']} on {c['cpus']} CPUs. The figures "
             "are low and their ratios unreliable: measure on a quiet machine")
