@@ -34,6 +34,7 @@ from inception_lab.run.config import (
     check_checkpoint_network,
     command_line,
     option_values,
+    parse_error,
     set_seed,
 )
 from inception_lab.run.files import STALE_S, flatten, outcome, read_summary
@@ -80,17 +81,18 @@ class InceptionCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         argv, self.first_config = command_line(list(sys.argv[1:] if args is None else args))
-        self.config = parser.parse_args(argv)
+        try:
+            self.config = parser.parse_args(argv)
+        except ArgumentError as error:  # what to do: the closest key to a misspelled one; a checkpoint to evaluate
+            raise UserError(parse_error(user_message(error), parser)) from None
 
     def _set_seed(self) -> None:
         set_seed(self.config[self.subcommand] if self.subcommand else self.config)
 
     def _parse_ckpt_path(self) -> None:
-        """Off: Lightning's merges a checkpoint's hyperparameters over the command line's values, after parsing, so
-        that ``--ckpt_path FILE`` silently dropped ``--model.*`` overrides. Here the checkpoint's hyperparameters are
-        the base config only where no ``--config`` is given (``parse_arguments``), the command line's values win,
-        and a fit's resume is then checked against the run's ``config.yaml`` (``check_fit``), however the
-        checkpoint is named."""
+        """Off: Lightning's merged a checkpoint's hyperparameters over the command line's (``--model.*`` dropped).
+        Here they are the base config where no ``--config`` is given (``parse_arguments``), the command line wins, and
+        a fit's resume is checked against the run's ``config.yaml`` (``check_fit``), however the checkpoint is named."""
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

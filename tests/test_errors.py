@@ -335,7 +335,12 @@ def _gpu(tmp_path: Path) -> tuple[list[str], str]:
 
 
 BAD = {
-    "unknown key": (["--config", str(QUICKSTART), "--model.aux_wieght=0.1"], "aux_wieght"),
+    "unknown key": (["--config", str(QUICKSTART), "--model.aux_wieght=0.1"],
+                    "--model.aux_wieght=0.1 (did you mean --model.aux_weight?)"),
+    "unknown network argument": (["--config", str(QUICKSTART), "--model.net.init_args.heda=fc"],
+                                 "model.net: Option 'heda' is not accepted (did you mean head?)"),
+    "unknown data argument": (["--config", str(QUICKSTART), "--data.init_args.batch_sise=8"],
+                              "data: Option 'batch_sise' is not accepted (did you mean batch_size?)"),
     "not a number": (["--config", str(QUICKSTART), "--model.aux_weight=abc"], "model.aux_weight"),
     "negative weight": (["--config", str(QUICKSTART), "--model.aux_weight=-0.5"], "model.aux_weight"),
     "smoothing of 1.5": (["--config", str(QUICKSTART), "--model.label_smoothing=1.5"], "model.label_smoothing"),

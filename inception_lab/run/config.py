@@ -8,8 +8,12 @@ LightningCLI parses it; :class:`RunConfigCallback` writes the resolved config in
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ from lightning import Trainer, seed_everything
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
 
-from inception_lab.errors import LINKED, UserError
+from inception_lab.errors import CONFIG_KEYS, LINKED, UserError
 from inception_lab.run.files import best_checkpoint, flatten, load_yaml, short_value, write_atomic
 from inception_lab.run.layout import RunDir
 from inception_lab.run.resume import read_checkpoint
@@ -46,7 +50,7 @@ def command_line(argv: list[str]) -> tuple[list[str], str | None]:
     experiment and which a run's variant is measured from). Every config file is checked first (one line each).
 
     - ``validate``/``test``/``predict --ckpt_path FILE`` with no ``--config``: the checkpoint's network and data;
-      with neither, ``--run_dir``'s best checkpoint (one line saying what to give where there is none).
+      with neither, ``--run_dir``'s best checkpoint (``parse_error`` says what to give where there is none).
     - ``fit --ckpt_path`` with no ``--config``: the run's own ``config.yaml``.
     - ``fit --ckpt_path <run>/checkpoints/X.ckpt`` with no ``--run_dir``: that run, wherever its directory is now
       (moved, renamed, through a symlink), not the path its ``config.yaml`` recorded.
@@ -57,11 +61,8 @@ def command_line(argv: list[str]) -> tuple[list[str], str | None]:
     ckpt = next(iter(option_values(argv, "--ckpt_path")), None)
     no_config = not option_values(argv, "--config", "-c")
     given_dir = next(iter(option_values(argv, "--run_dir")), None)
-    if subcommand in ("validate", "test", "predict") and no_config and not ckpt:  # the run's best, or say what to give
-        if not given_dir or (chosen := best_checkpoint(Path(given_dir))) is None:
-            raise UserError(f"{subcommand} evaluates a checkpoint: give --ckpt_path <run>/checkpoints/<name>.ckpt (its "
-                            "network and data come with it), or --run_dir <a run> (its best checkpoint), or --config "
-                            "<experiment file> (an untrained network)")
+    if subcommand in ("validate", "test", "predict") and no_config and not ckpt and given_dir and (
+            chosen := best_checkpoint(Path(given_dir))) is not None:  # the run's best (with none: parse_error says)
         ckpt = str(chosen)
         argv = [*argv, "--ckpt_path", ckpt]
     run = RunDir.of_checkpoint(ckpt) if ckpt and ckpt != "last" else None
@@ -77,6 +78,37 @@ def command_line(argv: list[str]) -> tuple[list[str], str | None]:
         if run is not None and not given_dir:
             argv = [*argv, "--run_dir", str(run.path)]
     return argv, next(iter(option_values(argv, "--config", "-c")), None)
+
+
+def parse_error(line: str, parser: Any) -> str:
+    """jsonargparse's line on a command line it refused, saying what to do: an evaluation given no network says
+    what to give; an unknown key ends ``(did you mean --model.aux_weight?)``: the closest key the command takes (its
+    parser's options; a class's arguments for ``model.net: Option 'heda' is not accepted``)."""
+    if evaluation := re.search(r"required: (validate|test|predict)\.model\.net", line):
+        return (f"{evaluation.group(1)} evaluates a checkpoint: give --ckpt_path <run>/checkpoints/<name>.ckpt (its "
+                "network and data come with it), or --run_dir <a run> (its best checkpoint), or --config <experiment "
+                "file> (an untrained network)")
+    return line + _did_you_mean(line, parser)
+
+
+def _did_you_mean(line: str, parser: Any) -> str:
+    if given := re.search(r"unrecognized arguments: (--[\w.]+)", line):
+        parsers = [parser, *getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}).values()]
+        keys, given_key = {o for p in parsers for a in p._actions for o in a.option_strings}, given.group(1)
+    elif given := re.match(r"([\w.]+): Option '(\w+)' is not accepted", line):
+        prefix = f"{given.group(1)}.init_args."
+        classes = [getattr(importlib.import_module(name.rpartition(".")[0]), name.rpartition(".")[2])
+                   for name, where in CONFIG_KEYS.items() if where == prefix]
+        classes += [c for cls in classes for c in _subclasses(cls)]
+        keys, given_key = {n for cls in classes for n in inspect.signature(cls).parameters}, given.group(2)
+    else:
+        return ""
+    close = difflib.get_close_matches(given_key, sorted(keys), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
 
 
 def set_seed(config: Namespace, check_only: bool = False) -> None:
