@@ -23,8 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inception_lab import console
 from inception_lab.compare.cells import PRIMARY, Cell, group, grouping_keys, pick_baseline, sweep_order
-from inception_lab.compare.report import EFFECT, header, plots, render, tables, tables_markdown, text_table, title
+from inception_lab.compare.report import (
+    EFFECT,
+    header,
+    headline,
+    plots,
+    render,
+    tables,
+    tables_markdown,
+    text_table,
+    title,
+)
 from inception_lab.compare.runs import CompareError, Run, load, parse_wandb_path, wandb_runs
 from inception_lab.compare.sequential import Design
 from inception_lab.compare.verdicts import Family, judge, record
@@ -139,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     print(result.table)
     for run in result.excluded:
         print(f"not averaged in: {run.name} ({run.status}{': ' + run.error_tail if run.error_tail else ''})")
-    print(f"report: {result.out / 'report.md'}, {result.out / 'report.html'}, {result.out / 'report.json'}")
     if args.wandb_workspace or args.wandb_report:
         where = (*parse_wandb_path(args.wandb), result.by)  # entity, project, sweep id, grouping keys
         metric = result.family.metric
@@ -152,4 +162,5 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as error:  # the server refused or cannot be reached
                 first = (str(error).strip().splitlines() or [""])[0]
                 raise CompareError(f"saving the W&B {kind} failed: {type(error).__name__}: {first}") from None
+    console.result(headline(result.cells, result.by, result.family, result.out))  # last; --quiet keeps it alone
     return 0

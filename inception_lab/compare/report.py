@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 import statistics
+from collections import Counter
 from datetime import datetime
 from html import escape as esc
 from pathlib import Path
@@ -17,13 +19,22 @@ import markdown
 
 from inception_lab.compare.cells import PRIMARY, Cell, Difference, Stat, describe, paired_difference
 from inception_lab.compare.runs import Run
-from inception_lab.compare.sequential import EQUAL, HIGHER, LOWER
+from inception_lab.compare.sequential import CANNOT_TELL, EQUAL, HIGHER, LOWER
 from inception_lab.compare.verdicts import Family, Judgement, rule_words
 
 ACCURACIES = (("val/acc_best", "val top-1"), ("val/acc_top5", "val top-5"), ("test/acc", "test top-1"),
               ("test/acc_top5", "test top-5"))
 COSTS = (("params", "params"), ("macs", "MACs"), ("throughput_img_per_s", "img/s"))
 Table = tuple[str, list[str], list[list[str]]]  # heading ("" for none), header, rows
+
+
+def code(text: Any) -> str:
+    """``text`` as a markdown code span whatever backticks it holds (an error's tail may hold an odd number): fenced
+    by one more backtick than its longest run, padded where it starts or ends with one."""
+    text = str(text)
+    fence = "`" * (1 + max(map(len, re.findall("`+", text)), default=0))
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _pct(stat: Stat) -> str:
@@ -36,7 +47,9 @@ def count(value: float | None) -> str:
     ``EngFormatter`` (the plots' axes use it too); — for none."""
     from matplotlib.ticker import EngFormatter
 
-    return "—" if value is None else EngFormatter(sep="")(float(f"{value:.3g}"))
+    if value is None:
+        return "—"
+    return f"{value:.3g}" if abs(value) < 1 else EngFormatter(sep="")(float(f"{value:.3g}"))  # 0.297, not 297m
 
 
 def _cost(stat: Stat) -> str:  # params and MACs are fixed per architecture: a spread is shown only if there is one
@@ -56,7 +69,7 @@ def metric_label(metric: str) -> str:
 
 
 def format_verdict(judged: Judgement | None) -> str:
-    """The rule's difference and interval, * where it says higher or lower."""
+    """The rule's difference and interval, * where that interval excludes 0 (the rule says higher or lower)."""
     diff = None if judged is None else judged.verdict.diff
     if judged is None or diff is None:
         return "—"
@@ -104,9 +117,9 @@ def notes(by: list[str], family: Family) -> str:
                 else f"a {level} confidence interval from Student's t")
     return (f"Cells grouped by {', '.join(f'`{k}`' for k in by) or 'nothing (one cell)'}. Accuracies in %, mean ± "
             "sample std over the finished runs of a cell (n; — when n = 1). Δ is the cell minus the baseline "
-            f"({describe(family.base, by)}) in percentage points with {interval}: paired by seed{welch} * marks a "
-            "verdict of higher or lower. The differences table gives every accuracy a plain 95% t interval of its "
-            "own, uncorrected.")
+            f"({describe(family.base, by)}) in percentage points with {interval}: paired by seed{welch} The "
+            "differences table gives every accuracy a plain 95% t interval of its own, uncorrected. In every table, * "
+            "marks an interval that excludes 0 (where the interval is the rule's: a verdict of higher or lower).")
 
 
 def tables_markdown(cell_list: list[Cell], by: list[str], family: Family) -> list[str]:
@@ -156,10 +169,10 @@ def header(runs: list[Run], sweep: dict[str, Any] | None, paths: list[str], metr
     epochs, seeds, data) and when the runs ran."""
     lines = []
     if sweep:
-        lines.append(f"Sweep: `{sweep.get('name')}` ({', '.join(f'`{p}`' for p in paths)})"
+        lines.append(f"Sweep: {code(sweep.get('name'))} ({', '.join(map(code, paths))})"
                      + (f": {sweep['description']}" if sweep.get("description") else ""))
     else:
-        shown = ", ".join(f"`{p}`" for p in paths[:6]) + (f" and {len(paths) - 6} more" if len(paths) > 6 else "")
+        shown = ", ".join(map(code, paths[:6])) + (f" and {len(paths) - 6} more" if len(paths) > 6 else "")
         lines.append(f"Run directories: {shown}")
     lines.append(f"Metric: {METRIC_WORDS.get(metric, f'`{metric}`')}, in %; higher is better.")
     config = [r.config for r in runs]
@@ -170,7 +183,7 @@ def header(runs: list[Run], sweep: dict[str, Any] | None, paths: list[str], metr
              if any(f"data.init_args.{k}" in c for c in config)]
     epochs = _distinct([c.get("trainer.max_epochs") for c in config])
     data += f" ({', '.join(sizes)})" if sizes else ""
-    lines.append(f"Protocol: experiment `{runs[0].experiment}`; {epochs} epochs; seeds "
+    lines.append(f"Protocol: experiment `{runs[0].experiment}`; {epochs} epoch{'s' * (epochs != '1')}; seeds "
                  f"{', '.join(map(str, seeds)) or '—'}; data {data}.")
     lines.append(f"Ran: {_when(runs)}.")
     return lines
@@ -247,18 +260,24 @@ def _png(fig: Any) -> bytes:
 
 
 def plots(cell_list: list[Cell], by: list[str], base: Cell, metric: str = PRIMARY) -> dict[str, bytes]:
-    """PNG images by file name: accuracy per cell, accuracy against MACs, val top-1 learning curves."""
+    """:func:`figures` as PNG images by file name."""
+    return {name: _png(fig) for name, fig in figures(cell_list, by, base, metric).items()}
+
+
+def figures(cell_list: list[Cell], by: list[str], base: Cell, metric: str = PRIMARY) -> dict[str, Any]:
+    """matplotlib figures by file name: accuracy per cell (bars from 0), accuracy against MACs, val top-1 learning
+    curves (a point per epoch: a 1-epoch run is one). The baseline is named "(baseline)" in words: * is the tables'
+    (an interval that excludes 0)."""
     from matplotlib.figure import Figure  # Agg canvas, no pyplot state: safe to call from any process or thread
     from matplotlib.ticker import MaxNLocator
 
     names = [describe(c, by) for c in cell_list]
-    images: dict[str, bytes] = {}
+    figs: dict[str, Any] = {}
 
     series = [(k, label) for k, label in (("val/acc_best", "val top-1"), ("test/acc", "test top-1"))
               if any(c.values(k) for c in cell_list)]
     ax = Figure(figsize=(max(5.0, 1.4 * len(names)), 4)).subplots()
     width = 0.8 / max(1, len(series))
-    ys: list[float] = []  # what the y axis must show
     for j, (key, label) in enumerate(series):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(cell_list))]
         stats = [c.stat(key) for c in cell_list]
@@ -267,16 +286,12 @@ def plots(cell_list: list[Cell], by: list[str], base: Cell, metric: str = PRIMAR
         for x, cell in zip(xs, cell_list):  # the seeds themselves
             values = [100 * v for v in cell.values(key)]
             ax.plot([x] * len(values), values, "k.", ms=4)
-            ys += values
-        ys += [m - e for m, e in zip(means, errs)] + [m + e for m, e in zip(means, errs)]
-    low, high = min(ys, default=0), max(ys, default=100)
-    span = max(1.0, high - low)
-    ax.set_ylim(max(0.0, low - 0.5 * span), min(100.0, high + 0.3 * span))
-    ax.set_xticks(range(len(names)), [n + (" *" if c is base else "") for n, c in zip(names, cell_list)],
+    ax.set_ylim(bottom=0)  # a bar's height is its value: an axis from 0, with no break
+    ax.set_xticks(range(len(names)), [n + ("\n(baseline)" if c is base else "") for n, c in zip(names, cell_list)],
                   rotation=20, ha="right")
-    ax.set(ylabel="top-1 accuracy (%)", title="accuracy per cell (mean ± std over seeds; * baseline)")
+    ax.set(ylabel="top-1 accuracy (%)", title="accuracy per cell (mean ± std; dots: the seeds)")
     ax.legend(fontsize=8)
-    images["accuracy.png"] = _png(ax.figure)
+    figs["accuracy.png"] = ax.figure
 
     ax = Figure(figsize=(6, 4)).subplots()
     macs = [c.stat("macs").mean for c in cell_list]
@@ -289,7 +304,7 @@ def plots(cell_list: list[Cell], by: list[str], base: Cell, metric: str = PRIMAR
         if x is None or stat.mean is None:
             continue
         ax.errorbar([x], [100 * stat.mean], yerr=[100 * (stat.std or 0)], fmt="o", capsize=4, label=name)
-        ax.annotate(name + " *" * (cell is base), (x, 100 * stat.mean), textcoords="offset points",
+        ax.annotate(name + " (baseline)" * (cell is base), (x, 100 * stat.mean), textcoords="offset points",
                     xytext=(5, 5 if i % 2 == 0 else -12), fontsize=7)  # neighbours alternate above and below
     ax.margins(x=0.2, y=0.1)  # room for the labels
     if log:
@@ -302,26 +317,47 @@ def plots(cell_list: list[Cell], by: list[str], base: Cell, metric: str = PRIMAR
         ax.set_xticks(ticks, [count(t) for t in ticks], rotation=30 if len(ticks) > 3 else 0)
         ax.minorticks_off()
     ax.set(xlabel="multiply-adds per image", ylabel=f"{metric_label(metric)} (%)",
-           title="accuracy against compute (mean ± std; * baseline)")
-    images["accuracy_vs_macs.png"] = _png(ax.figure)
+           title="accuracy against compute (mean ± std over seeds)")
+    figs["accuracy_vs_macs.png"] = ax.figure
 
     ax = Figure(figsize=(6, 4)).subplots()
-    for cell, name in zip(cell_list, names):
+    every = sorted(set().union(*(r.curve for c in cell_list for r in c.runs)))
+    for i, (cell, name) in enumerate(zip(cell_list, names)):
         epochs = sorted(set().union(*(r.curve for r in cell.runs)))
         if not epochs:
             continue
         per_epoch = [[100 * r.curve[e] for r in cell.runs if e in r.curve] for e in epochs]
         mean = [statistics.fmean(v) for v in per_epoch]
         std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
-        line = ax.plot(epochs, mean, label=name + " (baseline)" * (cell is base), lw=2.5 if cell is base else 1.5)[0]
+        if len(every) == 1:  # one epoch: a point per cell, side by side, its spread as an error bar
+            ax.errorbar([e + 0.1 * (i - (len(cell_list) - 1) / 2) for e in epochs], mean, yerr=std, fmt="o",
+                        capsize=4, label=name + " (baseline)" * (cell is base))
+            continue
+        line = ax.plot(epochs, mean, marker="o", ms=3, label=name + " (baseline)" * (cell is base),
+                       lw=2.5 if cell is base else 1.5)[0]
         ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                         color=line.get_color(), alpha=0.2)
-    if ax.lines:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if every:
+        if len(every) <= 10:
+            ax.set_xticks(every)
+            ax.set_xlim(every[0] - 0.5, every[-1] + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="epoch", ylabel="val top-1 (%)", title="learning curves (mean ± std over seeds)")
         ax.legend(fontsize=8)
-        images["learning_curves.png"] = _png(ax.figure)
-    return images
+        figs["learning_curves.png"] = ax.figure
+    return figs
+
+
+def headline(cell_list: list[Cell], by: list[str], family: Family, out: Path) -> str:
+    """``compare``'s last line: where the report is, its cells and their verdicts against the baseline."""
+    line = f"compare: {out / 'report.html'}: {len(cell_list)} cell{'s' * (len(cell_list) != 1)}"
+    if not family.judged:
+        return f"{line}, the baseline alone: nothing to compare"
+    words = Counter(j.verdict.word for j in family.judged)
+    return (f"{line}; against the baseline {describe(family.base, by)} on {metric_label(family.metric)}: "
+            f"{words[HIGHER]} higher, {words[LOWER]} lower, {words[EQUAL]} equal within "
+            f"±{100 * family.design.half_width:g} points, {words[CANNOT_TELL]} cannot tell")
 
 
 def render(cell_list: list[Cell], by: list[str], family: Family, excluded: list[Run], images: dict[str, bytes],
@@ -341,7 +377,7 @@ def render(cell_list: list[Cell], by: list[str], family: Family, excluded: list[
     if family_table is not None:
         md += [f"## {family_table[0]}", "", holm_note(family), "", "| " + " | ".join(family_table[1]) + " |",
                "|" + "---|" * len(family_table[1]), *("| " + " | ".join(r) + " |" for r in family_table[2]), ""]
-    md += ["## Runs not averaged in", "", *(f"- `{x}`" for x in left_out), ""] if left_out else []
+    md += ["## Runs not averaged in", "", *(f"- {code(x)}" for x in left_out), ""] if left_out else []
     md += ["## Plots", "", *(f"![{Path(n).stem}]({n})\n" for n in images), "## Runs per cell", "",
            *(f"- {m}" for m in members), ""]
 

@@ -4,8 +4,10 @@ grown by looks judged by those looks."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import yaml
 from inception_lab.__main__ import main as lab_main
 from inception_lab.compare import compare
 from inception_lab.compare.cells import Cell, holm, paired_difference
+from inception_lab.compare.runs import Run
 from inception_lab.compare.sequential import Design
 from inception_lab.run.files import RunSummary
 from tests.compare.conftest import ACCS, HEAD, PNG, pct, run, summaries
@@ -217,3 +220,57 @@ def test_the_metric_judged_is_a_parameter(sweep_dir: Path, tmp_path: Path) -> No
     assert json.loads((tmp_path / "out" / "report.json").read_text())["metric"] == "test/acc"
     val = compare([sweep_dir], out=tmp_path / "val")  # the default: val/acc_best, on which fc is lower
     assert val.family.metric == "val/acc_best" and val.family.judged[0].verdict.diff.diff == pytest.approx(-0.045)
+
+
+def _one_epoch_cells() -> list[Cell]:
+    """Four cells of 3 seeds, each a 1-epoch run (its curve one point): lower, equal within ±0.5 and cannot tell
+    against the first, and a fourth higher."""
+    accs = {"a": (0.90, 0.92, 0.91), "b": (0.85, 0.88, 0.86), "c": (0.9005, 0.9198, 0.9101), "d": (0.95, 0.96, 0.955)}
+    return [Cell((name,), [Run(f"{name}{s}", "finished", {}, {"seed": s, "macs": 2e6, "metrics": {
+        "val/acc_best": acc}}, curve={0: acc}) for s, acc in enumerate(values)]) for name, values in accs.items()]
+
+
+def test_report_html_is_the_markdown_rendered(tmp_path: Path) -> None:
+    """report.html shows no markdown syntax (a code span of an error's tail keeps the backticks it holds, and no other
+    is left literal) and every verdict word bold."""
+    from inception_lab.compare.report import render
+    from inception_lab.compare.verdicts import judge
+
+    cells = _one_epoch_cells()
+    family = judge(cells, cells[0], "val/acc_best", Design())
+    assert [j.verdict.word for j in family.judged] == ["lower", "equal", "higher"]
+    error = "MisconfigurationException: `ckpt_path` must name a file; pass `--ckpt_path last"  # an odd count, cut short
+    failed = Run("e0", "failed", {}, {"status": "failed", "error": f"Traceback\n{error}"})
+    page = render(cells, [HEAD], family, [failed], {}, "t")[1]
+    spans = re.findall(r"<code>(.*?)</code>", page)
+    assert f"e0: failed ({html.escape(error, quote=False)})" in spans
+    visible = re.sub(r"<code>.*?</code>", "", page)
+    assert "`" not in visible and "**" not in visible, [ln for ln in visible.splitlines() if "`" in ln or "**" in ln]
+    for word in ("lower", "equal within ±0.5 points", "higher"):
+        assert f"<strong>{word}</strong>" in page
+
+
+def test_plots_bars_from_zero_points_for_one_epoch_and_no_star(tmp_path: Path) -> None:
+    """The bar chart's y axis starts at 0; a 1-epoch learning curve is drawn as points (a marker per cell); * is the
+    tables' alone (an interval that excludes 0): the plots name the baseline in words."""
+    from matplotlib.text import Text
+
+    from inception_lab.compare.report import figures, notes
+    from inception_lab.compare.verdicts import judge
+
+    cells = _one_epoch_cells()
+    figs = figures(cells, [HEAD], cells[0])
+    assert set(figs) == {"accuracy.png", "accuracy_vs_macs.png", "learning_curves.png"}
+    assert figs["accuracy.png"].axes[0].get_ylim()[0] == 0
+    curves = figs["learning_curves.png"].axes[0]
+    points = [line for line in curves.lines if line.get_marker() == "o"]  # (an error bar's caps are "_")
+    assert sorted(y for line in points for y in line.get_ydata()) == pytest.approx(
+        sorted(100 * cell.stat("val/acc_best").mean for cell in cells))
+    for name, fig in figs.items():
+        texts = [t.get_text() for t in fig.findobj(Text)]
+        assert not [t for t in texts if "*" in t], (name, texts)
+    assert any("head=a (baseline)" in t or t == "head=a\n(baseline)" for t in
+               (t.get_text() for t in figs["accuracy.png"].findobj(Text)))
+    said = notes([HEAD], judge(cells, cells[0], "val/acc_best", Design()))
+    assert "* marks an interval that excludes 0 (where the interval is the rule's: a verdict of higher" in said
+    assert said.count("*") == 1
