@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from inception_lab import slurm
+from inception_lab import console, slurm
 from inception_lab.errors import ArgumentParser
 from inception_lab.run.files import write_atomic
 from inception_lab.sweep import resolve, runner, spec
 from inception_lab.sweep.commands import check_command, check_trials, trial_command
 from inception_lab.sweep.spec import SweepError, Trial, load_sweep
-from inception_lab.sweep.state import State, repair
+from inception_lab.sweep.state import RESUMABLE, STATUSES, State, repair
 
 
 def run(argv: list[str]) -> int:
@@ -60,8 +62,12 @@ def run(argv: list[str]) -> int:
         for i, trial in enumerate(trials[:len(planned)]):
             command = subprocess.list2cmdline(trial_command(sweep, state.run_dir(trial), trial.values))
             print(f"{trial.name}{f'  [{trial.status}]' if i < len(state.trials) else ''}\n  {command}")
-        total = f"{len(planned)} trials" if sweep.method != "bayes" else f"up to {run_cap} bayes trials"
-        print(f"sweep {sweep.name}: {total}, all valid; dry run: nothing started, nothing written")
+        done = sum(t.status == "finished" or t.status in ("failed", "stopped") and not args.retry_failed
+                   for t in state.trials)
+        total = len(planned) if sweep.method != "bayes" else run_cap
+        bayes = "up to " if sweep.method == "bayes" else ""
+        console.result(f"sweep {sweep.name}: dry run: {bayes}{total - done} of {total} trials to run into {directory}, "
+                       "all valid; nothing started, nothing written")
         return 0
     (directory / "runs").mkdir(parents=True, exist_ok=True)
     with state.locked():  # another runner may have written the trials meanwhile: add only what is missing
@@ -73,7 +79,21 @@ def run(argv: list[str]) -> int:
         state.reconcile(args.retry_failed)
     trial_args = [f"--trainer.devices={args.gpus_per_trial}", "--trainer.strategy=ddp"] if (
         args.gpus_per_trial or 1) > 1 else []
-    return runner.loop(sweep, state, slots, run_cap, trial_args)
+    code = runner.loop(sweep, state, slots, run_cap, trial_args)
+    console.result(outcome(sweep, state))  # the last line; --quiet (every command's) keeps only it
+    return code
+
+
+def outcome(sweep: spec.Sweep, state: State) -> str:
+    """The command's last line: the sweep directory, its trials by status, and what to run next."""
+    counts = Counter(t.status for t in state.trials)
+    rest = "".join(f", {counts[s]} {s}" for s in STATUSES if counts[s] and s not in ("finished", "failed"))
+    retry = " (--retry-failed runs them again)" if counts["failed"] else ""
+    compare = f"python -m inception_lab compare {shlex.quote(str(state.directory))}"
+    left = any(t.status in ("pending", *RESUMABLE) for t in state.trials)
+    return (f"sweep {sweep.name}: {state.directory}: {counts['finished']} of {len(state.trials)} trials finished, "
+            f"{counts['failed']} failed{retry}{rest}; next: "
+            + (f"the same command again to carry on, then {compare}" if left else compare))
 
 
 def check_one_sweep(state: State, seed: int, rule: resolve.Rule | None, planned: list[dict[str, Any]]) -> None:
@@ -126,7 +146,7 @@ def emit_followup(args: argparse.Namespace, sweep: spec.Sweep, rule: resolve.Rul
     if out.is_dir():
         raise SweepError(f"--emit-followup {out}: a directory; give the path of the sweep file to write")
     write_atomic(out, text)
-    print(f"sweep {sweep.name}: follow-up of {source} written to {out}: `wandb sweep {out}`")
+    console.result(f"sweep {sweep.name}: follow-up of {source} written to {out}: `wandb sweep {out}`")
     return 0
 
 
