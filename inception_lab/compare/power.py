@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from inception_lab import console
 from inception_lab.compare.sequential import CANNOT_TELL, EQUAL, HIGHER, LOWER, Design
 from inception_lab.errors import ArgumentParser, UserError
 
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     results = [(d, s, simulate(design, d, s, args.sims)) for d, s in settings]
     if args.json:
         single = args.diff is not None and args.sd is not None
-        print(json.dumps(results[0][2].as_json() if single else
-                         [{"diff": d, "sd": s, **r.as_json()} for d, s, r in results]))
+        console.result(json.dumps(results[0][2].as_json() if single else  # one line, the whole stdout
+                                  [{"diff": d, "sd": s, **r.as_json()} for d, s, r in results]))
         return 0
     delta = f"{args.half_width:g}"
     print(f"power: {args.sims} simulated sweeps a setting of one cell against its baseline (normal paired "
@@ -105,6 +106,5 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[f"{d:+.2f}", f"{s:.2f}", *(f"{100 * p:.1f}%" for p in (r.higher, r.lower, r.equal, r.cannot_tell)),
              f"{r.mean_seeds:.1f}"] for d, s, r in results]
     widths = [max(len(x) for x in column) for column in zip(header, *rows)]
-    for line in (header, *rows):
-        print("  ".join(x.rjust(w) for x, w in zip(line, widths)))
+    console.result("\n".join("  ".join(x.rjust(w) for x, w in zip(line, widths)) for line in (header, *rows)))
     return 0

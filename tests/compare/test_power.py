@@ -11,7 +11,7 @@ import pytest
 from inception_lab.__main__ import main as lab_main
 from inception_lab.sweep import resolve
 from tests.compare.conftest import simulated_sweeps
-from tests.conftest import one_error_line
+from tests.conftest import REPO, one_error_line
 
 RULE = ["--half-width", "1", "--seeds", "5", "--seeds-per-round", "2", "--max-seeds", "12", "--alpha", "0.05"]
 
@@ -59,6 +59,17 @@ def test_the_rule_keeps_its_error_rates_at_every_sd(capsys: pytest.CaptureFixtur
                                 "seeds"]
     assert [line.split()[:2] for line in table[2:]] == [["+0.00", "2.00"], ["+0.50", "2.00"], ["+1.00", "2.00"],
                                                         ["+1.50", "2.00"], ["+2.00", "2.00"]]
+
+
+def test_quiet_keeps_the_json_and_the_table(run_cli) -> None:
+    """--quiet (every command's): power's result stays on stdout, the JSON as the whole of it, the table less its
+    preamble; nothing on stderr."""
+    alone = run_cli("power", "--diff", "1", "--sd", "1", *RULE, "--sims", "50", "--json", "--quiet", cwd=REPO)
+    assert set(json.loads(alone.stdout)) == {"higher", "lower", "equal", "cannot_tell", "mean_seeds"}
+    assert len(alone.stdout.splitlines()) == 1 and alone.stderr == ""
+    table = run_cli("power", "--diff", "1", "--sd", "1", *RULE, "--sims", "50", "--quiet", cwd=REPO)
+    assert [line.split()[:2] for line in table.stdout.splitlines()] == [["diff", "sd"], ["+1.00", "1.00"]]
+    assert table.stderr == ""
 
 
 @pytest.mark.parametrize(("argv", "message"), [
