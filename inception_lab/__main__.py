@@ -25,14 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     from inception_lab.errors import UserError
     from inception_lab.run.files import disk_fault
 
-    command = args[0] if args and args[0] in (*COMMANDS, *LIGHTNING) else None
-    prefix = f"inception_lab {command}" if command else "inception_lab"
     restore = None
-    if "--quiet" in args:  # every command's: its result line alone (not the commands' own parsers': taken out here)
+    if "--quiet" in args:  # every command's, before or after its name: its result line alone (taken out here)
         args = [a for a in args if a != "--quiet"]
         if argv is None:  # what Lightning's launcher of the other DDP ranks reads
             sys.argv = [sys.argv[0], *args]
         argv, restore = args, console.quiet()
+    command = args[0] if args and args[0] in (*COMMANDS, *LIGHTNING) else None
+    prefix = f"inception_lab {command}" if command else "inception_lab"
     try:
         if command in COMMANDS:
             import importlib

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from inception_lab import slurm
 from inception_lab.cli import parse
+from inception_lab.console import result
 from inception_lab.errors import ArgumentParser, ArgumentValueError, UserError
 from inception_lab.models import format_table, googlenet, summarize
 from inception_lab.models.footprint import training_memory
@@ -42,7 +43,12 @@ def summary_main(argv: list[str] | None = None) -> int:
     except ArgumentValueError as error:
         raise UserError(f"--image-size {image_size}: {error.reason}") from None
     summary = summarize(net, image_size, in_channels)
-    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
+    if args.json:  # the JSON is the whole of stdout (under --quiet too)
+        result(json.dumps(summary, indent=2))
+        return 0
+    print(format_table(summary))
+    result(f"summary {args.config or f'--preset {preset}'}: {summary['total_params']:,} parameters, "
+           f"{summary['total_macs']:,} multiply-adds at {image_size}x{image_size}")
     return 0
 
 

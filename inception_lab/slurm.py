@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from inception_lab.console import result
 from inception_lab.errors import ArgumentParser, UserError
 
 REQUEUE_SIGNAL = "USR1@90"  # seconds before the time limit: time for Lightning to save and requeue
@@ -100,17 +101,17 @@ def sbatch_text(*, job_name: str, command: list[str], nodes: int = 1, tasks_per_
 def submit(path: Path, dry_run: bool) -> int:
     """Submits a job file with ``sbatch`` where there is one; otherwise says what to run."""
     if dry_run:
-        print(f"wrote {path}; dry run: nothing submitted (sbatch {path})")
+        result(f"wrote {path}; dry run: nothing submitted (sbatch {path})")
         return 0
     if shutil.which("sbatch") is None:
-        print(f"wrote {path}; no sbatch on this machine: submit it on the cluster with `sbatch {path}`")
+        result(f"wrote {path}; no sbatch on this machine: submit it on the cluster with `sbatch {path}`")
         return 0
     done = subprocess.run(["sbatch", str(path)], capture_output=True, text=True)
     if done.returncode != 0:
         said = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise UserError(f"sbatch {path}: {said.removeprefix('sbatch: error: ')}")
     job = re.search(r"(\d+)", done.stdout)
-    print(f"wrote {path}; submitted job {job.group(1) if job else done.stdout.strip()}")
+    result(f"wrote {path}; submitted job {job.group(1) if job else done.stdout.strip()}")
     return 0
 
 

@@ -162,7 +162,7 @@ def test_quiet_keeps_the_result_line_alone(tmp_path: Path, run_cli) -> None:
     """``--quiet``: a fit's stdout is its result line and its stderr empty (the processes it starts too); a refused
     command still says why in one line; an evaluation with no checkpoint named takes the run's best."""
     run_dir = tmp_path / "run"
-    proc = run_cli("fit", "--quiet", "--config", str(QUICKSTART), *short(batches=2, val_batches=1), "--run_dir",
+    proc = run_cli("--quiet", "fit", "--config", str(QUICKSTART), *short(batches=2, val_batches=1), "--run_dir",
                    str(run_dir), cwd=tmp_path)
     assert proc.stderr == "" and len(proc.stdout.splitlines()) == 1, proc.stdout + proc.stderr
     assert proc.stdout.startswith(f"fit finished: {run_dir}: val/acc_best ")

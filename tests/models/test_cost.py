@@ -129,3 +129,4 @@ def test_summary_names_the_inputs_the_network_takes(cli) -> None:
             f"inception_lab summary: error: --image-size {size}: must be in [31, {largest}]: ")
     code, out, _ = cli(["summary", "--image-size", "31"])
     assert code == 0 and "total" in out
+    assert out.strip().splitlines()[-1].startswith("summary --preset paper: ") and out.endswith(" at 31x31\n")
