@@ -63,28 +63,41 @@ _real: dict[str, TextIO] = {}  # under --quiet: the real stdout and stderr
 
 
 def quiet() -> Callable[[], None]:
-    """``--quiet``: this process's (and its children's) stdout and stderr to /dev/null, until the returned function
-    puts them back."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    """``--quiet``: this process's (and its children's) stdout and stderr to /dev/null, file descriptors and Python's
+    streams alike, until the returned function puts them back. :func:`result` and :func:`error_stream` keep the
+    streams as they were (a copy of the descriptor where a stream wrote to it; else the stream, e.g. a capture)."""
+    streams = sys.stdout, sys.stderr
+    for stream in streams:
+        stream.flush()
     saved = os.dup(1), os.dup(2)
-    _real.update(out=os.fdopen(os.dup(saved[0]), "w", buffering=1), err=os.fdopen(os.dup(saved[1]), "w", buffering=1))
+    opened = [os.fdopen(os.dup(copy), "w", buffering=1) if _writes_to(stream, fd) else None
+              for stream, fd, copy in zip(streams, (1, 2), saved)]
+    _real.update(out=opened[0] or streams[0], err=opened[1] or streams[1])
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     os.close(devnull)
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (closed by restore)
 
     def restore() -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        sys.stdout.close()
+        sys.stdout, sys.stderr = streams
         for fd, copy in zip((1, 2), saved):
             os.dup2(copy, fd)
             os.close(copy)
-        for stream in _real.values():
-            stream.close()
+        for stream in opened:
+            if stream is not None:
+                stream.close()
         _real.clear()
 
     return restore
+
+
+def _writes_to(stream: TextIO, fd: int) -> bool:
+    try:
+        return stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both: a capture, a StringIO
+        return False
 
 
 def result(line: str) -> None:

@@ -19,7 +19,7 @@ from inception_lab.data import DigitsDataModule
 from inception_lab.ensemble import ensemble, top_k_error
 from inception_lab.run.files import read_summary
 from inception_lab.run.predictions import Predictions, predictions_path
-from tests.conftest import DIST_ENV, QUICKSTART, REPO, SHORT, clean_env, one_error_line, probe_path
+from tests.conftest import DIST_ENV, QUICKSTART, REPO, SHORT, one_error_line
 
 CLASSES, IMAGES = 10, 200
 
@@ -147,16 +147,14 @@ def test_output_is_the_table_where_and_the_last_line(tmp_path: Path, cli) -> Non
     assert ignored.returncode == 0  # not a file for `git add`
 
 
-def test_quiet_prints_the_last_line_alone(tmp_path: Path) -> None:
+def test_quiet_prints_the_last_line_alone(tmp_path: Path, cli) -> None:
     """--quiet (every command's): where the table is and its headline figure, nothing else, on either stream."""
     runs = [tmp_path / f"seed{i}" for i in range(3)]
     for i, run in enumerate(runs):
         fake_run(run, seed=i)
-    command = ["ensemble", *map(str, runs), "--views", "flip", "--out", str(tmp_path / "t3"), "--quiet"]
-    done = subprocess.run([sys.executable, "-m", "inception_lab", *command], cwd=tmp_path, capture_output=True,
-                          env={**clean_env(), "PYTHONPATH": probe_path()}, text=True, timeout=120)  # fds 1, 2 sent away
-    assert done.returncode == 0 and done.stderr == "", done.stderr
-    assert done.stdout.splitlines() == printed(tmp_path / "t3")[-1:] != []
+    code, out, err = cli(["ensemble", *map(str, runs), "--views", "flip", "--out", str(tmp_path / "t3"), "--quiet"])
+    assert code == 0 and err == "", err
+    assert out.splitlines() == printed(tmp_path / "t3")[-1:] != []
 
 
 def test_flip_on_digits_is_noted_once_as_test_notes_it(tmp_path: Path, cli, capsys: pytest.CaptureFixture) -> None:

@@ -61,15 +61,15 @@ def test_the_rule_keeps_its_error_rates_at_every_sd(capsys: pytest.CaptureFixtur
                                                         ["+1.50", "2.00"], ["+2.00", "2.00"]]
 
 
-def test_quiet_keeps_the_json_and_the_table(run_cli) -> None:
+def test_quiet_keeps_the_json_and_the_table(cli) -> None:
     """--quiet (every command's): power's result stays on stdout, the JSON as the whole of it, the table less its
     preamble; nothing on stderr."""
-    alone = run_cli("power", "--diff", "1", "--sd", "1", *RULE, "--sims", "50", "--json", "--quiet", cwd=REPO)
-    assert set(json.loads(alone.stdout)) == {"higher", "lower", "equal", "cannot_tell", "mean_seeds"}
-    assert len(alone.stdout.splitlines()) == 1 and alone.stderr == ""
-    table = run_cli("power", "--diff", "1", "--sd", "1", *RULE, "--sims", "50", "--quiet", cwd=REPO)
-    assert [line.split()[:2] for line in table.stdout.splitlines()] == [["diff", "sd"], ["+1.00", "1.00"]]
-    assert table.stderr == ""
+    code, out, err = cli(["power", "--diff", "1", "--sd", "1", *RULE, "--sims", "50", "--json", "--quiet"], cwd=REPO)
+    assert code == 0 and set(json.loads(out)) == {"higher", "lower", "equal", "cannot_tell", "mean_seeds"}
+    assert len(out.splitlines()) == 1 and err == ""
+    code, out, err = cli(["power", "--diff", "1", "--sd", "1", *RULE, "--sims", "50", "--quiet"], cwd=REPO)
+    assert [line.split()[:2] for line in out.splitlines()] == [["diff", "sd"], ["+1.00", "1.00"]]
+    assert err == ""
 
 
 @pytest.mark.parametrize(("argv", "message"), [
