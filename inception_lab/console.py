@@ -20,16 +20,17 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-# (category, message at its start, why dropping it is safe)
+# (category, message at its start, why dropping it is safe, the variable under which it stays: None, never)
 WARNINGS = [
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-     "Lightning 2.6's own use of a torch API that torch 2.14 deprecates: nothing in this project or the user's code"),
+     "Lightning 2.6's own use of a torch API that torch 2.14 deprecates: nothing in this project or the user's code",
+     None),
     (UserWarning, r"The `srun` command is available on your system but is not used",
-     "Lightning says it wherever srun is installed; kept inside a SLURM job (SLURM_JOB_ID set), where a fit may "
-     "really run outside srun"),
+     "Lightning says it wherever srun is installed; kept inside a SLURM job, where a fit may really run outside srun",
+     "SLURM_JOB_ID"),
     (UserWarning, r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
      "an evaluation restores the network, not the fit's own training callbacks (ExactResume, RequeueOnSignal, the "
-     "checkpoints); a fit, resumed or not, always has them"),
+     "checkpoints); a fit, resumed or not, always has them", None),
 ]
 # Lightning's info lines (message at its start, why)
 LOG_LINES = [
@@ -49,10 +50,9 @@ class _DropLines(logging.Filter):
 
 def filter_noise() -> None:
     """Drop :data:`WARNINGS` and :data:`LOG_LINES` (whatever handlers the logging has)."""
-    for category, message, _ in WARNINGS:
-        if category is UserWarning and message.startswith("The `srun`") and os.environ.get("SLURM_JOB_ID"):
-            continue
-        warnings.filterwarnings("ignore", message=message, category=category)
+    for category, message, _, kept_under in WARNINGS:
+        if not (kept_under and os.environ.get(kept_under)):
+            warnings.filterwarnings("ignore", message=message, category=category)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):  # rank_zero_info's
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLines) for f in logger.filters):
