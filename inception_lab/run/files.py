@@ -322,7 +322,7 @@ def outcome(stage: str, run_dir: Path, ckpt: str | None = None) -> str:
     ``predict``: the checkpoint and the file written."""
     run = RunDir(run_dir)
     if stage == "predict":
-        rows = sum(1 for _ in open(run.predictions_csv())) - 1 if run.predictions_csv().is_file() else 0
+        rows = run.predictions_csv().read_text().count("\n") - 1 if run.predictions_csv().is_file() else 0
         return f"predict: {ckpt}: wrote {run.predictions_csv()} ({rows} rows)"
     if stage != "fit":
         record = RunSummary.load(run_dir, stage)
