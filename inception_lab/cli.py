@@ -31,6 +31,7 @@ from inception_lab.module import InceptionClassifier
 from inception_lab.run.config import (
     SUBCOMMANDS,
     RunConfigCallback,
+    add_run_arguments,
     check_checkpoint_network,
     command_line,
     option_values,
@@ -40,8 +41,8 @@ from inception_lab.run.config import (
 from inception_lab.run.files import STALE_S, flatten, outcome, read_summary
 from inception_lab.run.identity import variant
 from inception_lab.run.layout import RunDir
-from inception_lab.run.predictions import ProbabilityWriter
-from inception_lab.run.record import AtomicCheckpointIO, PredictionWriter, RunCSVLogger, RunRecord, checkpoint_callbacks
+from inception_lab.run.predictions import PredictionWriter, ProbabilityWriter
+from inception_lab.run.record import AtomicCheckpointIO, RunCSVLogger, RunRecord, checkpoint_callbacks, test_held_out
 from inception_lab.run.requeue import Requeued, RequeueOnSignal
 from inception_lab.run.resume import (
     RUN_NAME_ENV,
@@ -69,12 +70,7 @@ class InceptionCLI(LightningCLI):
                          save_config_kwargs={"overwrite": True, "save_to_log_dir": False}, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--experiment", type=str | None, default=None,
-                            help="experiment name (default: the first --config file's name)")
-        parser.add_argument("--run_name", type=str | None, default=None,
-                            help="run name (default: the run's variant, the seed and a timestamp)")
-        parser.add_argument("--run_dir", type=str | None, default=None,
-                            help="run directory (default: runs/<experiment>/<run_name>)")
+        add_run_arguments(parser)
         parser.add_class_arguments(WandbOptions, "wandb")
         for attr in LINKED:
             parser.link_arguments(f"data.{attr}", f"model.net.init_args.{attr}", apply_on="instantiate")
@@ -90,9 +86,8 @@ class InceptionCLI(LightningCLI):
         set_seed(self.config[self.subcommand] if self.subcommand else self.config)
 
     def _parse_ckpt_path(self) -> None:
-        """Off: Lightning's merged a checkpoint's hyperparameters over the command line's (``--model.*`` dropped).
-        Here they are the base config where no ``--config`` is given (``parse_arguments``), the command line wins, and
-        a fit's resume is checked against the run's ``config.yaml`` (``check_fit``), however the checkpoint is named."""
+        """Off: Lightning's merged a checkpoint's hyperparameters over the command line (``--model.*`` dropped). Here
+        they are the base config where no ``--config`` is given (``parse_arguments``) and the command line wins."""
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -112,11 +107,9 @@ class InceptionCLI(LightningCLI):
         """What makes this run differ from its experiment file (the first --config): summary.json's "variant",
         the run's name, its W&B tags, and what `compare` groups by. A run's own ``config.yaml`` as the first
         --config (repeating a run) starts from that run's variant."""
-        if not self.first_config or not Path(self.first_config).is_file():
+        if not self.first_config or not (first := Path(self.first_config)).is_file():
             return {}
-        prefix = [self.subcommand] if self.subcommand else []
-        experiment = self.parser.parse_args([*prefix, "--config", self.first_config])
-        first = Path(self.first_config)
+        experiment = self.parser.parse_args([*([self.subcommand] if self.subcommand else []), "--config", str(first)])
         base = read_summary(first.parent).get("variant", {}) if RunDir(first.parent).config() == first else {}
         return {**base, **variant(*(self._flat(c) for c in (self.config, experiment)))}
 
@@ -164,7 +157,8 @@ class InceptionCLI(LightningCLI):
                 wandb_run = wandb.version if self.subcommand in ("validate", "test", "predict") else None
             kwargs["logger"] = loggers
         callbacks.insert(record_at, RunRecord(run_dir, self.subcommand or "fit", seed=config.get("seed_everything"),
-                                              variant=self.variant, wandb_run=wandb_run))
+                                              variant=self.variant, wandb_run=wandb_run,
+                                              test_after_fit=bool(config.get("test_after_fit"))))
         kwargs.setdefault("default_root_dir", str(run_dir))
         if self.subcommand in (None, "fit"):
             callbacks += [ExactResume(), RequeueOnSignal()]  # SLURM's signal: save at a step's end, requeue
@@ -173,6 +167,10 @@ class InceptionCLI(LightningCLI):
                 if SLURMEnvironment.detect():  # RequeueOnSignal handles the signal, not Lightning's handler
                     kwargs["plugins"].append(SLURMEnvironment(auto_requeue=False))
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+
+
+    def after_fit(self) -> None:  # the held-out answer: the fit's best checkpoint by val top-1 on the test split
+        test_held_out(self.trainer, self.model, self.datamodule)
 
 
 class _ParseOnlyCLI(InceptionCLI):

@@ -37,7 +37,8 @@ def short(epochs: int | None = 1, batches: int = 6, val_batches: int = 2, wandb:
     ``batches`` training and ``val_batches`` validation batches (``epochs=None``: the test gives them);
     ``wandb=False`` starts no W&B run (else offline)."""
     return [*([] if epochs is None else [f"--trainer.max_epochs={epochs}"]), f"--trainer.limit_train_batches={batches}",
-            f"--trainer.limit_val_batches={val_batches}", *([] if wandb else ["--wandb.enabled=false"])]
+            f"--trainer.limit_val_batches={val_batches}", f"--trainer.limit_test_batches={val_batches}",
+            *([] if wandb else ["--wandb.enabled=false"])]
 
 
 SHORT = short()  # one small epoch of the quickstart

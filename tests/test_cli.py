@@ -44,11 +44,12 @@ def test_quickstart_fit_learns_and_its_checkpoint_stands_alone(tmp_path: Path, r
     run_dir = tmp_path / "run"
     proc = run_cli("fit", "--config", str(QUICKSTART), "--run_dir", str(run_dir), cwd=tmp_path)
     record = read_summary(run_dir)
-    assert record["status"] == "finished" and record["variant"] == {}
-    assert record["metrics"]["val/acc_best"] >= 0.97
+    assert record["status"] == "finished" and record["variant"] == {} and len(record["attempts"]) == 1
+    assert record["metrics"]["val/acc_best"] >= 0.97 and record["metrics"]["test/acc"] >= 0.95  # the held-out answer
     # what the user sees: the result last on stdout; on stderr Lightning's line on why the fit ended, no warning
     assert proc.stdout.strip().splitlines()[-1].startswith(
-        f"fit finished: {run_dir}: val/acc_best {record['metrics']['val/acc_best']:.4f}; 6 epochs in ")
+        f"fit finished: {run_dir}: val/acc_best {record['metrics']['val/acc_best']:.4f}, test/acc "
+        f"{record['metrics']['test/acc']:.4f}; 6 epochs in ")
     assert proc.stderr.splitlines() == ["`Trainer.fit` stopped: `max_epochs=6` reached."], proc.stderr
     assert record["metrics"]["val/acc_best"] == pytest.approx(max(val_curve(run_dir)))
     assert record["params"] > 0 and record["macs"] > 0 and record["throughput_img_per_s"] > 0
@@ -63,11 +64,19 @@ def test_quickstart_fit_learns_and_its_checkpoint_stands_alone(tmp_path: Path, r
     assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
     assert list((run_dir / "wandb").glob("offline-run-*"))  # synced later with `wandb sync`
 
+    # the fit's test pass evaluated its best checkpoint by val top-1: `test` of that checkpoint gives the same numbers
+    best = str(run_dir / record["best_checkpoint"])
+    assert record["best_checkpoint"].startswith("checkpoints/best-")
+    code, out, err = cli(["test", "--ckpt_path", best])
+    tested = read_summary(run_dir)["evaluations"]["test"]["metrics"]
+    assert code == 0 and tested["test/acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-6), out[-2000:]
+    assert read_summary(run_dir)["metrics"]["test/acc"] == record["metrics"]["test/acc"]  # the fit's own stays
+
     last = str(run_dir / "checkpoints/last.ckpt")
     code, out, err = cli(["test", "--ckpt_path", last])  # no --config: the checkpoint says it all
     record = read_summary(run_dir)  # test results land in the run the checkpoint came from
-    assert code == 0 and record["status"] == "finished" and record["metrics"]["test/acc"] >= 0.9, out[-2000:]
-    metrics = record["metrics"]
+    metrics = record["evaluations"]["test"]["metrics"]
+    assert code == 0 and record["status"] == "finished" and metrics["test/acc"] >= 0.9, out[-2000:]
     assert out.strip().splitlines()[-1] == (f"test: {last}: test/loss {metrics['test/loss']:.4f}, test/acc "
                                             f"{metrics['test/acc']:.4f}, test/acc_top5 {metrics['test/acc_top5']:.4f} "
                                             f"({run_dir / 'test-summary.json'})")
@@ -79,7 +88,7 @@ def test_quickstart_fit_learns_and_its_checkpoint_stands_alone(tmp_path: Path, r
         rows = list(csv.DictReader(f))
     assert len(rows) == 300 and list(rows[0]) == ["index", "label", "class", "probability", "top5"]
     hits = sum(r["label"] == r["class"] for r in rows) / len(rows)  # the true labels: predict's accuracy is test's
-    assert hits == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
+    assert hits == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert all(0 <= float(r["probability"]) <= 1 and len(r["top5"].split()) == 5 for r in rows)
 
     alone = subprocess.run([sys.executable, "-c", _LOAD_ALONE, last], cwd=tmp_path, env=clean_env(),

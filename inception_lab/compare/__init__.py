@@ -96,7 +96,10 @@ def compare(paths: list[Path], by: list[str] | None = None, baseline: list[str] 
     if not any(cell.values(metric) for cell in cell_list):
         recorded = {key for run in finished for key in run.summary.get("metrics", {}) if run.metric(key) is not None}
         known = ", ".join(sorted(recorded))
-        raise CompareError(f"--metric {metric}: no finished run records it (they record: {known or 'none'})")
+        hint = "" if metric != PRIMARY else ("; a fit records it at its end (--test_after_fit, the default): for runs "
+                                             "before that, `python -m inception_lab test --run_dir RUN` each, or "
+                                             "--metric val/acc_best")
+        raise CompareError(f"--metric {metric}: no finished run records it (they record: {known or 'none'}){hint}")
     family = judge(cell_list, base, metric, design)
     if out is None:  # <sweep dir>/report for one sweep directory, else ./report
         one_sweep = len(paths) == 1 and paths[0].is_dir() and not RunDir(paths[0]).summary().is_file()
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.alpha is not None and not 0 < args.alpha < 1:
         raise CompareError(f"--alpha {args.alpha}: expected a level in (0, 1), e.g. 0.05")
     if args.metric is not None and not args.metric.strip():
-        raise CompareError(f"--metric {args.metric!r}: expected a key of the runs' summary metrics, e.g. val/acc_best")
+        raise CompareError(f"--metric {args.metric!r}: expected a key of the runs' summary metrics, e.g. test/acc")
     result = compare(args.paths, args.by, args.baseline, args.out, args.wandb, metric=args.metric,
                      half_width=None if args.half_width is None else args.half_width / 100, alpha=args.alpha)
     print(result.table)

@@ -132,7 +132,10 @@ def tables_markdown(cell_list: list[Cell], by: list[str], family: Family) -> lis
 
 
 EFFECT = 0.005  # δ of a verdict's "equal within ±δ" (compare --half-width): 0.5 points, the size of the paper's claims
-METRIC_WORDS = {"val/acc_best": "val top-1 (`val/acc_best`: the best validation top-1 over a run's epochs)"}
+METRIC_WORDS = {"val/acc_best": "val top-1 (`val/acc_best`: the best validation top-1 over a run's epochs, on the "
+                                "split the fit selected its checkpoint by, so it is optimistic)",
+                "test/acc": "test top-1 (`test/acc`: the checkpoint each fit selected on val, tested at the fit's end "
+                            "on the test split, which nothing selected on)"}
 
 
 def _distinct(values: list[Any]) -> str:

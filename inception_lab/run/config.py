@@ -32,6 +32,19 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 SEED_MAX = 2**32 - 1
 
 
+def add_run_arguments(parser: Any) -> None:
+    """The run's own options on every command's parser: which run directory it writes, and the fit's test pass."""
+    parser.add_argument("--experiment", type=str | None, default=None,
+                        help="experiment name (default: the first --config file's name)")
+    parser.add_argument("--run_name", type=str | None, default=None,
+                        help="run name (default: the run's variant, the seed and a timestamp)")
+    parser.add_argument("--run_dir", type=str | None, default=None,
+                        help="run directory (default: runs/<experiment>/<run_name>)")
+    parser.add_argument("--test_after_fit", type=bool, default=True,
+                        help="fit: then test its best checkpoint by val top-1 on the test split, recording test/* in "
+                             "summary.json (the held-out answer compare judges by); false: don't look at test yet")
+
+
 def option_values(argv: list[str], *names: str) -> list[str]:
     """The values of an option in a command line, in order (``--name value`` and ``--name=value``)."""
     values = []

@@ -218,10 +218,10 @@ class RunSummary:
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
     """A run's record as its readers see it (sweeps, ``compare``, ``ensemble``, the README's one-liners): the fit's
-    ``summary.json``, with each evaluation's metrics added under ``metrics`` (``test/*``, ``validate/*``) and its
-    record under ``evaluations``; a fit whose process is gone without ending has status "killed". {} when there is no
-    record (yet); no status where only evaluations wrote there; status "unreadable" (and ``error``) when summary.json
-    cannot be read."""
+    ``summary.json``, with each evaluation's metrics added under ``metrics`` (``test/*``, ``validate/*``; a key the
+    fit recorded itself, such as its test pass's test/acc, stays the fit's) and its record under ``evaluations``; a
+    fit whose process is gone without ending has status "killed". {} when there is no record (yet); no status where
+    only evaluations wrote there; status "unreadable" (and ``error``) when summary.json cannot be read."""
     try:
         fit = RunSummary.load(run_dir)
     except ValueError as error:
@@ -238,7 +238,8 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
             evaluations[stage] = evaluation.as_dict()
             if evaluation.status == "running" and (gone := fit_gone(run_dir, evaluation)):
                 evaluations[stage].update(status="killed", error=gone)
-            record["metrics"].update(evaluation.metrics)
+            own = fit.metrics if fit is not None else {}  # the fit's test/* (its held-out answer) stay the fit's
+            record["metrics"].update({k: v for k, v in evaluation.metrics.items() if k not in own})
     if evaluations:
         record["evaluations"] = evaluations
     if fit is None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
 from inception_lab.run.files import write_atomic
@@ -113,3 +114,44 @@ class ProbabilityWriter(Callback):
     def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
         self._collect(outputs, batch)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """``predict`` writes ``<run dir>/predictions.csv``: index, the true label (empty where the data has none),
+    predicted class, its probability, top-5 classes."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(write_interval="epoch")
+        self.run = RunDir(run_dir)
+        self.labels: list[torch.Tensor] = []
+
+    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.labels = []
+
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        if isinstance(batch, (tuple, list)) and len(batch) > 1 and isinstance(batch[1], torch.Tensor):
+            self.labels.append(batch[1].detach())  # on the device until the epoch's end: no sync per step
+        super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any,
+                           batch_indices: Any) -> None:
+        probs = torch.cat(_leaves(predictions)).float().cpu()
+        indices = _leaves(batch_indices)
+        if len(indices) != len(probs):
+            indices = list(range(len(probs)))
+        labels = torch.cat(self.labels).tolist() if self.labels else []
+        labels = labels if len(labels) == len(probs) else [""] * len(probs)
+        top = probs.topk(min(5, probs.shape[1]), dim=1)
+        lines = ["index,label,class,probability,top5\n"]
+        lines += [f"{i},{y},{int(c[0])},{float(p[0]):.6f},{' '.join(map(str, c.tolist()))}\n"
+                  for i, y, p, c in zip(indices, labels, top.values, top.indices)]
+        rank = None if trainer.world_size == 1 else trainer.global_rank
+        write_atomic(self.run.predictions_csv(rank), "".join(lines))
+
+
+def _leaves(tree: Any) -> list:
+    """Tensors or ints out of Lightning's nested per-dataloader, per-batch lists."""
+    if isinstance(tree, (torch.Tensor, int)):
+        return [tree]
+    return [leaf for item in (tree or []) for leaf in _leaves(item)]

@@ -1,5 +1,6 @@
 """The writers of a run's record (rank 0, atomically): ``summary.json`` (the fit's), ``<stage>-summary.json`` (an
-evaluation's), the metrics files, checkpoints and ``predictions.csv``. Who writes what: :mod:`inception_lab.run.files`.
+evaluation's), the metrics files and checkpoints (``predictions.csv``: :mod:`inception_lab.run.predictions`).
+Who writes what: :mod:`inception_lab.run.files`.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import math
 import os
 import platform
@@ -23,7 +25,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -69,9 +71,12 @@ class RunRecord(Callback):
     """
 
     def __init__(self, run_dir: Path, subcommand: str = "fit", seed: int | None = None,
-                 variant: dict[str, Any] | None = None, wandb_run: str | None = None) -> None:
+                 variant: dict[str, Any] | None = None, wandb_run: str | None = None,
+                 test_after_fit: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.stage = subcommand
+        self.test_after_fit = test_after_fit and subcommand == "fit"
+        self.held_out: str | None = None  # the checkpoint the fit's test pass evaluates (set at the fit's end)
         self.seed = seed
         self.variant = variant or {}
         self.record = RunSummary()
@@ -86,6 +91,10 @@ class RunRecord(Callback):
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.held_out and stage == "test":  # the fit's own test pass: the fit's record, its attempt still open
+            if trainer.is_global_zero:
+                self._start_heartbeat()
+            return
         if not trainer.is_global_zero:
             return
         self._start = time.perf_counter()
@@ -158,10 +167,18 @@ class RunRecord(Callback):
                                step=trainer.global_step)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._finish(trainer, "finished")
+        """Finished, or (``test_after_fit``, every rank alike) still running until the best checkpoint by val top-1
+        has been evaluated on the test split: the held-out answer, ``test/*`` in the fit's metrics."""
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks
+                     if getattr(c, "monitor", None) == "val/acc" and c.best_model_path), None)
+        self.held_out = best if self.test_after_fit else None
+        if self.held_out is None:
+            self._finish(trainer, "finished")
+        else:
+            self._write(trainer)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.stage == "test":
+        if self.stage == "test" or self.held_out:
             self._finish(trainer, "finished")
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -225,7 +242,7 @@ class RunRecord(Callback):
 
     # ---- writing ------------------------------------------------------------------------------------------------
     def _collect(self, trainer: Trainer) -> None:
-        prefixes = ("val/", "train/") if self.stage == "fit" else ("val/", "test/")
+        prefixes = ("val/", "train/", "test/") if self.stage == "fit" else ("val/", "test/")
         for key, value in trainer.callback_metrics.items():
             if key.startswith(prefixes) and key != "train/loss_total":
                 value = float(value)
@@ -282,6 +299,22 @@ class RunRecord(Callback):
         return round(earlier + time.perf_counter() - self._start, 2)
 
 
+def test_held_out(trainer: Trainer, model: LightningModule, datamodule: Any) -> None:
+    """After a fit (``--test_after_fit``, the default): its best checkpoint by val top-1 evaluated on the test split,
+    which the fit never selects on; :class:`RunRecord` records ``test/*`` in the fit's summary.json and then finishes
+    it. A fit with no best checkpoint (no validation ran) has no held-out answer."""
+    held_out = next((c.held_out for c in trainer.callbacks if isinstance(c, RunRecord)), None)
+    if not held_out:
+        return
+    info = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "Restoring states from ...": not a resume
+    level = info.level
+    info.setLevel(logging.WARNING)
+    try:
+        trainer.test(model, datamodule=datamodule, ckpt_path=held_out, verbose=False, weights_only=True)
+    finally:
+        info.setLevel(level)
+
+
 def manifest(trainer: Trainer) -> dict[str, Any]:
     """What produced a run: the code's git commit and whether its tree was dirty, the versions of the libraries and
     the project, the host, the devices and the command line."""
@@ -333,47 +366,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         write_atomic(Path(path), buffer.getbuffer())
-
-
-class PredictionWriter(BasePredictionWriter):
-    """``predict`` writes ``<run dir>/predictions.csv``: index, the true label (empty where the data has none),
-    predicted class, its probability, top-5 classes."""
-
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(write_interval="epoch")
-        self.run = RunDir(run_dir)
-        self.labels: list[torch.Tensor] = []
-
-    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.labels = []
-
-    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                             batch_idx: int, dataloader_idx: int = 0) -> None:
-        if isinstance(batch, (tuple, list)) and len(batch) > 1 and isinstance(batch[1], torch.Tensor):
-            self.labels.append(batch[1].detach())  # on the device until the epoch's end: no sync per step
-        super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
-
-    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any,
-                           batch_indices: Any) -> None:
-        probs = torch.cat(_leaves(predictions)).float().cpu()
-        indices = _leaves(batch_indices)
-        if len(indices) != len(probs):
-            indices = list(range(len(probs)))
-        labels = torch.cat(self.labels).tolist() if self.labels else []
-        labels = labels if len(labels) == len(probs) else [""] * len(probs)
-        top = probs.topk(min(5, probs.shape[1]), dim=1)
-        lines = ["index,label,class,probability,top5\n"]
-        lines += [f"{i},{y},{int(c[0])},{float(p[0]):.6f},{' '.join(map(str, c.tolist()))}\n"
-                  for i, y, p, c in zip(indices, labels, top.values, top.indices)]
-        rank = None if trainer.world_size == 1 else trainer.global_rank
-        write_atomic(self.run.predictions_csv(rank), "".join(lines))
-
-
-def _leaves(tree: Any) -> list:
-    """Tensors or ints out of Lightning's nested per-dataloader, per-batch lists."""
-    if isinstance(tree, (torch.Tensor, int)):
-        return [tree]
-    return [leaf for item in (tree or []) for leaf in _leaves(item)]
 
 
 class _RunMetricsWriter(ExperimentWriter):

@@ -31,6 +31,7 @@ from inception_lab.sweep.spec import Sweep, SweepError, Trial, load_sweep
 
 SEED = "seed_everything"
 DONE = ("finished", "failed", "stopped")  # a trial that will not change any more
+LEGACY_METRIC = "val/acc_best"  # what a sweep grown before the rule kept its metric was judged by
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class Rule:
     alpha: float = 0.05
     step: int = 2  # seeds added to a cell per round
     metric: str = PRIMARY  # the run summary's key a cell is judged by
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Rule:
+        """A rule as state.json keeps it; one written before ``metric`` was kept judged ``LEGACY_METRIC``."""
+        return cls(**{"metric": LEGACY_METRIC, **{k: v for k, v in data.items() if k in cls.__dataclass_fields__}})
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,8 +77,7 @@ def recorded(directory: Path) -> Rule | None:
                          "unknown; `python -m inception_lab sweep <its sweep file> --out "
                          f"{directory} --repair` puts it back") from None
     rule = data.get("until_resolved") if isinstance(data, dict) else None
-    known = Rule.__dataclass_fields__
-    return Rule(**{k: v for k, v in rule.items() if k in known}) if isinstance(rule, dict) else None
+    return Rule.from_json(rule) if isinstance(rule, dict) else None
 
 
 def recorded_design(directory: Path) -> tuple[Rule, Design] | None:

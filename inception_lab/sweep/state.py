@@ -145,7 +145,7 @@ class State:
         if data.get("until_resolved") is not None and self.rule is None:
             from inception_lab.sweep.resolve import Rule
 
-            self.rule = Rule(**data["until_resolved"])
+            self.rule = Rule.from_json(data["until_resolved"])
         known = {t.name: t for t in self.trials}
         trials = []
         for entry in data.get("trials", []):

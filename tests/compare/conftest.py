@@ -106,7 +106,7 @@ def pct(values: list[float]) -> str:
 
 
 def run(seed: int, acc: float) -> Run:
-    return Run(f"r{seed}", "finished", {}, {"seed": seed, "metrics": {"val/acc_best": acc}})
+    return Run(f"r{seed}", "finished", {}, {"seed": seed, "metrics": {"val/acc_best": acc + 0.01, "test/acc": acc}})
 
 
 def write_variants(root: Path, own: dict[str, Any] | None = None) -> dict[str, Path]:
@@ -139,7 +139,7 @@ def simulated_sweeps(tmp_path: Path, diff: float, sd: float, rule: resolve.Rule,
                       for x in (0, 1) for s in range(n)]
             records = {t.name: Run(t.name, "finished", dict(t.values), {
                 "seed": t.values["seed_everything"], "variant": {"x": 1} if t.values["x"] else {},
-                "metrics": {"val/acc_best": 0.9 + (row[t.values["seed_everything"]] if t.values["x"] else 0.0)}})
+                "metrics": {rule.metric: 0.9 + (row[t.values["seed_everything"]] if t.values["x"] else 0.0)}})
                 for t in trials}
             said = next(j for j in resolve.judge_runs(sweep, trials, records, rule) if not j.baseline).verdict
             if said.resolved or n == looks[-1]:

@@ -38,7 +38,7 @@ def test_main_prints_the_table_and_writes_into_the_sweep_dir(sweep_dir: Path, cl
 def test_the_last_line_is_where_the_report_is_and_its_verdicts(sweep_dir: Path, tmp_path: Path, cli) -> None:
     """compare's last stdout line: the report, its cells and how many differ from the baseline; --quiet keeps it alone
     (and nothing on stderr)."""
-    line = (f"compare: {tmp_path / 'out' / 'report.html'}: 2 cells; against the baseline head=gap on val top-1: "
+    line = (f"compare: {tmp_path / 'out' / 'report.html'}: 2 cells; against the baseline head=gap on test top-1: "
             "0 higher, 0 lower, 0 equal within ±0.5 points, 1 cannot tell")
     code, out, _ = cli(["compare", str(sweep_dir), "--out", str(tmp_path / "out")])
     assert code == 0 and out.splitlines()[-1] == line and "head=fc" in out  # after the table
@@ -58,7 +58,7 @@ def test_the_last_line_is_where_the_report_is_and_its_verdicts(sweep_dir: Path, 
         ("ok", ["--baseline", "head=mlp"], "no cell has that value (cells: head=gap; head=fc)"),  # sweep.yaml order
         ("unfinished", [], "no finished runs among 2 (statuses: failed, running)"),
         ("ok", ["--wandb", "me/project"], "expected ENTITY/PROJECT/SWEEP_ID"),
-        ("ok", ["--metric", " "], "--metric ' ': expected a key of the runs' summary metrics, e.g. val/acc_best"),
+        ("ok", ["--metric", " "], "--metric ' ': expected a key of the runs' summary metrics, e.g. test/acc"),
         ("ok", ["--alpha", "0"], "--alpha 0.0: expected a level in (0, 1), e.g. 0.05"),
         ("ok", ["--metric", "val/acc_bset"], "--metric val/acc_bset: no finished run records it (they record: "
                                              "test/acc, test/acc_top5, test/loss, val/acc, val/acc_best, val/acc_top5, "
@@ -156,3 +156,16 @@ def test_real_sweep_compared(tmp_path: Path, run_cli) -> None:
         assert len(values) == 2
         mean, std = statistics.fmean(values), statistics.stdev(values)
         assert f"| head={head}{' (baseline)' if head == 'gap' else ''} | 2 | {100 * mean:.2f} ± {100 * std:.2f} |" in md
+
+
+def test_a_sweep_grown_before_the_rule_kept_its_metric_is_judged_by_val(tmp_path: Path) -> None:
+    """An --until-resolved sweep directory whose state.json predates ``metric`` in its rule grew its cells on
+    val/acc_best: compare and a resumed sweep judge it so, not by today's default (test/acc)."""
+    from inception_lab.compare.cells import PRIMARY
+    from inception_lab.sweep.resolve import recorded
+
+    rule = {"half_width": 0.01, "max_seeds": 12, "alpha": 0.05, "step": 2}
+    (tmp_path / "state.json").write_text(json.dumps({"trials": [], "until_resolved": rule}))
+    assert PRIMARY == "test/acc" and recorded(tmp_path).metric == "val/acc_best"
+    (tmp_path / "state.json").write_text(json.dumps({"trials": [], "until_resolved": {**rule, "metric": "test/acc"}}))
+    assert recorded(tmp_path).metric == "test/acc"

@@ -88,20 +88,21 @@ def test_report_names_the_sweep_metric_protocol_and_when(sweep_dir: Path, tmp_pa
     compare([sweep_dir], out=tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     lines = md.splitlines()
-    assert lines[0] == "# heads.digits: val top-1 by head"  # the sweep, not the experiment
+    assert lines[0] == "# heads.digits: test top-1 by head"  # the sweep, not the experiment
     assert f"- Sweep: `heads.digits` (`{sweep_dir}`): gap vs fc x 2 seeds" in lines
-    assert "- Metric: val top-1 (`val/acc_best`: the best validation top-1 over a run's epochs), in %" in md
+    assert ("- Metric: test top-1 (`test/acc`: the checkpoint each fit selected on val, tested at the fit's end on the "
+            "test split, which nothing selected on), in %") in md
     assert ("- Protocol: experiment `quickstart`; 3 epochs; seeds 0, 1; data DigitsDataModule (batch_size 64, "
             "image_size 32, val_size 300, test_size 300).") in lines
     assert "- Ran: 2026-11-27 17:20 to 2026-11-27 17:33 UTC; 0.8 min of fits over 4 runs." in lines  # 4 x 12.5 s
     page = (tmp_path / "out" / "report.html").read_text()
-    assert "<title>heads.digits: val top-1 by head</title>" in page and "<li>Protocol: experiment" in page
+    assert "<title>heads.digits: test top-1 by head</title>" in page and "<li>Protocol: experiment" in page
 
     # without a sweep file: the run directories are named
     runs = sorted((sweep_dir / "runs").glob("[fg]*-seed=[01]"))
     compare(runs, out=tmp_path / "dirs")
     md = (tmp_path / "dirs" / "report.md").read_text()
-    assert md.startswith("# runs of quickstart: val top-1 by head\n") and f"- Run directories: `{runs[0]}`" in md
+    assert md.startswith("# runs of quickstart: test top-1 by head\n") and f"- Run directories: `{runs[0]}`" in md
 
 
 def test_a_verdict_per_cell_in_words(sweep_dir: Path, tmp_path: Path) -> None:
@@ -139,7 +140,7 @@ def test_a_verdict_per_cell_in_words(sweep_dir: Path, tmp_path: Path) -> None:
                              f"or more at 0.05 (TOST's interval [-0.05, +0.07] lies inside ±0.5; p = {p:.3g}).")
 
     page = (tmp_path / "out" / "report.html").read_text()  # report.md rendered: bold, code spans, tables
-    assert "<strong>cannot tell</strong> at n = 2" in page and "<code>val/acc_best</code>" in page
+    assert "<strong>cannot tell</strong> at n = 2" in page and "<code>test/acc</code>" in page
     assert "`" not in page and "**" not in page and page.count("<table>") == 2
 
 
@@ -180,13 +181,13 @@ def test_report_json_holds_each_cell_and_its_verdict(sweep_dir: Path, tmp_path: 
 
     compare([sweep_dir], out=tmp_path / "out")
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert (report["metric"], report["alpha"], report["half_width"], report["looks"]) == ("val/acc_best", 0.05,
+    assert (report["metric"], report["alpha"], report["half_width"], report["looks"]) == ("test/acc", 0.05,
                                                                                           0.005, None)
     assert report["baseline"] == "head=gap" and [c["cell"] for c in report["cells"]] == ["head=gap", "head=fc"]
     for cell in report["cells"]:
         head = cell["values"][HEAD]
         own = summaries(sweep_dir, head)
-        values = [s["metrics"]["val/acc_best"] for s in own]
+        values = [s["metrics"]["test/acc"] for s in own]
         assert sorted(cell["runs"]) == sorted(s["run_name"] for s in own) and cell["n"] == 2
         assert (cell["mean"], cell["std"]) == pytest.approx((statistics.fmean(values), statistics.stdev(values)))
         assert cell["baseline"] == (head == "gap") and ("against_baseline" in cell) == (head == "fc")
@@ -201,8 +202,9 @@ def test_report_json_holds_each_cell_and_its_verdict(sweep_dir: Path, tmp_path: 
 
 
 def test_the_metric_judged_is_a_parameter(sweep_dir: Path, tmp_path: Path) -> None:
-    """--metric test/acc: the verdicts, the table's Δ column, the header and report.json judge test/acc, where the
-    runs' val and test accuracies disagree (fc is lower on val, higher on test)."""
+    """The default, test/acc (the held-out answer), and --metric val/acc_best: the verdicts, the table's Δ column,
+    the header and report.json judge the metric named, where the runs' val and test accuracies disagree (fc is lower
+    on val, higher on test)."""
     for path in (sweep_dir / "runs").glob("*/summary.json"):
         summary = RunSummary.load(path.parent)
         assert summary is not None
@@ -210,16 +212,17 @@ def test_the_metric_judged_is_a_parameter(sweep_dir: Path, tmp_path: Path) -> No
             summary.metrics["test/acc"] = {"fc": 0.95, "gap": 0.90}[summary.run_name.split("-")[0]] + (
                 0.001 * (summary.seed or 0))
             summary.save(path.parent)
-    result = compare([sweep_dir], out=tmp_path / "out", metric="test/acc")
+    result = compare([sweep_dir], out=tmp_path / "out")
     assert result.family.metric == "test/acc"
     said = result.family.judged[0].verdict
     assert said.word == "higher" and said.diff is not None and said.diff.diff == pytest.approx(0.05)
     md = (tmp_path / "out" / "report.md").read_text()
     assert md.startswith("# ") and "test top-1 by head" in md.splitlines()[0]
-    assert "- Metric: `test/acc`, in %; higher is better." in md and "Δ test top-1 vs baseline [95% CI]" in md
+    assert "- Metric: test top-1 (`test/acc`: " in md and "Δ test top-1 vs baseline [95% CI]" in md
     assert json.loads((tmp_path / "out" / "report.json").read_text())["metric"] == "test/acc"
-    val = compare([sweep_dir], out=tmp_path / "val")  # the default: val/acc_best, on which fc is lower
+    val = compare([sweep_dir], out=tmp_path / "val", metric="val/acc_best")  # on which fc is lower
     assert val.family.metric == "val/acc_best" and val.family.judged[0].verdict.diff.diff == pytest.approx(-0.045)
+    assert "- Metric: val top-1 (`val/acc_best`: " in (tmp_path / "val" / "report.md").read_text()
 
 
 def _one_epoch_cells() -> list[Cell]:
@@ -227,7 +230,8 @@ def _one_epoch_cells() -> list[Cell]:
     against the first, and a fourth higher."""
     accs = {"a": (0.90, 0.92, 0.91), "b": (0.85, 0.88, 0.86), "c": (0.9005, 0.9198, 0.9101), "d": (0.95, 0.96, 0.955)}
     return [Cell((name,), [Run(f"{name}{s}", "finished", {}, {"seed": s, "macs": 2e6, "metrics": {
-        "val/acc_best": acc}}, curve={0: acc}) for s, acc in enumerate(values)]) for name, values in accs.items()]
+        "val/acc_best": acc, "test/acc": acc}}, curve={0: acc}) for s, acc in enumerate(values)])
+        for name, values in accs.items()]
 
 
 def test_report_html_is_the_markdown_rendered(tmp_path: Path) -> None:

@@ -22,10 +22,10 @@ def test_wandb_workspace_and_report_built_offline() -> None:
     assert "Sweep" in str(workspace.runset_settings.filters) and "abc123" in str(workspace.runset_settings.filters)
     panels = workspace.sections[0].panels
     titles = [p.title for p in panels]
-    assert titles[:3] == ["val/acc_best per cell", "accuracy against compute", "val top-1 per epoch"]
-    assert panels[0].metrics == ["val/acc_best"] and panels[0].groupby_rangefunc == "stddev"
-    assert panels[1].x.name == "macs" and panels[1].y.name == "val/acc_best"
-    assert [c.metric.name for c in panels[3].columns] == [*keys, "val/acc_best"]
+    assert titles[:3] == ["test/acc per cell", "accuracy against compute", "val top-1 per epoch"]
+    assert panels[0].metrics == ["test/acc"] and panels[0].groupby_rangefunc == "stddev"
+    assert panels[1].x.name == "macs" and panels[1].y.name == "test/acc"
+    assert [c.metric.name for c in panels[3].columns] == [*keys, "test/acc"]
 
     report = build_report("me", "inception-lab", "abc123", keys, "| cell | n |\n|---|---|\n| head=gap | 2 |")
     assert report.project == "inception-lab" and "| head=gap | 2 |" in report.blocks[1].text

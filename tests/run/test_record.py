@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from inception_lab.run.files import read_summary
+from inception_lab.run.files import read_metrics, read_summary
 from tests.conftest import QUICKSTART, clean_env, short
 
 
@@ -60,7 +60,7 @@ def test_test_during_the_fit_adds_its_metrics_and_changes_nothing_of_the_fits(tm
     in one attempt, and the run's record has the test's metrics beside the fit's (each process its own file)."""
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "inception_lab", "fit", "--config", str(QUICKSTART),
-                             *short(epochs=3, batches=4), "--run_dir", str(run_dir)],
+                             *short(epochs=3, batches=4), "--test_after_fit=false", "--run_dir", str(run_dir)],
                             cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -80,6 +80,27 @@ def test_test_during_the_fit_adds_its_metrics_and_changes_nothing_of_the_fits(tm
     assert record["status"] == "finished" and "error" not in record
     assert [(a["status"], a["epochs"]) for a in record["attempts"]] == [("finished", 3)]
     assert {"val/acc", "val/acc_best", "test/acc", "test/loss"} <= set(record["metrics"])
-    fit_only = json.loads((run_dir / "summary.json").read_text())
+    fit_only = json.loads((run_dir / "summary.json").read_text())  # --test_after_fit=false: the fit tested nothing
     assert not [k for k in fit_only["metrics"] if k.startswith("test/")]
     assert record["evaluations"]["test"]["status"] == "finished"
+
+
+def test_a_fit_tests_its_best_checkpoint_at_its_end(tmp_path: Path, cli) -> None:
+    """``--test_after_fit`` (the default): the fit's best checkpoint by val top-1, tested on the test split at the
+    fit's end, is the fit's held-out answer: test/* in its own summary.json (one attempt, finished after the test,
+    the best checkpoint named) and a row of metrics.csv; ``test`` of that checkpoint gives the same numbers."""
+    run_dir = tmp_path / "run"
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), *short(epochs=2, batches=2, val_batches=1, wandb=False),
+                        "--run_dir", str(run_dir)])
+    assert code == 0, err[-3000:]
+    fit = json.loads((run_dir / "summary.json").read_text())
+    assert fit["status"] == "finished" and [(a["status"], a["epochs"]) for a in fit["attempts"]] == [("finished", 2)]
+    assert {"test/acc", "test/loss", "test/acc_top5", "val/acc_best"} <= set(fit["metrics"])
+    tested = [row for row in read_metrics(run_dir / "metrics.csv") if "test/acc" in row]
+    assert [row["test/acc"] for row in tested] == [pytest.approx(fit["metrics"]["test/acc"])]
+    best = run_dir / fit["best_checkpoint"]
+    code, _, err = cli(["test", "--ckpt_path", str(best), "--trainer.limit_test_batches=1"])
+    assert code == 0, err[-3000:]
+    again = read_summary(run_dir)["evaluations"]["test"]["metrics"]
+    assert {k: again[k] for k in ("test/acc", "test/loss")} == pytest.approx(
+        {k: fit["metrics"][k] for k in ("test/acc", "test/loss")}, abs=1e-6)
