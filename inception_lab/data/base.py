@@ -333,8 +333,17 @@ def check_split(n: int, sizes: dict[str, int]) -> None:
                                  **sizes)
 
 
-def split_indices(n: int, sizes: dict[str, int], seed: int) -> list[Tensor]:
-    """A seeded permutation of ``range(n)`` cut into ``sizes`` (named by their argument names) and the rest (last)."""
+def split_indices(n: int, sizes: dict[str, int], seed: int | None) -> list[Tensor]:
+    """A seeded permutation of ``range(n)`` cut into ``sizes`` (named by their argument names) and the rest (last).
+    ``seed`` None (``split_seed: null``): the run's seed, so that the split varies with it as the weights, the data
+    order and the augmentation do (Bouthillier et al. 2021); Lightning keeps it in ``PL_GLOBAL_SEED``, in every DDP
+    process too."""
     check_split(n, sizes)
+    if seed is None:
+        if not os.environ.get("PL_GLOBAL_SEED", "").isdigit():
+            raise ArgumentValueError(ImageDataModule, "null follows the run's seed, and this run has none "
+                                     "(seed_everything: false): give seed_everything a seed, or split_seed one",
+                                     split_seed=...)
+        seed = int(os.environ["PL_GLOBAL_SEED"])
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return list(perm.split([*sizes.values(), n - sum(sizes.values())]))

@@ -30,6 +30,7 @@ class CIFARDataModule(ImageDataModule):
         root: the directory holding ``cifar-10-batches-py/`` or ``cifar-100-python/`` (torchvision's layout).
         download: fetch the archive (about 170 MB) into ``root`` when missing.
         val_size: training images held out for validation.
+        split_seed: the seed of that hold-out (``null``: the run's seed, so that seeds vary the split too).
         resident: keep the whole dataset (150 MB of uint8 for train + val + test) on the training device and gather
             batches there: no loader workers, no copy per step. ``false``: a DataLoader with ``num_workers``.
     """
@@ -41,7 +42,7 @@ class CIFARDataModule(ImageDataModule):
 
     def __init__(self, dataset: Literal["cifar10", "cifar100"] = "cifar10", root: str = "data", download: bool = False,
                  batch_size: PositiveInt = 128, num_workers: NonNegativeInt = 0, val_size: PositiveInt = 5000,
-                 split_seed: int = 0, test_views: TestViews = "single", resident: bool = True) -> None:
+                 split_seed: int | None = 0, test_views: TestViews = "single", resident: bool = True) -> None:
         check_arguments(CIFARDataModule, locals())
         check_split(TRAIN_IMAGES, {"val_size": val_size})
         super().__init__(batch_size, num_workers, test_views, resident)

@@ -18,8 +18,9 @@ DIGITS = 1797  # images in load_digits()
 class DigitsDataModule(ImageDataModule):
     """1,797 handwritten digits (UCI, via ``sklearn.datasets.load_digits``), 10 classes, upsampled to 32x32.
 
-    A fixed seeded split: ``test_size`` test, ``val_size`` val, the rest (1,197 by default) train. Augmentation:
-    random crops after ``pad`` pixels of padding; no flips (a mirrored digit is another symbol). Needs no network.
+    A seeded split: ``test_size`` test, ``val_size`` val, the rest (1,197 by default) train, fixed by ``split_seed``
+    (``null``: the run's seed, so that seeds vary the split too). Augmentation: random crops after ``pad`` pixels of
+    padding; no flips (a mirrored digit is another symbol). Needs no network.
     ``resident`` (default): the whole set lives on the training device (see ``ImageDataModule``).
     """
 
@@ -36,7 +37,7 @@ class DigitsDataModule(ImageDataModule):
 
     def __init__(self, batch_size: PositiveInt = 64, num_workers: NonNegativeInt = 0, image_size: PositiveInt = 32,
                  val_size: PositiveInt = 300, test_size: PositiveInt = 300, pad: NonNegativeInt = 2,
-                 split_seed: int = 0, test_views: TestViews = "single", resident: bool = True) -> None:
+                 split_seed: int | None = 0, test_views: TestViews = "single", resident: bool = True) -> None:
         check_arguments(DigitsDataModule, locals())
         check_split(DIGITS, {"test_size": test_size, "val_size": val_size})
         super().__init__(batch_size, num_workers, test_views, resident)

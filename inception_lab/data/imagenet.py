@@ -235,15 +235,16 @@ class ImageNetDataModule(ImageDataModule):
     """ImageNet: ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (torchvision ``ImageFolder``), or
     torchvision's ``ImageNet`` layout when ``root`` holds its devkit (``meta.bin`` / ``ILSVRC2012_devkit_t12.tar.gz``).
 
-    ``val_size`` training images (seeded) are held out for validation; the official ``val/`` set is the test split.
-    Training: the paper's augmentation (Section 6): the loader workers decode (:func:`load_image`), take crops of
-    8%-100% of the area with aspect ratio 3/4-4/3 resized to ``image_size`` and flip them (:func:`train_crop`), and
-    hand over uint8 batches (a quarter of float's bytes over PCIe); the photometric distortions (``color_jitter``,
-    drawn per image: :func:`color_jitter`), the float conversion and the normalization run on the training device,
-    on the batch. Evaluation: resize to ``eval_resize``, center crop ``image_size``, cut in the workers as uint8 and
-    normalized on the device; ``test_views``: ``ten_crop`` for the one-scale 10-crop protocol, ``multi144`` for the
-    paper's 144 crops (Section 7; ``inception_lab.data.views``). 144 views are 21.7 MB per image at 224 as uint8:
-    a test batch of 256 images is 5.5 GB, so lower ``batch_size`` for ``multi144`` (it counts images, not views).
+    ``val_size`` training images (seeded by ``split_seed``; ``null``: the run's seed) are held out for validation; the
+    official ``val/`` set is the test split. Training: the paper's augmentation (Section 6): the loader workers decode
+    (:func:`load_image`), take crops of 8%-100% of the area with aspect ratio 3/4-4/3 resized to ``image_size`` and flip
+    them (:func:`train_crop`), and hand over uint8 batches (a quarter of float's bytes over PCIe); the photometric
+    distortions (``color_jitter``, drawn per image: :func:`color_jitter`), the float conversion and the normalization
+    run on the training device, on the batch. Evaluation: resize to ``eval_resize``, center crop ``image_size``, cut in
+    the workers as uint8 and normalized on the device; ``test_views``: ``ten_crop`` for the one-scale 10-crop protocol,
+    ``multi144`` for the paper's 144 crops (Section 7; ``inception_lab.data.views``). 144 views are 21.7 MB per image at
+    224 as uint8: a test batch of 256 images is 5.5 GB, so lower ``batch_size`` for ``multi144`` (it counts images, not
+    views).
 
     ``normalization``: ``imagenet`` (torchvision's mean and std, the batch-norm presets') or ``caffe`` (BVLC's:
     0-255 pixels less the mean, not divided: the scale the paper network's LRN was set for; channels stay RGB).
@@ -274,7 +275,7 @@ class ImageNetDataModule(ImageDataModule):
     def __init__(self, root: str = "data/imagenet", image_size: PositiveInt = 224, eval_resize: PositiveInt = 256,
                  num_classes: PositiveInt = 1000, batch_size: PositiveInt = 256, num_workers: NonNegativeInt = 8,
                  pin_memory: bool = True, persistent_workers: bool = True, val_size: PositiveInt = 10000,
-                 split_seed: int = 0, color_jitter: NonNegativeFloat = 0.4, test_views: TestViews = "single",
+                 split_seed: int | None = 0, color_jitter: NonNegativeFloat = 0.4, test_views: TestViews = "single",
                  backend: Backend = "torchvision", normalization: Normalization = "imagenet",
                  interpolation: Interpolation = "bilinear", bad_images: BadImagePolicy = "skip") -> None:
         check_arguments(ImageNetDataModule, locals())

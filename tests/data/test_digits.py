@@ -3,6 +3,8 @@ normalized with the training split's statistics, cropped per sample in training;
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from inception_lab.data import DigitsDataModule
 from inception_lab.data.base import split_indices
 from inception_lab.data.views import ViewBatch
 from inception_lab.errors import ArgumentValueError, user_message
-from tests.conftest import trainer_stub
+from tests.conftest import QUICKSTART, one_error_line, trainer_stub
 from tests.data.conftest import first_batch, rows
 
 
@@ -88,3 +90,27 @@ def test_flip_test_views_and_crops_rejected(digits: DigitsDataModule, views: str
     with pytest.raises(ArgumentValueError, match=rf"^test_views='{views}': .* allows 'single' or 'flip'$") as error:
         DigitsDataModule(test_views=views)
     assert user_message(error.value).startswith(f"data.init_args.test_views='{views}': ")  # the CLI's key
+
+
+def test_a_null_split_seed_follows_the_runs_seed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cli) -> None:
+    """``split_seed: null``: the split is the run's seed's (as Lightning keeps it for every process), so seeds vary
+    the split too; the same seed gives the same split as ``split_seed`` set to it. No seed: one line naming the key."""
+    def test_labels(split_seed: int | None) -> torch.Tensor:
+        data = DigitsDataModule(split_seed=split_seed)
+        data.setup()
+        return data.test_set.tensors[1]
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    assert torch.equal(test_labels(None), test_labels(3)) and not torch.equal(test_labels(None), test_labels(0))
+    monkeypatch.setenv("PL_GLOBAL_SEED", "4")
+    assert torch.equal(test_labels(None), test_labels(4))
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    with pytest.raises(ArgumentValueError) as error:
+        test_labels(None)
+    assert user_message(error.value) == (
+        "data.init_args.split_seed: null follows the run's seed, and this run has none (seed_everything: false): "
+        "give seed_everything a seed, or split_seed one")
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), "--seed_everything=false",
+                        "--data.init_args.split_seed=null", "--run_dir", str(tmp_path / "run")])  # no run left behind
+    assert one_error_line(code, err, "fit").endswith(f": {user_message(error.value)}")
+    assert not (tmp_path / "run").exists()
