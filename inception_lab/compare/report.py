@@ -188,8 +188,24 @@ def header(runs: list[Run], sweep: dict[str, Any] | None, paths: list[str], metr
     data += f" ({', '.join(sizes)})" if sizes else ""
     lines.append(f"Protocol: experiment `{runs[0].experiment}`; {epochs} epoch{'s' * (epochs != '1')}; seeds "
                  f"{', '.join(map(str, seeds)) or '—'}; data {data}.")
+    lines.append(f"Seeds vary: {varied(config)}.")
     lines.append(f"Ran: {_when(runs)}.")
     return lines
+
+
+def varied(config: list[dict[str, Any]]) -> str:
+    """What a run's seed varied (Bouthillier et al. 2021: every source of variation, the data split too): always the
+    initial weights and the draws of training; the data split where ``split_seed`` is null (it follows the seed)."""
+    drawn = "the initial weights, the batch order, the augmentation and dropout draws"
+    splits = [c.get("data.init_args.split_seed") for c in config if "data.init_args.split_seed" in c]
+    fixed = ", ".join(sorted({str(s) for s in splits if s is not None}))
+    if not splits:
+        return drawn
+    if all(s is None for s in splits):
+        return f"{drawn}, and the data split (`split_seed: null`)"
+    if None in splits:
+        return f"{drawn}; the data split in some runs only (`split_seed`: null in some, {fixed} in others)"
+    return f"{drawn}; not the data split (`split_seed` {fixed})"
 
 
 def _interval(low: float, high: float) -> str:

@@ -20,7 +20,7 @@ from inception_lab.compare.cells import Cell, holm, paired_difference
 from inception_lab.compare.runs import Run
 from inception_lab.compare.sequential import Design
 from inception_lab.run.files import RunSummary
-from tests.compare.conftest import ACCS, HEAD, PNG, pct, run, summaries
+from tests.compare.conftest import ACCS, HEAD, PNG, make_run, pct, run, summaries
 from tests.conftest import write_sweep
 from tests.sweep.conftest import synthetic_sweep
 
@@ -94,6 +94,8 @@ def test_report_names_the_sweep_metric_protocol_and_when(sweep_dir: Path, tmp_pa
             "test split, which nothing selected on), in %") in md
     assert ("- Protocol: experiment `quickstart`; 3 epochs; seeds 0, 1; data DigitsDataModule (batch_size 64, "
             "image_size 32, val_size 300, test_size 300).") in lines
+    assert ("- Seeds vary: the initial weights, the batch order, the augmentation and dropout draws; not the data "
+            "split (`split_seed` 0).") in lines
     assert "- Ran: 2026-11-27 17:20 to 2026-11-27 17:33 UTC; 0.8 min of fits over 4 runs." in lines  # 4 x 12.5 s
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<title>heads.digits: test top-1 by head</title>" in page and "<li>Protocol: experiment" in page
@@ -278,3 +280,18 @@ def test_plots_bars_from_zero_points_for_one_epoch_and_no_star(tmp_path: Path) -
     said = notes([HEAD], judge(cells, cells[0], "val/acc_best", Design()))
     assert "* marks an interval that excludes 0 (where the interval is the rule's: a verdict of higher" in said
     assert said.count("*") == 1
+
+
+def test_the_report_says_what_each_seed_varied(tmp_path: Path) -> None:
+    """split_seed null in every run: the seeds varied the data split too, and the report says so."""
+    from inception_lab.compare.report import varied
+
+    for seed in (0, 1):
+        for head in ("gap", "fc"):
+            make_run(tmp_path, f"{head}-{seed}", head, seed, 0.9, config={"data.init_args.split_seed": None})
+    compare(sorted(tmp_path.iterdir()), out=tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert ("- Seeds vary: the initial weights, the batch order, the augmentation and dropout draws, and the data "
+            "split (`split_seed: null`).") in md.splitlines()
+    assert varied([{"data.init_args.split_seed": None}, {"data.init_args.split_seed": 3}]).endswith(
+        "; the data split in some runs only (`split_seed`: null in some, 3 in others)")
