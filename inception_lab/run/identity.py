@@ -20,6 +20,7 @@ SEED = "seed_everything"
 # optimization.* is the W&B config's copy of what the run derived from its config and devices.
 BOOKKEEPING = (
     "config", "run_dir", "run_name", "experiment", "ckpt_path", "weights_only", "print_config", "wandb.",
+    "test_after_fit",  # an evaluation after the fit: what the fit trained is the same either way
     "optimization.", "trainer.accelerator", "trainer.strategy", "trainer.devices", "trainer.num_nodes",
     "trainer.logger", "trainer.default_root_dir", "trainer.enable_checkpointing", "trainer.enable_progress_bar",
     "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.num_sanity_val_steps", "trainer.profiler",

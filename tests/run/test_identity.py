@@ -63,7 +63,7 @@ def test_each_datamodule_declares_its_bookkeeping(cls: type, where: set[str], wh
 def test_a_resume_may_change_the_length_of_training_and_bookkeeping_only() -> None:
     run = resolved()
     allowed = {"trainer.max_epochs": 30, "trainer.max_steps": 100, "run_dir": "elsewhere", "trainer.devices": 4,
-               "wandb.project": "p", "data.init_args.num_workers": 8}
+               "wandb.project": "p", "data.init_args.num_workers": 8, "test_after_fit": False}
     assert resume_differences(run, {**run, **allowed}) == {}
     refused = {"trainer.precision": "bf16-mixed", "trainer.limit_train_batches": 5, "seed_everything": 7,
                "trainer.accumulate_grad_batches": 2, "model.net.init_args.width_mult": 0.25}
