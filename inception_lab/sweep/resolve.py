@@ -16,12 +16,17 @@ The decision is made under the sweep directory's lock (``runner.next_trial``), f
 holds (pending and running ones count as planned): any number of runners share the sweep, each seed is added once,
 and a restart continues where the last runner stopped. The rule is kept in ``state.json`` (``until_resolved``),
 where ``compare`` finds it (:func:`recorded`) to judge the cells by the looks that grew them.
+
+A trial that fails runs once more under its seed (``State.rerun``); failing again (or stopped), its seed is *lost*:
+never counted in a look, in ``compare`` (which reads finished runs only) or by ``--emit-followup``, and the cell's
+next seed, paired with the baseline's, replaces it at once (:meth:`Judged.account`; a baseline's lost seed is lost
+to every cell that has it). A cell that loses more seeds than it finishes gets no more.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,8 @@ from inception_lab.compare.sequential import Design
 from inception_lab.sweep.spec import Sweep, SweepError, Trial, load_sweep
 
 SEED = "seed_everything"
-DONE = ("finished", "failed", "stopped")  # a trial that will not change any more
+DONE = ("finished", "failed", "stopped")  # a trial that will not change any more (a failed one: after its rerun)
+LOST = ("failed", "stopped")  # ended without a result: its seed is not counted, and the cell's next seed replaces it
 LEGACY_METRIC = "val/acc_best"  # what a sweep grown before the rule kept its metric was judged by
 
 
@@ -116,7 +122,10 @@ def cell_of(values: dict[str, Any]) -> str:
 
 @dataclass
 class Judged:
-    """One cell as the rule sees it: its verdict (None while undecided), its seeds planned and finished."""
+    """One cell as the rule sees it: its verdict (None while undecided); its seeds that count (planned, under way or
+    finished), those it lost (its trial failed after its rerun, or was stopped; a cell's seed is lost too where the
+    baseline's is: nothing pairs with it) and those it finished; how many seeds it needs now in place of lost ones
+    (``replace``: up to the planned look), unless it lost more than it finished (``given_up``: failing, not unlucky)."""
 
     cell: str
     values: dict[str, Any]
@@ -124,11 +133,40 @@ class Judged:
     done: bool
     verdict: Any = None  # cells.Verdict
     baseline: bool = False
+    lost: list[int] = field(default_factory=list)
+    finished: list[int] = field(default_factory=list)
+    replace: int = 0
+    given_up: bool = False
+
+    @property
+    def tried(self) -> list[int]:
+        """Every seed it has a trial of: none is added again."""
+        return self.seeds + self.lost
+
+    def account(self, baseline: Judged, design: Design) -> None:
+        """Its seeds paired with the baseline's, and the replacements it needs: its count back at the look it was
+        growing to (the smallest planned look at or above it; a cell that lost a whole round's seeds is back at the
+        look before, and judged there again by that look's stricter boundary)."""
+        unpaired = [s for s in self.seeds if s in baseline.lost]
+        self.seeds = [s for s in self.seeds if s not in unpaired]
+        self.lost += unpaired
+        self.finished = [s for s in self.finished if s not in baseline.lost]
+        self.given_up = len(self.lost) > len(self.finished)
+        look = min((n for n in design.looks if n >= len(self.seeds)), default=len(self.seeds))
+        self.replace = 0 if self.given_up else look - len(self.seeds)
+
+    def lost_text(self) -> str:
+        if not self.lost:
+            return ""
+        whose = "failed or stopped" if self.baseline else "its or the baseline's trial failed or stopped"
+        given_up = "; more lost than finished: no more seeds" if self.given_up else ""
+        return f"; lost seed(s) {', '.join(map(str, self.lost))} ({whose}: not counted{given_up})"
 
 
 def judge(sweep: Sweep, trials: list[Trial], run_dir: Any, rule: Rule) -> list[Judged]:
     """Every cell of the sweep with its verdict against the baseline, as ``compare`` would give it now (from the
-    finished trials' run directories); cells with unfinished trials (or whose baseline has some) stay undecided."""
+    finished trials' run directories: lost seeds count nowhere); cells with unfinished trials (or whose baseline has
+    some) stay undecided."""
     from inception_lab.compare.runs import load_run
 
     return judge_runs(sweep, trials, {t.name: load_run(run_dir(t)) for t in trials if t.status == "finished"}, rule)
@@ -140,9 +178,10 @@ def judge_runs(sweep: Sweep, trials: list[Trial], records: dict[str, Any], rule:
 
     cells: dict[str, Judged] = {}
     for trial in trials:
-        key = cell_of(trial.values)
+        key, seed = cell_of(trial.values), trial.values.get(SEED)
         entry = cells.setdefault(key, Judged(key, {k: v for k, v in trial.values.items() if k != SEED}, [], True))
-        entry.seeds.append(trial.values.get(SEED))
+        (entry.lost if trial.status in LOST else entry.seeds).append(seed)
+        entry.finished += [seed] if trial.status == "finished" else []
         entry.done &= trial.status in DONE
     runs = [records[t.name] for t in trials if t.status == "finished" and t.name in records]
     runs = [r for r in runs if r.status == "finished"]
@@ -155,9 +194,12 @@ def judge_runs(sweep: Sweep, trials: list[Trial], records: dict[str, Any], rule:
     base = pick_baseline(groups, keys)
     of = {id(g): trial_cell.get(names[id(g.runs[0])]) for g in groups}
     base_key = of[id(base)]
+    design = rule.design(len(file_seeds(sweep)))
     if base_key in cells:
         cells[base_key].baseline = True
-    design = rule.design(len(file_seeds(sweep)))
+        for entry in cells.values():
+            if not entry.baseline:
+                entry.account(cells[base_key], design)
     for g in groups:
         entry = cells.get(of[id(g)])
         if entry is None or entry.baseline or not entry.done or not cells[base_key].done:
@@ -166,30 +208,44 @@ def judge_runs(sweep: Sweep, trials: list[Trial], records: dict[str, Any], rule:
     return list(cells.values())
 
 
-def follow_ups(sweep: Sweep, trials: list[Trial], run_dir: Any, rule: Rule) -> list[dict[str, Any]]:
+def follow_ups(sweep: Sweep, trials: list[Trial], run_dir: Any, rule: Rule) -> tuple[list[dict[str, Any]], list[str]]:
     """The trials to add now (values, in order: the baseline's new seeds, then each cell's), [] when nothing is to
-    be added yet (a round under way) or ever (every cell resolved or at ``max_seeds``)."""
+    be added yet (a round under way) or ever (every cell resolved or at ``max_seeds``), and a line for each cell whose
+    new seeds replace lost ones (at once, round or not: paired with the baseline's, as every seed is)."""
     judged = judge(sweep, trials, run_dir, rule)
     base = next((j for j in judged if j.baseline), None)
     if base is None:
-        return []
-    all_seeds = {s for j in judged for s in j.seeds}
+        return [], []
+    all_seeds = {s for j in judged for s in j.tried}
     added: dict[str, list[int]] = {}
     for entry in judged:
-        if entry.baseline or entry.verdict is None or entry.verdict.resolved or len(entry.seeds) >= rule.max_seeds:
+        if entry.baseline:
             continue
-        have = set(entry.seeds)
+        if entry.replace:
+            take = entry.replace
+        elif (entry.verdict is None or entry.verdict.resolved or entry.given_up
+              or len(entry.seeds) >= rule.max_seeds):
+            continue
+        else:
+            take = min(rule.step, rule.max_seeds - len(entry.seeds))
         # the baseline's seeds this cell lacks first (pairs at half the cost), then new ones
-        candidates = sorted(set(base.seeds) - have) + list(range(max(all_seeds) + 1, max(all_seeds) + 1 + rule.step))
-        take = min(rule.step, rule.max_seeds - len(entry.seeds))
+        candidates = sorted(set(base.seeds) - set(entry.tried)) + list(range(max(all_seeds) + 1,
+                                                                             max(all_seeds) + 1 + take))
         added[entry.cell] = candidates[:take]
     if not added:
-        return []
-    new_base = sorted({s for seeds in added.values() for s in seeds} - set(base.seeds))
+        return [], []
+    new_base = sorted({s for seeds in added.values() for s in seeds} - set(base.tried))
     values = [{**base.values, SEED: s} for s in new_base]
     for entry in judged:
         values += [{**entry.values, SEED: s} for s in added.get(entry.cell, [])]
-    return [_ordered(sweep, v) for v in values]
+    replacing = [f"{_what(j)}: seed(s) {', '.join(map(str, added[j.cell]))} added for the cell and the baseline in "
+                 f"place of lost ones (lost so far: {', '.join(map(str, j.lost))}: failed after a rerun or stopped, "
+                 "the cell's or the baseline's; never counted)" for j in judged if j.replace]
+    return [_ordered(sweep, v) for v in values], replacing
+
+
+def _what(entry: Judged) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in entry.values.items()) or "(all)"
 
 
 def _ordered(sweep: Sweep, values: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +259,7 @@ def summary_lines(sweep: Sweep, trials: list[Trial], run_dir: Any, rule: Rule) -
     lines = [f"until resolved ({rule.metric}; ±{100 * rule.half_width:g} points, alpha {rule.alpha:g}, looks at "
              f"{looks} seeds per cell):"]
     for entry in judge(sweep, trials, run_dir, rule):
-        what = ", ".join(f"{k}={json.dumps(v)}" for k, v in entry.values.items()) or "(all)"
+        what = _what(entry) + entry.lost_text()
         if entry.baseline:
             lines.append(f"  baseline   n={len(entry.seeds):<3} {what}")
             continue
@@ -216,18 +272,21 @@ def summary_lines(sweep: Sweep, trials: list[Trial], run_dir: Any, rule: Rule) -
 
 def emit_followup(sweep_config: dict[str, Any], judged: list[Judged], rule: Rule, path: Path) -> str:
     """A W&B sweep file for the next round of a finished sweep: the unresolved cells below the cap and the baseline
-    x the next ``step`` seeds (a W&B server fixes a sweep's grid, so the next round is a sweep of its own). Returns
-    the file's text; SweepError where every cell is resolved or the cells to rerun are not a grid."""
+    x the next ``step`` seeds (a W&B server fixes a sweep's grid, so the next round is a sweep of its own). A cell's
+    count is of its finished seeds (paired with the baseline's); the new seeds are none of those tried, lost ones
+    included. Returns the file's text; SweepError where every cell is resolved or the cells to rerun are not a
+    grid."""
     import yaml
 
     base = next((j for j in judged if j.baseline), None)
     open_cells = [j for j in judged if not j.baseline and j.verdict is not None and not j.verdict.resolved
-                  and len(j.seeds) < rule.max_seeds]
+                  and not j.given_up and len(j.finished) < rule.max_seeds]
     undecided = [j for j in judged if not j.baseline and j.verdict is None]
     if base is None or (not open_cells and not undecided):
-        raise SweepError("every cell is resolved (or at --max-seeds): no follow-up sweep to write")
+        given_up = ", or lost more seeds than it finished" if any(j.given_up for j in judged) else ""
+        raise SweepError(f"every cell is resolved (or at --max-seeds{given_up}): no follow-up sweep to write")
     if undecided:
-        names = "; ".join(", ".join(f"{k}={json.dumps(v)}" for k, v in j.values.items()) for j in undecided)
+        names = "; ".join(_what(j) for j in undecided)
         raise SweepError(f"cells without a verdict yet (unfinished runs, or fewer than 2 seeds): {names}; finish "
                          "the sweep first")
     wanted = [base, *open_cells]
@@ -241,7 +300,7 @@ def emit_followup(sweep_config: dict[str, Any], judged: list[Judged], rule: Rule
         raise SweepError(f"the {len(wanted)} cells to rerun (the baseline and the unresolved) are not a grid of "
                          f"the sweep's parameters ({grid} combinations); run them with `sweep --until-resolved` "
                          "instead")
-    all_seeds = {s for j in judged for s in j.seeds}
+    all_seeds = {s for j in judged for s in j.tried}
     seeds = list(range(max(all_seeds) + 1, max(all_seeds) + 1 + rule.step))
     config = {k: v for k, v in sweep_config.items() if k not in ("parameters", "run_cap")}
     name = str(sweep_config.get("name") or path.stem)
@@ -254,8 +313,8 @@ def emit_followup(sweep_config: dict[str, Any], judged: list[Judged], rule: Rule
     parameters[SEED] = {"values": seeds}
     config["parameters"] = dict(sorted(parameters.items()))
     config["method"] = "grid"
-    cells = "\n".join(f"#   {'baseline' if j.baseline else j.verdict.text()} at n={len(j.seeds)}: "
-                      + ", ".join(f"{k}={json.dumps(v)}" for k, v in j.values.items()) for j in wanted)
+    cells = "\n".join(f"#   {'baseline' if j.baseline else j.verdict.text()} at n={len(j.finished)}: {_what(j)}"
+                      f"{j.lost_text()}" for j in wanted)
     return (f"# Written by `python -m inception_lab sweep --until-resolved --emit-followup`: the next round of {name}"
             f"\n# ({len(wanted)} cells x {len(seeds)} seeds). Run it with `wandb sweep {path.name}`, then compare "
             f"both sweeps' runs together.\n{cells}\n" + yaml.safe_dump(config, sort_keys=False))

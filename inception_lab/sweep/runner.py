@@ -129,7 +129,7 @@ def finish_trial(state: State, running: Running, returncode: int) -> str:
         trial.status, value = "finished", trial.metrics.get(metric)
         return f"{metric}={value:.4f} ({trial.wall_s} s)" if value is not None else f"({trial.wall_s} s)"
     else:
-        trial.status = "failed"
+        trial.status, trial.failures = "failed", trial.failures + 1
         reason = (f"exited 0 but its run record says status={summary.get('status')!r}" if returncode == 0
                   else summary.get("error") or f"exit code {returncode}")
         with contextlib.suppress(OSError):  # the last lines of its stderr, progress-bar redraws (\r) as they ended
@@ -287,11 +287,13 @@ def next_trial(sweep: Sweep, state: State, run_cap: int | None, skip: set[str] =
     if pending is None and state.rule is not None:  # a round ended: seeds where a comparison is not answered yet
         from inception_lab.sweep.resolve import follow_ups
 
-        more = follow_ups(sweep, state.trials, state.run_dir, state.rule)
+        more, replacing = follow_ups(sweep, state.trials, state.run_dir, state.rule)
         if more:
             start = len(state.trials)
             names = check_trials(sweep, state.directory, list(enumerate(more, start)))
             state.trials += [Trial(name, values) for name, values in zip(names, more)]
+            for line in replacing:
+                print(f"sweep {sweep.name}: until resolved: {line}", flush=True)
             print(f"sweep {sweep.name}: until resolved: {len(more)} trial(s) added "
                   f"({', '.join(names)})", flush=True)
             return state.trials[start]

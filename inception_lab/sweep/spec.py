@@ -89,6 +89,7 @@ class Trial:
     values: dict[str, Any]
     status: str = "pending"  # pending, running, finished, failed, stopped, interrupted
     starts: int = 0
+    failures: int = 0  # how often its program failed: an --until-resolved sweep reruns it once (State.rerun)
     returncode: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None

@@ -25,6 +25,7 @@ from inception_lab.sweep.spec import Sweep, SweepError, Trial
 RESUMABLE = ("running", "interrupted", "killed")  # "killed": its process ended without recording an end (read_summary)
 STATUSES = ("pending", "running", "finished", "failed", "stopped", "interrupted")
 TRIAL_KEYS = tuple(f.name for f in dataclasses.fields(Trial))
+RERUNS = 1  # an --until-resolved sweep runs a failed trial this many times more under its seed; then the seed is lost
 
 LEASE_S = float(os.environ.get("INCEPTION_LAB_SWEEP_LEASE_S", 120))  # a claim's life without renewal
 HEARTBEAT_S = LEASE_S / 6  # how often a runner renews the claims of its trials
@@ -115,10 +116,11 @@ class State:
                                                    f"inception_lab does not write (it writes {', '.join(TRIAL_KEYS)})"))
             if not isinstance(entry.get("name"), str) or not isinstance(entry.get("values"), dict):
                 raise SweepError(self.broken(path, f"{where} needs a name (text) and values (an object)"))
-            if entry.get("status", "pending") not in STATUSES or not isinstance(entry.get("starts", 0), int):
-                raise SweepError(self.broken(path, f"{where}: status {entry.get('status')!r} / starts "
-                                                   f"{entry.get('starts')!r}; a status is one of "
-                                                   f"{', '.join(STATUSES)}"))
+            if (status := entry.get("status", "pending")) not in STATUSES:
+                raise SweepError(self.broken(path, f"{where}: status {status!r} is not one of {', '.join(STATUSES)}"))
+            for key in ("starts", "failures"):
+                if not isinstance(entry.get(key, 0), int) or isinstance(entry.get(key), bool):
+                    raise SweepError(self.broken(path, f"{where}: {key} {entry[key]!r} is not a count (an integer)"))
         return data
 
     def trial_runs(self) -> list[Path]:
@@ -240,8 +242,8 @@ class State:
     def reconcile(self, retry_failed: bool = False, runners_gone: bool = False) -> None:
         """A trial left running or interrupted by a runner that is gone (``runners_gone``: every runner, as after a
         repair) either finished meanwhile (kept) or is pending again (it resumes from its last checkpoint); failed and
-        stopped trials run again with ``retry_failed``. A trial whose fit still holds its run directory stays its
-        runner's."""
+        stopped trials run again with ``retry_failed``, an --until-resolved sweep's failed ones once anyway
+        (:meth:`rerun`). A trial whose fit still holds its run directory stays its runner's."""
         for trial in self.trials:
             if trial.status in RESUMABLE and (runners_gone or not self.alive(trial)):
                 if not self.hold(trial):
@@ -257,6 +259,27 @@ class State:
                 trial.owner = trial.lease_until = trial.claim = None
             elif retry_failed and trial.status in ("failed", "stopped"):
                 trial.status = "pending"
+            else:
+                self.rerun(trial)
+
+    def rerun(self, trial: Trial) -> None:
+        """An --until-resolved sweep's failed trial runs once more under its seed (pending), decided under the lock as
+        every change is, on its ``failures`` (kept in state.json: a restart never runs it a third time). It starts
+        afresh, its failed attempt moved aside (``start_trial``): a failed fit's last.ckpt may hold what failed it. A
+        plain sweep's failed trial stays failed, and so does one whose fit someone stopped by a signal (its record
+        says interrupted) or that failed again: its seed is lost, never counted, and the cell's next seed replaces it
+        (``resolve.judge_runs``)."""
+        if self.rule is None or trial.status != "failed" or trial.failures > RERUNS:
+            return
+        if read_summary(self.run_dir(trial)).get("status") == "interrupted":
+            return
+        trial.failures = max(trial.failures, 1)  # (failed before state.json counted failures)
+        trial.status = "pending"
+        from inception_lab.sweep.resolve import SEED
+
+        why = (trial.error or "").split("\n", 1)[0][:120]
+        print(f"sweep {self.sweep.name}: until resolved: {trial.name} failed ({why}); running it again under seed "
+              f"{trial.values.get(SEED)} (failing again, the cell's next seed replaces it)", flush=True)
 
 
 def repair(state: State, planned: list[dict[str, Any]]) -> None:
@@ -328,7 +351,11 @@ def rebuilt(state: State, planned: list[dict[str, Any]]) -> dict[str, Any]:
             if index >= len(planned):
                 continue
             values = planned[index]
-        trials.append(Trial(run_dir.name, values, status=status, starts=starts, metrics=summary.get("metrics", {}),
+        aside = [d for d in (state.directory / "runs" / ".discarded").glob("*") if d.name.startswith(
+            f"{run_dir.name}.start")]  # its attempts that started over (start_trial)
+        failed = [status == "failed"] + [read_summary(d).get("status") == "failed" for d in aside]
+        trials.append(Trial(run_dir.name, values, status=status, starts=starts, failures=sum(failed),
+                            metrics=summary.get("metrics", {}),
                             error=summary.get("error") if status == "failed" else None))
     state.trials = trials
     return state.data()

@@ -73,9 +73,11 @@ def starts_logged(out: Path, trial: str) -> int:
 
 
 # A synthetic trial for ``--until-resolved`` and compare's Holm table: reads --x and --seed_everything, writes its run
-# record (the experiment as written is x=0, so x=0 is the baseline compare picks) with val/acc_best = 0.90 + effect +
-# a per-seed term shared by every cell (what pairing by seed removes) + its own noise. x=1: a clear +2 points; x=2:
-# +0.3 points under 5 points of noise; x=3: equal.
+# record (the experiment as written is x=0, so x=0 is the baseline compare picks) with test/acc (judged by default)
+# and val/acc_best (the sweep file's metric) = 0.90 + effect + a per-seed term shared by every cell (what pairing by
+# seed removes) + its own noise. x=1: a clear +2 points; x=2: +0.3 points under 5 points of noise; x=3: equal.
+# fail.json beside it ({"x-seed": n}) makes that trial's first n executions fail as a fit does (a failed record,
+# exit 1), counted by files beside it (a rerun moves the run aside).
 SYNTHETIC_TRIAL = """
 import json, pathlib, random, sys, time
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
@@ -83,18 +85,29 @@ d = pathlib.Path(sys.argv[-1]).parent  # its ${args_json_file}'s directory: the 
 open(d / "ran.jsonl", "a").write(json.dumps(sys.argv) + "\\n")
 time.sleep(float(args.get("sleep", 0)))
 x, seed = int(args["x"]), int(args["seed_everything"])
+here = pathlib.Path(__file__).parent
+fail = json.loads((here / "fail.json").read_text()) if (here / "fail.json").is_file() else {}
+failed = len(list(here.glob(f"failed-{x}-{seed}-*")))
+if failed < fail.get(f"{x}-{seed}", 0):
+    (here / f"failed-{x}-{seed}-{failed}").touch()
+    (d / "summary.json").write_text(json.dumps({"status": "failed", "error": f"synthetic failure {failed + 1}"}))
+    sys.exit(f"synthetic failure {failed + 1} of x={x} seed={seed}")
 common = random.Random(f"c{seed}").gauss(0, 0.02)
 own = random.Random(f"{x}-{seed}").gauss(0, {0: 0.0005, 1: 0.001, 2: 0.05, 3: 0.0005}[x])
 acc = 0.90 + {0: 0.0, 1: 0.02, 2: 0.003, 3: 0.0}[x] + common + own
 (d / "config.yaml").write_text(f"x: {x}\\nseed_everything: {seed}\\n")
 (d / "summary.json").write_text(json.dumps({"status": "finished", "run_name": d.name, "seed": seed, "variant":
-    {} if x == 0 else {"x": x}, "metrics": {"val/acc_best": acc}}))
+    {} if x == 0 else {"x": x}, "metrics": {"val/acc_best": acc, "test/acc": acc}}))
 """
 
 
-def synthetic_sweep(directory: Path, sleep: float = 0.0, cells: tuple[int, ...] = (0, 1, 2, 3)) -> Path:
-    """``directory/synth.yaml``: the synthetic trial over ``x`` in ``cells`` x seeds 0, 1, 2."""
+def synthetic_sweep(directory: Path, sleep: float = 0.0, cells: tuple[int, ...] = (0, 1, 2, 3),
+                    fail: dict[tuple[int, int], int] | None = None) -> Path:
+    """``directory/synth.yaml``: the synthetic trial over ``x`` in ``cells`` x seeds 0, 1, 2; ``fail``: (x, seed) ->
+    how many of that trial's executions fail before it runs."""
     (directory / "trial.py").write_text(SYNTHETIC_TRIAL)
+    if fail:
+        (directory / "fail.json").write_text(json.dumps({f"{x}-{seed}": n for (x, seed), n in fail.items()}))
     return write_sweep(directory / "synth.yaml", {
         "seed_everything": {"values": [0, 1, 2]}, "sleep": {"value": sleep}, "x": {"values": list(cells)}},
         ["python", str(directory / "trial.py"), "${args}", "${args_json_file}"])

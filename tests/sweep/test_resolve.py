@@ -49,10 +49,10 @@ def test_the_stopping_rule_on_synthetic_run_records(tmp_path: Path, capsys: pyte
     assert seeds == {0: [0, 1, 2, 3, 4, 5, 6], 1: [0, 1, 2], 2: [0, 1, 2, 3, 4, 5, 6], 3: [0, 1, 2]}
     state = read_state(out)
     assert state["until_resolved"] == {"half_width": 0.005, "max_seeds": 7, "alpha": 0.05, "step": 2,
-                                       "metric": "val/acc_best"}
+                                       "metric": "test/acc"}
     assert all(t["status"] == "finished" for t in state["trials"]) and len(state["trials"]) == 20
     printed = capsys.readouterr().out
-    assert "until resolved (val/acc_best; ±0.5 points, alpha 0.05, looks at 3, 5, 7 seeds per cell):" in printed
+    assert "until resolved (test/acc; ±0.5 points, alpha 0.05, looks at 3, 5, 7 seeds per cell):" in printed
     lines = {line.split()[-1]: line for line in printed.splitlines() if line.startswith("  ") and "x=" in line}
     assert lines["x=1"].split()[0] == "higher" and "n=3" in lines["x=1"]
     assert "cannot tell at the cap (7 seeds)" in lines["x=2"] and "n=7" in lines["x=2"]
@@ -74,8 +74,8 @@ def test_the_stopping_rule_on_synthetic_run_records(tmp_path: Path, capsys: pyte
     code = lab_main(["sweep", str(path), "--out", str(out), "--until-resolved", "--half-width", "1.0"])
     assert one_error_line(code, capsys.readouterr().err, "sweep") == (
         f"inception_lab sweep: error: {out / 'state.json'}: this sweep runs until resolved with --half-width 0.5 "
-        "--max-seeds 7 --alpha 0.05 --seeds-per-round 2 --metric val/acc_best; pass the same options (not "
-        "--half-width 1 --max-seeds 20 --alpha 0.05 --seeds-per-round 2 --metric val/acc_best), or --out DIR for a "
+        "--max-seeds 7 --alpha 0.05 --seeds-per-round 2 --metric test/acc; pass the same options (not "
+        "--half-width 1 --max-seeds 20 --alpha 0.05 --seeds-per-round 2 --metric test/acc), or --out DIR for a "
         "new sweep directory")
 
 
@@ -107,6 +107,94 @@ def test_two_runners_add_each_seed_once(tmp_path: Path) -> None:
     assert all(t["status"] == "finished" for t in trials)
     starts = [line for o in outputs for line in o.splitlines() if "] start " in line]
     assert len(starts) == 20 and all(any("] start " in line for line in o.splitlines()) for o in outputs)
+
+
+def _by_cell_and_seed(out: Path) -> dict[tuple[int, int], dict]:
+    return {(t["values"]["x"], t["values"]["seed_everything"]): t for t in state_trials(out)}
+
+
+def _closing(printed: str) -> list[str]:
+    """The runner's closing lines of an --until-resolved sweep: the baseline's, then each cell's."""
+    rest = printed.split("\nuntil resolved (")[-1].splitlines()[1:]
+    return [line for line in rest if line.startswith("  ")]
+
+
+def _ran(out: Path) -> dict[str, int]:
+    """Executions of each synthetic trial, its attempts moved aside included."""
+    runs = [*(out / "runs").glob("*"), *(out / "runs" / ".discarded").glob("*")]
+    return {d.name: len((d / "ran.jsonl").read_text().splitlines()) for d in runs if (d / "ran.jsonl").is_file()}
+
+
+def test_a_failed_trial_runs_again_under_its_seed_and_counts_once(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """A trial that fails once runs again under its seed, afresh (the failed attempt moved aside, where compare does
+    not look), with one line saying so; finished, it is one seed of its cell: no seed is added for it, and state.json
+    keeps its failure (a restart runs nothing again)."""
+    path, out = synthetic_sweep(tmp_path, cells=(0, 1), fail={(1, 1): 1}), tmp_path / "out"
+    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 0
+    trials = _by_cell_and_seed(out)
+    assert sorted(trials) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert all(t["status"] == "finished" for t in trials.values())
+    rerun = trials[(1, 1)]
+    assert [(t["starts"], t["failures"]) for t in trials.values()] == [
+        (2, 1) if t is rerun else (1, 0) for t in trials.values()]
+    aside = out / "runs" / ".discarded" / f"{rerun['name']}.start2"  # (moved by start 2)
+    assert json.loads((aside / "summary.json").read_text())["status"] == "failed"
+    printed = capsys.readouterr().out
+    assert (f"sweep synth: until resolved: {rerun['name']} failed (synthetic failure 1); running it again under seed "
+            "1 (failing again, the cell's next seed replaces it)") in printed
+    assert [line.split()[:2] for line in _closing(printed)] == [["baseline", "n=3"], ["higher", "n=3"]]
+    ran = _ran(out)
+    assert ran == {**{t["name"]: 1 for t in trials.values()}, aside.name: 1}
+    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 0
+    assert _ran(out) == ran
+
+
+@pytest.mark.parametrize("failing", [1, 0], ids=["cell", "baseline"])
+def test_a_seed_failing_twice_is_replaced_in_the_cell_and_the_baseline(failing: int, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """Seed 1 fails, runs again and fails again (in the cell, or in the baseline, which loses it to every cell): the
+    seed is lost, never counted (the closing table's n, compare's), and the next seed, 3, replaces it in the cell and
+    the baseline, paired. The sweep says a trial failed (exit 1); run again, it runs nothing a third time."""
+    path, out = synthetic_sweep(tmp_path, cells=(0, 1), fail={(failing, 1): 2}), tmp_path / "out"
+    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 1
+    trials = _by_cell_and_seed(out)
+    assert sorted(trials) == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3)]
+    lost = trials[(failing, 1)]
+    assert (lost["status"], lost["starts"], lost["failures"]) == ("failed", 2, 2)
+    assert all(t["status"] == "finished" and t["failures"] == 0 for t in trials.values() if t is not lost)
+    printed = capsys.readouterr().out
+    assert (f"sweep synth: until resolved: {lost['name']} failed (synthetic failure 1); running it again under seed "
+            "1") in printed
+    assert ("sweep synth: until resolved: sleep=0.0, x=1: seed(s) 3 added for the cell and the baseline in place of "
+            "lost ones (lost so far: 1: failed after a rerun or stopped, the cell's or the baseline's; never "
+            "counted)") in printed
+    lines = _closing(printed)
+    assert [line.split()[:2] for line in lines] == [["baseline", f"n={3 + failing}"], ["higher", "n=3"]]
+    assert lines[0].endswith("x=0" if failing else "x=0; lost seed(s) 1 (failed or stopped: not counted)")
+    assert lines[1].endswith("x=1; lost seed(s) 1 (its or the baseline's trial failed or stopped: not counted)")
+    result = compare([out], out=tmp_path / "report")
+    assert [(j.verdict.word, j.verdict.diff.n) for j in result.family.judged] == [("higher", 3)]
+    ran = _ran(out)
+    assert sorted(ran.values()) == [1] * 9  # lost: 2 executions, one moved aside
+    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 1
+    assert _ran(out) == ran and len(state_trials(out)) == 8
+
+
+def test_the_follow_up_counts_only_finished_seeds(tmp_path: Path) -> None:
+    """From a sweep directory where a seed failed (a plain sweep: no rerun), the follow-up counts the cell's finished
+    seeds (n=2, not 3) and its seeds come after every seed tried, the failed one included."""
+    path, out = synthetic_sweep(tmp_path, cells=(0, 2), fail={(2, 2): 1}), tmp_path / "out"
+    assert lab_main(["sweep", str(path), "--out", str(out)]) == 1  # the failed trial stays failed
+    followup = tmp_path / "next.yaml"
+    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL, "--emit-followup", str(followup)]) == 0
+    text = followup.read_text()
+    assert "#   baseline at n=3: sleep=0.0, x=0\n" in text
+    assert ("#   cannot tell at n=2: sleep=0.0, x=2; lost seed(s) 2 (its or the baseline's trial failed or stopped: "
+            "not counted)\n") in text
+    assert yaml.safe_load(text)["parameters"] == {"seed_everything": {"values": [3, 4]}, "sleep": {"value": 0.0},
+                                                  "x": {"values": [0, 2]}}
+    assert [t["status"] for t in state_trials(out)].count("failed") == 1  # nothing run
 
 
 def test_the_follow_up_is_a_valid_wandb_sweep(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

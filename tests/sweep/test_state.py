@@ -122,6 +122,32 @@ def test_the_state_lock_cannot_be_deleted_away(tmp_path: Path, monkeypatch: pyte
     assert holder.wait(timeout=10) == 0
 
 
+def test_until_resolved_reruns_a_failed_trial_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Under the lock (reconcile), an --until-resolved sweep's failed trial is pending again once: not after a second
+    failure (``failures`` in state.json), not one whose fit someone stopped by a signal (its record says interrupted),
+    not in a plain sweep; one failed before failures were counted gets its one rerun."""
+    from inception_lab.sweep.resolve import Rule
+
+    sweep, out = _fake_state(tmp_path)
+    trials = [spec.Trial(f"00{i}-a={i + 1}", {"a": i + 1, "seed_everything": i}, status="failed", failures=n,
+                         error="CUDA out of memory\nTraceback ...") for i, n in enumerate([1, 2, 1, 0])]
+    write_run(out / "runs" / trials[2].name, status="interrupted", error="interrupted by SIGTERM")
+    plain = State(out, sweep, 0)
+    with plain.locked():
+        plain.trials = trials
+        plain.reconcile()
+    assert [t["status"] for t in state_trials(out)] == ["failed"] * 4 and not capsys.readouterr().out
+    resolving = State(out, sweep, 0)
+    with resolving.locked():
+        resolving.rule = Rule()
+        resolving.reconcile()
+    assert [(t["status"], t["failures"]) for t in state_trials(out)] == [
+        ("pending", 1), ("failed", 2), ("failed", 1), ("pending", 1)]
+    assert capsys.readouterr().out.splitlines() == [
+        f"sweep many: until resolved: {t.name} failed (CUDA out of memory); running it again under seed {i} (failing "
+        "again, the cell's next seed replaces it)" for i, t in ((0, trials[0]), (3, trials[3]))]
+
+
 BROKEN_STATES = {
     "truncated": (b'{"seed": 0, "trials": [{"name": "000-a=1", "val', "not valid JSON"),
     "binary": (b"\x80\x02}q\x00(X\x04\x00\x00\x00seedq", "not UTF-8 text (a binary file)"),
@@ -131,7 +157,9 @@ BROKEN_STATES = {
     "unknown-key": (b'{"trials": [{"name": "000-a=1", "values": {"a": 1}, "lease_token": 3}]}',
                     "trials[0] has key 'lease_token', which this version of inception_lab does not write"),
     "bad-status": (b'{"trials": [{"name": "000-a=1", "values": {"a": 1}, "status": "done"}]}',
-                   "trials[0]: status 'done'"),
+                   "trials[0]: status 'done' is not one of pending, running, finished, failed, stopped, interrupted"),
+    "bad-failures": (b'{"trials": [{"name": "000-a=1", "values": {"a": 1}, "failures": "2"}]}',
+                     "trials[0]: failures '2' is not a count (an integer)"),
     "empty": (b"", "empty, but"),
 }
 
