@@ -110,7 +110,8 @@ def test_every_trial_parses_with_its_values(path: Path, tmp_path: Path, parsed: 
             assert tuple(config["model.net.init_args.aux_positions"]) == ("4a", "4d")
         assert name == "-".join(p for p in (f"{i:03d}", variant_name(config.variant),
                                             f"seed{config.seed_everything}") if p)
-        assert set(config.variant) <= {k for k in swept if k != "seed_everything"}, (path.name, config.variant)
+        fixed = {arg[2:].split("=")[0] for arg in s.command if arg.startswith("--") and "=" in arg}  # the command's
+        assert set(config.variant) <= {k for k in swept if k != "seed_everything"} | fixed, (path.name, config.variant)
         assert config.seed_everything == values.get("seed_everything", experiment.get("seed_everything"))
 
 
