@@ -4,6 +4,8 @@ suite's steps apart and within its budget."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -12,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import QUICKSTART, REPO, one_error_line
+from tests.conftest import QUICKSTART, REPO, in_process, one_error_line
 
-TINY = ["--preset", "cifar", "--batch-size", "2", "--warmup", "1", "--steps-per-window", "1", "--windows", "1"]
+# the least a preset's bench runs: batches of 2 at 16 px, a quarter of the CIFAR preset's 32 px (a batch of 1 leaves
+# batch norm one value a channel where the map is 1x1; at 8 px the pools have nothing left to pool)
+TINY = ["--preset", "cifar", "--batch-size", "2", "--image-size", "16", "--warmup", "1", "--steps-per-window", "1",
+        "--windows", "1"]
 
 
 def machine(monkeypatch: pytest.MonkeyPatch, share: float) -> None:
@@ -25,11 +30,25 @@ def machine(monkeypatch: pytest.MonkeyPatch, share: float) -> None:
     monkeypatch.setattr(bench.os, "getloadavg", lambda: (6.2, 5.0, 4.0))
 
 
+@pytest.fixture(scope="module")
+def quickstart_json(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
+    """One real ``bench --config quickstart.yaml --json``, in this process, on a contended machine (0.3 of a core):
+    (stdout, stderr, its working directory). Its figures and its report of the contention are checked apart."""
+    cwd = tmp_path_factory.mktemp("bench")
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as monkeypatch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        machine(monkeypatch, 0.3)
+        monkeypatch.chdir(cwd)
+        code = in_process(["bench", "--config", str(QUICKSTART), "--model.net.init_args.width_mult=0.125",
+                           "--batch-size", "8", "--warmup", "1", "--steps-per-window", "1", "--windows", "1",
+                           "--json"])
+    assert code == 0, err.getvalue()[-3000:]
+    return out.getvalue(), err.getvalue(), cwd
+
+
 @pytest.mark.slow
-def test_bench_quickstart_config_json(tmp_path: Path, cli) -> None:
-    code, out, err = cli(["bench", "--config", str(QUICKSTART), "--model.net.init_args.width_mult=0.125",
-                          "--batch-size", "8", "--warmup", "1", "--steps-per-window", "1", "--windows", "2", "--json"])
-    assert code == 0, err[-3000:]
+def test_bench_quickstart_config_json(quickstart_json: tuple[str, str, Path]) -> None:
+    out, _, cwd = quickstart_json
     r = json.loads(out[out.index("{"):])
     for key in ("fit_img_per_s", "bare_img_per_s", "plain_img_per_s", "torchvision_img_per_s", "data_img_per_s",
                 "flops_fraction_of_peak", "peak_flops", "step_flops"):
@@ -44,18 +63,20 @@ def test_bench_quickstart_config_json(tmp_path: Path, cli) -> None:
     cost = summarize(Inception(num_classes=10, in_channels=1, image_size=32, stem="cifar", width_mult=0.125), 32)
     forward_flops = 2 * (cost["total_macs"] + cost["aux_macs"]) * 8
     assert 2.5 < r["step_flops"] / forward_flops < 3.2
-    assert not (tmp_path / "runs").exists()  # a benchmark writes no run
+    assert not (cwd / "runs").exists()  # a benchmark writes no run
     assert r["fused_optimizer"] is False  # the quickstart's own AdamW, as its config builds it
 
 
 @pytest.mark.slow
 def test_bench_reports_the_input_paths(tmp_path: Path, cli) -> None:
-    assert cli(["bench", "--make-imagenet", str(tmp_path / "inet"), "--images", "120"])[0] == 0
+    # 40 JPEGs: 20 to train on (the input paths cycle through them), 10 held out, 10 in val/; 64 px (eval 72) as the
+    # suite's CPU steps
+    assert cli(["bench", "--make-imagenet", str(tmp_path / "inet"), "--images", "40"])[0] == 0
     code, out, err = cli(["bench", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
                           f"--data.init_args.root={tmp_path / 'inet'}", "--data.init_args.num_classes=10",
                           "--data.init_args.val_size=10", "--data.init_args.num_workers=0",
-                          "--data.init_args.image_size=96", "--batch-size", "4", "--warmup", "1",
-                          "--steps-per-window", "1", "--windows", "1", "--json"])
+                          "--data.init_args.image_size=64", "--data.init_args.eval_resize=72", "--batch-size", "4",
+                          "--warmup", "1", "--steps-per-window", "1", "--windows", "1", "--json"])
     assert code == 0, err[-3000:]
     r = json.loads(out[out.index("{"):])
     assert set(r["data_paths"]) == {"torchvision_float", "torchvision_uint8", "torchvision_device", "dali"}
@@ -68,9 +89,9 @@ def test_bench_reports_the_input_paths(tmp_path: Path, cli) -> None:
     code, out, err = cli(["bench", "--config", str(REPO / "experiments/googlenet_imagenet.yaml"),
                           f"--data.init_args.root={tmp_path / 'inet'}", "--data.init_args.num_classes=10",
                           "--data.init_args.val_size=10", "--data.init_args.num_workers=2",
-                          "--data.init_args.backend=torchvision_device", "--data.init_args.image_size=96",
-                          "--batch-size", "4", "--no-input-paths", "--warmup", "1", "--steps-per-window", "1",
-                          "--windows", "1", "--json"])
+                          "--data.init_args.backend=torchvision_device", "--data.init_args.image_size=64",
+                          "--data.init_args.eval_resize=72", "--batch-size", "4", "--no-input-paths", "--warmup", "1",
+                          "--steps-per-window", "1", "--windows", "1", "--json"])
     assert code == 0, err[-3000:]
     r = json.loads(out[out.index("{"):])
     assert r["data_img_per_s"] > 0 and set(r["data_paths"].values()) == {None}
@@ -97,20 +118,20 @@ def test_the_suite_runs_each_step_apart_and_says_what_is_missing(tmp_path: Path,
     from inception_lab.bench import main as bench_main
     from inception_lab.bench_suite import Step
 
-    tiny = ["--preset", "cifar", "--batch-size", "2", "--warmup", "1", "--steps-per-window", "1", "--windows", "1"]
     monkeypatch.setattr(bench_suite, "steps", lambda gpu, imagenet: [
-        Step("cifar_eager", tiny, 300, what="CIFAR preset"),
-        Step("graphs", [*tiny, "--compile", "--compile-mode", "reduce-overhead"], 300,
+        Step("cifar_eager", TINY, 300, what="CIFAR preset"),
+        Step("graphs", [*TINY, "--compile", "--compile-mode", "reduce-overhead"], 300,
              "CUDA graphs need a CUDA device", "compile reduce-overhead"),
-        Step("too_slow", ["--preset", "paper", "--image-size", "224", "--batch-size", "64"], 3, what="cut short"),
-        Step("broken", [*tiny, "--windows", "0"], 300, what="a bad flag")])
+        # killed at 1 s (a paper GoogLeNet at 224 px would take minutes)
+        Step("too_slow", ["--preset", "paper", "--image-size", "224", "--batch-size", "64"], 1, what="cut short"),
+        Step("broken", [*TINY, "--windows", "0"], 300, what="a bad flag")])
     assert bench_main(["--suite", "gpu", "--out", str(tmp_path / "suite")]) == 0
     results = {name: json.loads((tmp_path / "suite" / f"{name}.json").read_text())
                for name in ("cifar_eager", "graphs", "too_slow", "broken")}
     assert results["cifar_eager"]["fit_img_per_s"] > 0 and results["cifar_eager"]["warmup_s"] > 0
     assert results["cifar_eager"]["fused_optimizer"] is True  # a preset trains with the GPU recipes' fused SGD
     assert results["graphs"] == {"missing": "CUDA graphs need a CUDA device"}
-    assert results["too_slow"]["failed"] == "timed out after 3 s"
+    assert results["too_slow"]["failed"] == "timed out after 1 s"
     assert results["broken"]["failed"].startswith("exit 2: inception_lab bench: error: --windows 0: expected")
     summary = (tmp_path / "suite" / "summary.md").read_text()
     assert "No CUDA device here" in summary and "| graphs | compile reduce-overhead | missing: CUDA graphs" in summary
@@ -151,15 +172,13 @@ def test_the_suite_keeps_to_its_budget_and_writes_its_table_after_every_step(tmp
 
 
 @pytest.mark.slow
-def test_bench_says_when_the_machine_is_contended(monkeypatch: pytest.MonkeyPatch, cli) -> None:
+def test_bench_says_when_the_machine_is_contended(quickstart_json: tuple[str, str, Path]) -> None:
     """Contended (its calibration threads got 0.3 of a core): one line on stderr, ``"contended"`` in the JSON with
     the figures seen, and the headline, the last line of stderr (the JSON is the whole of stdout), says so; a line
     per step on stderr as it goes."""
     from inception_lab.bench import cpu_share
 
-    machine(monkeypatch, 0.3)
-    code, out, err = cli(["bench", *TINY, "--json"])
-    assert code == 0, err[-3000:]
+    out, err, _ = quickstart_json
     r = json.loads(out)
     assert r["contended"] == {"cpu_share_before": 0.3, "cpu_share_after": 0.3, "quiet_from": 0.8,
                               "threads": cpu_share(0.01)[1], "load_1min": 6.2, "cpus": os.cpu_count()}
@@ -169,8 +188,8 @@ def test_bench_says_when_the_machine_is_contended(monkeypatch: pytest.MonkeyPatc
         "0.30 of a core each before the measurement and 0.30 after" in warnings[0]
         and "load average 6.2 on" in warnings[0]), warnings[0]
     last = err.strip().splitlines()[-1]
-    assert last == warnings[1] and last.startswith(f"bench --preset cifar: fit {r['fit_img_per_s']:.1f} img/s, "
-                                                   f"fit/bare {r['fit_over_bare']:.2f} (cpu, ")
+    assert last == warnings[1] and last.startswith(f"bench --config {QUICKSTART}: fit {r['fit_img_per_s']:.1f} "
+                                                   f"img/s, fit/bare {r['fit_over_bare']:.2f} (cpu, ")
     assert last.endswith("; CONTENDED (calibration 0.30/0.30 of a core): figures low"), last
     for step in ("bench: building the variants", "bench: calibration: 0.30", "bench: warm-up done in",
                  "bench: window 1/1, img/s: fit ", "bench: calibration: 0.30 of a core each; counting"):
@@ -193,7 +212,7 @@ def test_bench_on_a_quiet_machine_shows_the_rows_that_apply_and_ends_with_its_he
     assert sum("torchvision_float" in line for line in lines) == 1
     fit = next(line for line in lines if line.startswith("fit loop (Lightning")).split()[-2]
     assert lines[-1].startswith(f"bench --preset cifar: fit {fit} img/s, fit/bare "), lines[-1]
-    assert lines[-1].endswith(" batch 2, 32 px, 32-true)"), lines[-1]
+    assert lines[-1].endswith(" batch 2, 16 px, 32-true)"), lines[-1]
 
 
 @pytest.mark.slow

@@ -251,7 +251,7 @@ def test_one_epoch_fit_on_jpeg_folders(backend: str, tmp_path: Path, tiny_imagen
                         f"--data.init_args.interpolation={'bilinear' if backend == 'dali' else 'random'}",
                         "--data.init_args.batch_size=4", "--data.init_args.num_workers=1",
                         "--data.init_args.num_classes=3", "--data.init_args.val_size=2",
-                        "--data.init_args.image_size=96", "--data.init_args.eval_resize=110",
+                        "--data.init_args.image_size=64", "--data.init_args.eval_resize=72",
                         "--data.init_args.test_views=single", "--trainer.max_epochs=1",
                         "--trainer.accelerator=cpu", "--trainer.precision=32-true", "--wandb.enabled=false",
                         "--run_dir", str(tmp_path / "run")])
@@ -380,7 +380,6 @@ def test_bad_images_error_is_one_line_from_any_process(tiny_imagenet: Path, back
                         r"skip such files", str(error.value)), str(error.value)
 
 
-@pytest.mark.slow
 def test_a_fit_skips_undecodable_files_and_records_them(tmp_path: Path, tiny_imagenet: Path, cli) -> None:
     """A 0-byte file, a truncated JPEG and a text file named .JPEG: the fit finishes, one line names the first, and
     summary.json counts the three."""
@@ -391,7 +390,8 @@ def test_a_fit_skips_undecodable_files_and_records_them(tmp_path: Path, tiny_ima
     assert record["status"] == "finished" and record["bad_images"]["count"] == 3, record
     first, reason = record["bad_images"]["first"], record["bad_images"]["reason"]
     assert first in map(str, bad)
-    lines = [ln for ln in err.splitlines() if "undecodable" in ln]
+    # the word outside this test's own directory, which is named for it and which Lightning's lines may name
+    lines = [ln for ln in err.splitlines() if "undecodable" in ln.replace(str(tmp_path), "")]
     assert lines == [f"inception_lab: skipped an undecodable image: {first} ({reason}); the next file of "
                      "its split takes its place, and every file skipped is counted in the run's summary.json "
                      "(bad_images), named here only once (data.init_args.bad_images=error stops instead)"]
@@ -456,7 +456,6 @@ def test_class_folders_imagefolder_refuses_are_refused_by_check_source(tiny_imag
         dm.check_source()
 
 
-@pytest.mark.slow
 def test_an_empty_class_folder_is_one_line_before_the_run_is_written(tmp_path: Path, tiny_imagenet: Path,
                                                                       cli) -> None:
     """One line naming the folder and the files ImageFolder takes, exit 2, no run directory; the corrected command,
