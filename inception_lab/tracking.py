@@ -149,6 +149,7 @@ class RunWandbLogger(WandbLogger):
     on offline when an online ``wandb.init`` fails (a server that died after the probe, a mode forced online)."""
 
     _closed = False  # finished (finalize): never started again, e.g. by a summary logged after a SLURM requeue
+    hold_open = False  # set by the fit's end when its test pass follows (run.record.RunRecord): one W&B run for both
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -187,6 +188,9 @@ class RunWandbLogger(WandbLogger):
     @rank_zero_only
     def finalize(self, status: str) -> None:
         super().finalize(status)
+        if self.hold_open and status == "success":  # the fit ended; its test pass logs into this run, then closes it
+            self.hold_open = False
+            return
         self._closed = True
         if self._experiment is not None:
             experiment, self._experiment = self._experiment, None

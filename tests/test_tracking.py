@@ -62,6 +62,9 @@ def test_wandb_run_holds_config_summary_and_grouping(tmp_path: Path, cli) -> Non
     for key in ("params", "macs", "throughput_img_per_s"):
         assert info["summary"][key] == pytest.approx(record[key])
     assert info["summary"]["val/acc_best"] == pytest.approx(record["metrics"]["val/acc_best"])
+    # the fit's test pass logs into the same W&B run, which then closes: one run, with the held-out answer
+    assert info["summary"]["test/acc"] == pytest.approx(record["metrics"]["test/acc"])
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
 
 
 @pytest.mark.slow
@@ -102,6 +105,12 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, run_cli, cli, monkeypatch: pyt
     assert code == 0, err[-3000:]
     validated = summary(tmp_path / "single")["metrics"]["validate/acc"]
     assert validated == pytest.approx(record["metrics"]["val/acc"], abs=1e-6)
+    # so does the fit's test pass, on both ranks, of its best checkpoint: what one process tests it at
+    code, _, err = cli(["test", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.accelerator=cpu",
+                        "--ckpt_path", str(run_dir / record["best_checkpoint"]), "--run_dir", str(tmp_path / "test")])
+    assert code == 0, err[-3000:]
+    tested = summary(tmp_path / "test")["metrics"]["test/acc"]
+    assert tested == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
     # the same experiment on one process resolves to the LR in the ratio of the global batches (64 / 128), and
     # both ranks step at the LR rank 0 recorded
     code, _, err = cli(["fit", "--config", str(REPO / "experiments/quickstart.yaml"), *short(batches=1, val_batches=1),

@@ -167,17 +167,26 @@ class RunRecord(Callback):
                                step=trainer.global_step)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Finished, or (``test_after_fit``, every rank alike) still running until the best checkpoint by val top-1
-        has been evaluated on the test split: the held-out answer, ``test/*`` in the fit's metrics."""
+        """Finished, or (``test_after_fit``) still running until the best checkpoint by val top-1 has been evaluated
+        on the test split: the held-out answer, ``test/*`` in the fit's metrics. A checkpoint the record says was
+        tested already (a resume that trained nothing new, or no better epoch) is not tested again, so its record
+        and metrics.csv stay as they were. Rank 0 decides, for every rank."""
         best = next((c.best_model_path for c in trainer.checkpoint_callbacks
                      if getattr(c, "monitor", None) == "val/acc" and c.best_model_path), None)
-        self.held_out = best if self.test_after_fit else None
+        tested = trainer.is_global_zero and best and self.record.extra.get("tested_checkpoint") == Path(best).name
+        held_out = best if self.test_after_fit and best and not tested else None
+        self.held_out = trainer.strategy.broadcast(held_out, src=0)
         if self.held_out is None:
             self._finish(trainer, "finished")
-        else:
-            self._write(trainer)
+            return
+        for logger in trainer.loggers:  # the W&B run stays open for the test pass (RunWandbLogger)
+            if hasattr(logger, "hold_open"):
+                logger.hold_open = True
+        self._write(trainer)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.held_out and trainer.is_global_zero:
+            self.record.extra["tested_checkpoint"] = Path(self.held_out).name  # in the run's checkpoints/
         if self.stage == "test" or self.held_out:
             self._finish(trainer, "finished")
 

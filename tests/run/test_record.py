@@ -99,6 +99,7 @@ def test_a_fit_tests_its_best_checkpoint_at_its_end(tmp_path: Path, cli) -> None
     tested = [row for row in read_metrics(run_dir / "metrics.csv") if "test/acc" in row]
     assert [row["test/acc"] for row in tested] == [pytest.approx(fit["metrics"]["test/acc"])]
     best = run_dir / fit["best_checkpoint"]
+    assert fit["tested_checkpoint"] == best.name
     code, _, err = cli(["test", "--ckpt_path", str(best), "--trainer.limit_test_batches=1"])
     assert code == 0, err[-3000:]
     again = read_summary(run_dir)["evaluations"]["test"]["metrics"]
