@@ -171,8 +171,7 @@ class RunRecord(Callback):
         on the test split: the held-out answer, ``test/*`` in the fit's metrics. A checkpoint the record says was
         tested already (a resume that trained nothing new, or no better epoch) is not tested again, so its record
         and metrics.csv stay as they were. Rank 0 decides, for every rank."""
-        best = next((c.best_model_path for c in trainer.checkpoint_callbacks
-                     if getattr(c, "monitor", None) == "val/acc" and c.best_model_path), None)
+        best = _best_path(trainer)
         tested = trainer.is_global_zero and best and self.record.extra.get("tested_checkpoint") == Path(best).name
         held_out = best if self.test_after_fit and best and not tested else None
         self.held_out = trainer.strategy.broadcast(held_out, src=0)
@@ -284,8 +283,7 @@ class RunRecord(Callback):
         if self.stage != "fit":  # the checkpoint an evaluation restored (Lightning knows it after setup)
             self.record.checkpoint = self.record.checkpoint or _ckpt_path(trainer)
         else:  # by name in this run's checkpoints/: a resumed callback's path may name where the run used to be
-            best = next((Path(c.best_model_path).name for c in trainer.checkpoint_callbacks
-                         if getattr(c, "monitor", None) and c.best_model_path), None)
+            best = Path(_best_path(trainer) or ".").name
             run = RunDir(self.run_dir)
             if best and (run.checkpoints / best).is_file():
                 self.record.extra["best_checkpoint"] = str((run.checkpoints / best).relative_to(run.path))
@@ -358,6 +356,13 @@ def _process() -> dict[str, Any]:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _best_path(trainer: Trainer) -> str | None:
+    """The fit's best checkpoint (``best-*.ckpt``, by val top-1) as its callback knows it: the one summary.json names
+    and the fit's test pass evaluates."""
+    return next((c.best_model_path for c in trainer.checkpoint_callbacks
+                 if getattr(c, "monitor", None) and c.best_model_path), None)
 
 
 def _ckpt_path(trainer: Trainer) -> str | None:
