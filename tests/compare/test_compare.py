@@ -127,7 +127,8 @@ def test_real_sweep_compared(tmp_path: Path, run_cli) -> None:
     log = run_cli("sweep", str(sweep_file), "--out", str(out), "--parallel", "2", cwd=REPO, timeout=900).stdout
     assert (out / "sweep.yaml").read_text() == sweep_file.read_text()
     state = json.loads((out / "state.json").read_text())
-    names = ["000-seed0", "001-seed1", "002-head=fc-seed0", "003-head=fc-seed1"]  # gap: the experiment's own head
+    names = ["000-split_seed=None-seed0", "001-split_seed=None-seed1", "002-head=fc-split_seed=None-seed0",
+             "003-head=fc-split_seed=None-seed1"]  # gap: the experiment's own head
     assert [t["name"] for t in state["trials"]] == names
     for trial in state["trials"]:
         run_dir = out / "runs" / trial["name"]
@@ -150,7 +151,8 @@ def test_real_sweep_compared(tmp_path: Path, run_cli) -> None:
     for path in (out / "runs").glob("*/summary.json"):
         summary = json.loads(path.read_text())
         head = yaml.safe_load((path.parent / "config.yaml").read_text())["model"]["net"]["init_args"]["head"]
-        assert summary["variant"] == ({} if head == "gap" else {HEAD: "fc"})
+        # the sweep file's command draws each seed's split: split_seed null departs from the experiment too
+        assert summary["variant"] == {"data.init_args.split_seed": None, **({} if head == "gap" else {HEAD: "fc"})}
         accs[head].append(summary["metrics"]["val/acc_best"])
     for head, values in accs.items():
         assert len(values) == 2

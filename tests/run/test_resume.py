@@ -220,7 +220,7 @@ def test_a_resume_is_the_same_run(tmp_path: Path, cli) -> None:
     for smoothing in ([], ["--model.label_smoothing=0.5"]):
         code, _, err = cli(["test", "--ckpt_path", str(run_dir / "checkpoints/last.ckpt"), *smoothing])
         assert code == 0, err[-3000:]
-        losses.append(read_summary(run_dir)["metrics"]["test/loss"])
+        losses.append(read_summary(run_dir)["evaluations"]["test"]["metrics"]["test/loss"])  # (not the fit's own)
     assert losses[1] != pytest.approx(losses[0], abs=1e-3)
     after = snapshot(run_dir)  # the refusals wrote nothing, the tests only their own files
     assert {k: after[k] for k in before} == before
