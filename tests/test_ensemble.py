@@ -250,7 +250,7 @@ def test_table3_end_to_end(tmp_path: Path, tiny_imagenet: Path, cli, monkeypatch
     code, _, err = cli(["test", "--ckpt_path", str(best)])
     assert code == 0, err[-3000:]
     single = Predictions.load(predictions_path(runs[0], "single"))
-    test_acc = read_summary(runs[0])["metrics"]["test/acc"]  # test-summary.json, read with the fit's record
+    test_acc = read_summary(runs[0])["evaluations"]["test"]["metrics"]["test/acc"]  # test-summary.json's
     assert single.probs.dtype == np.float16 and single.probs.shape == (300, 10) and single.views == "single"
     assert single.checkpoint == f"checkpoints/{best.name}" and len(single.labels) == 300
     assert 1 - top_k_error(single.probs.astype(np.float64), single.labels, 1) == pytest.approx(test_acc, abs=1e-6)
