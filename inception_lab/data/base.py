@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from inception_lab.arguments import check_arguments
 from inception_lab.data.views import TestViews, ViewBatch, mirrored
 from inception_lab.errors import ArgumentValueError, UserError
+from inception_lab.run.files import run_seed
 from inception_lab.run.identity import DATA_BOOKKEEPING
 from inception_lab.sampling import EpochShuffleSampler, ResidentLoader, ResumableDataLoader, trainer_progress
 
@@ -237,7 +237,7 @@ class ImageDataModule(LightningDataModule):
             raise DataError(f"{type(self).__name__}: setup() has not loaded this split")
         workers = self.num_workers
         # The training order follows seed_everything (and the epoch), not the split seed: seeds vary the order.
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = run_seed()
         trainer = self.trainer
         sampler = EpochShuffleSampler(len(dataset), seed, trainer_progress(self), shuffle=train, world_size=getattr(
             trainer, "world_size", 1), rank=getattr(trainer, "global_rank", 0))
@@ -339,11 +339,9 @@ def split_indices(n: int, sizes: dict[str, int], seed: int | None) -> list[Tenso
     order and the augmentation do (Bouthillier et al. 2021); Lightning keeps it in ``PL_GLOBAL_SEED``, in every DDP
     process too."""
     check_split(n, sizes)
-    if seed is None:
-        if not os.environ.get("PL_GLOBAL_SEED", "").isdigit():
-            raise ArgumentValueError(ImageDataModule, "null follows the run's seed, and this run has none "
-                                     "(seed_everything: false): give seed_everything a seed, or split_seed one",
-                                     split_seed=...)
-        seed = int(os.environ["PL_GLOBAL_SEED"])
+    if seed is None and (seed := run_seed(None)) is None:
+        raise ArgumentValueError(ImageDataModule, "null follows the run's seed, and this run has none "
+                                 "(seed_everything: false): give seed_everything a seed, or split_seed one",
+                                 split_seed=...)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return list(perm.split([*sizes.values(), n - sum(sizes.values())]))

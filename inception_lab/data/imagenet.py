@@ -30,6 +30,7 @@ from inception_lab.data.base import (
 )
 from inception_lab.data.views import PAPER_VIEWS, TestViews, ViewMaker
 from inception_lab.errors import ArgumentValueError, config_prefix
+from inception_lab.run.files import run_seed
 from inception_lab.run.identity import DATA_BOOKKEEPING
 from inception_lab.sampling import trainer_progress
 
@@ -425,7 +426,7 @@ class ImageNetDataModule(ImageDataModule):
         trainer = self.trainer
         device = getattr(getattr(trainer, "strategy", None), "root_device", None) or torch.device("cpu")
         return DaliTrainLoader([path for path, _ in samples], [label for _, label in samples], self.batch_size,
-                               self.image_size, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+                               self.image_size, seed=run_seed(),
                                progress_fn=trainer_progress(self), rank=getattr(trainer, "global_rank", 0),
                                world_size=getattr(trainer, "world_size", 1),
                                device_id=(device.index or 0) if device.type == "cuda" else None,

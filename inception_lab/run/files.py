@@ -1,7 +1,7 @@
 """What run records are made of, with no torch import (so `compare` and a sweep runner start in a second): dotted
-config keys, short value names, atomic writes, the one seed-mixing function, and the one reader and writer of a run's
-record (:class:`RunSummary`, :func:`read_summary`, :func:`read_metrics`). Which file each stage writes:
-:mod:`~inception_lab.run.layout` (one writer per file: the fit's, and each evaluation's ``<stage>-`` files).
+config keys, short value names, atomic writes, the one seed-mixing function, the run's seed, and the one reader and
+writer of a run's record (:class:`RunSummary`, :func:`read_summary`, :func:`read_metrics`). Which file each stage
+writes: :mod:`~inception_lab.run.layout` (one writer per file: the fit's, and each evaluation's ``<stage>-`` files).
 
 :func:`read_summary` reads them together: the fit's record, each evaluation's metrics added under ``metrics`` (an
 evaluation never changes the fit's status, attempts or metrics), and a stage whose process is gone without ending
@@ -46,6 +46,13 @@ def mix_seed(*parts: int) -> int:
     for part in parts:
         seed = (seed * 1_000_003 + part) % 2**31
     return seed
+
+
+def run_seed(default: int | None = 0) -> int | None:
+    """The run's seed: Lightning's ``seed_everything`` keeps it in ``PL_GLOBAL_SEED``, in every DDP process too.
+    ``default`` for a run with none (``seed_everything: false``): each reader says what that means to it."""
+    value = os.environ.get("PL_GLOBAL_SEED", "")
+    return int(value) if value.isdigit() else default
 
 
 class _UniqueKeys(yaml.SafeLoader):

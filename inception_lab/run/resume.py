@@ -33,6 +33,7 @@ from inception_lab.run.files import (
     mix_seed,
     process_start,
     read_summary,
+    run_seed,
     safe_name,
     short_value,
 )
@@ -85,8 +86,7 @@ class ExactResume(Callback):
             torch.cuda.set_rng_state(rng["cuda"][trainer.global_rank].clone(), trainer.strategy.root_device)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        torch.manual_seed(mix_seed(seed, trainer.current_epoch, trainer.global_rank))
+        torch.manual_seed(mix_seed(run_seed(), trainer.current_epoch, trainer.global_rank))
 
     def state_dict(self) -> dict[str, Any]:
         trainer = self._trainer
