@@ -152,7 +152,8 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
           f"or under way; slots {', '.join(slots)}; runner {state.runner}; {state.directory}", flush=True)
     renewed = time.monotonic()
     received.clear()
-    previous = {s: signal.signal(s, _as_interrupt) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT),  # all three restored (the stop ignores them)
+                **{s: signal.signal(s, _as_interrupt) for s in (signal.SIGTERM, signal.SIGUSR1)}}
     try:
         while True:
             claimed: list[tuple[Trial, str]] = []

@@ -23,6 +23,7 @@ from tests.conftest import (
     REPO,
     clean_env,
     fit_command,
+    in_process,
     probe_path,
     read_state,
     short,
@@ -357,3 +358,14 @@ def test_only_the_time_limit_warning_requeues_an_array_task(signum: int, slurm_e
     calls = (tmp_path / "scontrol.calls").read_text().split() if (tmp_path / "scontrol.calls").exists() else []
     assert calls == (["requeue", "88_1"] if requeued else []), log
     assert ("its trials resume when SLURM starts this task again" in log) == requeued, log
+
+
+def test_a_stopped_runner_gives_back_the_signal_handlers_it_changed(tmp_path: Path) -> None:
+    """The runner, stopped (a trial here sends it SIGTERM as a scancel would), ignores further signals while it
+    records its trials, then hands all three back as it found them: a caller in the same process (a notebook, a
+    test) keeps its Ctrl-C. SIGINT used to stay ignored."""
+    stop_parent = "import os, signal, time; os.kill(os.getppid(), signal.SIGTERM); time.sleep(30)"
+    path = fake_sweep(tmp_path, sleep=0.0, command=["python", "-c", stop_parent])
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    assert in_process(["sweep", str(path), "--out", str(tmp_path / "out")]) == 143
+    assert {s: signal.getsignal(s) for s in before} == before
