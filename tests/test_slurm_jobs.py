@@ -18,7 +18,8 @@ import torch
 from inception_lab.run.files import read_summary
 from tests.conftest import QUICKSTART, REPO, clean_env, fit_command, probe_path, short, state_trials, write_sweep
 
-pytestmark = pytest.mark.slow
+# one worker under `-n 2 --dist loadgroup`: one cluster (a session fixture), not one per worker on 2 cores
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 FIT = ["--config", str(QUICKSTART), *short(epochs=2), "--gpus-per-node", "0"]
 
