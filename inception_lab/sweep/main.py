@@ -62,7 +62,7 @@ def run(argv: list[str]) -> int:
         for i, trial in enumerate(trials[:len(planned)]):
             command = subprocess.list2cmdline(trial_command(sweep, state.run_dir(trial), trial.values))
             print(f"{trial.name}{f'  [{trial.status}]' if i < len(state.trials) else ''}\n  {command}")
-        done = sum(t.status == "finished" or t.status in ("failed", "stopped") and not args.retry_failed
+        done = sum(t.status == "finished" or t.status in ("failed", "stopped") and not (args.retry_failed and not rule)
                    for t in state.trials)
         total = len(planned) if sweep.method != "bayes" else run_cap
         bayes = "up to " if sweep.method == "bayes" else ""
@@ -75,6 +75,8 @@ def run(argv: list[str]) -> int:
         if not (copy := directory / "sweep.yaml").is_file():
             write_atomic(copy, sweep.text)
         state.rule = state.rule or rule
+        if state.rule is not None:
+            resolve.check_metric(state.rule, state.trials)
         state.trials += trials[len(state.trials):]
         state.reconcile(args.retry_failed)
     trial_args = [f"--trainer.devices={args.gpus_per_trial}", "--trainer.strategy=ddp"] if (
@@ -88,7 +90,8 @@ def outcome(sweep: spec.Sweep, state: State) -> str:
     """The command's last line: the sweep directory, its trials by status, and what to run next."""
     counts = Counter(t.status for t in state.trials)
     rest = "".join(f", {counts[s]} {s}" for s in STATUSES if counts[s] and s not in ("finished", "failed"))
-    retry = " (--retry-failed runs them again)" if counts["failed"] else ""
+    retry = "" if not counts["failed"] else (" (--retry-failed runs them again)" if state.rule is None else
+                                             " (seeds lost after a rerun: their cells' next seeds took their place)")
     compare = f"python -m inception_lab compare {shlex.quote(str(state.directory))}"
     left = any(t.status in ("pending", *RESUMABLE) for t in state.trials)
     return (f"sweep {sweep.name}: {state.directory}: {counts['finished']} of {len(state.trials)} trials finished, "
@@ -111,6 +114,9 @@ def check_one_sweep(state: State, seed: int, rule: resolve.Rule | None, planned:
         raise SweepError(f"{state.path}: this sweep draws its trials with --seed {state.seed}; pass the same --seed "
                          f"(not {seed}), or --out DIR for a new sweep directory")
     if rule is not None and state.rule is not None and state.rule != rule:
+        if resolve.metric_fixed(state.rule, rule, state.trials):
+            state.rule = rule
+            return check_one_sweep(state, seed, rule, planned)
         raise SweepError(f"{state.path}: this sweep runs until resolved with {_options(state.rule)}; pass the same "
                          f"options (not {_options(rule)}), or --out DIR for a new sweep directory")
     for trial, values in zip(state.trials, planned):
@@ -198,7 +204,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="print and validate every trial; run nothing")
     parser.add_argument("--run-cap", type=int, help="at most N trials (overrides the sweep file's run_cap)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random / bayes draws (kept in state.json)")
-    parser.add_argument("--retry-failed", action="store_true", help="run failed and stopped trials again")
+    parser.add_argument("--retry-failed", action="store_true", help="run failed and stopped trials again (not an "
+                        "--until-resolved sweep's: it reruns a failure once by itself, then the seed is lost)")
     parser.add_argument("--gpus-per-trial", type=int, help="GPUs for each trial (DDP when more than 1); with "
                                                            "--slurm, 0 writes CPU jobs (default 1)")
     until = parser.add_argument_group("until resolved: after the file's seeds, more seeds where a comparison with the "

@@ -116,6 +116,21 @@ def check(sweep: Sweep, rule: Rule) -> list[int]:
     return seeds
 
 
+def check_metric(rule: Rule, trials: list[Trial]) -> None:
+    """A finished trial whose record lacks the rule's metric: the key is wrong (a typo, or one its program does not
+    record), and no seed would ever resolve a cell. One line naming what it records."""
+    for t in trials:
+        if t.status == "finished" and t.metrics and rule.metric not in t.metrics:
+            raise SweepError(f"--metric {rule.metric}: trial {t.name} finished without it (it records: "
+                             f"{', '.join(sorted(t.metrics))}); run the sweep again with --metric one of those")
+
+
+def metric_fixed(old: Rule, new: Rule, trials: list[Trial]) -> bool:
+    """``new`` corrects ``old``'s metric alone, one that no finished trial records: the same sweep, judged right."""
+    return old == Rule(**{**asdict(new), "metric": old.metric}) and not any(
+        old.metric in t.metrics for t in trials if t.status == "finished")
+
+
 def cell_of(values: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in values.items() if k != SEED}, sort_keys=True)
 

@@ -207,8 +207,12 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                     if r.trial.name in results:
                         print(f"[{state.trials.index(r.trial) + 1}/{len(state.trials)}] {r.trial.status} "
                               f"{r.trial.name} {results[r.trial.name]}", flush=True)
+                if state.rule is not None:
+                    from inception_lab.sweep.resolve import check_metric
+
+                    check_metric(state.rule, [r.trial for r in ended])
                 drop_lost(state, running, free)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SweepError) as stopped:  # an error: the trials stop and resume as at Ctrl-C
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):  # a second signal (the requeue's) changes
             signal.signal(signum, signal.SIG_IGN)  # nothing now: the trials are being stopped and recorded
         stop(running)
@@ -218,6 +222,8 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                     r.trial.status = "interrupted"  # not failed: the next start (in any runner) resumes it
                     r.trial.wall_s = round(time.monotonic() - r.started, 1)
                     state.release(r.trial)
+        if isinstance(stopped, SweepError):
+            raise
         if received and received[-1] == signal.SIGUSR1:  # SLURM's warning before the time limit
             array_task = os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID")
             again = ("its trials resume when SLURM starts this task again" if array_task and slurm.requeue_job() else

@@ -243,7 +243,8 @@ class State:
         """A trial left running or interrupted by a runner that is gone (``runners_gone``: every runner, as after a
         repair) either finished meanwhile (kept) or is pending again (it resumes from its last checkpoint); failed and
         stopped trials run again with ``retry_failed``, an --until-resolved sweep's failed ones once anyway
-        (:meth:`rerun`). A trial whose fit still holds its run directory stays its runner's."""
+        (:meth:`rerun`) and never again: a seed failed twice is lost, its cell's next seed already in its place. A
+        trial whose fit still holds its run directory stays its runner's."""
         for trial in self.trials:
             if trial.status in RESUMABLE and (runners_gone or not self.alive(trial)):
                 if not self.hold(trial):
@@ -257,7 +258,7 @@ class State:
                 else:
                     trial.status = "pending"
                 trial.owner = trial.lease_until = trial.claim = None
-            elif retry_failed and trial.status in ("failed", "stopped"):
+            elif retry_failed and trial.status in ("failed", "stopped") and self.rule is None:
                 trial.status = "pending"
             else:
                 self.rerun(trial)

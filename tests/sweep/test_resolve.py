@@ -155,7 +155,8 @@ def test_a_seed_failing_twice_is_replaced_in_the_cell_and_the_baseline(failing: 
                                                                        capsys: pytest.CaptureFixture) -> None:
     """Seed 1 fails, runs again and fails again (in the cell, or in the baseline, which loses it to every cell): the
     seed is lost, never counted (the closing table's n, compare's), and the next seed, 3, replaces it in the cell and
-    the baseline, paired. The sweep says a trial failed (exit 1); run again, it runs nothing a third time."""
+    the baseline, paired. The sweep says a trial failed (exit 1) and its seed is lost; run again, with --retry-failed
+    too, it runs nothing a third time."""
     path, out = synthetic_sweep(tmp_path, cells=(0, 1), fail={(failing, 1): 2}), tmp_path / "out"
     assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 1
     trials = _by_cell_and_seed(out)
@@ -175,10 +176,13 @@ def test_a_seed_failing_twice_is_replaced_in_the_cell_and_the_baseline(failing: 
     assert lines[1].endswith("x=1; lost seed(s) 1 (its or the baseline's trial failed or stopped: not counted)")
     result = compare([out], out=tmp_path / "report")
     assert [(j.verdict.word, j.verdict.diff.n) for j in result.family.judged] == [("higher", 3)]
+    assert (f"7 of 8 trials finished, 1 failed (seeds lost after a rerun: their cells' next seeds took their place); "
+            f"next: python -m inception_lab compare {out}") in printed  # not --retry-failed: it would run seed 1 again
     ran = _ran(out)
     assert sorted(ran.values()) == [1] * 9  # lost: 2 executions, one moved aside
-    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 1
-    assert _ran(out) == ran and len(state_trials(out)) == 8
+    for again in ([], ["--retry-failed"]):
+        assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL, *again]) == 1
+        assert _ran(out) == ran and len(state_trials(out)) == 8
 
 
 def test_the_follow_up_counts_only_finished_seeds(tmp_path: Path) -> None:
@@ -252,3 +256,22 @@ def test_a_sweep_without_seeds_cannot_run_until_resolved(tmp_path: Path, capsys:
     code, err = lab_main(["sweep", str(path), "--until-resolved"]), capsys.readouterr().err
     assert one_error_line(code, err, "sweep") == err.strip() == (
         f"inception_lab sweep: error: {path}: --until-resolved needs method: grid (cells x seeds), not random")
+
+
+def test_a_metric_no_trial_records_stops_the_sweep_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--metric`` with a typo: the first trial to finish says so in one line (exit 2), naming what it records,
+    before any seed more runs on a key no cell could be judged by. Run again with the key corrected, the same sweep
+    goes on (a metric no finished trial records is corrected, not "another sweep"); the typo again runs nothing."""
+    path, out = synthetic_sweep(tmp_path, cells=(0, 1)), tmp_path / "out"
+    typo = [*UNTIL, "--metric", "test/acc_bset"]
+    code, err = lab_main(["sweep", str(path), "--out", str(out), *typo]), capsys.readouterr().err
+    first = state_trials(out)[0]["name"]
+    assert one_error_line(code, err, "sweep") == (
+        f"inception_lab sweep: error: --metric test/acc_bset: trial {first} finished without it (it records: "
+        "test/acc, val/acc_best); run the sweep again with --metric one of those")
+    statuses = [t["status"] for t in state_trials(out)]
+    assert statuses == ["finished"] + ["pending"] * 5
+    assert lab_main(["sweep", str(path), "--out", str(out), *typo]) == 2
+    assert [t["status"] for t in state_trials(out)] == statuses
+    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 0
+    assert read_state(out)["until_resolved"]["metric"] == "test/acc" and len(state_trials(out)) >= 6
