@@ -111,6 +111,20 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, run_cli, cli, monkeypatch: pyt
     assert code == 0, err[-3000:]
     tested = summary(tmp_path / "test")["metrics"]["test/acc"]
     assert tested == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
+    # predict on both ranks: one predictions.csv (the result line's), each image once in dataset order, as one
+    # process predicts it (the shards it was merged from gone)
+    best = str(run_dir / record["best_checkpoint"])
+    two = run_cli("predict", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.accelerator=cpu",
+                  "--trainer.devices=2", "--trainer.strategy=ddp", "--ckpt_path", best, "--run_dir",
+                  str(tmp_path / "predict2"), cwd=tmp_path, timeout=600)
+    code, _, err = cli(["predict", "--config", str(REPO / "experiments/quickstart.yaml"), "--trainer.accelerator=cpu",
+                        "--ckpt_path", best, "--run_dir", str(tmp_path / "predict1")])
+    assert code == 0, err[-3000:]
+    rows = [[line.split(",")[:3] for line in (tmp_path / d / "predictions.csv").read_text().splitlines()[1:]]
+            for d in ("predict2", "predict1")]
+    assert rows[0] == rows[1] and [int(r[0]) for r in rows[0]] == list(range(300))  # test_size
+    assert two.stdout.strip().endswith(f"predictions.csv ({len(rows[1])} rows)"), two.stdout[-2000:]
+    assert not list((tmp_path / "predict2").glob("predictions.rank*.csv"))
     # the same experiment on one process resolves to the LR in the ratio of the global batches (64 / 128), and
     # both ranks step at the LR rank 0 recorded
     code, _, err = cli(["fit", "--config", str(REPO / "experiments/quickstart.yaml"), *short(batches=1, val_batches=1),

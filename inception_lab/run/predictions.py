@@ -118,7 +118,8 @@ class ProbabilityWriter(Callback):
 
 class PredictionWriter(BasePredictionWriter):
     """``predict`` writes ``<run dir>/predictions.csv``: index, the true label (empty where the data has none),
-    predicted class, its probability, top-5 classes."""
+    predicted class, its probability, top-5 classes; under DDP, from each rank's shard (``predictions.rank<r>.csv``
+    until rank 0 has merged them)."""
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__(write_interval="epoch")
@@ -148,6 +149,23 @@ class PredictionWriter(BasePredictionWriter):
                   for i, y, p, c in zip(indices, labels, top.values, top.indices)]
         rank = None if trainer.world_size == 1 else trainer.global_rank
         write_atomic(self.run.predictions_csv(rank), "".join(lines))
+        if rank is not None:  # DDP: each rank wrote its shard; rank 0 makes them one file
+            trainer.strategy.barrier()
+            if trainer.is_global_zero:
+                self._merge(trainer.world_size)
+
+    def _merge(self, world_size: int) -> None:
+        """The ranks' shards as one ``predictions.csv`` in dataset order, each image once (DistributedSampler pads
+        the last shards with repeats of the first images)."""
+        shards = [self.run.predictions_csv(r) for r in range(world_size)]
+        header, rows = "", {}
+        for shard in shards:
+            header, *body = shard.read_text().splitlines(keepends=True)
+            for line in body:
+                rows.setdefault(int(line.split(",", 1)[0]), line)
+        write_atomic(self.run.predictions_csv(), header + "".join(rows[i] for i in sorted(rows)))
+        for shard in shards:
+            shard.unlink()
 
 
 def _leaves(tree: Any) -> list:
