@@ -157,6 +157,9 @@ class RunRecord(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._stop_heartbeat()
+        # a loop Lightning skips (limit_test_batches=0, ...) calls none of its *_end hooks: the stage ends here
+        if trainer.is_global_zero and self.record.status == "running" and not (stage == "fit" and self.held_out):
+            self._finish(trainer, "finished")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._attempt is not None:

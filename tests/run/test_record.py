@@ -105,3 +105,23 @@ def test_a_fit_tests_its_best_checkpoint_at_its_end(tmp_path: Path, cli) -> None
     again = read_summary(run_dir)["evaluations"]["test"]["metrics"]
     assert {k: again[k] for k in ("test/acc", "test/loss")} == pytest.approx(
         {k: fit["metrics"][k] for k in ("test/acc", "test/loss")}, abs=1e-6)
+
+
+def test_a_stage_whose_loop_lightning_skips_still_ends(tmp_path: Path, cli) -> None:
+    """``limit_test_batches=0`` (or ``limit_val_batches=0``, ``limit_predict_batches=0``): Lightning skips the loop and
+    calls none of its end hooks. The fit's record ends "finished" with no test/* (none was computed, no checkpoint
+    named tested), and so does each evaluation's: "running" (read later as killed) was left behind."""
+    run_dir = tmp_path / "run"
+    code, _, err = cli(["fit", "--config", str(QUICKSTART), *short(epochs=1, batches=2, val_batches=1, wandb=False),
+                        "--trainer.limit_test_batches=0", "--run_dir", str(run_dir)])
+    assert code == 0, err[-3000:]
+    fit = json.loads((run_dir / "summary.json").read_text())
+    assert (fit["status"], [a["status"] for a in fit["attempts"]]) == ("finished", ["finished"])
+    assert "tested_checkpoint" not in fit and not any(k.startswith("test/") for k in fit["metrics"])
+    for stage in ("validate", "test", "predict"):
+        limit = "val" if stage == "validate" else stage
+        code, _, err = cli([stage, f"--trainer.limit_{limit}_batches=0", "--wandb.enabled=false", "--run_dir",
+                            str(run_dir)])
+        assert code == 0, err[-3000:]
+        assert json.loads((run_dir / f"{stage}-summary.json").read_text())["status"] == "finished", stage
+    assert read_summary(run_dir)["status"] == "finished"
