@@ -12,7 +12,9 @@ Torch-free: the sweep runner imports it.
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
+import sys
 from typing import Any, NoReturn
 
 # Where a constructor's arguments sit in a config, by the class that declares them (a subclass finds its base here).
@@ -125,4 +127,13 @@ def user_message(error: BaseException) -> str:
         inner = inner.__cause__ or (None if inner.__suppress_context__ else inner.__context__)
     if isinstance(error, UserError):
         return str(error)
-    return _one_line(error)
+    return _trainer_keys(_one_line(error)) if type(error).__name__ == "MisconfigurationException" else _one_line(error)
+
+
+def _trainer_keys(line: str) -> str:
+    """Lightning's Trainer names its arguments bare (```max_steps` must be``, ``value -1.0 for limit_val_batches``):
+    as the config keys they are (a plain word such as ``precision`` only where quoted)."""
+    lightning = sys.modules.get("lightning.pytorch")
+    names = inspect.signature(lightning.Trainer).parameters if lightning else {}
+    return re.sub(r"(?<![\w.])`?([a-z]+_\w+|(?<=`)\w+)`?",
+                  lambda m: m[0].replace(m[1], f"trainer.{m[1]}") if m[1] in names else m[0], line)

@@ -254,8 +254,8 @@ def test_the_convention_holds_in_a_real_process(tmp_path: Path, run_cli) -> None
     # (no device lines first): the one line alone
     for value, line in (("accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: must be >= 1 (batches per "
                                                       "optimizer step)"),
-                        ("limit_val_batches=-1", "You have passed invalid value -1.0 for limit_val_batches, it has to "
-                                                 "be in [0.0, 1.0] or an int.")):
+                        ("limit_val_batches=-1", "You have passed invalid value -1.0 for trainer.limit_val_batches, it "
+                                                 "has to be in [0.0, 1.0] or an int.")):
         proc = run_cli("fit", "--config", str(QUICKSTART), f"--trainer.{value}", "--run_dir", str(tmp_path / "run"),
                        cwd=tmp_path, timeout=300, check=False)
         assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"inception_lab fit: error: {line}\n")
@@ -358,6 +358,14 @@ BAD = {
     "empty checkpoint path": (["--config", str(QUICKSTART), "--ckpt_path", ""], "--ckpt_path '': empty; "),
     "no accumulation": (["--config", str(QUICKSTART), "--trainer.accumulate_grad_batches=0"],
                         "trainer.accumulate_grad_batches=0: must be >= 1"),
+    "negative steps": (["--config", str(QUICKSTART), "--trainer.max_steps=-5"],
+                       "`trainer.max_steps` must be a non-negative integer or -1"),  # Lightning's, keyed
+    "validation every 0 epochs": (["--config", str(QUICKSTART), "--trainer.check_val_every_n_epoch=0"],
+                                  "trainer.check_val_every_n_epoch=0: must be >= 1"),  # was a ZeroDivisionError
+    "validation every 0 batches": (["--config", str(QUICKSTART), "--trainer.val_check_interval=0"],
+                                   "trainer.val_check_interval=0: must be > 0"),
+    "negative clipping": (["--config", str(QUICKSTART), "--trainer.gradient_clip_val=-1"],
+                          "trainer.gradient_clip_val=-1.0: must be >= 0"),  # it reversed the gradients
     "no training batch": (["--config", str(QUICKSTART), "--trainer.limit_train_batches=0"],
                           "trainer.limit_train_batches=0: a fit trains at least one batch"),
     "step schedule, no end": (["--config", str(QUICKSTART), "--trainer.max_epochs=-1"],

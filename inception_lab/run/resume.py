@@ -218,6 +218,17 @@ def check_training(config: Namespace) -> None:
     if trainer.get("accumulate_grad_batches", 1) < 1:
         raise UserError(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}: must be >= 1 (batches "
                         "per optimizer step)")
+    # what Lightning takes and then divides by (ZeroDivisionError mid-fit), or clips with (a negative norm reverses
+    # the gradients)
+    if (every := trainer.get("check_val_every_n_epoch")) is not None and every < 1:
+        raise UserError(f"trainer.check_val_every_n_epoch={every}: must be >= 1, or null to validate by "
+                        "val_check_interval alone")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and not interval > 0:
+        raise UserError(f"trainer.val_check_interval={interval}: must be > 0 (an int: every N training batches; a "
+                        "float: that fraction of an epoch)")
+    if (clip := trainer.get("gradient_clip_val")) is not None and not clip >= 0:
+        raise UserError(f"trainer.gradient_clip_val={clip}: must be >= 0 (0 or null: no clipping)")
     # Lightning trains until stopped (or max_time) at max_epochs -1, and at max_epochs null with max_time
     open_ended = trainer.get("max_epochs") == -1 or (trainer.get("max_epochs") is None and trainer.get("max_time"))
     if open_ended and trainer.get("max_steps", -1) == -1 and model.get("lr_scheduler") and model.lr_interval == "step":
