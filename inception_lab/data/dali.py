@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from inception_lab.data.base import CROP_AREA, CROP_RATIO
+from inception_lab.data.base import CROP_AREA, CROP_RATIO, BadImageError, UndecodableImage
 from inception_lab.errors import ArgumentValueError
 from inception_lab.run.files import mix_seed
 from inception_lab.sampling import EpochShuffleSampler, Progress
@@ -65,8 +65,9 @@ class DaliTrainLoader:
 
     def __init__(self, files: list[str], labels: list[int], batch_size: int, image_size: int, seed: int = 0,
                  progress_fn: Progress | None = None, rank: int = 0, world_size: int = 1,
-                 device_id: int | None = None, num_threads: int = 1) -> None:
+                 device_id: int | None = None, num_threads: int = 1, key: str = "backend") -> None:
         self.files, self.labels, self.batch_size, self.image_size = files, labels, batch_size, image_size
+        self.key = key  # the backend's config key, for the line naming a file DALI could not decode
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device_id, self.num_threads = device_id, num_threads
         self.order = EpochShuffleSampler(len(files), seed, progress_fn)  # the global order; the reader shards it
@@ -94,10 +95,30 @@ class DaliTrainLoader:
         pipe = _pipeline([self.files[i] for i in order], [self.labels[i] for i in order], self.rank,
                          self.world_size, self.image_size, self.batch_size, self.num_threads, self.device_id,
                          seed=mix_seed(self.seed, epoch, self.rank))  # the crops' draws
-        batches = DALIGenericIterator(pipe, ["images", "labels"], reader_name="reader",
-                                      last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
-        try:
+        batches, done = None, 0
+        try:  # the iterator decodes its first batches as it is made
+            batches = DALIGenericIterator(pipe, ["images", "labels"], reader_name="reader",
+                                          last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
             for (batch,) in batches:
+                done += 1
                 yield batch["images"], batch["labels"].view(-1).to(torch.int64)
+        except RuntimeError as error:  # DALI names the operator, not the file
+            raise self._undecodable(order, done) or error from None
         finally:
             del batches, pipe
+
+    def _undecodable(self, order: list[int], done: int) -> BadImageError | None:
+        """The first file of this rank's shard, from the batch that failed on, that does not decode: one line (DALI
+        names its operator, not the file). DALI cannot skip a file and go on, whatever ``bad_images`` says."""
+        from inception_lab.data.imagenet import load_image
+
+        shard = order[self.rank * self.shard_size:(self.rank + 1) * self.shard_size]
+        for i in shard[done * self.batch_size:]:
+            try:
+                load_image(self.files[i])
+            except UndecodableImage as bad:
+                return BadImageError(f"{self.key}='dali': {bad.path} cannot be decoded ({bad.reason}), and DALI cannot "
+                                     "skip a file: replace it with a readable image (removing it would change the "
+                                     "held-out split) and run the command again (a fit resumes with --ckpt_path "
+                                     f"last), or set {self.key}=torchvision, which skips such files")
+        return None

@@ -22,6 +22,28 @@ def dali_loader(root: Path, rank: int = 0, world_size: int = 1, epoch: int = 0, 
     return loader
 
 
+def test_a_file_dali_cannot_decode_is_one_line_naming_it(tiny_imagenet: Path) -> None:
+    """DALI stops on an undecodable file with its own error, naming its operator ("nvImageCodec failure"): the
+    loader names the file, on the rank whose shard holds it, in the one line the torchvision backends give."""
+    pytest.importorskip("nvidia.dali")
+    from inception_lab.data.base import BadImageError
+
+    for rank in (0, 1):
+        loader = dali_loader(tiny_imagenet, rank, 2, epoch=1)
+        victim = loader.files[loader.epoch_order()[rank * loader.shard_size + 5]]  # in its second batch
+        jpeg = Path(victim).read_bytes()
+        Path(victim).write_text("not an image\n")
+        try:
+            with pytest.raises(BadImageError) as error:
+                list(loader)
+        finally:
+            Path(victim).write_bytes(jpeg)
+        assert str(error.value) == (
+            f"backend='dali': {victim} cannot be decoded (Unsupported image file), and DALI cannot skip a file: "
+            "replace it with a readable image (removing it would change the held-out split) and run the command "
+            "again (a fit resumes with --ckpt_path last), or set backend=torchvision, which skips such files")
+
+
 def test_dali_shards_and_epoch_order(tiny_imagenet: Path) -> None:
     """Ranks read disjoint shards of one length covering the epoch; (seed, epoch) alone fixes the order: a resumed
     epoch reads what the uninterrupted one read. Labels here are file indices, so they show the order."""
