@@ -163,7 +163,13 @@ class RunRecord(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._attempt is not None:
-            self._attempt.update(first_epoch=trainer.current_epoch, ckpt_path=_ckpt_path(trainer))  # a resume's
+            first = trainer.current_epoch
+            self._attempt.update(first_epoch=first, ckpt_path=_ckpt_path(trainer))  # a resume's
+            before = self.record.attempts[-2] if len(self.record.attempts) > 1 else {}
+            if before.get("status") == "killed" and isinstance(before.get("first_epoch"), int):
+                # killed outright after an epoch's checkpoint, before its record counted that epoch: the checkpoint
+                # this attempt starts from says how far it got (the attempts add up)
+                before["epochs"] = max(before.get("epochs", 0), first - before["first_epoch"])
         cost = self.record.extra
         for logger in trainer.loggers:  # cost in metrics.csv and W&B, at the (restored) step training starts from
             logger.log_metrics({"cost/params": cost.get("params", 0), "cost/macs": cost.get("macs", 0)},

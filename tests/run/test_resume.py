@@ -137,6 +137,10 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path, run_cli, cli
     run_cli(*base, "--run_dir", str(killed), "--ckpt_path", "last", cwd=tmp_path)
     a, b = read_summary(straight), read_summary(killed)
     assert b["status"] == "finished"
+    # the attempts add up: the killed one's epochs are those its last checkpoint holds (its record lagged one)
+    attempts = [(t["status"], t["first_epoch"], t["epochs"]) for t in b["attempts"]]
+    assert attempts[0][:2] == ("killed", 0) and attempts[1][0] == "finished", attempts
+    assert attempts[0][2] == attempts[1][1] and attempts[1][1] + attempts[1][2] == 3, attempts
     for key in ("val/acc", "val/acc_best", "val/loss", "train/loss"):
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], abs=1e-6), key
     assert val_curve(killed)[-1] == pytest.approx(val_curve(straight)[-1], abs=1e-6)
