@@ -16,7 +16,8 @@ over (DALI's reader cannot start inside a shard).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,9 +66,11 @@ class DaliTrainLoader:
 
     def __init__(self, files: list[str], labels: list[int], batch_size: int, image_size: int, seed: int = 0,
                  progress_fn: Progress | None = None, rank: int = 0, world_size: int = 1,
-                 device_id: int | None = None, num_threads: int = 1, key: str = "backend") -> None:
+                 device_id: int | None = None, num_threads: int = 1, key: str = "backend",
+                 decode: Callable[[str], Any] | None = None) -> None:
         self.files, self.labels, self.batch_size, self.image_size = files, labels, batch_size, image_size
-        self.key = key  # the backend's config key, for the line naming a file DALI could not decode
+        # the backend's config key and a decoder that raises UndecodableImage: the line naming a file DALI refused
+        self.key, self.decode = key, decode
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device_id, self.num_threads = device_id, num_threads
         self.order = EpochShuffleSampler(len(files), seed, progress_fn)  # the global order; the reader shards it
@@ -110,12 +113,12 @@ class DaliTrainLoader:
     def _undecodable(self, order: list[int], done: int) -> BadImageError | None:
         """The first file of this rank's shard, from the batch that failed on, that does not decode: one line (DALI
         names its operator, not the file). DALI cannot skip a file and go on, whatever ``bad_images`` says."""
-        from inception_lab.data.imagenet import load_image
-
+        if self.decode is None:
+            return None
         shard = order[self.rank * self.shard_size:(self.rank + 1) * self.shard_size]
         for i in shard[done * self.batch_size:]:
             try:
-                load_image(self.files[i])
+                self.decode(self.files[i])
             except UndecodableImage as bad:
                 return BadImageError(f"{self.key}='dali': {bad.path} cannot be decoded ({bad.reason}), and DALI cannot "
                                      "skip a file: replace it with a readable image (removing it would change the "

@@ -430,4 +430,5 @@ class ImageNetDataModule(ImageDataModule):
                                progress_fn=trainer_progress(self), rank=getattr(trainer, "global_rank", 0),
                                world_size=getattr(trainer, "world_size", 1),
                                device_id=(device.index or 0) if device.type == "cuda" else None,
-                               num_threads=max(1, self.num_workers), key=f"{config_prefix(type(self))}backend")
+                               num_threads=max(1, self.num_workers), key=f"{config_prefix(type(self))}backend",
+                               decode=load_image)

@@ -15,9 +15,11 @@ from tests.data.conftest import imagenet_data
 
 def dali_loader(root: Path, rank: int = 0, world_size: int = 1, epoch: int = 0, seed: int = 0):
     from inception_lab.data.dali import DaliTrainLoader
+    from inception_lab.data.imagenet import load_image
 
     files = sorted(str(p) for p in (root / "train").glob("*/*.JPEG"))
-    loader = DaliTrainLoader(files, list(range(len(files))), 4, 32, seed=seed, rank=rank, world_size=world_size)
+    loader = DaliTrainLoader(files, list(range(len(files))), 4, 32, seed=seed, rank=rank, world_size=world_size,
+                             decode=load_image)
     loader.set_epoch(epoch)
     return loader
 
