@@ -26,7 +26,7 @@ to every cell that has it). A cell that loses more seeds than it finishes gets n
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,7 @@ def check_metric(rule: Rule, trials: list[Trial]) -> None:
 
 def metric_fixed(old: Rule, new: Rule, trials: list[Trial]) -> bool:
     """``new`` corrects ``old``'s metric alone, one that no finished trial records: the same sweep, judged right."""
-    return old == Rule(**{**asdict(new), "metric": old.metric}) and not any(
+    return old == replace(new, metric=old.metric) and not any(
         old.metric in t.metrics for t in trials if t.status == "finished")
 
 
