@@ -215,7 +215,10 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
     except (KeyboardInterrupt, SweepError) as stopped:  # an error: the trials stop and resume as at Ctrl-C
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):  # a second signal (the requeue's) changes
             signal.signal(signum, signal.SIG_IGN)  # nothing now: the trials are being stopped and recorded
-        stop(running)
+        for r in running:
+            r.kill()  # SIGTERM: each fit saves and records itself
+        # Recorded before the fits have ended: SLURM SIGKILLs this runner KillWait (30 s by default) after a cancel or
+        # a requeue, however long they take. Nobody resumes a trial early: its fit holds its run directory until done.
         with state.locked():
             for r in running:
                 if r.trial.name in state.mine:
@@ -223,16 +226,20 @@ def loop(sweep: Sweep, state: State, slots: dict[str, dict[str, str]], run_cap: 
                     r.trial.wall_s = round(time.monotonic() - r.started, 1)
                     state.release(r.trial)
         if isinstance(stopped, SweepError):
+            stop(running, signalled=True)
             raise
         if received and received[-1] == signal.SIGUSR1:  # SLURM's warning before the time limit
             array_task = os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID")
             again = ("its trials resume when SLURM starts this task again" if array_task and slurm.requeue_job() else
                      "run the same command again to carry on")
-            print(f"sweep {sweep.name}: stopped before the time limit; {again}", file=sys.stderr)
-            return 143
-        how = {signal.SIGTERM: "stopped (SIGTERM: a cancel)"}.get(received[-1] if received else None, "interrupted")
-        print(f"sweep {sweep.name}: {how}; run the same command again to carry on", file=sys.stderr)
-        return 143 if received else 130
+            how, code = f"stopped before the time limit; {again}", 143
+        else:
+            how = {signal.SIGTERM: "stopped (SIGTERM: a cancel)"}.get(received[-1] if received else None,
+                                                                     "interrupted")
+            how, code = f"{how}; run the same command again to carry on", 143 if received else 130
+        print(f"sweep {sweep.name}: {how}", file=sys.stderr, flush=True)
+        stop(running, signalled=True)
+        return code
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -265,10 +272,10 @@ def drop_lost(state: State, running: list[Running], free: list[str]) -> None:
     state.lost.clear()
 
 
-def stop(runs: list[Running], grace_s: float = 30) -> None:
-    """SIGTERM to every trial's process group, ``grace_s`` for all of them to end (they save and record), then
-    SIGKILL to the rest."""
-    for r in runs:
+def stop(runs: list[Running], grace_s: float = 30, signalled: bool = False) -> None:
+    """SIGTERM to every trial's process group (unless ``signalled`` already), ``grace_s`` for all of them to end (they
+    save and record), then SIGKILL to the rest."""
+    for r in runs if not signalled else ():
         r.kill()
     deadline = time.monotonic() + grace_s
     for r in runs:

@@ -360,6 +360,32 @@ def test_only_the_time_limit_warning_requeues_an_array_task(signum: int, slurm_e
     assert ("its trials resume when SLURM starts this task again" in log) == requeued, log
 
 
+def test_a_cancel_is_recorded_before_the_trials_have_stopped(tmp_path: Path) -> None:
+    """``scancel``'s SIGTERM, then SIGKILL KillWait later (30 s by default; 10 in tests/slurm_cluster.py) whatever is
+    still running: the runner records its trial interrupted at the SIGTERM, while the trial is still saving (here it
+    takes a minute), not once it has ended. It used to record after, and a trial slower than KillWait left the state
+    "running" (seen on a busy machine, in the real SLURM array test)."""
+    slow_stop = ("import pathlib, signal, sys, time; d = pathlib.Path(sys.argv[-1]).parent; "
+                 "signal.signal(signal.SIGTERM, lambda *a: time.sleep(60)); (d / 'started').write_text(''); "
+                 "time.sleep(60)")
+    path, out = fake_sweep(tmp_path, sleep=0.0, command=["python", "-c", slow_stop, "${args_json_file}"]), tmp_path / "o"
+    proc = start_runner(path, out, wandb="disabled")
+    deadline = time.monotonic() + 120
+    while not list((out / "runs").glob("*/started")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while state_trials(out)[0]["status"] != "interrupted":
+        assert proc.poll() is None and time.monotonic() < deadline, "not recorded while its trial stops"
+        time.sleep(0.1)
+    assert proc.poll() is None  # still waiting on its trial: what KillWait cuts short
+    proc.send_signal(signal.SIGKILL)  # the trial goes with it (PR_SET_PDEATHSIG)
+    log = proc.communicate(timeout=60)[0]
+    assert "stopped (SIGTERM: a cancel); run the same command again to carry on" in log, log
+    assert [(t["status"], t["owner"]) for t in state_trials(out)][:2] == [("interrupted", None), ("pending", None)]
+
+
 def test_a_stopped_runner_gives_back_the_signal_handlers_it_changed(tmp_path: Path) -> None:
     """The runner, stopped (a trial here sends it SIGTERM as a scancel would), ignores further signals while it
     records its trials, then hands all three back as it found them: a caller in the same process (a notebook, a
