@@ -233,11 +233,12 @@ def test_under_slurm_only_rank_0_keeps_the_run_id(tmp_path, monkeypatch, capsys)
 def test_a_fit_beside_a_silent_wandb_server_finishes_offline(tmp_path, mode) -> None:
     """The real CLI, W&B as a user has it, a server that accepts and never answers: ``auto`` gives up after the
     probe; ``online`` (forced: no probe) after wandb.init's timeout (4 s here, not INIT_TIMEOUT, to keep the test
-    short). Either way the fit finishes, logged offline."""
+    short). Either way the fit finishes, logged offline. No wall-clock bound (a slow machine is not a defect): in
+    ``auto`` wandb.init's timeout is set past the process's own, so a fit that tried the silent server online, or a
+    probe that waited on it, would not finish at all."""
     run_dir = tmp_path / "r"
     env = {k: v for k, v in os.environ.items() if k not in {*DIST_ENV, "WANDB_MODE", "WANDB_INIT_TIMEOUT"}}
-    if mode == "online":
-        env["WANDB_INIT_TIMEOUT"] = "4"
+    env["WANDB_INIT_TIMEOUT"] = "4" if mode == "online" else "600"
     with silent_server() as url:
         env.update(WANDB_BASE_URL=url, WANDB_API_KEY=KEY, NETRC=str(tmp_path / "netrc"), PYTHONUNBUFFERED="1")
         start = time.monotonic()
@@ -256,4 +257,3 @@ def test_a_fit_beside_a_silent_wandb_server_finishes_offline(tmp_path, mode) -> 
     info = run_info(run_dir)  # one offline-run-* under <run dir>/wandb, holding the run's config and metrics
     assert info["id"] == json.loads((run_dir / "wandb_run.json").read_text())["id"]
     assert info["config"]["trainer"]["max_epochs"] == 1 and "val/acc_best" in info["summary"]
-    assert elapsed < (45 if mode == "auto" else 100)  # measured: 17 s and 56 s (a fit alone: 10 s)

@@ -95,7 +95,7 @@ def test_a_fit_whose_claim_was_taken_writes_nothing(tmp_path: Path, cli: Any, mo
 _HOLD_STATE = ("import sys, time; from pathlib import Path; from inception_lab.sweep import spec; "
                "from inception_lab.sweep.state import State; "
                "s = State(Path(sys.argv[2]), spec.load_sweep(Path(sys.argv[1])), 0)\n"
-               "with s.locked():\n    print('held', flush=True); time.sleep(float(sys.argv[3]))")
+               "with s.locked():\n    print('held', flush=True); time.sleep(float(sys.argv[3])); Path(sys.argv[4]).touch()")
 
 
 def test_the_state_lock_cannot_be_deleted_away(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,8 +104,9 @@ def test_the_state_lock_cannot_be_deleted_away(tmp_path: Path, monkeypatch: pyte
     state.json.lock, deleting it let B in at once.)"""
     sweep, out = _fake_state(tmp_path)
     (out / "state.json.lock").write_text("")  # a lock file from an older version: nothing holds it
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_STATE, str(sweep.path), str(out), "4"], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True)
+    done = tmp_path / "a-is-done"  # A touches it just before it lets go of the lock
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_STATE, str(sweep.path), str(out), "4", str(done)],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"
     for lock in out.rglob("*.lock"):
         lock.unlink()
@@ -118,7 +119,7 @@ def test_the_state_lock_cannot_be_deleted_away(tmp_path: Path, monkeypatch: pyte
     assert time.monotonic() - started >= 0.9
     monkeypatch.setattr(sweep_state, "LOCK_WAIT_S", 30.0)
     with b.locked():  # once A is done
-        assert time.monotonic() - started >= 3.5 and [t.name for t in b.trials] == ["000-a=1", "001-a=2"]
+        assert done.exists() and [t.name for t in b.trials] == ["000-a=1", "001-a=2"]
     assert holder.wait(timeout=10) == 0
 
 
