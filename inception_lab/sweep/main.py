@@ -62,8 +62,8 @@ def run(argv: list[str]) -> int:
         for i, trial in enumerate(trials[:len(planned)]):
             command = subprocess.list2cmdline(trial_command(sweep, state.run_dir(trial), trial.values))
             print(f"{trial.name}{f'  [{trial.status}]' if i < len(state.trials) else ''}\n  {command}")
-        done = sum(t.status == "finished" or t.status in ("failed", "stopped") and not (args.retry_failed and not rule)
-                   for t in state.trials)
+        done = sum(t.status == "finished" or t.status in ("failed", "stopped") and not (
+            args.retry_failed and state.retries_failed) for t in state.trials)
         total = len(planned) if sweep.method != "bayes" else run_cap
         bayes = "up to " if sweep.method == "bayes" else ""
         console.result(f"sweep {sweep.name}: dry run: {bayes}{total - done} of {total} trials to run into {directory}, "
@@ -90,7 +90,7 @@ def outcome(sweep: spec.Sweep, state: State) -> str:
     """The command's last line: the sweep directory, its trials by status, and what to run next."""
     counts = Counter(t.status for t in state.trials)
     rest = "".join(f", {counts[s]} {s}" for s in STATUSES if counts[s] and s not in ("finished", "failed"))
-    retry = "" if not counts["failed"] else (" (--retry-failed runs them again)" if state.rule is None else
+    retry = "" if not counts["failed"] else (" (--retry-failed runs them again)" if state.retries_failed else
                                              " (seeds lost after a rerun: their cells' next seeds took their place)")
     compare = f"python -m inception_lab compare {shlex.quote(str(state.directory))}"
     left = any(t.status in ("pending", *RESUMABLE) for t in state.trials)

@@ -239,6 +239,13 @@ class State:
             if trial.name in self.mine:
                 trial.lease_until = time.time() + LEASE_S
 
+    @property
+    def retries_failed(self) -> bool:
+        """Whether ``--retry-failed`` runs failed and stopped trials again: in a plain sweep. An --until-resolved
+        sweep's failures are final: each ran once more already (:meth:`rerun`), and a lost seed's cell went on with
+        its next seed."""
+        return self.rule is None
+
     def reconcile(self, retry_failed: bool = False, runners_gone: bool = False) -> None:
         """A trial left running or interrupted by a runner that is gone (``runners_gone``: every runner, as after a
         repair) either finished meanwhile (kept) or is pending again (it resumes from its last checkpoint); failed and
@@ -258,7 +265,7 @@ class State:
                 else:
                     trial.status = "pending"
                 trial.owner = trial.lease_until = trial.claim = None
-            elif retry_failed and trial.status in ("failed", "stopped") and self.rule is None:
+            elif retry_failed and trial.status in ("failed", "stopped") and self.retries_failed:
                 trial.status = "pending"
             else:
                 self.rerun(trial)
