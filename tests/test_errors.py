@@ -245,9 +245,10 @@ def test_numpy_scalars_are_numbers_as_python_s_are() -> None:
         Inception(dropout=np.float32(1.5))
 
 
+@pytest.mark.slow  # real processes, each importing torch and Lightning
 def test_the_convention_holds_in_a_real_process(tmp_path: Path, run_cli) -> None:
     """What a shell sees from ``python -m inception_lab``: exit 2 and the one line on stderr, nothing on stdout."""
-    proc = run_cli("sweep", str(tmp_path / "none.yaml"), cwd=tmp_path, timeout=120, check=False)
+    proc = run_cli("sweep", str(tmp_path / "none.yaml"), cwd=tmp_path, timeout=600, check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"inception_lab sweep: error: {tmp_path / 'none.yaml'}: no such sweep file\n"
     # a fit refused after its config is parsed and its seed set (no "Seed set to 0" first), or by Lightning's Trainer

@@ -47,7 +47,7 @@ def test_a_waiter_locks_the_file_now_at_the_path(tmp_path: Path) -> None:
     path.write_text("old")
     holder = _holder(path)
     waiter, got = PathLock(path), []
-    thread = threading.Thread(target=lambda: got.append(waiter.acquire(timeout=60)))
+    thread = threading.Thread(target=lambda: got.append(waiter.acquire(timeout=600)))
     thread.start()
     try:
         (tmp_path / "new").write_text("new")

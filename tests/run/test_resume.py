@@ -163,7 +163,7 @@ def test_interrupted_is_not_failed(tmp_path: Path, cli) -> None:
         while (not last.exists() or last.stat().st_mtime_ns == seen) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)  # an epoch ended (a new last.ckpt): interrupt the next one
         os.killpg(proc.pid, signum)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=600)
         assert proc.returncode == code, err[-3000:]
         assert err.strip().splitlines()[-1].startswith(f"inception_lab: interrupted ({signum.name})"), err[-2000:]
         record = read_summary(run_dir)

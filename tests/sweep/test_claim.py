@@ -48,4 +48,4 @@ def test_a_trials_claim_is_checked_under_the_state_lock(tmp_path: Path, monkeypa
     _refused(f"sweep trial 000: cannot check its claim in {state}: its lock was held for 1 s")
     monkeypatch.setattr(claim, "LOCK_WAIT_S", 30.0)
     check_trial_claim()  # once the holder is done
-    assert holder.wait(timeout=10) == 0
+    assert holder.wait(timeout=120) == 0

@@ -60,7 +60,7 @@ def test_a_claim_taken_while_its_runner_slept_is_never_written_back(tmp_path: Pa
     running = [runner.Running(trial, fit, "cpu0", time.monotonic())]
     free: list[str] = []
     runner.drop_lost(a, running, free)
-    assert fit.wait(timeout=10) == -signal.SIGTERM and running == [] and free == ["cpu0"]
+    assert fit.wait(timeout=120) == -signal.SIGTERM and running == [] and free == ["cpu0"]
     on_disk = state_trials(out)[0]
     assert (on_disk["owner"], on_disk["claim"], on_disk["starts"]) == ("elsewhere:1", b.mine[trial.name], 2)
 
@@ -95,7 +95,8 @@ def test_a_fit_whose_claim_was_taken_writes_nothing(tmp_path: Path, cli: Any, mo
 _HOLD_STATE = ("import sys, time; from pathlib import Path; from inception_lab.sweep import spec; "
                "from inception_lab.sweep.state import State; "
                "s = State(Path(sys.argv[2]), spec.load_sweep(Path(sys.argv[1])), 0)\n"
-               "with s.locked():\n    print('held', flush=True); time.sleep(float(sys.argv[3])); Path(sys.argv[4]).touch()")
+               "with s.locked():\n    print('held', flush=True); time.sleep(float(sys.argv[3]))\n"
+               "    Path(sys.argv[4]).touch()")
 
 
 def test_the_state_lock_cannot_be_deleted_away(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,7 +121,7 @@ def test_the_state_lock_cannot_be_deleted_away(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(sweep_state, "LOCK_WAIT_S", 30.0)
     with b.locked():  # once A is done
         assert done.exists() and [t.name for t in b.trials] == ["000-a=1", "001-a=2"]
-    assert holder.wait(timeout=10) == 0
+    assert holder.wait(timeout=120) == 0
 
 
 def test_until_resolved_reruns_a_failed_trial_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
