@@ -65,6 +65,6 @@ class PauseAt(Callback):
             return
         marker = Path(trainer.default_root_dir, f"paused{trainer.global_rank}")
         marker.write_text(str(os.getpid()))
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while marker.exists() and time.monotonic() < deadline:
             time.sleep(0.1)

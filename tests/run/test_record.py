@@ -65,7 +65,7 @@ def test_test_during_the_fit_adds_its_metrics_and_changes_nothing_of_the_fits(tm
                             text=True)
     try:
         last = run_dir / "checkpoints/last.ckpt"
-        deadline = time.time() + 300
+        deadline = time.time() + 600
         while not last.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         assert last.exists(), "no checkpoint after the first epoch"

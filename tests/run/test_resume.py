@@ -115,7 +115,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path: Path, run_cli, cli
                             env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     last = killed / "checkpoints/last.ckpt"
-    deadline = time.time() + 300
+    deadline = time.time() + 600
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -159,7 +159,7 @@ def test_interrupted_is_not_failed(tmp_path: Path, cli) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "inception_lab", *base,
                                  *(["--ckpt_path", "last"] if seen else [])], cwd=tmp_path, env=clean_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        deadline = time.time() + 300
+        deadline = time.time() + 600
         while (not last.exists() or last.stat().st_mtime_ns == seen) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)  # an epoch ended (a new last.ckpt): interrupt the next one
         os.killpg(proc.pid, signum)

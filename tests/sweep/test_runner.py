@@ -108,14 +108,18 @@ def test_runner_survives_sigkill_and_records_a_crash(tmp_path: Path) -> None:
                                          "seed_everything": {"value": 0}})
     out = tmp_path / "sweep"
     proc = start_runner(path, out, wandb="disabled")
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600
     while not any(t["status"] == "finished" for t in state_trials(out)):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
         time.sleep(0.2)
     first = next(t for t in state_trials(out) if t["status"] == "finished")
     summary_file = out / "runs" / first["name"] / "summary.json"
     before = (summary_file.stat().st_mtime_ns, summary_file.read_text())
-    time.sleep(1.0)  # the next trial is under way
+    while not any(t["status"] == "running" and (out / "runs" / t["name"] / "trial.log").is_file()
+                  and starts_logged(out, t["name"]) for t in state_trials(out)):  # the next trial is under way
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.1)
+    time.sleep(1.0)  # its fit starting
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=120)
     time.sleep(1.0)
@@ -123,7 +127,7 @@ def test_runner_survives_sigkill_and_records_a_crash(tmp_path: Path) -> None:
     assert not orphans, "a trial outlived its runner"
 
     proc = start_runner(path, out, "--parallel", "2", wandb="disabled")  # the interrupted trial beside the crashing one
-    log, _ = proc.communicate(timeout=240)
+    log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 1, log  # a trial failed
     state = read_state(out)
     by_name = {t["name"]: t for t in state["trials"]}
@@ -156,7 +160,7 @@ def test_ctrl_c_interrupts_a_sweep_and_the_restart_resumes(tmp_path: Path) -> No
     out = tmp_path / "sweep"
     proc = start_runner(path, out, wandb="disabled")
     last = out / "runs/000-seed0/checkpoints/last.ckpt"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600
     while not last.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
         time.sleep(0.1)
@@ -168,7 +172,7 @@ def test_ctrl_c_interrupts_a_sweep_and_the_restart_resumes(tmp_path: Path) -> No
     assert first["status"] == "interrupted" and first["error"] == "interrupted by SIGTERM"  # the runner's stop
 
     proc = start_runner(path, out, wandb="disabled")
-    log, _ = proc.communicate(timeout=480)
+    log, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, log
     state = read_state(out)
     assert [(t["status"], t["starts"]) for t in state["trials"]] == [("finished", 2), ("finished", 1)]
@@ -234,7 +238,7 @@ def test_bayes_run_cap_holds_across_runners(tmp_path: Path, engine: Any) -> None
                       parameters={"a": {"distribution": "uniform", "min": 0.0, "max": 1.0}})
     out = tmp_path / "out"
     procs = [start_runner(path, out, wandb="disabled") for _ in range(2)]
-    logs = [p.communicate(timeout=180)[0] for p in procs]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     trials = state_trials(out)
     assert len(trials) == 4 and [t["name"][:3] for t in trials] == ["000", "001", "002", "003"]
