@@ -159,6 +159,17 @@ def wandb_run(run: Any) -> Run:
     return Run(str(run.name), str(run.state), config, record, curve, f"wandb:{getattr(run, 'id', run.name)}")
 
 
+def wandb_rounds(paths: list[str], api: Any = None) -> tuple[list[Run], list[str], dict[str, Any] | None]:
+    """The runs of one W&B sweep, or of the rounds of one --until-resolved sweep judged together (its first sweep,
+    then each follow-up ``sweep --emit-followup`` wrote: a W&B sweep holds one round); their swept keys and the first
+    one's sweep file."""
+    loaded = [wandb_runs(path, api) for path in paths]
+    runs = [run for one in loaded for run in one[0]]
+    if len(loaded) > 1:
+        check_one_experiment(runs)
+    return runs, list(dict.fromkeys(key for one in loaded for key in one[1])), loaded[0][2]
+
+
 def wandb_runs(path: str, api: Any = None) -> tuple[list[Run], list[str], dict[str, Any] | None]:
     """The runs of a W&B sweep (``ENTITY/PROJECT/SWEEP_ID``), its swept keys and its sweep file."""
     parse_wandb_path(path)

@@ -133,13 +133,13 @@ def emit_followup(args: argparse.Namespace, sweep: spec.Sweep, rule: resolve.Rul
     """``--emit-followup OUT.yaml``: the next round's W&B sweep file, from a finished sweep directory (``--out``, or
     the default one) or from a W&B sweep's runs (``--wandb-sweep ENTITY/PROJECT/ID``, read as ``compare`` reads it)."""
     out = Path(args.emit_followup)
-    if args.wandb_sweep:
-        from inception_lab.compare.runs import wandb_runs
+    if args.wandb_sweep:  # every round so far: a W&B sweep holds one
+        from inception_lab.compare.runs import wandb_rounds
 
-        records = wandb_runs(args.wandb_sweep)[0]
+        records = wandb_rounds(args.wandb_sweep)[0]
         trials = resolve.trials_of_runs(sweep, records)
         judged = resolve.judge_runs(sweep, trials, {r.name: r for r in records}, rule)
-        source = f"W&B sweep {args.wandb_sweep}"
+        source = f"W&B sweep{'s' * (len(args.wandb_sweep) > 1)} {', '.join(args.wandb_sweep)}"
     else:
         directory = Path(args.out or f"runs/sweeps/{sweep.path.stem}")
         if not (directory / "state.json").is_file():
@@ -152,7 +152,13 @@ def emit_followup(args: argparse.Namespace, sweep: spec.Sweep, rule: resolve.Rul
     if out.is_dir():
         raise SweepError(f"--emit-followup {out}: a directory; give the path of the sweep file to write")
     write_atomic(out, text)
-    console.result(f"sweep {sweep.name}: follow-up of {source} written to {out}: `wandb sweep {out}`")
+    judge = ""
+    if args.wandb_sweep:  # compare knows a sweep directory's looks; W&B rounds are told theirs
+        looks = ",".join(map(str, rule.design(len(resolve.file_seeds(sweep))).looks))
+        judge = (f"; once it has run, every round judged together: `python -m inception_lab compare "
+                 f"{' '.join(f'--wandb {path}' for path in args.wandb_sweep)} --wandb <its id> --looks {looks} "
+                 f"--half-width {100 * rule.half_width:g} --alpha {rule.alpha:g} --metric {rule.metric}`")
+    console.result(f"sweep {sweep.name}: follow-up of {source} written to {out}: `wandb sweep {out}`{judge}")
     return 0
 
 
@@ -171,7 +177,9 @@ def write_array_job(args: argparse.Namespace, sweep: spec.Sweep, directory: Path
     ``scancel`` (SIGTERM) stops them the same way and requeues nothing."""
     gpus = 1 if args.gpus_per_trial is None else args.gpus_per_trial  # 0: CPU jobs
     if args.wandb_sweep:  # a W&B server holds the sweep: each task is an agent that runs --count trials
-        command = [sys.executable, "-m", "wandb", "agent", "--count", str(args.count), args.wandb_sweep]
+        if len(args.wandb_sweep) > 1:
+            raise SweepError(f"--slurm runs agents on one W&B sweep; got --wandb-sweep {len(args.wandb_sweep)} times")
+        command = [sys.executable, "-m", "wandb", "agent", "--count", str(args.count), args.wandb_sweep[0]]
     else:
         command = [sys.executable, "-m", "inception_lab", "sweep", str(sweep.path.absolute()), "--out",
                    str(directory.absolute()), "--seed", str(args.seed),
@@ -225,7 +233,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     until.add_argument("--seeds-per-round", type=int, default=2, help="seeds added to a cell per round (default 2)")
     until.add_argument("--emit-followup", metavar="OUT.yaml",
                        help="write the next round as a W&B sweep file (the unresolved cells x new seeds) from the "
-                            "finished sweep directory, or from --wandb-sweep ENTITY/PROJECT/ID; run nothing")
+                            "finished sweep directory, or from --wandb-sweep ENTITY/PROJECT/ID once per round so "
+                            "far; run nothing")
     parser.add_argument("--repair", action="store_true", help="a broken state.json: put its previous good copy "
                                                               "back (or rebuild it from the run directories), then "
                                                               "go on")
@@ -237,7 +246,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     jobs.add_argument("--account")
     jobs.add_argument("--cpus-per-task", type=int)
     jobs.add_argument("--sbatch", action="append", default=[], help="another #SBATCH option, e.g. --sbatch=--qos=high")
-    jobs.add_argument("--wandb-sweep", metavar="ENTITY/PROJECT/ID",
+    jobs.add_argument("--wandb-sweep", metavar="ENTITY/PROJECT/ID", action="append",
                        help="a sweep on a W&B server (`wandb sweep <file>` made it): each array task runs "
                             "`wandb agent --count N` on it instead of the local runner")
     jobs.add_argument("--count", type=int, default=1, help="trials per array task with --wandb-sweep (default 1)")

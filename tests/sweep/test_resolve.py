@@ -236,6 +236,54 @@ def test_the_follow_up_is_a_valid_wandb_sweep(tmp_path: Path, capsys: pytest.Cap
     assert not (tmp_path / "none.yaml").exists()
 
 
+def test_wandb_rounds_are_judged_together_as_the_sweep_directory_is(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same sweep run as W&B rounds (a W&B sweep holds one: the first, then each follow-up): ``compare`` given
+    every round (``--wandb`` once each) and the ``--looks`` that ``--emit-followup`` prints judges as it judges the
+    sweep directory; ``--emit-followup`` counts every round's seeds. From the last round alone it counted 2 seeds a
+    cell, and compare judged each round apart on a plain interval."""
+    from inception_lab.compare import runs as compare_runs
+
+    path, out = synthetic_sweep(tmp_path), tmp_path / "out"
+    assert lab_main(["sweep", str(path), "--out", str(out), *UNTIL]) == 0  # looks at 3, 5, 7 seeds
+    rounds: dict[str, list[Run]] = {"me/p/r1": [], "me/p/r2": [], "me/p/r3": []}
+    for t in state_trials(out):
+        seed = t["values"]["seed_everything"]
+        rounds[f"me/p/r{1 if seed < 3 else 2 if seed < 5 else 3}"].append(Run(
+            t["name"], "finished", {"x": t["values"]["x"], "seed_everything": seed},
+            json.loads((out / "runs" / t["name"] / "summary.json").read_text())))
+    first = yaml.safe_load(path.read_text())
+    monkeypatch.setattr(compare_runs, "wandb_runs", lambda wandb_path, api=None: (
+        rounds[wandb_path], ["x"], {**first, "name": "synth" if wandb_path.endswith("r1") else "synth.followup"}))
+    capsys.readouterr()
+    wandb_args = ["--wandb-sweep", "me/p/r1", "--wandb-sweep", "me/p/r2", "--wandb-sweep", "me/p/r3"]
+    # a cap of 9: x=2 (7 seeds, unresolved) gets a round more, and so does x=3 (3 seeds: its equivalence, shown at the
+    # first of 3 looks, is not at the first of 4); the next seeds are 7, 8 (past every round's)
+    until = [*UNTIL[:4], "9", *UNTIL[5:]]
+    assert lab_main(["sweep", str(path), *until, "--emit-followup", str(tmp_path / "r4.yaml"), *wandb_args]) == 0
+    assert yaml.safe_load((tmp_path / "r4.yaml").read_text())["parameters"] == {
+        "seed_everything": {"values": [7, 8]}, "sleep": {"value": 0.0}, "x": {"values": [0, 2, 3]}}
+    assert capsys.readouterr().out.strip().endswith(
+        "once it has run, every round judged together: `python -m inception_lab compare --wandb me/p/r1 --wandb "
+        "me/p/r2 --wandb me/p/r3 --wandb <its id> --looks 3,5,7,9 --half-width 0.5 --alpha 0.05 --metric test/acc`")
+
+    directory = compare([out], out=tmp_path / "from-directory")
+    code = lab_main(["compare", "--wandb", "me/p/r1", "--wandb", "me/p/r2", "--wandb", "me/p/r3", "--looks",
+                     "3,5,7", "--half-width", "0.5", "--out", str(tmp_path / "from-wandb")])
+    assert code == 0
+    judged = {}
+    for where in ("from-directory", "from-wandb"):
+        report = json.loads((tmp_path / where / "report.json").read_text())
+        judged[where] = [(c["cell"], c["n"], c.get("against_baseline")) for c in report["cells"]], report["looks"]
+    assert judged["from-wandb"] == judged["from-directory"] and judged["from-wandb"][1] == [3, 5, 7]
+    assert [c.verdict.word for c in directory.family.judged] == ["higher", "cannot tell", "equal"]
+    capsys.readouterr()
+    code = lab_main(["compare", "--wandb", "me/p/r1", "--looks", "5,3"])
+    assert one_error_line(code, capsys.readouterr().err, "compare") == (
+        "inception_lab compare: error: --looks 5,3: expected increasing seed counts per cell, the first at least 2, "
+        "e.g. 5,7,9")
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--until-resolved", "--max-seeds", "2"], "--max-seeds 2: fewer than the sweep file's 3 seeds"),
     (["--until-resolved", "--half-width", "0"], "--half-width 0.0: expected points of top-1 > 0, e.g. 0.5"),
