@@ -159,10 +159,12 @@ def load_sweep(path: Path) -> Sweep:
                closed=False)
     if refusal := _engine_refusal(config):
         raise SweepError(f"{path}: W&B's sweeps engine refuses it: {refusal}")
+    # no metric: the sweep reads val/acc_best, an accuracy; a metric named without a goal: W&B's minimize
+    goal = (metric or {}).get("goal", "minimize" if metric else "maximize")
     metric = metric or {}
     return Sweep(path=path, text=text, config=config, name=str(config.get("name") or path.stem), method=method,
                  params=params, command=[str(c) for c in command], run_cap=config.get("run_cap"),
-                 metric=metric.get("name", "val/acc_best"), goal=metric.get("goal", "minimize"))
+                 metric=metric.get("name", "val/acc_best"), goal=goal)
 
 
 def _kind(path: Path, name: str, spec: Any) -> str:

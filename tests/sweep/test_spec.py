@@ -334,3 +334,12 @@ def test_fallback_rules_are_the_engines_schema(engine: Any) -> None:
     assert deprecated == set(spec.DEPRECATED)
     assert {k: v for k, v in keys.items() if k not in deprecated} == spec.PARAMETER_KEYS
     assert {k for f in forms for k, v in f.items() if "default" in v} - {"distribution"} == set(spec.DEFAULTED)
+
+
+def test_a_sweep_without_a_metric_reads_its_accuracy_as_higher_is_better(tmp_path: Path) -> None:
+    """No ``metric``: the runner's table reads val/acc_best, an accuracy (it said "minimize"); a metric named without
+    a goal is W&B's: minimize."""
+    (tmp_path / "a.yaml").write_text("method: grid\nparameters: {a: {values: [1]}}\n")
+    (tmp_path / "b.yaml").write_text("method: grid\nmetric: {name: val/loss}\nparameters: {a: {values: [1]}}\n")
+    assert [(s.metric, s.goal) for s in map(spec.load_sweep, (tmp_path / "a.yaml", tmp_path / "b.yaml"))] == [
+        ("val/acc_best", "maximize"), ("val/loss", "minimize")]
