@@ -131,7 +131,8 @@ def _options(rule: resolve.Rule) -> str:
 
 def emit_followup(args: argparse.Namespace, sweep: spec.Sweep, rule: resolve.Rule) -> int:
     """``--emit-followup OUT.yaml``: the next round's W&B sweep file, from a finished sweep directory (``--out``, or
-    the default one) or from a W&B sweep's runs (``--wandb-sweep ENTITY/PROJECT/ID``, read as ``compare`` reads it)."""
+    the default one) or from the runs of every W&B round so far (``--wandb-sweep ENTITY/PROJECT/ID`` once a round, read
+    as ``compare`` reads them)."""
     out = Path(args.emit_followup)
     if args.wandb_sweep:  # every round so far: a W&B sweep holds one
         from inception_lab.compare.runs import wandb_rounds
