@@ -160,7 +160,7 @@ def load_sweep(path: Path) -> Sweep:
     if refusal := _engine_refusal(config):
         raise SweepError(f"{path}: W&B's sweeps engine refuses it: {refusal}")
     # no metric: the sweep reads val/acc_best, an accuracy; a metric named without a goal: W&B's minimize
-    goal = (metric or {}).get("goal", "minimize" if metric else "maximize")
+    goal = metric.get("goal", "minimize") if metric else "maximize"
     metric = metric or {}
     return Sweep(path=path, text=text, config=config, name=str(config.get("name") or path.stem), method=method,
                  params=params, command=[str(c) for c in command], run_cap=config.get("run_cap"),
